@@ -1,0 +1,75 @@
+"""Reconnect pacing: jittered exponential backoff and a process-wide connection pacer.
+
+Backoff spreads the reconnects of many partitions after an outage; the pacer keeps the
+whole process under Coinbase's limit of 8 new connections per second per IP, whichever
+thread asks.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+__all__ = ["CONNECTION_PACER", "Backoff", "ConnectionPacer"]
+
+
+class Backoff:
+    """Delays ``initial * 2**n`` capped at ``maximum``, drawn from the upper half (jitter).
+
+    Call :meth:`reset` after a connection that proved healthy (delivered a snapshot), so
+    one drop after hours of service reconnects quickly while a flapping server does not
+    get hammered.
+    """
+
+    def __init__(
+        self,
+        initial: float = 0.25,
+        maximum: float = 30.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not initial > 0:
+            raise ValueError(f"backoff_initial must be > 0 seconds; got {initial!r}")
+        if not maximum >= initial:
+            raise ValueError(
+                f"backoff_max must be >= backoff_initial ({initial}); got {maximum!r}"
+            )
+        self.initial = initial
+        self.maximum = maximum
+        self.attempt = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        """The next wait in seconds; each call doubles the ceiling until the cap."""
+        ceiling = min(self.maximum, self.initial * (2 ** min(self.attempt, 62)))
+        self.attempt += 1
+        return self._rng.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class ConnectionPacer:
+    """Thread-safe minimum interval between connection attempts (a 1-token bucket).
+
+    ``reserve()`` books the next free slot and returns how long the caller must wait for
+    it, so callers sleep in their own event loop instead of holding a lock.
+    """
+
+    def __init__(self, per_second: float = 7.5) -> None:
+        if not per_second > 0:
+            raise ValueError(f"per_second must be > 0; got {per_second!r}")
+        self.interval = 1.0 / per_second
+        self._lock = threading.Lock()
+        self._next_slot = 0.0
+
+    def reserve(self) -> float:
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next_slot)
+            self._next_slot = slot + self.interval
+            return slot - now
+
+
+CONNECTION_PACER = ConnectionPacer()
+"""Shared by every source in the process: Coinbase counts connections per IP."""

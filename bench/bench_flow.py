@@ -1,0 +1,151 @@
+"""End-to-end throughput of the dataflow on one worker, against a plain Python loop.
+
+A simulated session (Exchange-feed frames: a snapshot then l2update batches for each of the
+four default products, ~1,000 levels a side) is written as a recording, then replayed as
+fast as possible (1) through the real dataflow under ``run_main`` (replay source -> book
+step -> spread filter -> sink) and (2) by a plain loop doing the same work without Bytewax
+(read, decode, update the book, filter). Both include reading the gzip recording.
+
+Targets (issue #5): >= 50,000 messages/s, and >= half the plain loop's rate.
+
+    python bench/bench_flow.py [--messages 200000] [--changes-per-batch 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bytewax.outputs import DynamicSink, StatelessSinkPartition  # noqa: E402
+from bytewax.testing import run_main  # noqa: E402
+
+from book_step import update_book  # noqa: E402
+from coinbase_parse import FrameDecoder  # noqa: E402
+from config import Settings  # noqa: E402
+from dataflow import SpreadFilter, get_flow  # noqa: E402
+from recording import Recording, RecordingWriter, ReplaySource  # noqa: E402
+from sim_market import Market  # noqa: E402
+
+PRODUCTS = ["BTC-USD", "ETH-USD", "BTC-EUR", "ETH-EUR"]
+THRESHOLD = Decimal("0")  # keep every summary: the most output work
+
+
+def write_session(path: Path, messages: int, changes_per_batch: int) -> tuple[int, int]:
+    market = Market(PRODUCTS, depth=1000, changes_per_batch=changes_per_batch, seed=1)
+    writer = RecordingWriter(path, {"protocol": "exchange", "feed": "exchange", "url": "sim",
+                                    "products": PRODUCTS, "started": "bench"})
+    t = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    t_ns = 1_767_225_600_000_000_000
+    for pid in PRODUCTS:
+        writer.connected(pid, t_ns)
+        bids, asks = market.snapshot(pid)
+        frame = {"type": "snapshot", "product_id": pid, "asks": asks, "bids": bids}
+        writer.frame(pid, json.dumps(frame), t_ns)
+    sides = {"bid": "buy", "ask": "sell"}
+    changes = 0
+    for i in range(messages):
+        pid = PRODUCTS[i % len(PRODUCTS)]
+        batch = market.next_batch(pid)
+        t += timedelta(microseconds=1000)
+        t_ns += 1_000_000
+        frame = {
+            "type": "l2update",
+            "product_id": pid,
+            "changes": [[sides[s], p, q] for s, p, q in batch],
+            "time": t.isoformat().replace("+00:00", "Z"),
+        }
+        writer.frame(pid, json.dumps(frame), t_ns)
+        changes += len(batch)
+    writer.close()
+    return messages + len(PRODUCTS), changes
+
+
+class _CountingSink(DynamicSink):
+    def __init__(self) -> None:
+        self.count = 0
+
+    def build(self, step_id, worker_index, worker_count):
+        sink = self
+
+        class Part(StatelessSinkPartition):
+            def write_batch(self, items):
+                sink.count += len(items)
+
+        return Part()
+
+
+def run_dataflow(path: Path) -> tuple[float, int]:
+    sink = _CountingSink()
+    flow = get_flow(Settings(spread_threshold_pct=THRESHOLD), source=ReplaySource(path),
+                    products=PRODUCTS, sink=sink)
+    start = time.perf_counter()
+    run_main(flow)
+    return time.perf_counter() - start, sink.count
+
+
+def run_plain_loop(path: Path) -> tuple[float, int]:
+    start = time.perf_counter()
+    keep = SpreadFilter(THRESHOLD)
+    decoders = {p: FrameDecoder("exchange", "replay") for p in PRODUCTS}
+    states: dict = {}
+    emitted = 0
+    for _, record in Recording.open(path).records():
+        frame = record.get("frame")
+        if frame is None:
+            continue
+        for event in decoders[record["product_id"]].decode(frame, record["t_ns"]):
+            state, summary = update_book(states.get(event.product_id), event)
+            states[event.product_id] = state
+            if summary is not None and keep(summary):
+                emitted += 1
+    return time.perf_counter() - start, emitted
+
+
+def main() -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--changes-per-batch", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "session.jsonl.gz"
+        messages, changes = write_session(path, args.messages, args.changes_per_batch)
+        flow_runs, loop_runs = [], []
+        for _ in range(args.repeat):
+            flow_runs.append(run_dataflow(path))
+            loop_runs.append(run_plain_loop(path))
+    flow_s = sorted(r[0] for r in flow_runs)[len(flow_runs) // 2]
+    loop_s = sorted(r[0] for r in loop_runs)[len(loop_runs) // 2]
+    assert flow_runs[0][1] == loop_runs[0][1], "the flow and the loop disagree"
+    figures = {
+        "messages": messages,
+        "changes": changes,
+        "summaries": flow_runs[0][1],
+        "flow_msgs_per_s": messages / flow_s,
+        "flow_changes_per_s": changes / flow_s,
+        "loop_msgs_per_s": messages / loop_s,
+        "flow_over_loop": loop_s / flow_s,
+    }
+    ok = lambda good: "PASS" if good else "MISS"  # noqa: E731
+    print(f"session: {messages} messages, {changes} level changes, "
+          f"{figures['summaries']} summaries (median of {args.repeat} runs, one worker)")
+    print(f"dataflow:   {figures['flow_msgs_per_s']:>10,.0f} msg/s  "
+          f"{figures['flow_changes_per_s']:>10,.0f} changes/s   target >= 50,000 msg/s "
+          f"{ok(figures['flow_msgs_per_s'] >= 50_000)}")
+    print(f"plain loop: {figures['loop_msgs_per_s']:>10,.0f} msg/s  "
+          f"{changes / loop_s:>10,.0f} changes/s")
+    print(f"dataflow / plain loop: {figures['flow_over_loop']:.2f}   target >= 0.50 "
+          f"{ok(figures['flow_over_loop'] >= 0.5)}")
+    return figures
+
+
+if __name__ == "__main__":
+    main()

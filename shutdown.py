@@ -1,0 +1,36 @@
+"""Ctrl-C and SIGTERM end a run with exit status 0 and no traceback.
+
+Bytewax turns SIGINT into a ``KeyboardInterrupt`` raised out of whatever step is running
+(a traceback and exit status 1) and leaves SIGTERM at its default (killed, status -15).
+Output is flushed after every batch and the feed threads hold nothing worth saving, so
+the clean way out is to log, flush and leave at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+
+log = logging.getLogger(__name__)
+
+
+def _exit_cleanly(signum: int, _frame: object) -> None:
+    name = signal.Signals(signum).name
+    try:
+        sys.stdout.flush()
+        sys.stderr.write(f"orderbook: {name} received, stopping\n")
+        sys.stderr.flush()
+    finally:
+        os._exit(0)
+
+
+def install_clean_exit() -> bool:
+    """Install the handlers; only possible (and only wanted) on the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    signal.signal(signal.SIGINT, _exit_cleanly)
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    return True

@@ -1,0 +1,82 @@
+"""Chooses and builds the dataflow's input from the settings: live, local exchange or replay."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from bytewax.inputs import FixedPartitionedSource
+
+from coinbase_auth import Credentials
+from coinbase_source import CoinbaseSource
+from config import DEFAULT_PRODUCTS, ConfigError, Settings
+from recording import RecordingError, ReplaySource
+
+log = logging.getLogger(__name__)
+
+_local_exchange = None
+_local_exchange_lock = threading.Lock()
+
+
+def local_exchange(settings: Settings):
+    """The in-process local exchange for ``ORDERBOOK_FEED=sim``: one per process.
+
+    Under ``-p``/``-i`` every process starts its own; each product's book still comes from
+    one exchange, the one of the process that owns the product's partition.
+    """
+    global _local_exchange
+    from coinbase_sim import LocalExchange
+
+    with _local_exchange_lock:
+        if _local_exchange is None:
+            _local_exchange = LocalExchange(
+                products=settings.products or DEFAULT_PRODUCTS,
+                depth=settings.sim_depth,
+                rate=settings.sim_rate,
+            ).start()
+            log.warning(
+                "ORDERBOOK_FEED=sim: simulated market data from the local exchange at %s "
+                "(summaries say feed=sim)",
+                _local_exchange.url(),
+            )
+        return _local_exchange
+
+
+def build_source(settings: Settings) -> tuple[FixedPartitionedSource, list[str]]:
+    """The input for these settings and the products it serves; refuses what cannot run."""
+    if settings.replay is not None:
+        try:
+            source = ReplaySource(
+                settings.replay,
+                list(settings.products) if settings.products else None,
+                feed_label="replay",
+            )
+        except RecordingError as exc:
+            raise ConfigError(f"ORDERBOOK_REPLAY: {exc}") from None
+        return source, list(source.products)
+    products = list(settings.products or DEFAULT_PRODUCTS)
+    if settings.feed == "sim":
+        exchange = local_exchange(settings)
+        url = settings.ws_url or exchange.url("exchange")
+        source = CoinbaseSource(
+            products,
+            feed="exchange",
+            url=url,
+            feed_label="sim",
+            watchdog_seconds=settings.watchdog_seconds,
+        )
+        return source, products
+    credentials = None
+    if settings.feed == "exchange-auth":
+        try:
+            credentials = Credentials.from_env()
+        except ValueError as exc:
+            raise ConfigError(f"ORDERBOOK_FEED=exchange-auth: {exc}") from None
+    source = CoinbaseSource(
+        products,
+        feed=settings.feed,
+        url=settings.ws_url,
+        credentials=credentials,
+        watchdog_seconds=settings.watchdog_seconds,
+    )
+    return source, products

@@ -1,0 +1,85 @@
+import copy
+import pickle
+from datetime import UTC, datetime
+from decimal import Decimal as D
+
+from book_step import BookState, update_book
+from events import ASK, BID, BookChanges, BookReset, BookSnapshot
+
+T = datetime(2026, 8, 25, 3, 35, 57, tzinfo=UTC)
+
+
+def snap(bids=((D(100), D(1)),), asks=((D(101), D(2)),), received_ns=0):
+    return BookSnapshot(
+        "BTC-USD", list(bids), list(asks), None, "exchange", received_ns
+    )
+
+
+def changes(*chs):
+    return BookChanges("BTC-USD", list(chs), T, "exchange")
+
+
+def run(events, state=None):
+    out = []
+    for e in events:
+        state, summary = update_book(state, e)
+        out.append(summary)
+    return state, out
+
+
+def test_snapshot_then_changes_emit_only_on_top_change():
+    _, out = run(
+        [
+            snap(received_ns=1_700_000_000_000_000_000),
+            changes((BID, D(99), D(5))),  # below the top: no summary
+            changes((BID, D(100), D(3))),  # top size changed
+        ]
+    )
+    assert out[0].bid_price == D(100) and out[0].time.year == 2023  # receive time
+    assert out[1] is None
+    assert out[2].bid_size == D(3) and out[2].time == T
+
+
+def test_changes_before_any_snapshot_are_ignored():
+    state, out = run([changes((BID, D(100), D(1)), (ASK, D(101), D(1)))])
+    assert out == [None] and state.book is None
+
+
+def test_reset_drops_the_book_until_the_next_snapshot():
+    state, out = run(
+        [
+            snap(),
+            BookReset("BTC-USD", "disconnected", "exchange"),
+            changes((BID, D("100.5"), D(1))),
+        ]
+    )
+    assert out[1:] == [None, None] and state.book is None
+    state, out = run([snap(bids=[(D("100.2"), D(1))])], state)
+    assert out[0].bid_price == D("100.2")
+
+
+def test_snapshot_replaces_never_merges():
+    state, _ = run([snap(bids=[(D(100), D(1)), (D(99), D(1))])])
+    state, _ = run([snap(bids=[(D(98), D(1))])], state)
+    assert [p for p, _ in state.book.depth(BID, 10)] == [D(98)]
+
+
+def test_crossed_book_emits_nothing_and_recovers():
+    state, out = run([snap(), changes((BID, D(102), D(1)))])
+    assert out[1] is None and state.condition == "crossed"
+    state, out = run([changes((BID, D(102), D(0)))], state)
+    assert out[0].bid_price == D(100)
+
+
+def test_unappliable_message_drops_the_book():
+    state, out = run([snap(), changes((BID, D(100), D(-1)))])
+    assert out[1] is None and state.book is None
+
+
+def test_saved_state_carries_no_stale_book():
+    state, _ = run([snap()])
+    for restored in (pickle.loads(pickle.dumps(state)), copy.deepcopy(state)):
+        assert isinstance(restored, BookState)
+        assert restored.product_id == "BTC-USD" and restored.book is None
+        _, out = run([changes((BID, D(100), D(9)))], restored)
+        assert out == [None]

@@ -1,0 +1,836 @@
+"""The Coinbase source against real WebSocket servers on 127.0.0.1.
+
+Exact frame-by-frame cases use the scripted server; end-to-end cases use the project's
+local exchange (coinbase_sim.LocalExchange) and compare the rebuilt book with its true
+book. Partitions are driven directly: build_part(...), then poll next_batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import itertools
+import json
+import pathlib
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from decimal import Decimal
+
+import pytest
+from bytewax import operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.testing import TestingSink, run_main
+
+from backoff import Backoff, ConnectionPacer
+from coinbase_auth import Credentials
+from coinbase_parse import AuthError, UnknownProduct
+from coinbase_sim import LocalExchange
+from coinbase_source import CoinbasePartition, CoinbaseSource, subscribe_messages
+from events import BookChanges, BookEvent, BookReset, BookSnapshot
+from tests.scripted_server import ScriptedConnection, ScriptedServer
+
+SECRET = base64.b64encode(b"loopback secret for the source tests").decode()
+CREDS = Credentials("test-key", SECRET, "test-passphrase")
+FAST = {"watchdog_seconds": 0.4, "backoff_initial": 0.05, "backoff_max": 0.2}
+
+Items = list[tuple[str, BookEvent]]
+
+
+@pytest.fixture
+def partitions() -> Iterator[list[CoinbasePartition]]:
+    """Partitions registered here are closed after the test, pass or fail."""
+    built: list[CoinbasePartition] = []
+    yield built
+    for part in built:
+        part.close()
+
+
+def build(
+    registry: list[CoinbasePartition],
+    products: list[str],
+    url: str,
+    product: str | None = None,
+    resume_state: str | None = None,
+    **kwargs: object,
+) -> CoinbasePartition:
+    source = CoinbaseSource(products, url=url, **{**FAST, **kwargs})  # type: ignore[arg-type]
+    part = source.build_part("input", product or products[0], resume_state)
+    registry.append(part)
+    return part
+
+
+def collect(
+    part: CoinbasePartition, until: Callable[[Items], bool], timeout: float = 8.0
+) -> Items:
+    """Poll next_batch until ``until(items)`` holds; fail with what arrived otherwise."""
+    items: Items = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        items += part.next_batch()
+        if until(items):
+            return items
+        time.sleep(0.002)
+    raise AssertionError(f"timed out; got {kinds(items)}; stats {part.stats}")
+
+
+def kinds(items: Items) -> list[str]:
+    names = {BookReset: "reset", BookSnapshot: "snapshot", BookChanges: "changes"}
+    return [names[type(event)] for _, event in items]
+
+
+def count(kind: str, n: int) -> Callable[[Items], bool]:
+    return lambda items: kinds(items).count(kind) >= n
+
+
+def snapshot_frame(product: str = "BTC-USD", mid: int = 100, levels: int = 3) -> str:
+    return json.dumps(
+        {
+            "type": "snapshot",
+            "product_id": product,
+            "bids": [[str(mid - 1 - i), "1.50000000"] for i in range(levels)],
+            "asks": [[str(mid + 1 + i), "2.50000000"] for i in range(levels)],
+        }
+    )
+
+
+def update_frame(product: str = "BTC-USD", price: str = "99", size: str = "3") -> str:
+    return json.dumps(
+        {
+            "type": "l2update",
+            "product_id": product,
+            "changes": [["buy", price, size]],
+            "time": "2026-08-25T03:35:57.300000Z",
+        }
+    )
+
+
+def at_frame(seq: int, kind: str = "update", product: str = "BTC-USD") -> str:
+    updates = [
+        {"side": "bid", "event_time": "", "price_level": "99", "new_quantity": "1"}
+    ]
+    return json.dumps(
+        {
+            "channel": "l2_data",
+            "timestamp": "2026-08-09T21:05:48.483587501Z",
+            "sequence_num": seq,
+            "events": [{"type": kind, "product_id": product, "updates": updates}],
+        }
+    )
+
+
+# -- handshakes --------------------------------------------------------------------------
+
+
+def test_exchange_subscribe_handshake(partitions: list) -> None:
+    async def script(conn: ScriptedConnection) -> None:
+        await conn.recv_json()
+        await conn.send(snapshot_frame())
+        await conn.hold()
+
+    with ScriptedServer(script) as server:
+        part = build(partitions, ["BTC-USD"], server.url)
+        items = collect(part, count("snapshot", 1))
+    assert kinds(items) == ["reset", "snapshot"]
+    assert items[0] == ("BTC-USD", items[0][1])
+    assert items[0][1].reason == "start"
+    assert server.received[0] == [
+        {
+            "type": "subscribe",
+            "channels": [
+                {"name": "level2_batch", "product_ids": ["BTC-USD"]},
+                {"name": "heartbeat", "product_ids": ["BTC-USD"]},
+            ],
+        }
+    ]
+
+
+def test_advanced_trade_subscribe_handshake(partitions: list) -> None:
+    async def script(conn: ScriptedConnection) -> None:
+        await conn.recv_json()
+        await conn.recv_json()
+        await conn.send(at_frame(0, "snapshot"))
+        await conn.hold()
+
+    with ScriptedServer(script) as server:
+        part = build(partitions, ["BTC-USD"], server.url, feed="advanced-trade")
+        items = collect(part, count("snapshot", 1))
+    assert kinds(items) == ["reset", "snapshot"]
+    assert server.received[0] == [
+        {"type": "subscribe", "product_ids": ["BTC-USD"], "channel": "level2"},
+        {"type": "subscribe", "channel": "heartbeats"},
+    ]
+
+
+def expected_signature(timestamp: str) -> str:
+    message = f"{timestamp}GET/users/self/verify".encode()
+    digest = hmac.new(base64.b64decode(SECRET), message, hashlib.sha256).digest()
+    return base64.b64encode(digest).decode()
+
+
+def test_exchange_auth_handshake_is_signed_on_every_connect(partitions: list) -> None:
+    async def script(conn: ScriptedConnection) -> None:
+        await conn.recv_json()
+        await conn.send(snapshot_frame("ETH-USD"))
+        if conn.index == 0:
+            return  # drop: the client must sign afresh on the reconnect
+        await conn.hold()
+
+    with ScriptedServer(script) as server:
+        part = build(
+            partitions, ["ETH-USD"], server.url, feed="exchange-auth", credentials=CREDS
+        )
+        collect(part, count("snapshot", 2))
+    assert len(server.received) >= 2
+    for [message] in server.received[:2]:
+        assert message["channels"] == [
+            {"name": "level2", "product_ids": ["ETH-USD"]},
+            {"name": "heartbeat", "product_ids": ["ETH-USD"]},
+        ]
+        assert message["key"] == "test-key"
+        assert message["passphrase"] == "test-passphrase"
+        assert abs(float(message["timestamp"]) - time.time()) < 30
+        assert message["signature"] == expected_signature(message["timestamp"])
+
+
+def test_subscribe_messages_resign_with_the_time() -> None:
+    first = subscribe_messages("exchange-auth", "BTC-USD", CREDS, now=1_700_000_000.5)[
+        0
+    ]
+    later = subscribe_messages("exchange-auth", "BTC-USD", CREDS, now=1_700_000_060.0)[
+        0
+    ]
+    assert first["timestamp"] == "1700000000"
+    assert first["signature"] == expected_signature("1700000000")
+    assert later["signature"] == expected_signature("1700000060") != first["signature"]
+    with pytest.raises(ValueError, match="credentials"):
+        subscribe_messages("exchange-auth", "BTC-USD")
+
+
+# -- data path ---------------------------------------------------------------------------
+
+
+def test_big_snapshot_then_updates(partitions: list) -> None:
+    levels = 80_000
+    big = snapshot_frame(mid=200_000, levels=levels)
+    assert len(big) > 4_000_000
+
+    async def script(conn: ScriptedConnection) -> None:
+        await conn.recv_json()
+        await conn.send(big)
+        await conn.send(update_frame(price="199999", size="0"))
+        await conn.hold()
+
+    with ScriptedServer(script) as server:
+        part = build(partitions, ["BTC-USD"], server.url, watchdog_seconds=2.0)
+        items = collect(part, count("changes", 1), timeout=15)
+    assert kinds(items) == ["reset", "snapshot", "changes"]
+    snapshot = items[1][1]
+    assert len(snapshot.bids) == len(snapshot.asks) == levels
+    assert snapshot.bids[0] == (Decimal(199_999), Decimal("1.5"))
+    assert items[2][1].changes == [("bid", Decimal(199_999), Decimal(0))]
+
+
+def test_updates_before_snapshot_are_dropped_and_counted(partitions: list) -> None:
+    async def script(conn: ScriptedConnection) -> None:
+        await conn.recv_json()
+        await conn.send(update_frame(size="7"))
+        await conn.send(snapshot_frame())
+        await conn.send(update_frame(size="8"))
+        await conn.hold()
+
+    with ScriptedServer(script) as server:
+        part = build(partitions, ["BTC-USD"], server.url)
+        items = collect(part, count("changes", 1))
+    assert kinds(items) == ["reset", "snapshot", "changes"]
+    assert items[2][1].changes[0][2] == Decimal(8)
+    assert part.stats["dropped_before_snapshot"] == 1
+    assert part.stats["events"] == 2
+
+
+def test_reconnect_after_server_closes_emits_reset_then_fresh_snapshot(
+    partitions: list,
+) -> None:
+    async def script(conn: ScriptedConnection) -> None:
+        await conn.recv_json()
+        await conn.send(snapshot_frame(mid=100 + conn.index))
+        await conn.send(update_frame())
+        if conn.index == 0:
+            return
+        await conn.hold()
+
+    with ScriptedServer(script) as server:
+        part = build(partitions, ["BTC-USD"], server.url)
+        items = collect(part, count("changes", 2))
+        stats = dict(part.stats)
+    assert kinds(items) == [
+        "reset",
+        "snapshot",
+        "changes",
+        "reset",
+        "snapshot",
+        "changes",
+    ]
+    assert "closed" in items[3][1].reason
+    assert items[4][1].bids[0][0] == Decimal(100)  # the second connection's book
+    assert stats["reconnects"] >= 1
+    assert stats["resets"] == 2
+
+
+def test_watchdog_reconnects_a_silent_connection(partitions: list) -> None:
+    async def script(conn: ScriptedConnection) -> None:
+        await conn.recv_json()
+        await conn.send(snapshot_frame())
+        await conn.hold(10)  # silent: no heartbeat, no data
+
+    with ScriptedServer(script) as server:
+        part = build(partitions, ["BTC-USD"], server.url, watchdog_seconds=0.3)
+        items = collect(part, count("snapshot", 2))
+    assert kinds(items)[:4] == ["reset", "snapshot", "reset", "snapshot"]
+    assert "watchdog" in items[2][1].reason
+    assert server.connections >= 2
+
+
+def test_heartbeats_alone_do_not_keep_a_bookless_connection(partitions: list) -> None:
+    heartbeat = {"type": "heartbeat", "sequence": 1, "product_id": "BTC-USD"}
+
+    async def script(conn: ScriptedConnection) -> None:
+        await conn.recv_json()
+        if conn.index > 0:
+            await conn.send(snapshot_frame())
+        for _ in range(100):
+            await conn.send(heartbeat)
+            await asyncio.sleep(0.05)
+
+    with ScriptedServer(script) as server:
+        part = build(partitions, ["BTC-USD"], server.url, watchdog_seconds=0.2)
+        items = collect(part, count("snapshot", 1))
+        assert (
+            part.stats["last_disconnect"]
+            == "watchdog: no snapshot within 0.6 s of connecting"
+        )
+    assert kinds(items) == ["reset", "snapshot"]  # no second reset: nothing was live
+    assert server.connections == 2
+
+
+def test_advanced_trade_sequence_gap_resets_and_resubscribes(partitions: list) -> None:
+    async def script(conn: ScriptedConnection) -> None:
+        await conn.recv_json()
+        await conn.recv_json()
+        if conn.index == 0:
+            await conn.send(
+                '{"channel":"subscriptions","timestamp":"2026-08-09T21:05:48.6Z",'
+                '"sequence_num":0,"events":[]}'
+            )
+            await conn.send(at_frame(1, "snapshot"))
+            await conn.send(at_frame(2))
+            await conn.send(at_frame(4))  # 3 was lost
+            await conn.send(at_frame(5))
+        else:
+            await conn.send(at_frame(0, "snapshot"))
+        await conn.hold()
+
+    with ScriptedServer(script) as server:
+        part = build(partitions, ["BTC-USD"], server.url, feed="advanced-trade")
+        items = collect(part, count("snapshot", 2))
+    assert kinds(items) == ["reset", "snapshot", "changes", "reset", "snapshot"]
+    assert "expected sequence_num 3, got 4" in items[3][1].reason
+    assert part.stats["sequence_gaps"] == 1
+    assert server.connections == 2
+
+
+def test_malformed_frames_are_skipped_counted_and_book_frames_resync(
+    partitions: list,
+) -> None:
+    async def script(conn: ScriptedConnection) -> None:
+        await conn.recv_json()
+        await conn.send(snapshot_frame())
+        if conn.index == 0:
+            await conn.send("[1, 2]")  # not a book frame: skipped, no resync
+            await conn.send(
+                update_frame().replace(
+                    "2026-08-25T03:35:57.300000Z", "0001-01-01T00:00:00Z"
+                )
+            )
+            await conn.send(update_frame(size="0.-10000"))  # bad size: book frame lost
+            await conn.send(update_frame(size="5"))
+        await conn.hold()
+
+    with ScriptedServer(script) as server:
+        part = build(partitions, ["BTC-USD"], server.url)
+        items = collect(part, count("snapshot", 2))
+    assert kinds(items) == ["reset", "snapshot", "changes", "reset", "snapshot"]
+    assert items[2][1].time is None  # bad timestamp alone: data kept
+    assert "malformed" in items[3][1].reason
+    assert part.stats["malformed"] == 2
+    assert part.stats["bad_times"] == 1
+    assert part.stats["resyncs"] == 1
+
+
+# -- error replies -----------------------------------------------------------------------
+
+
+def test_unknown_product_idles_its_partition_only(partitions: list) -> None:
+    connections: dict[str, int] = {}
+
+    async def script(conn: ScriptedConnection) -> None:
+        message = await conn.recv_json()
+        product = message["channels"][0]["product_ids"][0]
+        connections[product] = connections.get(product, 0) + 1
+        if product == "BAD-USD":
+            await conn.send(
+                {
+                    "type": "error",
+                    "message": "Failed to subscribe",
+                    "reason": "BAD-USD is not a valid product",
+                }
+            )
+        else:
+            await conn.send(snapshot_frame(product))
+        await conn.hold()
+
+    with ScriptedServer(script) as server:
+        bad = build(partitions, ["BTC-USD", "BAD-USD"], server.url, product="BAD-USD")
+        good = build(partitions, ["BTC-USD", "BAD-USD"], server.url, product="BTC-USD")
+        bad_items = collect(bad, lambda _: bad.stats["state"] == "idle")
+        good_items = collect(good, count("snapshot", 1))
+        time.sleep(0.5)  # several backoff periods: an idle partition must not reconnect
+        bad_items += bad.next_batch()
+    assert kinds(bad_items) == ["reset"]
+    assert isinstance(bad.error, UnknownProduct)
+    assert "BAD-USD" in bad.stats["last_error"]
+    assert bad.stats["errors"] == 1
+    assert connections["BAD-USD"] == 1
+    assert not bad.running
+    assert kinds(good_items) == ["reset", "snapshot"]
+    assert good.stats["errors"] == 0
+
+
+def test_auth_error_names_the_credential_and_hides_secrets(partitions: list) -> None:
+    async def script(conn: ScriptedConnection) -> None:
+        await conn.recv_json()
+        await conn.send(
+            {
+                "type": "error",
+                "message": "Failed to subscribe",
+                "reason": "invalid signature",
+            }
+        )
+        await conn.hold()
+
+    with ScriptedServer(script) as server:
+        part = build(
+            partitions, ["BTC-USD"], server.url, feed="exchange-auth", credentials=CREDS
+        )
+        collect(part, lambda _: part.stats["state"] == "idle")
+    assert isinstance(part.error, AuthError)
+    assert part.error.credential == "COINBASE_API_SECRET"
+    assert "COINBASE_API_SECRET" in part.stats["last_error"]
+    assert SECRET not in str(part.stats) and "test-passphrase" not in str(part.stats)
+    assert server.connections == 1
+
+
+def test_transient_error_reconnects(partitions: list) -> None:
+    async def script(conn: ScriptedConnection) -> None:
+        await conn.recv_json()
+        await conn.recv_json()
+        if conn.index == 0:
+            await conn.send(
+                {"type": "error", "message": "too many L2 streams requested"}
+            )
+        else:
+            await conn.send(at_frame(0, "snapshot"))
+        await conn.hold()
+
+    with ScriptedServer(script) as server:
+        part = build(partitions, ["BTC-USD"], server.url, feed="advanced-trade")
+        items = collect(part, count("snapshot", 1))
+        assert part.stats["state"] == "connected"
+    assert kinds(items) == ["reset", "snapshot"]
+    assert part.stats["errors"] == 1
+    assert "too many L2 streams" in part.stats["last_error"]
+
+
+# -- lifecycle ---------------------------------------------------------------------------
+
+
+def test_close_stops_the_thread_and_the_connection(partitions: list) -> None:
+    closed = []
+
+    async def script(conn: ScriptedConnection) -> None:
+        await conn.recv_json()
+        await conn.send(snapshot_frame())
+        await conn.hold(10)
+        closed.append(conn.index)
+
+    with ScriptedServer(script) as server:
+        part = build(partitions, ["BTC-USD"], server.url, watchdog_seconds=5.0)
+        collect(part, count("snapshot", 1))
+        assert part.running
+        started = time.monotonic()
+        part.close()
+        assert time.monotonic() - started < 2.5
+        assert not part.running
+        deadline = time.monotonic() + 3
+        while not closed and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert closed == [0]
+    assert server.connections == 1
+    assert all(isinstance(event, BookReset) for _, event in part.next_batch())
+
+
+def test_close_while_waiting_to_reconnect(partitions: list) -> None:
+    part = build(
+        partitions, ["BTC-USD"], "ws://127.0.0.1:9", backoff_initial=5, backoff_max=5
+    )
+    collect(part, lambda _: part.stats["reconnects"] >= 1)
+    started = time.monotonic()
+    part.close()
+    assert time.monotonic() - started < 2.5
+    assert not part.running
+
+
+def test_resume_starts_with_a_reset_and_snapshot_pickles(partitions: list) -> None:
+    async def script(conn: ScriptedConnection) -> None:
+        await conn.recv_json()
+        await conn.send(snapshot_frame())
+        await conn.hold()
+
+    with ScriptedServer(script) as server:
+        part = build(partitions, ["BTC-USD"], server.url)
+        state = pickle.loads(pickle.dumps(part.snapshot()))
+        resumed = build(partitions, ["BTC-USD"], server.url, resume_state=state)
+        items = collect(resumed, count("snapshot", 1))
+    assert kinds(items) == ["reset", "snapshot"]
+    assert items[0][1].reason == "resume"
+
+
+def test_next_awake_polls_when_empty_and_not_when_items_wait(partitions: list) -> None:
+    part = build(partitions, ["BTC-USD"], "ws://127.0.0.1:9")
+    assert part.next_awake() is None  # the start reset is queued
+    assert kinds(part.next_batch()) == ["reset"]
+    awake = part.next_awake()
+    assert awake is not None and awake.tzinfo is not None
+
+
+# -- configuration -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"products": ["BTC-USD"], "feed": "level3"},
+            "exchange, exchange-auth, advanced-trade",
+        ),
+        ({"products": ["BTC-USD"], "feed": "exchange-auth"}, "COINBASE_API_KEY"),
+        ({"products": []}, "products is empty"),
+        ({"products": ["btc usd"]}, "malformed product id 'btc usd'"),
+        ({"products": ["BTC-USD", "BTC-USD"]}, "duplicate product ids: BTC-USD"),
+        ({"products": ["BTC-USD"], "url": "http://x"}, "url must start with ws://"),
+        ({"products": ["BTC-USD"], "watchdog_seconds": 0}, "watchdog_seconds"),
+        ({"products": ["BTC-USD"], "backoff_initial": -1}, "backoff_initial"),
+        ({"products": ["BTC-USD"], "backoff_max": 0.1}, "backoff_max"),
+    ],
+)
+def test_bad_settings_are_refused_by_name(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        CoinbaseSource(**kwargs)
+
+
+def test_products_as_a_string_is_refused() -> None:
+    with pytest.raises(TypeError, match="list of product ids"):
+        CoinbaseSource("BTC-USD")
+
+
+def test_one_partition_per_product_and_default_urls() -> None:
+    source = CoinbaseSource(["BTC-USD", "ETH-EUR"], feed="advanced-trade")
+    assert source.list_parts() == ["BTC-USD", "ETH-EUR"]
+    assert source.url == "wss://advanced-trade-ws.coinbase.com"
+    assert source.feed_label == "advanced-trade"
+    assert CoinbaseSource(["BTC-USD"]).url == "wss://ws-feed.exchange.coinbase.com"
+
+
+# -- end to end against the local exchange -----------------------------------------------
+
+
+class Book:
+    """The minimal consumer: what a correct client holds after applying the events."""
+
+    def __init__(self) -> None:
+        self.bids: dict[Decimal, Decimal] = {}
+        self.asks: dict[Decimal, Decimal] = {}
+        self.live = False
+
+    def apply(self, event: BookEvent) -> None:
+        if isinstance(event, BookReset):
+            self.bids, self.asks, self.live = {}, {}, False
+        elif isinstance(event, BookSnapshot):
+            self.bids, self.asks, self.live = dict(event.bids), dict(event.asks), True
+        else:
+            assert self.live, "changes before a snapshot must never reach the consumer"
+            for side, price, size in event.changes:
+                levels = self.bids if side == "bid" else self.asks
+                if size == 0:
+                    levels.pop(price, None)
+                else:
+                    levels[price] = size
+
+
+def run_until_quiet(
+    parts: dict[str, CoinbasePartition], books: dict[str, Book], seconds: float
+) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for part in parts.values():
+            for product, event in part.next_batch():
+                assert product == part.product_id
+                books[product].apply(event)
+        time.sleep(0.002)
+
+
+def assert_books_match(exchange: LocalExchange, parts: dict, books: dict) -> None:
+    exchange.pause_market()
+    run_until_quiet(parts, books, 0.4)
+    for product, book in books.items():
+        true_bids, true_asks = exchange.true_book(product)
+        assert book.live, parts[product].stats
+        assert (book.bids, book.asks) == (true_bids, true_asks), product
+
+
+@pytest.mark.parametrize(
+    ("feed", "protocol"),
+    [("exchange", "exchange"), ("advanced-trade", "advanced-trade")],
+)
+def test_local_exchange_faults_end_with_the_true_book(
+    partitions: list, feed: str, protocol: str
+) -> None:
+    products = ["BTC-USD", "ETH-USD"]
+    with LocalExchange(
+        products, depth=40, rate=50, seed=3, heartbeat_interval=0.1
+    ) as exchange:
+        source = CoinbaseSource(
+            products, feed=feed, url=exchange.url(protocol), feed_label="sim", **FAST
+        )
+        parts = {p: source.build_part("input", p, None) for p in products}
+        partitions.extend(parts.values())
+        books = {p: Book() for p in products}
+        run_until_quiet(parts, books, 0.6)
+        exchange.drop_connections()
+        run_until_quiet(parts, books, 0.6)
+        exchange.send_malformed(1)
+        run_until_quiet(parts, books, 0.6)
+        if feed == "advanced-trade":
+            exchange.skip_sequence()
+        exchange.go_silent(0.8)
+        run_until_quiet(parts, books, 1.5)
+        assert_books_match(exchange, parts, books)
+    for part in parts.values():
+        stats = part.stats
+        assert stats["reconnects"] >= 2, stats  # the drop and the silence at least
+        assert stats["malformed"] >= 1, stats
+        assert stats["snapshots"] >= 3, stats
+        assert stats["events"] > stats["snapshots"] + stats["resets"], stats
+        if feed == "advanced-trade":
+            assert stats["sequence_gaps"] + stats["resyncs"] >= 1, stats
+
+
+def test_local_exchange_signed_level2(partitions: list) -> None:
+    with LocalExchange(
+        ["BTC-USD"],
+        depth=20,
+        rate=40,
+        api_key="test-key",
+        api_secret=SECRET,
+        passphrase="test-passphrase",
+        heartbeat_interval=0.1,
+    ) as exchange:
+        good = build(
+            partitions,
+            ["BTC-USD"],
+            exchange.url("exchange"),
+            feed="exchange-auth",
+            credentials=CREDS,
+        )
+        wrong = Credentials("test-key", SECRET, "not-the-passphrase")
+        bad = build(
+            partitions,
+            ["BTC-USD"],
+            exchange.url("exchange"),
+            feed="exchange-auth",
+            credentials=wrong,
+        )
+        unsigned = build(
+            partitions, ["BTC-USD"], exchange.url("exchange"), feed="exchange"
+        )
+        collect(good, count("changes", 3))
+        collect(unsigned, count("changes", 3))
+        collect(bad, lambda _: bad.stats["state"] == "idle")
+    assert isinstance(bad.error, AuthError)
+    assert bad.error.credential == "COINBASE_API_PASSPHRASE"
+    assert "not-the-passphrase" not in bad.stats["last_error"]
+
+
+def test_local_exchange_unknown_product(partitions: list) -> None:
+    with LocalExchange(
+        ["BTC-USD"], depth=20, rate=40, heartbeat_interval=0.1
+    ) as exchange:
+        for protocol in ("exchange", "advanced-trade"):
+            part = build(partitions, ["SOL-USD"], exchange.url(protocol), feed=protocol)
+            collect(part, lambda _, p=part: p.stats["state"] == "idle")
+            assert isinstance(part.error, UnknownProduct)
+            assert "SOL-USD" in part.stats["last_error"]
+
+
+# -- pacing ------------------------------------------------------------------------------
+
+
+def test_backoff_doubles_with_jitter_up_to_the_cap_and_resets() -> None:
+    backoff = Backoff(0.25, 2.0, rng=random.Random(7))
+    ceilings = [0.25, 0.5, 1.0, 2.0, 2.0, 2.0]
+    for ceiling in ceilings:
+        assert ceiling / 2 <= backoff.next_delay() <= ceiling
+    backoff.reset()
+    assert backoff.next_delay() <= 0.25
+    assert len({Backoff(0.25, 30).next_delay() for _ in range(20)}) > 1  # jittered
+
+
+def test_connection_pacer_spaces_attempts_across_threads() -> None:
+    pacer = ConnectionPacer(per_second=8)
+    waits: list[float] = []
+    lock = threading.Lock()
+
+    def reserve() -> None:
+        wait = pacer.reserve()
+        with lock:
+            waits.append(wait)
+
+    threads = [threading.Thread(target=reserve) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    waits.sort()
+    assert waits[0] < 0.05
+    gaps = [later - earlier for earlier, later in itertools.pairwise(waits)]
+    assert min(gaps) > 0.125 - 0.01  # one slot per 1/8 s, whatever the thread timing
+    assert waits[-1] >= 15 * 0.125 - 0.05
+
+
+# -- inside Bytewax ----------------------------------------------------------------------
+
+
+class _StopAfter(StatefulSourcePartition):
+    """Ends the input once the wrapped partition has delivered ``changes`` updates."""
+
+    def __init__(self, inner: CoinbasePartition, changes: int) -> None:
+        self.inner = inner
+        self.remaining = changes
+
+    def next_batch(self) -> list:
+        if self.remaining <= 0:
+            raise StopIteration
+        batch = self.inner.next_batch()
+        self.remaining -= sum(isinstance(event, BookChanges) for _, event in batch)
+        return batch
+
+    def next_awake(self) -> datetime | None:
+        return self.inner.next_awake()
+
+    def snapshot(self) -> str:
+        return self.inner.snapshot()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _StopAfterSource(FixedPartitionedSource):
+    def __init__(self, inner: CoinbaseSource, changes: int) -> None:
+        self.inner = inner
+        self.changes = changes
+
+    def list_parts(self) -> list[str]:
+        return self.inner.list_parts()
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: str | None
+    ) -> _StopAfter:
+        return _StopAfter(
+            self.inner.build_part(step_id, for_part, resume_state), self.changes
+        )
+
+
+def test_runs_in_a_bytewax_flow() -> None:
+    products = ["BTC-USD", "ETH-USD"]
+    with LocalExchange(products, depth=20, rate=50, heartbeat_interval=0.1) as exchange:
+        source = CoinbaseSource(
+            products, url=exchange.url("exchange"), feed_label="sim", **FAST
+        )
+        flow = Dataflow("coinbase_source_test")
+        stream = op.input("in", flow, _StopAfterSource(source, changes=5))
+        out: list = []
+        op.output("out", stream, TestingSink(out))
+        run_main(flow)
+    for product in products:
+        events = [event for key, event in out if key == product]
+        assert all(
+            event.product_id == product and event.feed == "sim" for event in events
+        )
+        assert kinds([(product, event) for event in events])[:2] == [
+            "reset",
+            "snapshot",
+        ]
+        assert sum(isinstance(event, BookChanges) for event in events) >= 5
+
+
+SIGINT_SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})
+from bytewax import operators as op
+from bytewax.connectors.stdio import StdOutSink
+from bytewax.dataflow import Dataflow
+from bytewax.testing import run_main
+from coinbase_sim import LocalExchange
+from coinbase_source import CoinbaseSource
+exchange = LocalExchange(["BTC-USD", "ETH-USD"], depth=10, rate=20).start()
+flow = Dataflow("sigint")
+stream = op.input("in", flow, CoinbaseSource(["BTC-USD", "ETH-USD"], url=exchange.url()))
+op.output("out", op.map("name", stream, lambda item: type(item[1]).__name__), StdOutSink())
+run_main(flow)
+"""
+
+
+def test_ctrl_c_ends_a_running_flow_promptly(tmp_path: pathlib.Path) -> None:
+    script = tmp_path / "flow.py"
+    script.write_text(SIGINT_SCRIPT.format(root=str(pathlib.Path(__file__).parents[1])))
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        deadline = time.monotonic() + 20
+        while "BookChanges" not in lines and time.monotonic() < deadline:
+            lines.append(proc.stdout.readline().strip())
+        assert "BookChanges" in lines, lines[-5:]
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=5)  # raises TimeoutExpired if a thread kept it alive
+    finally:
+        proc.kill()
+        proc.wait()
+    names = [
+        line for line in lines if line in ("BookReset", "BookSnapshot", "BookChanges")
+    ]
+    assert names[0] == "BookReset"

@@ -1,0 +1,138 @@
+"""The real command (`python -m bytewax.run dataflow:flow`) against the local exchange.
+
+Each test starts a LocalExchange on 127.0.0.1, points the flow at it with
+ORDERBOOK_WS_URL, lets it run, pauses the market, and checks that the last summary of every
+product equals the exchange's true top of book: the books are exact, and they recover from
+every injected fault.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from decimal import Decimal
+
+import pytest
+
+from coinbase_sim import LocalExchange
+from tests.flow_runner import FlowProcess, flow_env, last_by_product, read_jsonl, settle
+
+PRODUCTS = ["BTC-USD", "ETH-USD", "BTC-EUR", "ETH-EUR"]
+
+
+def _true_top_matches(exchange: LocalExchange, last: dict[str, dict]) -> None:
+    for product in PRODUCTS:
+        bid, bid_size, ask, ask_size = exchange.true_top(product)
+        got = last[product]
+        assert (
+            Decimal(got["bid_price"]),
+            Decimal(got["bid_size"]),
+            Decimal(got["ask_price"]),
+            Decimal(got["ask_size"]),
+        ) == (bid, bid_size, ask, ask_size), product
+
+
+def _never_crossed(records: list[dict]) -> None:
+    for r in records:
+        assert Decimal(r["bid_price"]) < Decimal(r["ask_price"]), r
+        assert Decimal(r["bid_size"]) > 0 and Decimal(r["ask_size"]) > 0, r
+
+
+def _start_flow(
+    tmp_path, url: str, feed: str = "exchange", **extra: str
+) -> tuple[FlowProcess, object]:
+    out = tmp_path / "summaries.jsonl"
+    env = flow_env(
+        ORDERBOOK_FEED=feed,
+        ORDERBOOK_WS_URL=url,
+        ORDERBOOK_PRODUCTS=",".join(PRODUCTS),
+        ORDERBOOK_SPREAD_THRESHOLD="0",
+        ORDERBOOK_OUTPUT=f"jsonl:{out}",
+        **extra,
+    )
+    flow = FlowProcess(["bytewax.run", "dataflow:flow"], env)
+    return flow, out
+
+
+def _all_products_seen(out):
+    return lambda: set(last_by_product(read_jsonl(out))) >= set(PRODUCTS)
+
+
+@pytest.mark.parametrize("protocol", ["exchange", "advanced-trade"])
+def test_last_summary_equals_true_top_and_sigterm_exits_cleanly(tmp_path, protocol):
+    feed = "exchange" if protocol == "exchange" else "advanced-trade"
+    with LocalExchange(PRODUCTS, depth=300, rate=40, seed=7) as exchange:
+        flow, out = _start_flow(tmp_path, exchange.url(protocol), feed)
+        flow.wait_for(_all_products_seen(out), 30, "a summary of every product")
+        time.sleep(1.0)
+        exchange.pause_market()
+        records = settle(lambda: read_jsonl(out))
+        _true_top_matches(exchange, last_by_product(records))
+        _never_crossed(records)
+        assert {r["feed"] for r in records} == {feed}
+        assert flow.stop(signal.SIGTERM) == 0
+    assert "Traceback" not in flow.stderr
+
+
+def test_books_recover_from_every_fault(tmp_path):
+    with LocalExchange(
+        PRODUCTS, depth=200, rate=40, seed=3, heartbeat_interval=0.2
+    ) as exchange:
+        flow, out = _start_flow(
+            tmp_path, exchange.url(), ORDERBOOK_WATCHDOG_SECONDS="1"
+        )
+        flow.wait_for(_all_products_seen(out), 30, "a summary of every product")
+        accepted = exchange.stats["connections_accepted"]
+
+        exchange.drop_connections()
+        flow.wait_for(
+            lambda: exchange.stats["connections_accepted"] >= accepted + len(PRODUCTS),
+            20,
+            "reconnection after a drop",
+        )
+        exchange.send_malformed(count=3)
+        time.sleep(0.5)
+        accepted = exchange.stats["connections_accepted"]
+        exchange.go_silent(2.5)
+        flow.wait_for(
+            lambda: exchange.stats["connections_accepted"] >= accepted + len(PRODUCTS),
+            20,
+            "reconnection after the watchdog saw silence",
+        )
+        time.sleep(1.5)
+        exchange.pause_market()
+        records = settle(lambda: read_jsonl(out))
+        _true_top_matches(exchange, last_by_product(records))
+        _never_crossed(records)
+        assert flow.stop(signal.SIGINT) == 0
+    assert "Traceback" not in flow.stderr
+
+
+def test_sequence_gap_on_advanced_trade_rebuilds_the_book(tmp_path):
+    with LocalExchange(PRODUCTS, depth=200, rate=40, seed=5) as exchange:
+        flow, out = _start_flow(
+            tmp_path, exchange.url("advanced-trade"), "advanced-trade"
+        )
+        flow.wait_for(_all_products_seen(out), 30, "a summary of every product")
+        subscribes = exchange.stats["subscribes"]
+        exchange.skip_sequence()
+        flow.wait_for(
+            lambda: exchange.stats["subscribes"] > subscribes,
+            20,
+            "a resubscribe after the gap",
+        )
+        time.sleep(1.0)
+        exchange.pause_market()
+        records = settle(lambda: read_jsonl(out))
+        _true_top_matches(exchange, last_by_product(records))
+        _never_crossed(records)
+        assert flow.stop() == 0
+
+
+def test_bad_setting_is_refused_at_start_with_its_name():
+    flow = FlowProcess(
+        ["bytewax.run", "dataflow:flow"], flow_env(ORDERBOOK_SPREAD_THRESHOLD="0,1")
+    )
+    assert flow.finish(timeout=60) != 0
+    assert "ORDERBOOK_SPREAD_THRESHOLD" in flow.stderr
+    assert "Traceback" not in flow.stderr

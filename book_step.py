@@ -14,6 +14,7 @@ that it can be tested and benchmarked on its own. Rules, each a way a book goes 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -23,6 +24,7 @@ from orderbook import BookCondition, OrderBook, OrderBookSummary
 
 log = logging.getLogger(__name__)
 _bad_book_log = RateLimitedLog(log, interval_seconds=1.0)
+STATUS_INTERVAL = 10.0
 
 
 @dataclass
@@ -39,6 +41,8 @@ class BookState:
     book: OrderBook | None = None
     last_top: tuple | None = None
     condition: str = "awaiting-snapshot"
+    updates: int = 0
+    next_status_at: float = 0.0
 
     def __getstate__(self) -> dict:
         return {"product_id": self.product_id, "feed": self.feed}
@@ -49,6 +53,8 @@ class BookState:
         self.book = None
         self.last_top = None
         self.condition = "awaiting-snapshot"
+        self.updates = 0
+        self.next_status_at = 0.0
 
     def __deepcopy__(self, memo: dict) -> BookState:
         return BookState(self.product_id, self.feed)
@@ -85,7 +91,32 @@ def update_book(
         log.error("%s: book dropped until the next snapshot: %s", state.product_id, exc)
         _drop(state, "unappliable message")
         return state, None
-    return state, _summary_if_changed(state, event)
+    state.updates += 1
+    summary = _summary_if_changed(state, event)
+    if time.monotonic() >= state.next_status_at:
+        _log_status(state)
+    return state, summary
+
+
+def _log_status(state: BookState) -> None:
+    """Every STATUS_INTERVAL: a sign of life even when the spread filter passes nothing."""
+    book = state.book
+    top = book.top() if book is not None else None
+    if top is not None and state.condition == "ok":
+        spread_pct = (top[2] - top[0]) * 100 / top[2]
+        detail = f"bid {top[0]} ask {top[2]} spread {spread_pct:.6f}%"
+    else:
+        detail = state.condition
+    levels = len(book) if book is not None else 0
+    log.info(
+        "%s [%s]: %d levels, %d updates applied, %s",
+        state.product_id,
+        state.feed,
+        levels,
+        state.updates,
+        detail,
+    )
+    state.next_status_at = time.monotonic() + STATUS_INTERVAL
 
 
 def _drop(state: BookState, why: str) -> None:

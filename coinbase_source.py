@@ -314,9 +314,8 @@ class CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
                 raise
             except Exception as exc:  # a bug must not end the partition's life
                 self.stats["errors"] += 1
-                self.stats["last_error"] = f"unexpected {type(exc).__name__}: {exc}"[
-                    :300
-                ]
+                text = f"unexpected {type(exc).__name__}: {exc}"
+                self.stats["last_error"] = text[:300]
                 log.exception(
                     "%s: unexpected error in the connection loop", self.product_id
                 )
@@ -335,9 +334,8 @@ class CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - any connect failure means: retry later
-            self.stats["last_error"] = f"connect failed: {type(exc).__name__}: {exc}"[
-                :300
-            ]
+            text = f"connect failed: {type(exc).__name__}: {exc}"
+            self.stats["last_error"] = text[:300]
             log.warning("%s: cannot connect to %s: %s", self.product_id, self.url, exc)
             return
         self.stats["connections"] += 1

@@ -24,13 +24,22 @@ from sources import build_source
 
 
 class SpreadFilter:
-    """Keeps summaries whose spread exceeds ``threshold_pct`` percent of the ask."""
+    """Keeps summaries whose spread exceeds ``threshold_pct`` percent of the ask.
+
+    Takes the book step's ``(key, summary or None)`` output and returns the summary or
+    None, so that dropping the key, the non-events and the narrow spreads is one step.
+    """
 
     def __init__(self, threshold_pct: Decimal) -> None:
         self.threshold_pct = Decimal(threshold_pct)
 
-    def __call__(self, summary: OrderBookSummary) -> bool:
-        return summary.spread_pct > self.threshold_pct
+    def __call__(
+        self, keyed: tuple[str, OrderBookSummary | None]
+    ) -> OrderBookSummary | None:
+        summary = keyed[1]
+        if summary is not None and summary.spread_pct > self.threshold_pct:
+            return summary
+        return None
 
 
 class RouteByProduct:
@@ -42,12 +51,6 @@ class RouteByProduct:
     def __call__(self, item: tuple[str, object]) -> tuple[str, object]:
         product_id, event = item
         return self.keys.get(product_id, product_id), event
-
-
-def _summary_only(
-    keyed: tuple[str, OrderBookSummary | None],
-) -> OrderBookSummary | None:
-    return keyed[1]
 
 
 def get_flow(
@@ -69,9 +72,8 @@ def get_flow(
     events = op.input("coinbase", flow, source)
     keyed = op.map("route", events, RouteByProduct(products))
     books = op.stateful_map("order_book", keyed, update_book)
-    summaries = op.filter_map("summaries", books, _summary_only)
-    wide = op.filter(
-        "spread_filter", summaries, SpreadFilter(settings.spread_threshold_pct)
+    wide = op.filter_map(
+        "spread_filter", books, SpreadFilter(settings.spread_threshold_pct)
     )
     op.output("output", wide, sink)
     return flow
@@ -83,10 +85,17 @@ def _flow_from_environment() -> Dataflow:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("websockets").setLevel(logging.WARNING)
     try:
-        built = get_flow(Settings.from_env())
+        settings = Settings.from_env()
+        built = get_flow(settings)
     except ConfigError as exc:
         sys.exit(f"orderbook: {exc}")
+    logging.getLogger(__name__).info(
+        "emitting summaries whose spread exceeds %s%% of the ask "
+        "(ORDERBOOK_SPREAD_THRESHOLD; 0 emits every change of the top of book)",
+        settings.spread_threshold_pct,
+    )
     install_clean_exit()
     return built
 

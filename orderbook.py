@@ -229,8 +229,12 @@ def _best_ask_price(asks: SortedDict) -> Decimal:
 
 
 def _plain(value: Decimal) -> str:
-    """Fixed-point text (never '1E-10'), so JSON consumers see ordinary numbers."""
-    return format(value, "f")
+    """Canonical fixed-point text: never '1E-10', no trailing zeros.
+
+    The feeds send one price in several forms ("65083.66", "65083.66000000"); the book
+    keys them as one level, and the output prints them as one string too.
+    """
+    return format(value.normalize(_CTX), "f")
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +275,9 @@ class OrderBookSummary:
         """Compute every derived field from a valid (uncrossed, non-empty) top."""
         ctx = _CTX
         spread = ctx.subtract(ask_price, bid_price)
-        finer = spread.scaleb(-_EXTRA_PRICE_DIGITS, ctx)  # see _fine_quantum
+        # quantum from the normalised spread, so that "65000.04" and "65000.04000000"
+        # give the same microprice text
+        finer = spread.normalize(ctx).scaleb(-_EXTRA_PRICE_DIGITS, ctx)
         depth = ctx.add(bid_size, ask_size)
         weighted = ctx.add(
             ctx.multiply(bid_price, ask_size), ctx.multiply(ask_price, bid_size)

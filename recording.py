@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from coinbase_parse import FeedError, FrameDecoder, MalformedFrame, SequenceGap
@@ -143,8 +144,8 @@ class Recording:
                     if index < start:
                         continue
                     try:
-                        record = json.loads(line)
-                    except ValueError:
+                        record = orjson.loads(line)
+                    except orjson.JSONDecodeError:
                         log.warning(
                             "%s: record %d is not JSON; skipped", self.path, index
                         )
@@ -228,7 +229,6 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, BookEvent], int]):
         except SequenceGap as exc:
             self.stats["gaps"] += 1
             self._bad.warning("%s: %s in the recording; book reset", self._product, exc)
-            self._decoder = FrameDecoder(self._protocol, self._feed)
             return [
                 (self._product, BookReset(self._product, "sequence gap", self._feed))
             ]

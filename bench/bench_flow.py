@@ -104,7 +104,7 @@ def run_plain_loop(path: Path) -> tuple[float, int]:
         for event in decoders[record["product_id"]].decode(frame, record["t_ns"]):
             state, summary = update_book(states.get(event.product_id), event)
             states[event.product_id] = state
-            if summary is not None and keep(summary):
+            if keep((event.product_id, summary)) is not None:
                 emitted += 1
     return time.perf_counter() - start, emitted
 

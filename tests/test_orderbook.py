@@ -319,7 +319,7 @@ def test_to_dict_never_uses_exponent_notation():
     book = make_book(bids=[("0.00000001", "1")], asks=[("0.00000002", "100000000")])
     data = book.summary().to_dict()
     assert "E" not in json.dumps(data)
-    assert data["imbalance"] == "0.0000000100"
+    assert data["imbalance"] == "0.00000001"  # canonical: no trailing zeros
 
 
 def test_str_is_readable():

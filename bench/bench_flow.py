@@ -18,31 +18,39 @@ import json
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bytewax.outputs import DynamicSink, StatelessSinkPartition  # noqa: E402
-from bytewax.testing import run_main  # noqa: E402
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.testing import run_main
 
-from book_step import update_book  # noqa: E402
-from coinbase_parse import FrameDecoder  # noqa: E402
-from config import Settings  # noqa: E402
-from dataflow import SpreadFilter, get_flow  # noqa: E402
-from recording import Recording, RecordingWriter, ReplaySource  # noqa: E402
-from sim_market import Market  # noqa: E402
+from book_step import update_book
+from coinbase_parse import FrameDecoder
+from config import Settings
+from dataflow import SpreadFilter, get_flow
+from recording import Recording, RecordingWriter, ReplaySource
+from sim_market import Market
 
 PRODUCTS = ["BTC-USD", "ETH-USD", "BTC-EUR", "ETH-EUR"]
-THRESHOLD = Decimal("0")  # keep every summary: the most output work
+THRESHOLD = Decimal(0)  # keep every summary: the most output work
 
 
 def write_session(path: Path, messages: int, changes_per_batch: int) -> tuple[int, int]:
     market = Market(PRODUCTS, depth=1000, changes_per_batch=changes_per_batch, seed=1)
-    writer = RecordingWriter(path, {"protocol": "exchange", "feed": "exchange", "url": "sim",
-                                    "products": PRODUCTS, "started": "bench"})
-    t = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    writer = RecordingWriter(
+        path,
+        {
+            "protocol": "exchange",
+            "feed": "exchange",
+            "url": "sim",
+            "products": PRODUCTS,
+            "started": "bench",
+        },
+    )
+    t = datetime(2026, 1, 1, tzinfo=UTC)
     t_ns = 1_767_225_600_000_000_000
     for pid in PRODUCTS:
         writer.connected(pid, t_ns)
@@ -84,8 +92,12 @@ class _CountingSink(DynamicSink):
 
 def run_dataflow(path: Path) -> tuple[float, int]:
     sink = _CountingSink()
-    flow = get_flow(Settings(spread_threshold_pct=THRESHOLD), source=ReplaySource(path),
-                    products=PRODUCTS, sink=sink)
+    flow = get_flow(
+        Settings(spread_threshold_pct=THRESHOLD),
+        source=ReplaySource(path),
+        products=PRODUCTS,
+        sink=sink,
+    )
     start = time.perf_counter()
     run_main(flow)
     return time.perf_counter() - start, sink.count
@@ -134,16 +146,24 @@ def main() -> dict:
         "loop_msgs_per_s": messages / loop_s,
         "flow_over_loop": loop_s / flow_s,
     }
-    ok = lambda good: "PASS" if good else "MISS"  # noqa: E731
-    print(f"session: {messages} messages, {changes} level changes, "
-          f"{figures['summaries']} summaries (median of {args.repeat} runs, one worker)")
-    print(f"dataflow:   {figures['flow_msgs_per_s']:>10,.0f} msg/s  "
-          f"{figures['flow_changes_per_s']:>10,.0f} changes/s   target >= 50,000 msg/s "
-          f"{ok(figures['flow_msgs_per_s'] >= 50_000)}")
-    print(f"plain loop: {figures['loop_msgs_per_s']:>10,.0f} msg/s  "
-          f"{changes / loop_s:>10,.0f} changes/s")
-    print(f"dataflow / plain loop: {figures['flow_over_loop']:.2f}   target >= 0.50 "
-          f"{ok(figures['flow_over_loop'] >= 0.5)}")
+    ok = lambda good: "PASS" if good else "MISS"
+    print(
+        f"session: {messages} messages, {changes} level changes, "
+        f"{figures['summaries']} summaries (median of {args.repeat} runs, one worker)"
+    )
+    print(
+        f"dataflow:   {figures['flow_msgs_per_s']:>10,.0f} msg/s  "
+        f"{figures['flow_changes_per_s']:>10,.0f} changes/s   target >= 50,000 msg/s "
+        f"{ok(figures['flow_msgs_per_s'] >= 50_000)}"
+    )
+    print(
+        f"plain loop: {figures['loop_msgs_per_s']:>10,.0f} msg/s  "
+        f"{changes / loop_s:>10,.0f} changes/s"
+    )
+    print(
+        f"dataflow / plain loop: {figures['flow_over_loop']:.2f}   target >= 0.50 "
+        f"{ok(figures['flow_over_loop'] >= 0.5)}"
+    )
     return figures
 
 

@@ -136,3 +136,36 @@ def test_bad_setting_is_refused_at_start_with_its_name():
     assert flow.finish(timeout=60) != 0
     assert "ORDERBOOK_SPREAD_THRESHOLD" in flow.stderr
     assert "Traceback" not in flow.stderr
+
+
+def test_an_unknown_product_is_named_and_the_others_keep_running(tmp_path):
+    served = ["BTC-USD", "ETH-USD"]
+    with LocalExchange(served, depth=100, rate=40, seed=9) as exchange:
+        out = tmp_path / "summaries.jsonl"
+        env = flow_env(
+            ORDERBOOK_WS_URL=exchange.url(),
+            ORDERBOOK_PRODUCTS="BTC-USD,NOPE-USD,ETH-USD",
+            ORDERBOOK_SPREAD_THRESHOLD="0",
+            ORDERBOOK_OUTPUT=f"jsonl:{out}",
+        )
+        flow = FlowProcess(["bytewax.run", "dataflow:flow"], env)
+        flow.wait_for(
+            lambda: set(last_by_product(read_jsonl(out))) >= set(served),
+            30,
+            "summaries of the served products",
+        )
+        # An error reply for a live product: that partition backs off and resubscribes.
+        exchange.fail_next_subscribe("temporary trouble")
+        exchange.drop_connections()
+        time.sleep(2.5)
+        exchange.pause_market()
+        records = settle(lambda: read_jsonl(out))
+        assert flow.stop() == 0
+        for product in served:
+            bid, _, ask, _ = exchange.true_top(product)
+            got = last_by_product(records)[product]
+            assert (Decimal(got["bid_price"]), Decimal(got["ask_price"])) == (bid, ask)
+    assert "NOPE-USD" in flow.stderr
+    assert "temporary trouble" in flow.stderr
+    assert "NOPE-USD" not in {r["product_id"] for r in records}
+    assert "Traceback" not in flow.stderr

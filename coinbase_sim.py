@@ -34,7 +34,6 @@ import hmac
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -48,6 +47,7 @@ import orjson
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from events import PRODUCT_ID
 from recording import Recording, RecordingError
 from sim_market import (
     ASK,
@@ -93,8 +93,6 @@ MALFORMED_KINDS = (
 
 MAX_BACKLOG = 100_000
 """Frames a connection may have queued unsent before it is dropped as a slow consumer."""
-
-_PRODUCT_RE = re.compile(r"^[A-Z0-9]{1,12}-[A-Z0-9]{1,12}$")
 
 
 # --------------------------------------------------------------------------- time formats
@@ -349,7 +347,7 @@ class LocalExchange:
                 "products", "a non-empty list of product ids like 'BTC-USD'", products
             )
         bad = [
-            p for p in products if not isinstance(p, str) or not _PRODUCT_RE.match(p)
+            p for p in products if not isinstance(p, str) or not PRODUCT_ID.fullmatch(p)
         ]
         if bad:
             raise _refuse(
@@ -1320,7 +1318,7 @@ def _int_in(name: str, lo: int, hi: int) -> Callable[[str], int]:
 
 def _products_arg(text: str) -> list[str]:
     products = [p.strip() for p in text.split(",") if p.strip()]
-    bad = [p for p in products if not _PRODUCT_RE.match(p)]
+    bad = [p for p in products if not PRODUCT_ID.fullmatch(p)]
     if not products or bad:
         raise argparse.ArgumentTypeError(
             f"--products must be a comma-separated list of ids like BTC-USD,ETH-USD; bad: {bad or text!r}"

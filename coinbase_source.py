@@ -27,7 +27,6 @@ import asyncio
 import json
 import logging
 import math
-import re
 import threading
 import time
 from collections import deque
@@ -48,7 +47,8 @@ from coinbase_parse import (
     SequenceGap,
     UnknownProduct,
 )
-from events import BookChanges, BookEvent, BookReset, BookSnapshot
+from events import PRODUCT_ID, BookChanges, BookEvent, BookReset, BookSnapshot
+from logging_utils import RateLimitedLog
 
 __all__ = [
     "FEEDS",
@@ -68,7 +68,6 @@ connecting (a multi-MB snapshot takes a while on a slow link, and heartbeats alo
 not keep a book-less connection alive); after it, any frame feeds the watchdog."""
 POLL_INTERVAL = timedelta(milliseconds=1)
 IDLE_POLL_INTERVAL = timedelta(milliseconds=500)
-_PRODUCT_ID = re.compile(r"[A-Z0-9]{1,24}(-[A-Z0-9]{1,24}){1,3}")
 
 
 class FeedSpec(NamedTuple):
@@ -99,7 +98,7 @@ def _check_feed(feed: str) -> FeedSpec:
 
 
 def _check_product(product_id: Any) -> str:
-    if not isinstance(product_id, str) or not _PRODUCT_ID.fullmatch(product_id):
+    if not isinstance(product_id, str) or not PRODUCT_ID.fullmatch(product_id):
         raise ValueError(
             f"malformed product id {product_id!r}: expected upper-case BASE-QUOTE such as "
             "'BTC-USD'"
@@ -145,26 +144,6 @@ def subscribe_messages(
     return [message]
 
 
-class _RateLimitedLog:
-    """Logs at most once per ``interval`` seconds, reporting how many were suppressed."""
-
-    def __init__(self, logger: logging.Logger, interval: float = 1.0) -> None:
-        self._logger = logger
-        self._interval = interval
-        self._last = -math.inf
-        self._suppressed = 0
-
-    def warning(self, message: str) -> None:
-        now = time.monotonic()
-        if now - self._last < self._interval:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            message = f"{message} ({self._suppressed} similar suppressed)"
-        self._last, self._suppressed = now, 0
-        self._logger.warning(message)
-
-
 class _Resync(Exception):
     """End this connection and start over with a fresh snapshot."""
 
@@ -200,7 +179,7 @@ class CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
         self._backoff = Backoff(backoff_initial, backoff_max)
         self._pacer = pacer
         self._queue: deque[tuple[str, BookEvent]] = deque()
-        self._malformed_log = _RateLimitedLog(log)
+        self._malformed_log = RateLimitedLog(log)
         self._last_was_reset = False
         self._awaiting_snapshot = True
         self._bad_times_before = 0

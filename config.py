@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from events import PRODUCT_ID
+
 DEFAULT_PRODUCTS = ("BTC-USD", "ETH-USD", "BTC-EUR", "ETH-EUR")
 FEEDS = ("exchange", "exchange-auth", "advanced-trade", "sim")
 OUTPUT_FORMATS = ("text", "jsonl", "jsonl:PATH")
-PRODUCT_ID = re.compile(r"^[A-Z0-9]{1,12}-[A-Z0-9]{1,12}$")
 
 SETTINGS_HELP = {
     "ORDERBOOK_PRODUCTS": "comma-separated product ids, e.g. BTC-USD,ETH-USD",
@@ -103,7 +104,7 @@ def parse_products(raw: str) -> tuple[str, ...]:
     if not products:
         raise _refuse(name, raw, "no product given")
     for product in products:
-        if not PRODUCT_ID.match(product):
+        if not PRODUCT_ID.fullmatch(product):
             raise _refuse(name, raw, f"{product!r} is not a product id like BTC-USD")
     duplicates = sorted({p for p in products if products.count(p) > 1})
     if duplicates:

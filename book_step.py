@@ -130,8 +130,9 @@ def _summary_if_changed(
     state: BookState, event: BookSnapshot | BookChanges
 ) -> OrderBookSummary | None:
     book = state.book
-    condition = book.condition
-    if condition is not BookCondition.OK:
+    top = book.top()
+    if top is None or top[0] >= top[2]:  # an empty side, locked or crossed
+        condition = book.condition
         if condition != state.condition:
             _bad_book_log.warning(
                 "%s: book is %s; no summary until it is valid again",
@@ -141,12 +142,13 @@ def _summary_if_changed(
         state.condition = condition
         state.last_top = None
         return None
-    state.condition = condition
-    top = book.top()
+    state.condition = BookCondition.OK
     if top == state.last_top:
         return None
     state.last_top = top
-    return book.summary(time=event_time(event), feed=event.feed)
+    return OrderBookSummary.from_top(
+        state.product_id, *top, time=event_time(event), feed=event.feed
+    )
 
 
 def event_time(event: BookSnapshot | BookChanges) -> datetime | None:

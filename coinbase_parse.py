@@ -28,6 +28,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from events import ASK, BID, BookChanges, BookEvent, BookSnapshot, Change, Level
+from snapshot_decode import decode_advanced_trade_snapshot, decode_exchange_snapshot
 
 try:  # orjson parses Coinbase frames ~3x faster than json (see bench/bench_feed.py)
     from orjson import JSONDecodeError as _JSONDecodeError
@@ -266,6 +267,9 @@ class FrameDecoder:
 
         Raises MalformedFrame, FeedError (error replies) or SequenceGap (AT only).
         """
+        fast = self._fast_snapshot(frame, received_ns)
+        if fast is not None:
+            return fast
         try:
             payload = _loads(frame)
         except (_JSONDecodeError, TypeError, ValueError) as exc:
@@ -278,6 +282,40 @@ class FrameDecoder:
         if self.protocol == "exchange":
             return self._decode_exchange(payload, frame, received_ns)
         return self._decode_advanced_trade(payload, frame, received_ns)
+
+    def _fast_snapshot(
+        self, frame: str | bytes, received_ns: int
+    ) -> list[BookEvent] | None:
+        """A big, well-formed snapshot through the typed decoder; None for all else."""
+        if self.protocol == "exchange":
+            snap = decode_exchange_snapshot(frame)
+        else:
+            snap = decode_advanced_trade_snapshot(frame)
+            if snap is not None:
+                self._check_sequence(snap.sequence_num, True, frame)
+        if snap is None:
+            return None
+        return [
+            BookSnapshot(
+                snap.product_id,
+                snap.bids,
+                snap.asks,
+                self._time(snap.time),
+                self.feed_label,
+                received_ns,
+            )
+        ]
+
+    def _check_sequence(self, sequence: Any, is_book: bool, frame: Any) -> None:
+        """Advanced Trade: every message of a connection numbered from 0, no gaps."""
+        if type(sequence) is not int:
+            raise MalformedFrame(
+                "missing or non-integer 'sequence_num'", frame, resync=is_book
+            )
+        expected = self.next_sequence
+        self.next_sequence = sequence + 1
+        if sequence != expected:
+            raise SequenceGap(expected, sequence)
 
     # -- Exchange (ws-feed) ---------------------------------------------------------------
 
@@ -340,10 +378,21 @@ class FrameDecoder:
                 f"l2update of {product_id} lacks a 'changes' list", frame
             )
         changes: list[Change] = []
+        append = changes.append
+        sides = _EXCHANGE_SIDES
         try:
             for raw_side, raw_price, raw_size in raw_changes:
+                # fast path inlined (this loop runs for every change of every update);
+                # anything unusual goes through _level/_side for the precise reason
+                side = sides.get(raw_side) if type(raw_side) is str else None
+                if type(raw_price) is str and type(raw_size) is str and side:
+                    price = Decimal(raw_price)
+                    size = Decimal(raw_size)
+                    if _ZERO < price < _ABSURD and _ZERO <= size < _ABSURD:
+                        append((side, price, size))
+                        continue
                 price, size = _level(raw_price, raw_size)
-                changes.append((_side(_EXCHANGE_SIDES, raw_side), price, size))
+                append((_side(sides, raw_side), price, size))
         except _LEVEL_ERRORS as exc:
             raise MalformedFrame(
                 f"l2update of {product_id}: bad change ({_why(exc)})", frame
@@ -363,15 +412,7 @@ class FrameDecoder:
     ) -> list[BookEvent]:
         channel = payload.get("channel")
         is_book = channel == "l2_data"
-        sequence = payload.get("sequence_num")
-        if type(sequence) is not int:
-            raise MalformedFrame(
-                "missing or non-integer 'sequence_num'", frame, resync=is_book
-            )
-        expected = self.next_sequence
-        self.next_sequence = sequence + 1
-        if sequence != expected:
-            raise SequenceGap(expected, sequence)
+        self._check_sequence(payload.get("sequence_num"), is_book, frame)
         if not is_book:
             if type(channel) is not str:
                 raise MalformedFrame("missing 'channel'", frame, resync=False)

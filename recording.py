@@ -136,7 +136,7 @@ class Recording:
 
         A truncated tail (a recorder killed mid-write) ends the iteration quietly.
         """
-        with gzip.open(self.path, "rt", encoding="utf-8") as f:
+        with gzip.open(self.path, "rb") as f:
             f.readline()
             index = -1
             try:
@@ -163,27 +163,39 @@ class Recording:
 # --- replay as a Bytewax source ----------------------------------------------------------
 
 
-class ReplayPartition(StatefulSourcePartition[tuple[str, BookEvent], int]):
-    """Emits one product's events from a recording, as fast as the dataflow takes them.
+class ReplayPartition(StatefulSourcePartition[tuple[str, BookEvent], dict[str, int]]):
+    """Emits the recording's events in file order, as fast as the dataflow takes them.
 
-    Resume state is the index of the record that started the product's current stream
-    (its last connection): a resumed replay starts there, after a reset, so the book is
-    rebuilt from that stream's snapshot instead of resuming a stale one.
+    One partition reads the file once for all products (a gzip file is one sequential
+    stream; reading it once per product cost more than everything else of a replay). The
+    books still spread over the workers: the book step is keyed per product.
+
+    Resume state is, per product, the index of the record that started its current
+    stream (its last connection). A resumed replay starts at the earliest of them, after
+    a reset of every product, so each book is rebuilt from a snapshot in the file instead
+    of resuming a stale one.
     """
 
     BATCH = 500
 
     def __init__(
-        self, recording: Recording, product_id: str, feed_label: str, resume: int | None
+        self,
+        recording: Recording,
+        products: list[str],
+        feed_label: str,
+        resume: dict[str, int] | None,
     ):
-        self._product = product_id
         self._feed = feed_label
         self._protocol = recording.protocol
-        self._decoder = FrameDecoder(self._protocol, feed_label)
-        self._stream_start = resume or 0
-        self._records = recording.records(self._stream_start)
+        self._decoders = {p: FrameDecoder(self._protocol, feed_label) for p in products}
+        self._stream_starts = dict.fromkeys(products, 0)
+        if resume:
+            self._stream_starts.update(
+                {p: i for p, i in resume.items() if p in self._stream_starts}
+            )
+        self._records = recording.records(min(self._stream_starts.values(), default=0))
         self._pending: list[tuple[str, BookEvent]] = [
-            (product_id, BookReset(product_id, "replay start", feed_label))
+            (p, BookReset(p, "replay start", feed_label)) for p in products
         ]
         self._bad = RateLimitedLog(log)
         self.stats = {"frames": 0, "events": 0, "malformed": 0, "gaps": 0, "errors": 0}
@@ -191,60 +203,57 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, BookEvent], int]):
     def next_batch(self) -> list[tuple[str, BookEvent]]:
         batch, self._pending = self._pending, []
         for index, record in self._records:
-            if record.get("product_id") != self._product:
+            product = record.get("product_id")
+            decoder = self._decoders.get(product)
+            if decoder is None:
                 continue
             if record.get("event") == CONNECTED:
-                self._stream_start = index
-                self._decoder = FrameDecoder(self._protocol, self._feed)
-                batch.append(
-                    (self._product, BookReset(self._product, "reconnected", self._feed))
-                )
+                self._stream_starts[product] = index
+                self._decoders[product] = FrameDecoder(self._protocol, self._feed)
+                batch.append((product, BookReset(product, "reconnected", self._feed)))
                 continue
-            batch.extend(self._decode(record))
+            batch.extend(self._decode(product, decoder, record))
             if len(batch) >= self.BATCH:
                 return batch
         if batch:
             return batch
         raise StopIteration
 
-    def _decode(self, record: dict[str, Any]) -> list[tuple[str, BookEvent]]:
+    def _decode(
+        self, product: str, decoder: FrameDecoder, record: dict[str, Any]
+    ) -> list[tuple[str, BookEvent]]:
         frame = record.get("frame")
         if not isinstance(frame, str):
             self.stats["malformed"] += 1
             return []
         self.stats["frames"] += 1
         try:
-            events = self._decoder.decode(frame, int(record.get("t_ns") or 0))
+            events = decoder.decode(frame, int(record.get("t_ns") or 0))
         except MalformedFrame as exc:
             self.stats["malformed"] += 1
-            self._bad.warning("%s: malformed frame skipped: %s", self._product, exc)
-            if getattr(exc, "resync", True):
-                return [
-                    (
-                        self._product,
-                        BookReset(self._product, "malformed frame", self._feed),
-                    )
-                ]
+            self._bad.warning("%s: malformed frame skipped: %s", product, exc)
+            if exc.resync:
+                return [(product, BookReset(product, "malformed frame", self._feed))]
             return []
         except SequenceGap as exc:
             self.stats["gaps"] += 1
-            self._bad.warning("%s: %s in the recording; book reset", self._product, exc)
-            return [
-                (self._product, BookReset(self._product, "sequence gap", self._feed))
-            ]
+            self._bad.warning("%s: %s in the recording; book reset", product, exc)
+            return [(product, BookReset(product, "sequence gap", self._feed))]
         except FeedError as exc:
             self.stats["errors"] += 1
-            self._bad.warning("%s: recorded error reply: %s", self._product, exc)
+            self._bad.warning("%s: recorded error reply: %s", product, exc)
             return []
         self.stats["events"] += len(events)
-        return [(e.product_id, e) for e in events if e.product_id == self._product]
+        return [(e.product_id, e) for e in events if e.product_id == product]
 
-    def snapshot(self) -> int:
-        return self._stream_start
+    def snapshot(self) -> dict[str, int]:
+        return dict(self._stream_starts)
 
 
-class ReplaySource(FixedPartitionedSource[tuple[str, BookEvent], int]):
-    """A recording as a finite Bytewax source: one partition per product, ends at EOF."""
+class ReplaySource(FixedPartitionedSource[tuple[str, BookEvent], dict[str, int]]):
+    """A recording as a finite Bytewax source: one partition, ends at the file's end."""
+
+    PARTITION = "replay"
 
     def __init__(
         self,
@@ -267,12 +276,14 @@ class ReplaySource(FixedPartitionedSource[tuple[str, BookEvent], int]):
         self.feed_label = feed_label
 
     def list_parts(self) -> list[str]:
-        return list(self.products)
+        return [self.PARTITION]
 
     def build_part(
-        self, step_id: str, for_part: str, resume_state: int | None
+        self, step_id: str, for_part: str, resume_state: dict[str, int] | None
     ) -> ReplayPartition:
-        return ReplayPartition(self.recording, for_part, self.feed_label, resume_state)
+        return ReplayPartition(
+            self.recording, self.products, self.feed_label, resume_state
+        )
 
 
 # --- the recorder ------------------------------------------------------------------------

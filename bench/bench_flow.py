@@ -30,7 +30,7 @@ from bytewax.testing import run_main
 from book_step import update_book
 from coinbase_parse import FrameDecoder
 from config import Settings
-from dataflow import SpreadFilter, get_flow
+from dataflow import SpreadFilter, get_flow, tune_garbage_collector
 from recording import Recording, RecordingWriter, ReplaySource
 from sim_market import Market
 
@@ -127,6 +127,7 @@ def main() -> dict:
     parser.add_argument("--changes-per-batch", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    tune_garbage_collector()  # as the service does at start (both runs get it)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "session.jsonl.gz"
         messages, changes = write_session(path, args.messages, args.changes_per_batch)

@@ -14,11 +14,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from decimal import Decimal
-from operator import itemgetter
 from pathlib import Path
-
-import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,6 +26,7 @@ from book_shape import (
     make_messages,
 )
 
+from coinbase_parse import FrameDecoder
 from orderbook import OrderBook
 
 TARGET_CHANGE_NS = 1_000
@@ -66,38 +63,24 @@ def _mark(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-# -- snapshot parsing, as the feed parser would do it (kept here: not our file) -------
+# -- snapshot load: raw frame -> the project's parser -> a ready book ------------------
+
+
+def _load(protocol: str, raw: bytes) -> OrderBook:
+    (snapshot,) = FrameDecoder(protocol, "bench").decode(raw)
+    book = OrderBook(snapshot.product_id)
+    book.apply_snapshot(snapshot.bids, snapshot.asks)
+    return book
 
 
 def exchange_snapshot_to_book(raw: bytes) -> OrderBook:
-    """Exchange wire snapshot -> ready book: orjson, Decimal columns, fast build."""
-    msg = orjson.loads(raw)
-    book = OrderBook(msg["product_id"])
-    book.apply_snapshot(_exchange_pairs(msg["bids"]), _exchange_pairs(msg["asks"]))
-    return book
-
-
-def _exchange_pairs(levels: list[list[str]]) -> list[tuple[Decimal, Decimal]]:
-    prices = map(Decimal, map(itemgetter(0), levels))
-    sizes = map(Decimal, map(itemgetter(1), levels))
-    return list(zip(prices, sizes))
+    """Exchange wire snapshot -> ready book, through coinbase_parse.FrameDecoder."""
+    return _load("exchange", raw)
 
 
 def advanced_trade_snapshot_to_book(raw: bytes) -> OrderBook:
-    """Advanced Trade l2_data snapshot -> ready book."""
-    event = orjson.loads(raw)["events"][0]
-    bids, asks = [], []
-    for update in event["updates"]:
-        (bids if update["side"] == "bid" else asks).append(update)
-    book = OrderBook(event["product_id"])
-    book.apply_snapshot(_at_pairs(bids), _at_pairs(asks))
-    return book
-
-
-def _at_pairs(updates: list[dict[str, str]]) -> list[tuple[Decimal, Decimal]]:
-    prices = map(Decimal, map(itemgetter("price_level"), updates))
-    sizes = map(Decimal, map(itemgetter("new_quantity"), updates))
-    return list(zip(prices, sizes))
+    """Advanced Trade l2_data snapshot (sequence_num 0) -> ready book."""
+    return _load("advanced-trade", raw)
 
 
 # -- the original tutorial's algorithm, for the ratio -------------------------------
@@ -212,23 +195,22 @@ def main(quick: bool = False) -> dict[str, float]:
         )
         figures[f"snapshot_{label}_nogc_ms"] = ms
         print(f"  {label} with the cyclic GC paused during the load: {ms:6.1f} ms")
-        ms = _median_ns(lambda raw=raw: orjson.loads(raw), repeats) / 1e6
-        print(f"  {label} of which orjson.loads: {ms:6.1f} ms")
+        ms = (
+            _median_ns(
+                lambda raw=raw, label=label: FrameDecoder(label, "b").decode(raw),
+                repeats,
+            )
+            / 1e6
+        )
+        figures[f"snapshot_{label}_parse_ms"] = ms
+        print(f"  {label} of which parsing (FrameDecoder.decode): {ms:6.1f} ms")
     assert exchange_snapshot_to_book(snapshot) == initial
     assert advanced_trade_snapshot_to_book(at_snapshot) == initial
-    msg = orjson.loads(snapshot)
-    ms = (
-        _median_ns(
-            lambda: (_exchange_pairs(msg["bids"]), _exchange_pairs(msg["asks"])),
-            repeats,
-        )
-        / 1e6
-    )
-    print(f"  exchange of which Decimal pairs: {ms:6.1f} ms")
     pairs: list = []
 
     def fresh_pairs() -> None:  # fresh Decimals: their hashes are not cached yet
-        pairs[:] = [_exchange_pairs(msg["bids"]), _exchange_pairs(msg["asks"])]
+        (decoded,) = FrameDecoder("exchange", "b").decode(snapshot)
+        pairs[:] = [decoded.bids, decoded.asks]
 
     ms = (
         _median_ns(
@@ -238,7 +220,7 @@ def main(quick: bool = False) -> dict[str, float]:
     )
     figures["apply_snapshot_ms"] = ms
     print(
-        f"  exchange of which apply_snapshot(Decimal pairs): {ms:6.1f} ms "
+        f"  of which apply_snapshot(Decimal pairs): {ms:6.1f} ms "
         "(mostly hashing 45,000 fresh Decimal prices into the dict)"
     )
 

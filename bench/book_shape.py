@@ -129,7 +129,7 @@ def advanced_trade_snapshot_json(
             "channel": "l2_data",
             "client_id": "",
             "timestamp": "2026-08-09T21:05:48.483587501Z",
-            "sequence_num": 13,
+            "sequence_num": 0,  # the first message of a connection
             "events": [
                 {"type": "snapshot", "product_id": product_id, "updates": updates}
             ],

@@ -1,0 +1,130 @@
+"""Fast path for full-depth snapshots: typed msgspec decoding straight to Decimal levels.
+
+A BTC-USD snapshot is 46,000 levels (1.3 MB on the Exchange feed, 5 MB on Advanced
+Trade). Decoding it into generic dicts and lists and then walking them in Python took
+60 ms on Advanced Trade; decoding into typed structs and building the Decimals with
+``map`` takes about half. Only well-formed snapshots take this path: anything it does not
+accept (a number instead of a string, a bad side, a non-positive price, NaN...) returns
+None, and the caller's generic parser decodes the frame again to say precisely what is
+wrong. Both paths accept exactly the same frames.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import NamedTuple
+
+import msgspec
+
+from events import Level
+
+MIN_FRAME_BYTES = 64 * 1024
+"""Smaller frames are not worth a second decoder: the generic path is fast enough."""
+
+_ZERO = Decimal(0)
+_ABSURD = Decimal("1e30")
+
+
+class _ExchangeSnapshot(msgspec.Struct):
+    type: str
+    product_id: str
+    bids: list[tuple[str, str]]
+    asks: list[tuple[str, str]]
+    time: str | None = None
+
+
+class _AtUpdate(msgspec.Struct, gc=False):  # strings only: nothing to collect
+    side: str
+    price_level: str
+    new_quantity: str
+
+
+class _AtEvent(msgspec.Struct):
+    type: str
+    product_id: str
+    updates: list[_AtUpdate]
+
+
+class _AtEnvelope(msgspec.Struct):
+    channel: str
+    sequence_num: int
+    events: list[_AtEvent]
+    timestamp: str | None = None
+
+
+_EXCHANGE = msgspec.json.Decoder(_ExchangeSnapshot)
+_ADVANCED_TRADE = msgspec.json.Decoder(_AtEnvelope)
+
+
+class FastSnapshot(NamedTuple):
+    product_id: str
+    bids: list[Level]
+    asks: list[Level]
+    time: str | None
+    sequence_num: int | None
+
+
+def _levels(prices: list[str], sizes: list[str]) -> list[Level] | None:
+    """Decimal ``(price, size)`` pairs, or None unless every price > 0 and size >= 0."""
+    try:
+        price_values = list(map(Decimal, prices))
+        size_values = list(map(Decimal, sizes))
+        if price_values and not (
+            _ZERO < min(price_values)
+            and max(price_values) < _ABSURD
+            and _ZERO <= min(size_values)
+            and max(size_values) < _ABSURD
+        ):
+            return None
+    except (InvalidOperation, ValueError):  # "abc", or NaN met by a comparison
+        return None
+    return list(zip(price_values, size_values))
+
+
+def _looks_like_snapshot(frame: str | bytes) -> bool:
+    head = frame[:512]
+    return (b'"snapshot"' if isinstance(head, bytes) else '"snapshot"') in head
+
+
+def decode_exchange_snapshot(frame: str | bytes) -> FastSnapshot | None:
+    if len(frame) < MIN_FRAME_BYTES or not _looks_like_snapshot(frame):
+        return None
+    try:
+        msg = _EXCHANGE.decode(frame)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    if msg.type != "snapshot" or not msg.product_id:
+        return None
+    bids = _levels([p for p, _ in msg.bids], [s for _, s in msg.bids])
+    asks = _levels([p for p, _ in msg.asks], [s for _, s in msg.asks])
+    if bids is None or asks is None:
+        return None
+    return FastSnapshot(msg.product_id, bids, asks, msg.time, None)
+
+
+def decode_advanced_trade_snapshot(frame: str | bytes) -> FastSnapshot | None:
+    """An ``l2_data`` frame holding exactly one snapshot event, else None."""
+    if len(frame) < MIN_FRAME_BYTES or not _looks_like_snapshot(frame):
+        return None
+    try:
+        msg = _ADVANCED_TRADE.decode(frame)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    if msg.channel != "l2_data" or len(msg.events) != 1:
+        return None
+    event = msg.events[0]
+    if event.type != "snapshot" or not event.product_id:
+        return None
+    sides = {"bid": ([], []), "offer": ([], [])}
+    try:
+        for update in event.updates:
+            prices, sizes = sides[update.side]
+            prices.append(update.price_level)
+            sizes.append(update.new_quantity)
+    except KeyError:
+        return None
+    bids = _levels(*sides["bid"])
+    asks = _levels(*sides["offer"])
+    if bids is None or asks is None:
+        return None
+    return FastSnapshot(event.product_id, bids, asks, msg.timestamp, msg.sequence_num)

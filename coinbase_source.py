@@ -66,6 +66,8 @@ SNAPSHOT_GRACE_FACTOR = 3.0
 """A connection must deliver its snapshot within this many watchdog periods of
 connecting (a multi-MB snapshot takes a while on a slow link, and heartbeats alone must
 not keep a book-less connection alive); after it, any frame feeds the watchdog."""
+MAX_BACKLOG = 100_000
+"""Events queued for the dataflow beyond which the partition drops them and resyncs."""
 POLL_INTERVAL = timedelta(milliseconds=1)
 IDLE_POLL_INTERVAL = timedelta(milliseconds=500)
 
@@ -144,6 +146,17 @@ def subscribe_messages(
     return [message]
 
 
+def _drain(queue: deque) -> list:
+    """Everything queued now; safe while the connection thread appends (or drains)."""
+    items = []
+    for _ in range(len(queue)):
+        try:
+            items.append(queue.popleft())
+        except IndexError:
+            break
+    return items
+
+
 class _Resync(Exception):
     """End this connection and start over with a fresh snapshot."""
 
@@ -199,6 +212,7 @@ class CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
             "connections": 0,
             "reconnects": 0,
             "sequence_gaps": 0,
+            "overflows": 0,
             "errors": 0,
             "last_error": None,
             "last_disconnect": None,
@@ -217,8 +231,7 @@ class CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
 
     def next_batch(self) -> list[tuple[str, BookEvent]]:
         try:
-            queue = self._queue
-            return [queue.popleft() for _ in range(len(queue))]
+            return _drain(self._queue)
         except Exception:  # never let one partition kill the dataflow
             log.exception("%s: unexpected error draining the queue", self.product_id)
             return []
@@ -379,6 +392,13 @@ class CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
                     stats["bad_times"] = self._bad_times_before + decoder.bad_times
                 for event in events:
                     self._offer(event)
+                if len(self._queue) > MAX_BACKLOG:
+                    # The dataflow cannot keep up: a backlog only grows staler. Drop it
+                    # and start again from a fresh snapshot (Coinbase would disconnect
+                    # a slow consumer anyway, ErrSlowConsume).
+                    stats["overflows"] += 1
+                    dropped = len(_drain(self._queue))
+                    raise _Resync(f"the dataflow fell {dropped} events behind")
                 if events and not self._awaiting_snapshot:
                     deadline.reschedule(loop.time() + normal)
         return "server closed the connection"

@@ -834,3 +834,21 @@ def test_ctrl_c_ends_a_running_flow_promptly(tmp_path: pathlib.Path) -> None:
         line for line in lines if line in ("BookReset", "BookSnapshot", "BookChanges")
     ]
     assert names[0] == "BookReset"
+
+
+def test_a_backlog_the_dataflow_cannot_drain_is_dropped_and_resynced(
+    partitions: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import coinbase_source
+
+    monkeypatch.setattr(coinbase_source, "MAX_BACKLOG", 30)
+    with LocalExchange(["BTC-USD"], depth=50, rate=200, seed=4) as exchange:
+        part = build(partitions, ["BTC-USD"], exchange.url())
+        deadline = time.monotonic() + 10
+        while part.stats["overflows"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)  # nobody drains: the backlog grows past the bound
+        assert part.stats["overflows"] >= 1
+        items = collect(part, count("snapshot", 1))
+        assert len(items) <= 40 + 30  # the backlog was dropped, not delivered
+        assert "reset" in kinds(items)
+        assert part.stats["reconnects"] >= 1

@@ -169,3 +169,21 @@ def test_an_unknown_product_is_named_and_the_others_keep_running(tmp_path):
     assert "temporary trouble" in flow.stderr
     assert "NOPE-USD" not in {r["product_id"] for r in records}
     assert "Traceback" not in flow.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_offline_demo_on_two_workers_stops_cleanly(tmp_path, sig):
+    out = tmp_path / "summaries.jsonl"
+    env = flow_env(
+        ORDERBOOK_FEED="sim",
+        ORDERBOOK_SPREAD_THRESHOLD="0",
+        ORDERBOOK_OUTPUT=f"jsonl:{out}",
+        ORDERBOOK_SIM_DEPTH="200",
+    )
+    flow = FlowProcess(["bytewax.run", "dataflow:flow", "-w", "2"], env)
+    flow.wait_for(_all_products_seen(out), 30, "a summary of every product")
+    assert flow.stop(sig) == 0
+    assert "Traceback" not in flow.stderr
+    records = read_jsonl(out)
+    assert {r["feed"] for r in records} == {"sim"}
+    _never_crossed(records)

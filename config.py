@@ -36,11 +36,11 @@ class ConfigError(ValueError):
     """A setting that cannot be used; the message names the setting and what is allowed."""
 
 
-def _refuse(name: str, value: str, why: str = "") -> ConfigError:
+def _refuse(name: str, value: str, why: str = "", setting: str = "") -> ConfigError:
+    """``name`` is what the user typed (a variable or a command-line option)."""
     detail = f" ({why})" if why else ""
-    return ConfigError(
-        f"{name}={value!r} is not allowed{detail}: expected {SETTINGS_HELP[name]}"
-    )
+    expected = SETTINGS_HELP[setting or name]
+    return ConfigError(f"{name}={value!r} is not allowed{detail}: expected {expected}")
 
 
 @dataclass(frozen=True)
@@ -98,17 +98,23 @@ class Settings:
         )
 
 
-def parse_products(raw: str) -> tuple[str, ...]:
-    name = "ORDERBOOK_PRODUCTS"
+def parse_products(raw: str, name: str = "ORDERBOOK_PRODUCTS") -> tuple[str, ...]:
     products = tuple(p.strip().upper() for p in raw.split(",") if p.strip())
     if not products:
-        raise _refuse(name, raw, "no product given")
+        raise _refuse(name, raw, "no product given", "ORDERBOOK_PRODUCTS")
     for product in products:
         if not PRODUCT_ID.fullmatch(product):
-            raise _refuse(name, raw, f"{product!r} is not a product id like BTC-USD")
+            raise _refuse(
+                name,
+                raw,
+                f"{product!r} is not a product id like BTC-USD",
+                "ORDERBOOK_PRODUCTS",
+            )
     duplicates = sorted({p for p in products if products.count(p) > 1})
     if duplicates:
-        raise _refuse(name, raw, "duplicated " + ", ".join(duplicates))
+        raise _refuse(
+            name, raw, "duplicated " + ", ".join(duplicates), "ORDERBOOK_PRODUCTS"
+        )
     return products
 
 
@@ -119,11 +125,11 @@ def parse_choice(name: str, raw: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-def parse_url(raw: str | None) -> str | None:
+def parse_url(raw: str | None, name: str = "ORDERBOOK_WS_URL") -> str | None:
     if raw is None or not raw.strip():
         return None
     if not re.match(r"^wss?://[^/\s]+", raw.strip()):
-        raise _refuse("ORDERBOOK_WS_URL", raw)
+        raise _refuse(name, raw, setting="ORDERBOOK_WS_URL")
     return raw.strip()
 
 

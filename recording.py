@@ -407,8 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        products = list(parse_products(args.products))
-        url = parse_url(args.url)
+        products = list(parse_products(args.products, "--products"))
+        url = parse_url(args.url, "--url")
     except ConfigError as exc:
         parser.error(str(exc))
     if args.duration is not None and args.duration <= 0:

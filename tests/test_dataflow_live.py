@@ -8,8 +8,10 @@ every injected fault.
 
 from __future__ import annotations
 
+import base64
 import signal
 import time
+import urllib.request
 from decimal import Decimal
 
 import pytest
@@ -187,3 +189,66 @@ def test_offline_demo_on_two_workers_stops_cleanly(tmp_path, sig):
     records = read_jsonl(out)
     assert {r["feed"] for r in records} == {"sim"}
     _never_crossed(records)
+
+
+def test_signed_level2_feed_end_to_end_never_shows_the_secrets(tmp_path):
+    secret = base64.b64encode(b"a very secret key of the test").decode()
+    passphrase = "pass-phrase-of-the-test"
+    products = ["BTC-USD", "ETH-USD"]
+    with LocalExchange(
+        products,
+        depth=100,
+        rate=40,
+        seed=2,
+        api_key="k1",
+        api_secret=secret,
+        passphrase=passphrase,
+    ) as exchange:
+        out = tmp_path / "summaries.jsonl"
+        env = flow_env(
+            ORDERBOOK_FEED="exchange-auth",
+            ORDERBOOK_WS_URL=exchange.url(),
+            ORDERBOOK_PRODUCTS=",".join(products),
+            ORDERBOOK_SPREAD_THRESHOLD="0",
+            ORDERBOOK_OUTPUT=f"jsonl:{out}",
+            COINBASE_API_KEY="k1",
+            COINBASE_API_SECRET=secret,
+            COINBASE_API_PASSPHRASE=passphrase,
+        )
+        flow = FlowProcess(["bytewax.run", "dataflow:flow"], env)
+        flow.wait_for(
+            lambda: set(last_by_product(read_jsonl(out))) == set(products),
+            30,
+            "summaries",
+        )
+        assert exchange.stats["auth_failures"] == 0
+        assert flow.stop() == 0
+    text = flow.stdout + flow.stderr + out.read_text()
+    assert secret not in text and passphrase not in text
+
+
+def test_signed_level2_feed_names_a_missing_credential():
+    env = flow_env(ORDERBOOK_FEED="exchange-auth", COINBASE_API_KEY="k1")
+    env.pop("COINBASE_API_SECRET", None)
+    env.pop("COINBASE_API_PASSPHRASE", None)
+    flow = FlowProcess(["bytewax.run", "dataflow:flow"], env)
+    assert flow.finish(timeout=60) != 0
+    assert "COINBASE_API_SECRET" in flow.stderr and "Traceback" not in flow.stderr
+
+
+def test_prometheus_metrics_are_served_when_enabled(tmp_path):
+    out = tmp_path / "summaries.jsonl"
+    env = flow_env(
+        ORDERBOOK_FEED="sim",
+        ORDERBOOK_SPREAD_THRESHOLD="0",
+        ORDERBOOK_OUTPUT=f"jsonl:{out}",
+        BYTEWAX_DATAFLOW_API_ENABLED="true",
+    )
+    flow = FlowProcess(["bytewax.run", "dataflow:flow"], env)
+    try:
+        flow.wait_for(_all_products_seen(out), 30, "a summary of every product")
+        with urllib.request.urlopen("http://127.0.0.1:3030/metrics", timeout=5) as resp:
+            metrics = resp.read().decode()
+        assert 'step_id="orderbook.order_book' in metrics
+    finally:
+        assert flow.stop() == 0

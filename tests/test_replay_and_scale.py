@@ -121,3 +121,40 @@ def test_replay_served_over_websocket_matches_file_replay(recording, tmp_path):
     for product in PRODUCTS:
         assert comparable(served[product]) == comparable(single[product]), product
         assert {s["feed"] for s in served[product]} == {"exchange"}
+
+
+def test_recorder_command_writes_a_replayable_recording(tmp_path):
+    path = tmp_path / "cli.jsonl.gz"
+    with LocalExchange(["BTC-USD"], depth=50, rate=40, seed=1) as exchange:
+        cmd = FlowProcess(
+            [
+                "recording",
+                str(path),
+                "--products",
+                "BTC-USD",
+                "--url",
+                exchange.url(),
+                "--duration",
+                "1.5",
+            ],
+            flow_env(),
+        )
+        assert cmd.finish(timeout=30) == 0, cmd.stderr
+    assert "recording 1 products:" in cmd.stderr and "frames" in cmd.stderr
+    assert "wrote" in cmd.stdout
+    out: list = []
+    run_main(
+        get_flow(
+            Settings(spread_threshold_pct=0),
+            source=ReplaySource(path),
+            products=["BTC-USD"],
+            sink=TestingSink(out),
+        )
+    )
+    assert len(out) > 5 and {s.product_id for s in out} == {"BTC-USD"}
+
+
+def test_recorder_refuses_a_bad_option():
+    cmd = FlowProcess(["recording", "x.jsonl.gz", "--products", "BTCUSD"], flow_env())
+    assert cmd.finish(timeout=30) == 2
+    assert "--products='BTCUSD' is not allowed" in cmd.stderr

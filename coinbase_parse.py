@@ -135,6 +135,8 @@ def parse_time(value: Any) -> datetime | None:
 
 _ZERO = Decimal(0)
 _ABSURD = Decimal("1e30")
+PRICE_CACHE_SIZE = 65_536
+"""Distinct price strings a decoder remembers before starting afresh."""
 
 
 def _level(price_raw: Any, size_raw: Any) -> Level:
@@ -261,6 +263,8 @@ class FrameDecoder:
         """Advanced Trade ``sequence_num`` expected next on this connection."""
         self.bad_times = 0
         """Frames whose timestamp was unusable and kept with ``time=None``."""
+        self._prices: dict[str, Decimal] = {}
+        """Valid price strings seen in updates -> their (hash-cached) Decimal."""
 
     def decode(self, frame: str | bytes, received_ns: int = 0) -> list[BookEvent]:
         """Events in ``frame``; [] for heartbeats/subscriptions/unknown types.
@@ -377,22 +381,8 @@ class FrameDecoder:
             raise MalformedFrame(
                 f"l2update of {product_id} lacks a 'changes' list", frame
             )
-        changes: list[Change] = []
-        append = changes.append
-        sides = _EXCHANGE_SIDES
         try:
-            for raw_side, raw_price, raw_size in raw_changes:
-                # fast path inlined (this loop runs for every change of every update);
-                # anything unusual goes through _level/_side for the precise reason
-                side = sides.get(raw_side) if type(raw_side) is str else None
-                if type(raw_price) is str and type(raw_size) is str and side:
-                    price = Decimal(raw_price)
-                    size = Decimal(raw_size)
-                    if _ZERO < price < _ABSURD and _ZERO <= size < _ABSURD:
-                        append((side, price, size))
-                        continue
-                price, size = _level(raw_price, raw_size)
-                append((_side(sides, raw_side), price, size))
+            changes = self._changes(raw_changes, _EXCHANGE_SIDES)
         except _LEVEL_ERRORS as exc:
             raise MalformedFrame(
                 f"l2update of {product_id}: bad change ({_why(exc)})", frame
@@ -451,15 +441,42 @@ class FrameDecoder:
         return events
 
     def _at_changes(self, product_id: str, updates: list, frame: Any) -> list[Change]:
-        changes: list[Change] = []
         try:
-            for update in updates:
-                price, size = _level(update["price_level"], update["new_quantity"])
-                changes.append((_side(_AT_SIDES, update["side"]), price, size))
+            return self._changes(
+                [(u["side"], u["price_level"], u["new_quantity"]) for u in updates],
+                _AT_SIDES,
+            )
         except _LEVEL_ERRORS as exc:
             raise MalformedFrame(
                 f"l2_data of {product_id}: bad update ({_why(exc)})", frame
             ) from None
+
+    def _changes(self, raw_changes: list, sides: dict[str, str]) -> list[Change]:
+        """``(side, price, size)`` from raw triples; raises one of _LEVEL_ERRORS.
+
+        The hot loop of every update. Prices go through the decoder's cache: a live
+        book keeps changing the same few hundred levels near the top, and a cached
+        ``Decimal`` skips both the parse and its hash (about 0.85 µs per fresh
+        ``Decimal`` price, paid again when the book looks it up).
+        """
+        changes: list[Change] = []
+        append = changes.append
+        cache = self._prices
+        for raw_side, raw_price, raw_size in raw_changes:
+            side = sides.get(raw_side) if type(raw_side) is str else None
+            price = cache.get(raw_price) if type(raw_price) is str else None
+            if price is None:  # first sight, or anything unusual (precise errors)
+                price, _ = _level(raw_price, "0")
+                if len(cache) >= PRICE_CACHE_SIZE:
+                    cache.clear()
+                cache[raw_price] = price
+            if type(raw_size) is str and side:
+                size = Decimal(raw_size)
+                if _ZERO <= size < _ABSURD:
+                    append((side, price, size))
+                    continue
+            _, size = _level(raw_price, raw_size)
+            append((_side(sides, raw_side), price, size))
         return changes
 
     def _at_snapshot(

@@ -179,7 +179,11 @@ def _build_side(levels: Iterable[Level], side: str) -> SortedDict:
             book[price] = size
     if book and not all(book.values()):
         book = {price: size for price, size in book.items() if size}
-    return SortedDict(book)
+    # SortedDict(book) would copy the dict once more; fill its two halves directly.
+    side = SortedDict()
+    dict.update(side, book)
+    side._list_update(book)
+    return side
 
 
 def _copy_side(side: SortedDict) -> SortedDict:

@@ -429,3 +429,31 @@ def test_unknown_product_error_variants(frame: str, product: str | None) -> None
     with pytest.raises(UnknownProduct) as info:
         FrameDecoder("advanced-trade", "x").decode(frame)
     assert info.value.product_id == product
+
+
+def test_update_prices_are_parsed_once_and_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import coinbase_parse
+
+    decoder = FrameDecoder("exchange", "t")
+
+    def update(price: str, size: str = "1") -> str:
+        return json.dumps(
+            {
+                "type": "l2update",
+                "product_id": "BTC-USD",
+                "changes": [["buy", price, size]],
+                "time": "2026-08-25T03:35:57.300000Z",
+            }
+        )
+
+    (first,) = decoder.decode(update("100.50"))
+    (again,) = decoder.decode(update("100.50", "2"))
+    assert first.changes[0][1] is again.changes[0][1]  # the same Decimal object
+    with pytest.raises(MalformedFrame, match="bad price"):
+        decoder.decode(update("-1"))
+    with pytest.raises(MalformedFrame, match="bad size"):
+        decoder.decode(update("100.50", "-3"))  # a cached price, a bad size
+    monkeypatch.setattr(coinbase_parse, "PRICE_CACHE_SIZE", 3)
+    for price in ("1", "2", "3", "4"):
+        decoder.decode(update(price))
+    assert len(decoder._prices) <= 3  # bounded: starts afresh when full

@@ -431,7 +431,9 @@ def test_unknown_product_error_variants(frame: str, product: str | None) -> None
     assert info.value.product_id == product
 
 
-def test_update_prices_are_parsed_once_and_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_update_prices_are_parsed_once_and_reused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import coinbase_parse
 
     decoder = FrameDecoder("exchange", "t")

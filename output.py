@@ -27,6 +27,15 @@ def format_jsonl(summary: OrderBookSummary) -> str:
 FORMATTERS = {"text": format_text, "jsonl": format_jsonl}
 
 
+def _reader_went_away() -> None:
+    """``... | head`` closed our stdout: stop quietly, like any Unix filter."""
+    try:
+        sys.stderr.write("orderbook: output closed by its reader, stopping\n")
+        sys.stderr.flush()
+    finally:
+        os._exit(0)
+
+
 class _StreamPartition(StatelessSinkPartition[OrderBookSummary]):
     def __init__(self, stream: TextIO, formatter) -> None:
         self._stream = stream
@@ -34,8 +43,11 @@ class _StreamPartition(StatelessSinkPartition[OrderBookSummary]):
 
     def write_batch(self, items: list[OrderBookSummary]) -> None:
         if items:
-            self._stream.write("".join(self._format(s) + "\n" for s in items))
-            self._stream.flush()
+            try:
+                self._stream.write("".join(self._format(s) + "\n" for s in items))
+                self._stream.flush()
+            except BrokenPipeError:
+                _reader_went_away()
 
 
 class _AppendFilePartition(StatelessSinkPartition[OrderBookSummary]):
@@ -47,7 +59,11 @@ class _AppendFilePartition(StatelessSinkPartition[OrderBookSummary]):
 
     def write_batch(self, items: list[OrderBookSummary]) -> None:
         if items:
-            os.write(self._fd, "".join(self._format(s) + "\n" for s in items).encode())
+            data = memoryview("".join(self._format(s) + "\n" for s in items).encode())
+            while (
+                data
+            ):  # a regular file takes it all at once, bar a signal or a full disk
+                data = data[os.write(self._fd, data) :]
 
     def close(self) -> None:
         os.close(self._fd)

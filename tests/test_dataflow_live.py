@@ -252,3 +252,14 @@ def test_prometheus_metrics_are_served_when_enabled(tmp_path):
         assert 'step_id="orderbook.order_book' in metrics
     finally:
         assert flow.stop() == 0
+
+
+def test_a_reader_that_closes_stdout_ends_the_run_quietly():
+    env = flow_env(ORDERBOOK_FEED="sim", ORDERBOOK_SPREAD_THRESHOLD="0")
+    flow = FlowProcess(["bytewax.run", "dataflow:flow"], env)
+    first = [flow.proc.stdout.readline() for _ in range(2)]  # like `| head -2`
+    assert all("[sim]" in line for line in first)
+    flow.proc.stdout.close()
+    assert flow.proc.wait(timeout=30) == 0
+    stderr = flow.proc.stderr.read()
+    assert "Traceback" not in stderr and "output closed by its reader" in stderr

@@ -11,7 +11,7 @@ import random
 import threading
 import time
 
-__all__ = ["CONNECTION_PACER", "Backoff", "ConnectionPacer"]
+__all__ = ["CONNECTION_PACER", "MESSAGE_PACER", "Backoff", "ConnectionPacer"]
 
 
 class Backoff:
@@ -73,3 +73,7 @@ class ConnectionPacer:
 
 CONNECTION_PACER = ConnectionPacer()
 """Shared by every source in the process: Coinbase counts connections per IP."""
+
+MESSAGE_PACER = ConnectionPacer()
+"""Subscribe messages, also per IP: Advanced Trade allows 8 unauthenticated messages a
+second, and each of its connections sends two (level2, heartbeats)."""

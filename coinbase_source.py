@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 import websockets
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from backoff import CONNECTION_PACER, Backoff, ConnectionPacer
+from backoff import CONNECTION_PACER, MESSAGE_PACER, Backoff, ConnectionPacer
 from coinbase_auth import Credentials
 from coinbase_parse import (
     AuthError,
@@ -335,9 +335,11 @@ class CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
         reason = "connection closed"
         permanent = False
         try:
-            for message in subscribe_messages(
+            messages = subscribe_messages(
                 self.feed, self.product_id, self._credentials, time.time()
-            ):
+            )
+            for message in messages:
+                await asyncio.sleep(MESSAGE_PACER.reserve())
                 await ws.send(json.dumps(message))
             reason = await self._read(ws, decoder)
         except _Resync as exc:

@@ -852,3 +852,28 @@ def test_a_backlog_the_dataflow_cannot_drain_is_dropped_and_resynced(
         assert len(items) <= 40 + 30  # the backlog was dropped, not delivered
         assert "reset" in kinds(items)
         assert part.stats["reconnects"] >= 1
+
+
+def test_subscribe_messages_stay_under_eight_a_second_per_process(
+    partitions: list,
+) -> None:
+    """Advanced Trade allows 8 unauthenticated messages/s per IP; each product sends 2."""
+    arrivals: list[float] = []
+
+    async def script(conn: ScriptedConnection) -> None:
+        for _ in range(2):
+            await conn.recv_json()
+            arrivals.append(time.monotonic())
+        await conn.hold()
+
+    products = ["BTC-USD", "ETH-USD", "SOL-USD", "LTC-USD", "BTC-EUR", "ETH-EUR"]
+    with ScriptedServer(script) as server:
+        for product in products:
+            build(partitions, products, server.url, product, feed="advanced-trade")
+        deadline = time.monotonic() + 10
+        while len(arrivals) < 2 * len(products) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert len(arrivals) == 2 * len(products)
+    arrivals.sort()
+    for i in range(len(arrivals) - 8):
+        assert arrivals[i + 8] - arrivals[i] >= 1.0 - 0.05  # never 9 in one second

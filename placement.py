@@ -93,3 +93,14 @@ def routing_keys(products: Iterable[str]) -> dict[str, str]:
     """Map each product id to the key its book step should be routed by."""
     ordered = sorted(products)
     return {p: _key_for_slot(p, i % SLOT_MODULUS) for i, p in enumerate(ordered)}
+
+
+class RouteByProduct:
+    """The routing step: keys each `(product_id, event)` by its product's routing key."""
+
+    def __init__(self, products: list[str]) -> None:
+        self.keys = routing_keys(products)
+
+    def __call__(self, item: tuple[str, object]) -> tuple[str, object]:
+        product_id, event = item
+        return self.keys.get(product_id, product_id), event

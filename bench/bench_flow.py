@@ -33,9 +33,11 @@ from bytewax.testing import run_main
 from book_step import update_book
 from coinbase_parse import FrameDecoder
 from config import Settings
-from dataflow import SpreadFilter, get_flow, tune_garbage_collector
+from dataflow import get_flow
+from process_setup import tune_garbage_collector
 from recording import Recording, RecordingWriter, ReplaySource
 from sim_market import Market
+from spread_filter import SpreadFilter
 
 PRODUCTS = ["BTC-USD", "ETH-USD", "BTC-EUR", "ETH-EUR"]
 THRESHOLD = Decimal(0)  # keep every summary: the most output work

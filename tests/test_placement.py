@@ -10,8 +10,12 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.testing import cluster_main
 
-from dataflow import RouteByProduct
-from placement import bytewax_worker_for_key, routing_keys, source_worker_for_product
+from placement import (
+    RouteByProduct,
+    bytewax_worker_for_key,
+    routing_keys,
+    source_worker_for_product,
+)
 
 PRODUCTS = ["BTC-USD", "ETH-USD", "BTC-EUR", "ETH-EUR", "SOL-USD"]
 

@@ -13,6 +13,8 @@ import asyncio
 import gzip
 import json
 import signal
+import threading
+import time
 
 import pytest
 from bytewax.testing import TestingSink, cluster_main, run_main
@@ -158,3 +160,56 @@ def test_recorder_refuses_a_bad_option():
     cmd = FlowProcess(["recording", "x.jsonl.gz", "--products", "BTCUSD"], flow_env())
     assert cmd.finish(timeout=30) == 2
     assert "--products='BTCUSD' is not allowed" in cmd.stderr
+
+
+def test_a_recording_replays_to_the_summaries_of_the_live_run(tmp_path):
+    """The live command and the recorder watch the same market at the same time; once
+    both have their snapshots, the replay must reproduce the live run summary for summary."""
+    live_out = tmp_path / "live.jsonl"
+    path = tmp_path / "same-market.jsonl.gz"
+    with LocalExchange(PRODUCTS, depth=150, rate=40, seed=13) as exchange:
+        env = flow_env(
+            ORDERBOOK_WS_URL=exchange.url(),
+            ORDERBOOK_PRODUCTS=",".join(PRODUCTS),
+            ORDERBOOK_SPREAD_THRESHOLD="0",
+            ORDERBOOK_OUTPUT=f"jsonl:{live_out}",
+        )
+        flow = FlowProcess(["bytewax.run", "dataflow:flow"], env)
+        stop = threading.Event()
+
+        async def record_until_stopped():
+            done = asyncio.Event()
+            recorder = asyncio.create_task(
+                record(path, PRODUCTS, "exchange", exchange.url(), stop=done)
+            )
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+            done.set()
+            await recorder
+
+        recorder = threading.Thread(target=asyncio.run, args=(record_until_stopped(),))
+        recorder.start()
+        time.sleep(4.0)
+        exchange.pause_market()
+        live = settle(lambda: read_jsonl(live_out))
+        stop.set()
+        recorder.join(timeout=30)
+        assert flow.stop() == 0
+    replayed = _summaries_in_process(path, run_main)
+    live_by_product = by_product(live)
+    for product in PRODUCTS:
+        ours, theirs = live_by_product[product], replayed[product]
+        # from a moment when both books were built from their own snapshots
+        cutoff = max(ours[0]["time"], theirs[0]["time"])
+        tail = [
+            {k: v for k, v in s.items() if k != "feed"}
+            for s in ours
+            if s["time"] > cutoff
+        ]
+        tail_replayed = [
+            {k: v for k, v in s.items() if k != "feed"}
+            for s in theirs
+            if s["time"] > cutoff
+        ]
+        assert len(tail) > 20, product
+        assert tail_replayed == tail, product

@@ -248,7 +248,7 @@ class OrderBookSummary:
     ``spread`` and ``mid`` are exact; ``spread_pct`` (spread as a percentage of the ask,
     what the spread filter uses) and ``imbalance`` are quantized to 1e-10;
     ``microprice`` to the prices' scale + 4 digits. ``feed`` says where the data came
-    from ("exchange", "advanced_trade", "sim"), so simulated data is never mistaken for
+    from ("exchange", "advanced-trade", "sim", "replay"), so simulated data is never mistaken for
     market data.
     """
 

@@ -17,10 +17,11 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from events import BookChanges, BookEvent, BookReset, BookSnapshot
-from logging_utils import RateLimitedLog
 from orderbook import BookCondition, OrderBook, OrderBookSummary
+from service.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
 _bad_book_log = RateLimitedLog(log, interval_seconds=1.0)
@@ -162,3 +163,22 @@ def event_time(event: BookSnapshot | BookChanges) -> datetime | None:
     if event.received_ns:
         return datetime.fromtimestamp(event.received_ns / 1e9, tz=UTC)
     return None
+
+
+class SpreadFilter:
+    """Keeps summaries whose spread exceeds ``threshold_pct`` percent of the ask.
+
+    Takes the book step's ``(key, summary or None)`` output and returns the summary or
+    None, so that dropping the key, the non-events and the narrow spreads is one step.
+    """
+
+    def __init__(self, threshold_pct: Decimal) -> None:
+        self.threshold_pct = Decimal(threshold_pct)
+
+    def __call__(
+        self, keyed: tuple[str, OrderBookSummary | None]
+    ) -> OrderBookSummary | None:
+        summary = keyed[1]
+        if summary is not None and summary.spread_pct > self.threshold_pct:
+            return summary
+        return None

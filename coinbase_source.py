@@ -37,9 +37,8 @@ from typing import Any, NamedTuple
 import websockets
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from backoff import CONNECTION_PACER, MESSAGE_PACER, Backoff, ConnectionPacer
-from coinbase_auth import Credentials
-from coinbase_parse import (
+from coinbase.auth import Credentials
+from coinbase.decode import (
     AuthError,
     FeedError,
     FrameDecoder,
@@ -47,8 +46,9 @@ from coinbase_parse import (
     SequenceGap,
     UnknownProduct,
 )
+from coinbase.pacing import CONNECTION_PACER, MESSAGE_PACER, Backoff, ConnectionPacer
 from events import PRODUCT_ID, BookChanges, BookEvent, BookReset, BookSnapshot
-from logging_utils import RateLimitedLog
+from service.logs import RateLimitedLog
 
 __all__ = [
     "FEEDS",

@@ -14,13 +14,16 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
-from book_step import update_book
-from config import ConfigError, Settings
-from output import SummarySink
-from placement import RouteByProduct
-from process_setup import configure_logging, install_clean_exit, tune_garbage_collector
-from sources import build_source
-from spread_filter import SpreadFilter
+from book_step import SpreadFilter, update_book
+from service.inputs import build_source
+from service.outputs import SummarySink
+from service.placement import RouteByProduct
+from service.runtime import (
+    configure_logging,
+    install_clean_exit,
+    tune_garbage_collector,
+)
+from service.settings import ConfigError, Settings
 
 
 def get_flow(

@@ -41,8 +41,8 @@ from bytewax.inputs import (
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import run_main
 
-import coinbase_parse
-from coinbase_parse import FrameDecoder
+import coinbase.decode as coinbase_parse
+from coinbase.decode import FrameDecoder
 from coinbase_source import CoinbaseSource, subscribe_messages
 from events import BookChanges
 

@@ -30,14 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import run_main
 
-from book_step import update_book
-from coinbase_parse import FrameDecoder
-from config import Settings
+from book_step import SpreadFilter, update_book
+from coinbase.decode import FrameDecoder
 from dataflow import get_flow
-from process_setup import tune_garbage_collector
-from recording import Recording, RecordingWriter, ReplaySource
-from sim_market import Market
-from spread_filter import SpreadFilter
+from local_exchange.market import Market
+from recording.format import Recording, RecordingWriter
+from recording.replay import ReplaySource
+from service.runtime import tune_garbage_collector
+from service.settings import Settings
 
 PRODUCTS = ["BTC-USD", "ETH-USD", "BTC-EUR", "ETH-EUR"]
 THRESHOLD = Decimal(0)  # keep every summary: the most output work

@@ -26,7 +26,7 @@ from book_shape import (
     make_messages,
 )
 
-from coinbase_parse import FrameDecoder
+from coinbase.decode import FrameDecoder
 from orderbook import OrderBook
 
 TARGET_CHANGE_NS = 1_000

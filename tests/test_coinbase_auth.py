@@ -9,7 +9,7 @@ import pickle
 
 import pytest
 
-from coinbase_auth import Credentials, sign
+from coinbase.auth import Credentials, sign
 
 SECRET = base64.b64encode(
     b"a very secret 64-byte key for the test suite ............"

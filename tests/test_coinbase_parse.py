@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coinbase_parse import (
+from coinbase.decode import (
     AuthError,
     FeedError,
     FrameDecoder,
@@ -434,7 +434,7 @@ def test_unknown_product_error_variants(frame: str, product: str | None) -> None
 def test_update_prices_are_parsed_once_and_reused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import coinbase_parse
+    import coinbase.decode as coinbase_parse
 
     decoder = FrameDecoder("exchange", "t")
 

@@ -19,15 +19,15 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-import coinbase_sim
-from coinbase_sim import (
+import local_exchange.server as coinbase_sim
+from local_exchange.server import (
     LEVEL2_AUTH_REASON,
     MALFORMED_KINDS,
     TOO_MANY_L2_STREAMS,
     LocalExchange,
     sign_level2,
 )
-from recording import Recording, RecordingWriter
+from recording.format import Recording, RecordingWriter
 
 KEY = "sim-key-123"
 SECRET = base64.b64encode(b"a very secret hmac key for tests").decode()
@@ -966,7 +966,7 @@ def test_stop_is_idempotent_and_closes_clients() -> None:
 def _cli(*args: str, **kw) -> subprocess.Popen:
     here = Path(__file__).resolve().parent.parent
     return subprocess.Popen(
-        [sys.executable, str(here / "coinbase_sim.py"), *args],
+        [sys.executable, "-m", "local_exchange", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -31,12 +31,12 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.testing import TestingSink, run_main
 
-from backoff import Backoff, ConnectionPacer
-from coinbase_auth import Credentials
-from coinbase_parse import AuthError, UnknownProduct
-from coinbase_sim import LocalExchange
+from coinbase.auth import Credentials
+from coinbase.decode import AuthError, UnknownProduct
+from coinbase.pacing import Backoff, ConnectionPacer
 from coinbase_source import CoinbasePartition, CoinbaseSource, subscribe_messages
 from events import BookChanges, BookEvent, BookReset, BookSnapshot
+from local_exchange.server import LocalExchange
 from tests.scripted_server import ScriptedConnection, ScriptedServer
 
 SECRET = base64.b64encode(b"loopback secret for the source tests").decode()
@@ -799,7 +799,7 @@ from bytewax import operators as op
 from bytewax.connectors.stdio import StdOutSink
 from bytewax.dataflow import Dataflow
 from bytewax.testing import run_main
-from coinbase_sim import LocalExchange
+from local_exchange.server import LocalExchange
 from coinbase_source import CoinbaseSource
 exchange = LocalExchange(["BTC-USD", "ETH-USD"], depth=10, rate=20).start()
 flow = Dataflow("sigint")

@@ -2,7 +2,7 @@ from decimal import Decimal
 
 import pytest
 
-from config import ConfigError, Settings
+from service.settings import ConfigError, Settings
 
 
 def test_defaults():

@@ -16,7 +16,7 @@ from decimal import Decimal
 
 import pytest
 
-from coinbase_sim import LocalExchange
+from local_exchange.server import LocalExchange
 from tests.flow_runner import FlowProcess, flow_env, last_by_product, read_jsonl, settle
 
 PRODUCTS = ["BTC-USD", "ETH-USD", "BTC-EUR", "ETH-EUR"]

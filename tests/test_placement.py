@@ -10,7 +10,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.testing import cluster_main
 
-from placement import (
+from service.placement import (
     RouteByProduct,
     bytewax_worker_for_key,
     routing_keys,

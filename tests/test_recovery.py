@@ -8,7 +8,7 @@ import sys
 import time
 from decimal import Decimal
 
-from coinbase_sim import LocalExchange
+from local_exchange.server import LocalExchange
 from tests.flow_runner import (
     REPO,
     FlowProcess,

@@ -19,10 +19,12 @@ import time
 import pytest
 from bytewax.testing import TestingSink, cluster_main, run_main
 
-from coinbase_sim import LocalExchange
-from config import Settings
 from dataflow import get_flow
-from recording import Recording, ReplaySource, record
+from local_exchange.server import LocalExchange
+from recording.format import Recording
+from recording.recorder import record
+from recording.replay import ReplaySource
+from service.settings import Settings
 from tests.flow_runner import FlowProcess, by_product, flow_env, read_jsonl, settle
 
 PRODUCTS = ["BTC-USD", "ETH-USD", "BTC-EUR", "ETH-EUR"]

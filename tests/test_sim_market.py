@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from sim_market import ASK, BID, Market
+from local_exchange.market import ASK, BID, Market
 
 PRODUCTS = ["BTC-USD", "ETH-USD", "XYZ-USD"]
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-import snapshot_decode
-from coinbase_parse import FrameDecoder, MalformedFrame, SequenceGap
+import coinbase.fast_snapshot as snapshot_decode
+from coinbase.decode import FrameDecoder, MalformedFrame, SequenceGap
 
 LEVELS = 3000  # enough for the frames to exceed snapshot_decode.MIN_FRAME_BYTES
 

@@ -7,10 +7,11 @@ import threading
 
 from bytewax.inputs import FixedPartitionedSource
 
-from coinbase_auth import Credentials
+from coinbase.auth import Credentials
 from coinbase_source import CoinbaseSource
-from config import DEFAULT_PRODUCTS, ConfigError, Settings
-from recording import RecordingError, ReplaySource
+from recording.format import RecordingError
+from recording.replay import ReplaySource
+from service.settings import DEFAULT_PRODUCTS, ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ def local_exchange(settings: Settings):
     one exchange, the one of the process that owns the product's partition.
     """
     global _local_exchange
-    from coinbase_sim import LocalExchange
+    from local_exchange.server import LocalExchange
 
     with _local_exchange_lock:
         if _local_exchange is None:

@@ -27,8 +27,11 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from coinbase.fast_snapshot import (
+    decode_advanced_trade_snapshot,
+    decode_exchange_snapshot,
+)
 from events import ASK, BID, BookChanges, BookEvent, BookSnapshot, Change, Level
-from snapshot_decode import decode_advanced_trade_snapshot, decode_exchange_snapshot
 
 try:  # orjson parses Coinbase frames ~3x faster than json (see bench/bench_feed.py)
     from orjson import JSONDecodeError as _JSONDecodeError

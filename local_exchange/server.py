@@ -48,8 +48,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from events import PRODUCT_ID
-from recording import Recording, RecordingError
-from sim_market import (
+from local_exchange.market import (
     ASK,
     BID,
     Market,
@@ -59,6 +58,7 @@ from sim_market import (
     format_size,
     format_ticks,
 )
+from recording.format import Recording, RecordingError
 
 log = logging.getLogger("coinbase_sim")
 

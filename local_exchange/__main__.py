@@ -1,0 +1,7 @@
+"""``python -m local_exchange``: run the local Coinbase exchange until Ctrl-C."""
+
+import sys
+
+from local_exchange.server import main
+
+sys.exit(main())

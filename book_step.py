@@ -88,7 +88,7 @@ def update_book(
                 type(event),
             )
             return state, None
-    except Exception as exc:  # noqa: BLE001 - one bad message must not stop the dataflow
+    except Exception as exc:
         log.error("%s: book dropped until the next snapshot: %s", state.product_id, exc)
         _drop(state, "unappliable message")
         return state, None

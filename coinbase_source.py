@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
 import websockets
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -46,8 +46,15 @@ from coinbase.decode import (
     SequenceGap,
     UnknownProduct,
 )
+from coinbase.feeds import (
+    FEEDS,
+    FeedSpec,
+    _check_feed,
+    _check_product,
+    subscribe_messages,
+)
 from coinbase.pacing import CONNECTION_PACER, MESSAGE_PACER, Backoff, ConnectionPacer
-from events import PRODUCT_ID, BookChanges, BookEvent, BookReset, BookSnapshot
+from events import BookChanges, BookEvent, BookReset, BookSnapshot
 from service.logs import RateLimitedLog
 
 __all__ = [
@@ -70,80 +77,6 @@ MAX_BACKLOG = 100_000
 """Events queued for the dataflow beyond which the partition drops them and resyncs."""
 POLL_INTERVAL = timedelta(milliseconds=1)
 IDLE_POLL_INTERVAL = timedelta(milliseconds=500)
-
-
-class FeedSpec(NamedTuple):
-    protocol: str
-    url: str
-    channel: str
-
-
-FEEDS: dict[str, FeedSpec] = {
-    "exchange": FeedSpec(
-        "exchange", "wss://ws-feed.exchange.coinbase.com", "level2_batch"
-    ),
-    "exchange-auth": FeedSpec(
-        "exchange", "wss://ws-feed.exchange.coinbase.com", "level2"
-    ),
-    "advanced-trade": FeedSpec(
-        "advanced-trade", "wss://advanced-trade-ws.coinbase.com", "level2"
-    ),
-}
-"""Feed name -> (protocol, default url, book channel)."""
-
-
-def _check_feed(feed: str) -> FeedSpec:
-    spec = FEEDS.get(feed) if isinstance(feed, str) else None
-    if spec is None:
-        raise ValueError(f"unknown feed {feed!r}; allowed: {', '.join(FEEDS)}")
-    return spec
-
-
-def _check_product(product_id: Any) -> str:
-    if not isinstance(product_id, str) or not PRODUCT_ID.fullmatch(product_id):
-        raise ValueError(
-            f"malformed product id {product_id!r}: expected upper-case BASE-QUOTE such as "
-            "'BTC-USD'"
-        )
-    return product_id
-
-
-def subscribe_messages(
-    feed: str,
-    product_id: str,
-    credentials: Credentials | None = None,
-    now: float | None = None,
-) -> list[dict]:
-    """What to send right after connecting (signed afresh at ``now`` for exchange-auth)."""
-    spec = _check_feed(feed)
-    _check_product(product_id)
-    if spec.protocol == "advanced-trade":
-        # One channel per subscribe message on Advanced Trade; heartbeats keep the
-        # connection from idling out and feed the watchdog.
-        return [
-            {"type": "subscribe", "product_ids": [product_id], "channel": spec.channel},
-            {"type": "subscribe", "channel": "heartbeats"},
-        ]
-    message: dict[str, Any] = {
-        "type": "subscribe",
-        "channels": [
-            {"name": spec.channel, "product_ids": [product_id]},
-            {"name": "heartbeat", "product_ids": [product_id]},
-        ],
-    }
-    if feed == "exchange-auth":
-        if credentials is None:
-            raise ValueError(
-                "feed 'exchange-auth' needs credentials (Credentials.from_env())"
-            )
-        timestamp = str(int(time.time() if now is None else now))
-        message.update(
-            signature=credentials.sign(timestamp),
-            key=credentials.key,
-            passphrase=credentials.passphrase,
-            timestamp=timestamp,
-        )
-    return [message]
 
 
 def _drain(queue: deque) -> list:
@@ -325,7 +258,7 @@ class CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
             )
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - any connect failure means: retry later
+        except Exception as exc:
             text = f"connect failed: {type(exc).__name__}: {exc}"
             self.stats["last_error"] = text[:300]
             log.warning("%s: cannot connect to %s: %s", self.product_id, self.url, exc)

@@ -199,7 +199,9 @@ def _side_state(side: SortedDict) -> tuple[str, str]:
 
 def _side_from_state(prices: str, sizes: str) -> SortedDict:
     return SortedDict(
-        dict(zip(map(Decimal, prices.split()), map(Decimal, sizes.split())))
+        dict(
+            zip(map(Decimal, prices.split()), map(Decimal, sizes.split()), strict=True)
+        )
     )
 
 

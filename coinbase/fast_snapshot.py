@@ -78,7 +78,7 @@ def _levels(prices: list[str], sizes: list[str]) -> list[Level] | None:
             return None
     except (InvalidOperation, ValueError):  # "abc", or NaN met by a comparison
         return None
-    return list(zip(price_values, size_values))
+    return list(zip(price_values, size_values, strict=True))
 
 
 def _looks_like_snapshot(frame: str | bytes) -> bool:

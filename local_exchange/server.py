@@ -553,7 +553,7 @@ class LocalExchange:
         def call() -> None:
             try:
                 done.set_result(fn())
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            except BaseException as exc:
                 done.set_exception(exc)
 
         loop.call_soon_threadsafe(call)

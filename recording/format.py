@@ -47,7 +47,7 @@ class RecordingWriter:
 
     def __init__(self, path: str | os.PathLike, header: dict[str, Any]) -> None:
         self.path = Path(path)
-        self._file = gzip.open(self.path, "wt", encoding="utf-8", compresslevel=6)  # noqa: SIM115 - closed by close()
+        self._file = gzip.open(self.path, "wt", encoding="utf-8", compresslevel=6)
         self._write({"format": FORMAT, "version": VERSION, **header})
         self.frames = 0
         self.frame_bytes = 0

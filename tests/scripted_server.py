@@ -78,7 +78,7 @@ class ScriptedServer:
         self.received.append(received)
         try:
             await self._script(ScriptedConnection(ws, index, received))
-        except Exception as exc:  # noqa: BLE001 - a client hanging up mid-script is fine
+        except Exception as exc:
             self.errors.append(exc)
 
     async def _serve(self) -> None:

@@ -48,7 +48,8 @@ def test_every_setting_is_read(tmp_path):
         ("ORDERBOOK_OUTPUT", "jsonl:/no/such/dir/x", "does not exist"),
         ("ORDERBOOK_REPLAY", "/no/such/file", "no such file"),
         ("ORDERBOOK_WATCHDOG_SECONDS", "0", "> 0"),
-        ("ORDERBOOK_SIM_DEPTH", "100000", "1 to 50000"),
+        ("ORDERBOOK_SIM_DEPTH", "100000", "1..50000"),
+        ("ORDERBOOK_SIM_RATE", "20000", "(0, 10000]"),
     ],
 )
 def test_bad_setting_refused_with_name_and_what_is_allowed(name, value, allowed):

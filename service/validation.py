@@ -1,0 +1,172 @@
+"""One way to check a value a user gave: settings, constructors and command lines alike.
+
+Every check takes the *name the user typed* (an environment variable such as
+``ORDERBOOK_SIM_RATE``, a command-line option such as ``--rate``, or a keyword argument
+such as ``rate``) and the raw value, and either returns the parsed value or raises
+:class:`ConfigError` whose one-line message names the setting, the value and what is
+allowed::
+
+    ORDERBOOK_SIM_RATE='20000' is not allowed: expected a number in (0, 10000]
+
+Text values (from the environment or argv) are parsed; Python values (from a
+constructor) are type-checked, so ``rate="20"`` passed to a constructor is refused rather
+than silently parsed. Secrets are never echoed: pass ``secret=True``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from decimal import Decimal, InvalidOperation
+from typing import Any, TypeVar
+
+from events import PRODUCT_ID
+
+T = TypeVar("T")
+
+_WS_URL = re.compile(r"^wss?://[^/\s]+")
+
+
+class ConfigError(ValueError):
+    """A value that cannot be used; the message names the setting and what is allowed."""
+
+
+def refuse(
+    name: str, value: Any, expected: str, why: str = "", *, secret: bool = False
+) -> ConfigError:
+    """The one message shape: ``NAME='value' is not allowed (why): expected ...``."""
+    shown = "<redacted>" if secret else repr(value)
+    detail = f" ({why})" if why else ""
+    return ConfigError(f"{name}={shown} is not allowed{detail}: expected {expected}")
+
+
+def products(name: str, value: str | Iterable[str]) -> tuple[str, ...]:
+    """Product ids like ``BTC-USD``: a comma-separated string or a sequence; no duplicates.
+
+    A string is upper-cased and stripped (what a user types); ids in a sequence must
+    already be exact, since code that passes them should hold the canonical form.
+    """
+    expected = "comma-separated product ids such as BTC-USD,ETH-USD"
+    if isinstance(value, str):
+        items = tuple(p.strip().upper() for p in value.split(",") if p.strip())
+    elif isinstance(value, Sequence) and all(isinstance(p, str) for p in value):
+        items = tuple(value)
+    else:
+        raise refuse(name, value, expected, "not a list of product ids")
+    if not items:
+        raise refuse(name, value, expected, "no product given")
+    for product in items:
+        if not PRODUCT_ID.fullmatch(product):
+            raise refuse(
+                name, value, expected, f"{product!r} is not a product id like BTC-USD"
+            )
+    duplicates = sorted({p for p in items if items.count(p) > 1})
+    if duplicates:
+        raise refuse(name, value, expected, "duplicated " + ", ".join(duplicates))
+    return items
+
+
+def product_id(name: str, value: Any) -> str:
+    """One exact product id such as ``BTC-USD``."""
+    if not isinstance(value, str) or not PRODUCT_ID.fullmatch(value):
+        raise refuse(name, value, "an upper-case product id such as BTC-USD")
+    return value
+
+
+def ws_url(name: str, value: str | None) -> str | None:
+    """A ``ws://`` or ``wss://`` URL, or None for the default (empty text counts as None)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str) or not _WS_URL.match(value.strip()):
+        raise refuse(name, value, "a ws:// or wss:// URL")
+    return value.strip()
+
+
+def choice(name: str, value: Any, allowed: Sequence[str]) -> str:
+    """One of ``allowed``; text is stripped and lower-cased first."""
+    text = value.strip().lower() if isinstance(value, str) else value
+    if text not in allowed:
+        raise refuse(name, value, "one of " + ", ".join(allowed))
+    return text
+
+
+def number(
+    name: str,
+    value: Any,
+    *,
+    low: float = 0.0,
+    high: float = math.inf,
+    low_open: bool = True,
+) -> float:
+    """A finite number in ``(low, high]`` (``[low, high]`` with ``low_open=False``)."""
+    bracket = "(" if low_open else "["
+    top = "" if high == math.inf else f"{high:g}"
+    expected = (
+        f"a number > {low:g}"
+        if not top and low_open
+        else f"a number >= {low:g}"
+        if not top
+        else f"a number in {bracket}{low:g}, {top}]"
+    )
+    if isinstance(value, str):
+        try:
+            parsed = float(value.strip())
+        except ValueError:
+            raise refuse(name, value, expected, "not a number") from None
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        parsed = float(value)
+    else:
+        raise refuse(name, value, expected, "not a number")
+    too_low = parsed <= low if low_open else parsed < low
+    if not math.isfinite(parsed) or too_low or parsed > high:
+        raise refuse(name, value, expected)
+    return parsed
+
+
+def integer(name: str, value: Any, low: int, high: int) -> int:
+    """A whole number in ``low..high``."""
+    expected = f"a whole number in {low}..{high}"
+    if isinstance(value, str):
+        try:
+            parsed = int(value.strip())
+        except ValueError:
+            raise refuse(name, value, expected, "not a whole number") from None
+    elif isinstance(value, int) and not isinstance(value, bool):
+        parsed = value
+    else:
+        raise refuse(name, value, expected, "not a whole number")
+    if not low <= parsed <= high:
+        raise refuse(name, value, expected)
+    return parsed
+
+
+def decimal(
+    name: str, value: Any, expected: str, *, low: Decimal, high: Decimal
+) -> Decimal:
+    """An exact decimal in ``[low, high)``; ``expected`` says what it means to the user."""
+    try:
+        parsed = Decimal(value.strip() if isinstance(value, str) else value)
+    except (InvalidOperation, TypeError, ValueError):
+        raise refuse(name, value, expected, "not a number") from None
+    if not parsed.is_finite() or not low <= parsed < high:
+        raise refuse(name, value, expected)
+    return parsed
+
+
+def argparse_type(name: str, check: Callable[[str, str], T]) -> Callable[[str], T]:
+    """Adapts a check to ``argparse``'s ``type=``: its message becomes argparse's error.
+
+    ``parser.add_argument("--rate", type=argparse_type("--rate", sim_rate))`` prints
+    ``error: argument --rate: --rate='x' is not allowed ...`` and exits with status 2.
+    """
+
+    def parse(text: str) -> T:
+        try:
+            return check(name, text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = name.lstrip("-")
+    return parse

@@ -8,10 +8,11 @@ import threading
 from bytewax.inputs import FixedPartitionedSource
 
 from coinbase.auth import Credentials
+from coinbase.feeds import DEFAULT_PRODUCTS
 from coinbase_source import CoinbaseSource
 from recording.format import RecordingError
 from recording.replay import ReplaySource
-from service.settings import DEFAULT_PRODUCTS, ConfigError, Settings
+from service.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 

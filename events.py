@@ -1,7 +1,7 @@
 """Normalised order book events: what the feed parsers produce and the book step consumes.
 
 The parsers turn raw Coinbase frames (two wire formats) into these three shapes so that
-nothing downstream ever sees JSON. Sides are normalised once to ``"bid"``/``"ask"``;
+nothing downstream ever sees JSON. Sides are normalised once to :class:`Side`;
 prices and sizes are ``Decimal``. Events are small frozen slotted dataclasses so that
 Bytewax can pickle them cheaply when it routes them between workers.
 """
@@ -12,18 +12,33 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from enum import StrEnum
 
 PRODUCT_ID = re.compile(r"[A-Z0-9]{1,24}(-[A-Z0-9]{1,24}){1,3}")
 """A Coinbase product id: upper-case BASE-QUOTE (futures add parts, e.g. BIT-27DEC24-CDE)."""
 
-BID = "bid"
-ASK = "ask"
+class Side(StrEnum):
+    """A side of the book. A ``StrEnum``: ``Side.BID == "bid"``, and it prints as ``bid``.
+
+    The parsers map every feed spelling (Exchange ``buy``/``sell``, Advanced Trade
+    ``bid``/``offer``) to these two members once, so nothing downstream compares raw
+    feed strings. Members hash and compare as their ``str`` values, so the book's
+    per-change side test costs the same as with plain strings (measured in
+    bench/bench_orderbook.py).
+    """
+
+    BID = "bid"
+    ASK = "ask"
+
+
+BID = Side.BID
+ASK = Side.ASK
 
 Level = tuple[Decimal, Decimal]
 """``(price, size)``."""
 
-Change = tuple[str, Decimal, Decimal]
-"""``(side, price, new_absolute_size)``; side is ``"bid"`` or ``"ask"``; size 0 removes."""
+Change = tuple[Side, Decimal, Decimal]
+"""``(side, price, new_absolute_size)``; size 0 removes the level."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +51,8 @@ class BookSnapshot:
     time: datetime | None
     """Exchange event time, if the feed sent one (the Exchange feed's snapshot has none)."""
     feed: str
+    """The origin label the records of this event carry (``exchange``, ``advanced-trade``,
+    ``sim``, ``replay``): see :mod:`coinbase.feeds` for feed, protocol and origin."""
     received_ns: int = 0
     """``time.time_ns()`` when the frame came off the socket (0 when not from a socket)."""
 

@@ -1,106 +1,13 @@
-"""Runs the real dataflow command in a subprocess, the way a user does, for tests."""
+"""Moved to :mod:`tests.support.flow`; kept so that existing imports keep working."""
 
-from __future__ import annotations
-
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def flow_env(**settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERBOOK_")}
-    env.update(settings)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    lines = path.read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
-class FlowProcess:
-    """``python -m bytewax.run dataflow:flow`` (or any module args) in its own process."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", *args],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.stdout = ""
-        self.stderr = ""
-
-    def wait_for(
-        self, condition: Callable[[], bool], timeout: float, what: str
-    ) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            if self.proc.poll() is not None:
-                self.finish(timeout=1)
-                raise AssertionError(
-                    f"flow exited ({self.proc.returncode}) before {what}:\n{self.stderr[-3000:]}"
-                )
-            time.sleep(0.05)
-        self.stop(signal.SIGKILL)
-        raise AssertionError(f"timed out waiting for {what}:\n{self.stderr[-3000:]}")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.finish(timeout)
-
-    def finish(self, timeout: float = 60) -> int:
-        try:
-            out, err = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, err = self.proc.communicate()
-        self.stdout += out or ""
-        self.stderr += err or ""
-        return self.proc.returncode
-
-
-def settle(
-    read: Callable[[], list], quiet_seconds: float = 1.0, timeout: float = 20
-) -> list:
-    """Wait until ``read()`` stops growing for ``quiet_seconds``; return its last value."""
-    deadline = time.monotonic() + timeout
-    last = read()
-    last_change = time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        now = read()
-        if len(now) != len(last):
-            last, last_change = now, time.monotonic()
-        elif time.monotonic() - last_change >= quiet_seconds:
-            return now
-    return last
-
-
-def last_by_product(records: list[dict]) -> dict[str, dict]:
-    last: dict[str, dict] = {}
-    for record in records:
-        last[record["product_id"]] = record
-    return last
-
-
-def by_product(records: list[dict]) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {}
-    for record in records:
-        out.setdefault(record["product_id"], []).append(record)
-    return out
+from tests.support.flow import (  # noqa: F401
+    REPO,
+    FlowProcess,
+    by_product,
+    flow_env,
+    free_port,
+    last_by_product,
+    read_jsonl,
+    settle,
+    wait_until,
+)

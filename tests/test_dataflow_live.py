@@ -19,6 +19,8 @@ import pytest
 from local_exchange.server import LocalExchange
 from tests.flow_runner import FlowProcess, flow_env, last_by_product, read_jsonl, settle
 
+pytestmark = pytest.mark.slow  # processes, sockets and threads
+
 PRODUCTS = ["BTC-USD", "ETH-USD", "BTC-EUR", "ETH-EUR"]
 
 

@@ -17,6 +17,8 @@ from service.placement import (
     source_worker_for_product,
 )
 
+pytestmark = pytest.mark.slow  # processes, sockets and threads
+
 PRODUCTS = ["BTC-USD", "ETH-USD", "BTC-EUR", "ETH-EUR", "SOL-USD"]
 
 

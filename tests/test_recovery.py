@@ -8,6 +8,8 @@ import sys
 import time
 from decimal import Decimal
 
+import pytest
+
 from local_exchange.server import LocalExchange
 from tests.flow_runner import (
     REPO,
@@ -17,6 +19,8 @@ from tests.flow_runner import (
     read_jsonl,
     settle,
 )
+
+pytestmark = pytest.mark.slow  # processes, sockets and threads
 
 PRODUCTS = ["BTC-USD", "ETH-USD"]
 

@@ -79,6 +79,11 @@ def update_book(
             state.book = book
             state.last_top = None
         elif isinstance(event, BookReset):
+            if event.reason == "resume":
+                log.info(
+                    "%s: book reset (resume): waiting for a fresh snapshot",
+                    state.product_id,
+                )
             _drop(state, f"reset: {event.reason}")
             return state, None
         else:

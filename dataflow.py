@@ -15,7 +15,7 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
 from book_step import SpreadFilter, update_book
-from service.inputs import build_source
+from service.inputs import build_source, log_resumes
 from service.outputs import SummarySink
 from service.placement import RouteByProduct
 from service.runtime import (
@@ -42,7 +42,7 @@ def get_flow(
         sink = SummarySink(settings.output, settings.output_path)
 
     flow = Dataflow("orderbook")
-    events = op.input("coinbase", flow, source)
+    events = op.input("coinbase", flow, log_resumes(source))
     keyed = op.map("route", events, RouteByProduct(products))
     books = op.stateful_map("order_book", keyed, update_book)
     wide = op.filter_map(

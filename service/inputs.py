@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from bytewax.inputs import FixedPartitionedSource
+from bytewax.inputs import FixedPartitionedSource, Source, StatefulSourcePartition
 
 from coinbase.auth import Credentials
 from coinbase.feeds import DEFAULT_PRODUCTS
@@ -82,3 +82,39 @@ def build_source(settings: Settings) -> tuple[FixedPartitionedSource, list[str]]
         watchdog_seconds=settings.watchdog_seconds,
     )
     return source, products
+
+
+class ResumeLoggingSource(FixedPartitionedSource):
+    """Wraps a partitioned source to log, per partition, that a run resumed.
+
+    Bytewax hands each partition its saved state on resume; the partition then starts with
+    a reset, so its books are rebuilt from fresh snapshots. Saying so makes a resumed run
+    distinguishable from a fresh one in the logs. Nothing else changes: the partitions
+    are the inner source's own.
+    """
+
+    def __init__(self, inner: FixedPartitionedSource) -> None:
+        self.inner = inner
+
+    def list_parts(self) -> list[str]:
+        return self.inner.list_parts()
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: object
+    ) -> StatefulSourcePartition:
+        if resume_state is not None:
+            log.info(
+                "%s: resuming from recovery state; the book is rebuilt from a fresh "
+                "snapshot",
+                for_part,
+            )
+        return self.inner.build_part(step_id, for_part, resume_state)
+
+
+def log_resumes(source: Source) -> Source:
+    """``source`` wrapped by :class:`ResumeLoggingSource` when it is partitioned."""
+    if isinstance(source, FixedPartitionedSource) and not isinstance(
+        source, ResumeLoggingSource
+    ):
+        return ResumeLoggingSource(source)
+    return source

@@ -1,28 +1,85 @@
-"""A run killed and resumed from Bytewax recovery serves no stale book."""
+"""A run killed and resumed from Bytewax recovery serves no stale book.
+
+What could go wrong, and what catches it:
+
+* the saved state holds the book (stale on resume, and O(book) per epoch): the recovery
+  store must hold a state for every product's book step and no ``OrderBook`` in it;
+* the resume reset is lost: every product's book step must log the ``resume`` reset,
+  and every source partition that it resumed;
+* a summary from before the restart, or from a book not rebuilt from a fresh snapshot:
+  the resumed run's first summary of each product must be newer than the restart, the
+  exchange must have sent a fresh snapshot per product after the restart, and the last
+  summaries must equal the exchange's true top once the market pauses.
+"""
 
 from __future__ import annotations
 
+import io
+import pickle
 import signal
+import sqlite3
 import subprocess
 import sys
-import time
+from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from local_exchange.server import LocalExchange
-from tests.flow_runner import (
+from tests.support.flow import (
     REPO,
     FlowProcess,
     flow_env,
     last_by_product,
     read_jsonl,
     settle,
+    wait_until,
 )
 
 pytestmark = pytest.mark.slow  # processes, sockets and threads
 
 PRODUCTS = ["BTC-USD", "ETH-USD"]
+BOOK_STEP = "orderbook.order_book"
+"""The book step's id; Bytewax saves its state under ids nested below it."""
+
+
+class _Recorder(pickle.Unpickler):
+    """Unpickles a saved state while noting every class it names."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(io.BytesIO(data))
+        self.classes: set[str] = set()
+
+    def find_class(self, module: str, name: str):
+        self.classes.add(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+def saved_book_states(db: Path) -> dict[str, set[str]]:
+    """Per state key of the book step, the classes its latest saved state names."""
+    states: dict[str, set[str]] = {}
+    for part in sorted(db.glob("*.sqlite3")):
+        with sqlite3.connect(part) as conn:
+            committed = conn.execute("SELECT MIN(commit_epoch) FROM commits").fetchone()
+            if committed[0] is None:
+                continue
+            rows = conn.execute(
+                "SELECT state_key, ser_change FROM snaps "
+                "WHERE (step_id = ? OR step_id LIKE ?) AND snap_epoch <= ? "
+                "ORDER BY snap_epoch",
+                (BOOK_STEP, BOOK_STEP + ".%", committed[0]),
+            ).fetchall()
+        for key, blob in rows:
+            if blob is not None:
+                recorder = _Recorder(blob)
+                recorder.load()
+                states[key] = recorder.classes
+    return states
+
+
+def _product(state_key: str) -> str:
+    return state_key.split("~", 1)[0]
 
 
 def test_killed_and_resumed_run_rebuilds_books_from_fresh_snapshots(tmp_path):
@@ -50,11 +107,37 @@ def test_killed_and_resumed_run_rebuilds_books_from_fresh_snapshots(tmp_path):
             30,
             "summaries",
         )
-        time.sleep(2.5)  # let a few snapshot intervals pass so there is state to resume
+        # State to resume from: a committed snapshot of every product's book.
+        first.wait_for(
+            lambda: {_product(k) for k in saved_book_states(db)} == set(PRODUCTS),
+            30,
+            "a committed recovery snapshot of every book",
+        )
         first.stop(signal.SIGKILL)
-        assert any(db.iterdir())
+        for key, classes in saved_book_states(db).items():
+            assert "orderbook.OrderBook" not in classes, (key, classes)
+            assert "book_step.BookState" in classes, (key, classes)
+        stale = last_by_product(read_jsonl(first_out))
 
-        time.sleep(2.0)  # the market moves on while the flow is down
+        # The market moves on while the flow is down: every true top leaves the last
+        # one served, so a stale book would show.
+        moved: set[str] = set()
+
+        def market_moved() -> bool:
+            for product in PRODUCTS:
+                bid, _, ask, _ = exchange.true_top(product)
+                last = stale[product]
+                if (bid, ask) != (
+                    Decimal(last["bid_price"]),
+                    Decimal(last["ask_price"]),
+                ):
+                    moved.add(product)
+            return moved == set(PRODUCTS)
+
+        wait_until(market_moved, 30, "the market to move while the flow is down")
+
+        restarted = datetime.now(UTC)
+        snapshots_before = exchange.stats["frames_sent"].get("snapshot", 0)
         second_out = tmp_path / "second.jsonl"
         second = run(second_out)
         second.wait_for(
@@ -62,11 +145,23 @@ def test_killed_and_resumed_run_rebuilds_books_from_fresh_snapshots(tmp_path):
             30,
             "resumed summaries",
         )
-        time.sleep(1.0)
+        snapshots_after = exchange.stats["frames_sent"].get("snapshot", 0)
         exchange.pause_market()
         records = settle(lambda: read_jsonl(second_out))
         assert second.stop() == 0
+
+    assert snapshots_after - snapshots_before >= len(PRODUCTS)
+    first_seen: dict[str, dict] = {}
+    for record in records:
+        first_seen.setdefault(record["product_id"], record)
+    for product, record in first_seen.items():
+        served_at = datetime.fromisoformat(record["time"].replace("Z", "+00:00"))
+        assert served_at > restarted, (product, record, restarted)
     assert "Traceback" not in second.stderr, second.stderr[-2000:]
+    for product in PRODUCTS:
+        assert f"{product}: resuming from recovery state" in second.stderr
+        assert f"{product}: book reset (resume)" in second.stderr
+        assert f"{product}: resuming" not in first.stderr
     for product, got in last_by_product(records).items():
         assert (Decimal(got["bid_price"]), Decimal(got["ask_price"])) == (
             exchange.true_top(product)[0],

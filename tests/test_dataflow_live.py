@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import base64
 import signal
-import time
 import urllib.request
 from decimal import Decimal
 
 import pytest
 
 from local_exchange.server import LocalExchange
-from tests.flow_runner import FlowProcess, flow_env, last_by_product, read_jsonl, settle
+from tests.support.flow import (
+    FlowProcess,
+    by_product,
+    flow_env,
+    free_port,
+    last_by_product,
+    read_jsonl,
+    settle,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow  # processes, sockets and threads
 
@@ -62,13 +70,34 @@ def _all_products_seen(out):
     return lambda: set(last_by_product(read_jsonl(out))) >= set(PRODUCTS)
 
 
+def _counts(out) -> dict[str, int]:
+    return {p: len(rs) for p, rs in by_product(read_jsonl(out)).items()}
+
+
+def _more_summaries(out, products=PRODUCTS, more: int = 5):
+    """A condition: every product has ``more`` summaries beyond what it has now."""
+    before = _counts(out)
+
+    def grown() -> bool:
+        now = _counts(out)
+        return all(now.get(p, 0) >= before.get(p, 0) + more for p in products)
+
+    return grown
+
+
+def _malformed_all_sent(exchange: LocalExchange) -> bool:
+    stats = exchange.stats
+    queued = sum(n for k, n in stats["faults"].items() if k.startswith("malformed:"))
+    return stats["frames_sent"].get("malformed", 0) >= queued
+
+
 @pytest.mark.parametrize("protocol", ["exchange", "advanced-trade"])
 def test_last_summary_equals_true_top_and_sigterm_exits_cleanly(tmp_path, protocol):
     feed = "exchange" if protocol == "exchange" else "advanced-trade"
     with LocalExchange(PRODUCTS, depth=300, rate=40, seed=7) as exchange:
         flow, out = _start_flow(tmp_path, exchange.url(protocol), feed)
         flow.wait_for(_all_products_seen(out), 30, "a summary of every product")
-        time.sleep(1.0)
+        flow.wait_for(_more_summaries(out), 30, "updates on every book")
         exchange.pause_market()
         records = settle(lambda: read_jsonl(out))
         _true_top_matches(exchange, last_by_product(records))
@@ -95,7 +124,7 @@ def test_books_recover_from_every_fault(tmp_path):
             "reconnection after a drop",
         )
         exchange.send_malformed(count=3)
-        time.sleep(0.5)
+        wait_until(lambda: _malformed_all_sent(exchange), 20, "the malformed frames")
         accepted = exchange.stats["connections_accepted"]
         exchange.go_silent(2.5)
         flow.wait_for(
@@ -103,7 +132,7 @@ def test_books_recover_from_every_fault(tmp_path):
             20,
             "reconnection after the watchdog saw silence",
         )
-        time.sleep(1.5)
+        flow.wait_for(_more_summaries(out), 30, "updates on every rebuilt book")
         exchange.pause_market()
         records = settle(lambda: read_jsonl(out))
         _true_top_matches(exchange, last_by_product(records))
@@ -125,7 +154,7 @@ def test_sequence_gap_on_advanced_trade_rebuilds_the_book(tmp_path):
             20,
             "a resubscribe after the gap",
         )
-        time.sleep(1.0)
+        flow.wait_for(_more_summaries(out), 30, "updates on every rebuilt book")
         exchange.pause_market()
         records = settle(lambda: read_jsonl(out))
         _true_top_matches(exchange, last_by_product(records))
@@ -159,9 +188,18 @@ def test_an_unknown_product_is_named_and_the_others_keep_running(tmp_path):
             "summaries of the served products",
         )
         # An error reply for a live product: that partition backs off and resubscribes.
+        accepted = exchange.stats["connections_accepted"]
         exchange.fail_next_subscribe("temporary trouble")
         exchange.drop_connections()
-        time.sleep(2.5)
+        flow.wait_for(
+            lambda: (
+                exchange.stats["faults"].get("fail_next_subscribe", 0) == 1
+                and exchange.stats["connections_accepted"] >= accepted + len(served) + 1
+            ),
+            30,
+            "the refused subscribe and a reconnection of every served product",
+        )
+        flow.wait_for(_more_summaries(out, served), 30, "updates on the rebuilt books")
         exchange.pause_market()
         records = settle(lambda: read_jsonl(out))
         assert flow.stop() == 0
@@ -240,16 +278,19 @@ def test_signed_level2_feed_names_a_missing_credential():
 
 def test_prometheus_metrics_are_served_when_enabled(tmp_path):
     out = tmp_path / "summaries.jsonl"
+    port = free_port()
     env = flow_env(
         ORDERBOOK_FEED="sim",
         ORDERBOOK_SPREAD_THRESHOLD="0",
         ORDERBOOK_OUTPUT=f"jsonl:{out}",
         BYTEWAX_DATAFLOW_API_ENABLED="true",
+        BYTEWAX_DATAFLOW_API_PORT=str(port),
     )
     flow = FlowProcess(["bytewax.run", "dataflow:flow"], env)
     try:
         flow.wait_for(_all_products_seen(out), 30, "a summary of every product")
-        with urllib.request.urlopen("http://127.0.0.1:3030/metrics", timeout=5) as resp:
+        url = f"http://127.0.0.1:{port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
             metrics = resp.read().decode()
         assert 'step_id="orderbook.order_book' in metrics
     finally:

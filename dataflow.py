@@ -21,6 +21,7 @@ from service.placement import RouteByProduct
 from service.runtime import (
     configure_logging,
     install_clean_exit,
+    separate_records_from_stdout,
     tune_garbage_collector,
 )
 from service.settings import ConfigError, Settings
@@ -53,6 +54,7 @@ def get_flow(
 
 
 def _flow_from_environment() -> Dataflow:
+    separate_records_from_stdout()
     configure_logging()
     try:
         settings = Settings.from_env()

@@ -14,6 +14,7 @@ from typing import TextIO
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from orderbook import OrderBookSummary
+from service.runtime import record_stream
 
 
 def format_text(summary: OrderBookSummary) -> str:
@@ -85,4 +86,4 @@ class SummarySink(DynamicSink[OrderBookSummary]):
     ) -> StatelessSinkPartition:
         if self._path is not None:
             return _AppendFilePartition(self._path, self._format)
-        return _StreamPartition(sys.stdout, self._format)
+        return _StreamPartition(record_stream(), self._format)

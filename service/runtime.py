@@ -1,4 +1,5 @@
-"""Process set-up of the service: logging, a clean exit on signals, garbage collection.
+"""Process set-up of the service: stdout for records only, logging, a clean exit on
+signals, garbage collection.
 
 Ctrl-C and SIGTERM end a run with exit status 0 and no traceback.
 
@@ -16,14 +17,48 @@ import os
 import signal
 import sys
 import threading
+from typing import TextIO
 
 log = logging.getLogger(__name__)
+
+_records: TextIO | None = None
+_records_lock = threading.Lock()
+
+
+def separate_records_from_stdout() -> TextIO:
+    """Keep the process's stdout for records alone; everything else goes to stderr.
+
+    Bytewax (and the Rust libraries under it) print their own lines on fd 1, e.g.
+    ``worker 1: error connecting to worker 0`` while a peer process starts, which would
+    land between JSON records. So, once per process: the original stdout is duplicated
+    to a new descriptor kept for records (see :func:`record_stream`), and fd 1 and
+    ``sys.stdout`` are pointed at stderr. Call it at start, before Bytewax runs.
+    """
+    global _records
+    with _records_lock:
+        if _records is None:
+            sys.stdout.flush()
+            kept = os.dup(1)  # not inherited by child processes (O_CLOEXEC)
+            _records = os.fdopen(kept, "w", encoding="utf-8", errors="strict")
+            os.dup2(2, 1)
+            sys.stdout = sys.stderr
+        return _records
+
+
+def record_stream() -> TextIO:
+    """Where records written to "stdout" go: the stream kept by
+    :func:`separate_records_from_stdout`, or ``sys.stdout`` when it was never called
+    (a dataflow built in tests or embedded in another program)."""
+    return _records if _records is not None else sys.stdout
 
 
 def _exit_cleanly(signum: int, _frame: object) -> None:
     name = signal.Signals(signum).name
     try:
-        sys.stdout.flush()
+        try:
+            record_stream().flush()
+        except (OSError, ValueError):
+            pass  # a reader that went away cannot get the rest anyway
         sys.stderr.write(f"orderbook: {name} received, stopping\n")
         sys.stderr.flush()
     finally:

@@ -9,7 +9,10 @@ every injected fault.
 from __future__ import annotations
 
 import base64
+import json
 import signal
+import subprocess
+import sys
 import urllib.request
 from decimal import Decimal
 
@@ -17,6 +20,7 @@ import pytest
 
 from local_exchange.server import LocalExchange
 from tests.support.flow import (
+    REPO,
     FlowProcess,
     by_product,
     flow_env,
@@ -26,6 +30,7 @@ from tests.support.flow import (
     settle,
     wait_until,
 )
+from tests.support.frames import write_exchange_recording
 
 pytestmark = pytest.mark.slow  # processes, sockets and threads
 
@@ -306,3 +311,53 @@ def test_a_reader_that_closes_stdout_ends_the_run_quietly():
     assert flow.proc.wait(timeout=30) == 0
     stderr = flow.proc.stderr.read()
     assert "Traceback" not in stderr and "output closed by its reader" in stderr
+
+
+def test_stdout_carries_only_records_when_a_peer_process_starts_late(tmp_path):
+    """Two processes, as ``python -m bytewax.testing dataflow:flow -p 2`` runs them
+    (``bytewax.run -i N -a ...``), on free ports, process 1 started first so that Bytewax
+    prints its ``error connecting to worker 0`` lines: stdout must hold records only."""
+    recording = write_exchange_recording(tmp_path / "session.jsonl.gz", updates=200)
+    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(2))
+    env = flow_env(
+        ORDERBOOK_REPLAY=str(recording),
+        ORDERBOOK_OUTPUT="jsonl",
+        ORDERBOOK_SPREAD_THRESHOLD="0",
+    )
+    procs, outs, errs = {}, {}, {}
+    try:
+        for index in (1, 0):
+            outs[index] = tmp_path / f"stdout-{index}.txt"
+            errs[index] = tmp_path / f"stderr-{index}.txt"
+            with open(outs[index], "wb") as out, open(errs[index], "wb") as err:
+                procs[index] = subprocess.Popen(
+                    [sys.executable, "-m", "bytewax.run", "dataflow:flow"]
+                    + ["-i", str(index), "-a", addresses],
+                    cwd=REPO,
+                    env=env,
+                    stdout=out,
+                    stderr=err,
+                )
+            if index == 1:  # the peer is late: process 1 complains, on some stream
+                wait_until(
+                    lambda: (
+                        b"error connecting"
+                        in outs[1].read_bytes() + errs[1].read_bytes()
+                    ),
+                    30,
+                    "process 1 to report that worker 0 is not there yet",
+                )
+        for index, proc in procs.items():
+            assert proc.wait(timeout=60) == 0, errs[index].read_text()[-3000:]
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    records = []
+    for index in (0, 1):
+        for line in outs[index].read_text().splitlines():
+            records.append(json.loads(line))  # every line on stdout is a record
+    assert b"error connecting" in errs[1].read_bytes()
+    assert {r["product_id"] for r in records} == {"BTC-USD", "ETH-USD"}
+    assert {r["feed"] for r in records} == {"replay"}

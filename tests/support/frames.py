@@ -248,3 +248,53 @@ def at_subscribe(
     if channel != "heartbeats":
         message["product_ids"] = list(product_ids)
     return message
+
+
+def write_exchange_recording(
+    path: Any,
+    products: Sequence[str] = ("BTC-USD", "ETH-USD"),
+    updates: int = 50,
+    *,
+    start_ns: int = 1_780_000_000_000_000_000,
+) -> Any:
+    """A small deterministic Exchange-feed recording (``python -m recording`` format):
+    per product a connection, a snapshot around 100, then ``updates`` l2updates that
+    move the best bid and ask. Returns ``path``."""
+    from recording.format import RecordingWriter
+
+    writer = RecordingWriter(
+        path,
+        {
+            "protocol": "exchange",
+            "feed": "exchange",
+            "url": "ws://127.0.0.1:1/",
+            "products": list(products),
+            "started": "2026-06-01T00:00:00Z",
+        },
+    )
+    t = start_ns
+    try:
+        for product in products:
+            t += 1_000
+            writer.connected(product, t_ns=t)
+            t += 1_000
+            writer.frame(product, text(exchange_snapshot(product)), t_ns=t)
+        for i in range(updates):
+            for product in products:
+                t += 1_000_000
+                side, price = (
+                    ("buy", f"99.{i % 90 + 1:02d}")
+                    if i % 2
+                    else (
+                        "sell",
+                        f"101.{i % 90 + 1:02d}",
+                    )
+                )
+                writer.frame(
+                    product,
+                    text(exchange_l2update(product, [(side, price, "0.5")])),
+                    t_ns=t,
+                )
+    finally:
+        writer.close()
+    return path

@@ -8,7 +8,9 @@ that it can be tested and benchmarked on its own. Rules, each a way a book goes 
 * a message that cannot be applied drops the book too: a book that missed a message is
   wrong in a way nobody can see, so it waits for the feed's next snapshot;
 * a summary is emitted only when the top of book changed, and never for an empty-sided,
-  locked or crossed book.
+  locked or crossed book;
+* a book crossed or locked for ``RESYNC_AFTER_SECONDS`` of feed time asks its source
+  partition for a fresh snapshot (``service.resync``): the feed will not repair it.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ from decimal import Decimal
 from events import BookChanges, BookEvent, BookReset, BookSnapshot
 from orderbook import BookCondition, OrderBook, OrderBookSummary
 from service.logs import RateLimitedLog
+from service.resync import request_resync
 
 log = logging.getLogger(__name__)
 _bad_book_log = RateLimitedLog(log, interval_seconds=1.0)
 STATUS_INTERVAL = 10.0
+RESYNC_AFTER_SECONDS = 3.0
+"""Feed time a book may stay crossed or locked before it asks for a fresh snapshot."""
 
 
 @dataclass
@@ -44,6 +49,9 @@ class BookState:
     condition: str = "awaiting-snapshot"
     updates: int = 0
     next_status_at: float = 0.0
+    invalid_since_ns: int | None = None
+    """Feed time (ns) since which the book has been crossed or locked, else None."""
+    resync_requested: bool = False
 
     def __getstate__(self) -> dict:
         return {"product_id": self.product_id, "feed": self.feed}
@@ -56,6 +64,8 @@ class BookState:
         self.condition = "awaiting-snapshot"
         self.updates = 0
         self.next_status_at = 0.0
+        self.invalid_since_ns = None
+        self.resync_requested = False
 
     def __deepcopy__(self, memo: dict) -> BookState:
         return BookState(self.product_id, self.feed)
@@ -129,6 +139,8 @@ def _drop(state: BookState, why: str) -> None:
     state.book = None
     state.last_top = None
     state.condition = "awaiting-snapshot"
+    state.invalid_since_ns = None
+    state.resync_requested = False
     log.debug("%s: book dropped (%s)", state.product_id, why)
 
 
@@ -147,14 +159,47 @@ def _summary_if_changed(
             )
         state.condition = condition
         state.last_top = None
+        _watch_invalid(state, event, condition)
         return None
     state.condition = BookCondition.OK
+    state.invalid_since_ns = None
+    state.resync_requested = False
     if top == state.last_top:
         return None
     state.last_top = top
     return OrderBookSummary.from_top(
         state.product_id, *top, time=event_time(event), feed=event.feed
     )
+
+
+def _watch_invalid(
+    state: BookState, event: BookSnapshot | BookChanges, condition: str
+) -> None:
+    """Ask for a fresh snapshot once a book stays crossed or locked too long."""
+    if condition not in (BookCondition.CROSSED, BookCondition.LOCKED):
+        state.invalid_since_ns = None  # an empty side: the feed's own business
+        return
+    now_ns = feed_time_ns(event)
+    if state.invalid_since_ns is None or isinstance(event, BookSnapshot):
+        state.invalid_since_ns = now_ns
+        state.resync_requested = False
+        return
+    seconds = (now_ns - state.invalid_since_ns) / 1e9
+    if not state.resync_requested and seconds >= RESYNC_AFTER_SECONDS:
+        state.resync_requested = True
+        reason = f"book {condition} for {seconds:.1f} s of feed time"
+        request_resync(state.product_id, reason)
+        log.warning("%s: %s; asking for a fresh snapshot", state.product_id, reason)
+
+
+def feed_time_ns(event: BookSnapshot | BookChanges) -> int:
+    """When the event came off the socket (a replay: when it was recorded), else its
+    exchange time, else now: one clock per stream, so that durations are real."""
+    if event.received_ns:
+        return event.received_ns
+    if event.time is not None:
+        return int(event.time.timestamp() * 1_000_000) * 1_000
+    return time.time_ns()
 
 
 def event_time(event: BookSnapshot | BookChanges) -> datetime | None:

@@ -3,8 +3,15 @@ import pickle
 from datetime import UTC, datetime
 from decimal import Decimal as D
 
-from book_step import BookState, update_book
+import pytest
+
+from book_step import RESYNC_AFTER_SECONDS, BookState, update_book
 from events import ASK, BID, BookChanges, BookReset, BookSnapshot
+from service.resync import (
+    clear_resync_requests,
+    pending_resyncs,
+    take_resync_request,
+)
 
 T = datetime(2026, 8, 25, 3, 35, 57, tzinfo=UTC)
 
@@ -83,3 +90,65 @@ def test_saved_state_carries_no_stale_book():
         assert restored.product_id == "BTC-USD" and restored.book is None
         _, out = run([changes((BID, D(100), D(9)))], restored)
         assert out == [None]
+
+
+# -- a book that stays crossed or locked asks for a fresh snapshot ----------------------
+
+S = 1_000_000_000  # ns per second
+
+
+@pytest.fixture
+def registry():
+    clear_resync_requests()
+    yield
+    clear_resync_requests()
+
+
+def at(seconds: float, *chs):
+    """Changes received ``seconds`` into the feed (receive time is the feed's clock)."""
+    return BookChanges(
+        "BTC-USD", list(chs), T, "exchange", int(1_000 * S + seconds * S)
+    )
+
+
+@pytest.mark.parametrize(
+    "cross, condition",
+    [((BID, D(102), D(1)), "crossed"), ((BID, D(101), D(1)), "locked")],
+)
+def test_book_invalid_for_a_few_seconds_of_feed_time_asks_for_a_snapshot(
+    registry, cross, condition
+):
+    state, _ = run([snap(received_ns=1_000 * S), at(0.0, cross)])
+    state, _ = run([at(RESYNC_AFTER_SECONDS - 0.5, (ASK, D(110), D(1)))], state)
+    assert state.condition == condition and take_resync_request("BTC-USD") is None
+    state, out = run([at(RESYNC_AFTER_SECONDS + 0.1, (ASK, D(111), D(1)))], state)
+    assert out == [None]
+    reason = take_resync_request("BTC-USD")
+    assert reason is not None and condition in reason
+    # Asked once per episode, not on every later change.
+    run([at(RESYNC_AFTER_SECONDS + 5, (ASK, D(112), D(1)))], state)
+    assert take_resync_request("BTC-USD") is None
+
+
+def test_a_book_that_repairs_itself_in_time_asks_for_nothing(registry):
+    state, _ = run([snap(received_ns=1_000 * S), at(0.0, (BID, D(102), D(1)))])
+    state, out = run([at(1.0, (BID, D(102), D(0)))], state)  # valid again
+    assert out[0] is not None
+    state, _ = run([at(2.0, (BID, D(102), D(1)))], state)  # crossed anew
+    run([at(2.0 + RESYNC_AFTER_SECONDS - 0.1, (ASK, D(110), D(1)))], state)
+    assert pending_resyncs() == {}
+
+
+def test_a_fresh_snapshot_or_reset_restarts_the_clock(registry):
+    state, _ = run([snap(received_ns=1_000 * S), at(0.0, (BID, D(102), D(1)))])
+    state, _ = run([BookReset("BTC-USD", "disconnected", "exchange")], state)
+    state, _ = run([snap(received_ns=int(1_002.9 * S))], state)
+    state, _ = run([at(3.0, (BID, D(102), D(1)))], state)
+    run([at(3.0 + RESYNC_AFTER_SECONDS - 0.1, (ASK, D(110), D(1)))], state)
+    assert pending_resyncs() == {}
+
+
+def test_an_empty_side_is_not_a_reason_to_resync(registry):
+    state, _ = run([snap(received_ns=1_000 * S), at(0.0, (ASK, D(101), D(0)))])
+    run([at(RESYNC_AFTER_SECONDS * 3, (BID, D(90), D(1)))], state)
+    assert state.condition == "no_asks" and pending_resyncs() == {}

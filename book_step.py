@@ -23,7 +23,7 @@ from decimal import Decimal
 
 from events import BookChanges, BookEvent, BookReset, BookSnapshot
 from orderbook import BookCondition, OrderBook, OrderBookSummary
-from service.logs import RateLimitedLog
+from service.logs import RateLimitedLog, plain
 from service.resync import request_resync
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def _log_status(state: BookState) -> None:
     top = book.top() if book is not None else None
     if top is not None and state.condition == "ok":
         spread_pct = (top[2] - top[0]) * 100 / top[2]
-        detail = f"bid {top[0]} ask {top[2]} spread {spread_pct:.6f}%"
+        detail = f"bid {plain(top[0])} ask {plain(top[2])} spread {spread_pct:.6f}%"
     else:
         detail = state.condition
     levels = len(book) if book is not None else 0

@@ -6,7 +6,6 @@ environment variables, see the README), or build variants with :func:`get_flow`.
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import bytewax.operators as op
@@ -19,6 +18,7 @@ from service.inputs import build_source, log_resumes
 from service.outputs import SummarySink
 from service.placement import RouteByProduct
 from service.runtime import (
+    announce_settings,
     configure_logging,
     install_clean_exit,
     separate_records_from_stdout,
@@ -61,11 +61,7 @@ def _flow_from_environment() -> Dataflow:
         built = get_flow(settings)
     except ConfigError as exc:
         sys.exit(f"orderbook: {exc}")
-    logging.getLogger(__name__).info(
-        "emitting summaries whose spread exceeds %s%% of the ask "
-        "(ORDERBOOK_SPREAD_THRESHOLD; 0 emits every change of the top of book)",
-        settings.spread_threshold_pct,
-    )
+    announce_settings(settings)
     install_clean_exit()
     tune_garbage_collector()
     return built

@@ -19,6 +19,9 @@ import sys
 import threading
 from typing import TextIO
 
+from service.logs import plain
+from service.settings import METRICS_API_ENABLED, Settings
+
 log = logging.getLogger(__name__)
 
 _records: TextIO | None = None
@@ -80,6 +83,27 @@ def configure_logging() -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("websockets").setLevel(logging.WARNING)
+
+
+def announce_settings(settings: Settings) -> None:
+    """Log at start what the settings warn about and the threshold in use; make an API
+    that is off really off (Bytewax serves it when its variable is set at all)."""
+    for warning in settings.warnings:
+        log.warning("%s", warning)
+    if not settings.metrics_enabled:
+        os.environ.pop(METRICS_API_ENABLED, None)
+    else:
+        log.warning(
+            "serving Bytewax's metrics and dataflow API on every interface "
+            "(0.0.0.0:%d; ORDERBOOK_METRICS_ADDRESS=%s)",
+            settings.metrics_port,
+            settings.metrics_address,
+        )
+    logging.getLogger("dataflow").info(
+        "emitting summaries whose spread exceeds %s%% of the ask "
+        "(ORDERBOOK_SPREAD_THRESHOLD; 0 emits every change of the top of book)",
+        plain(settings.spread_threshold_pct),
+    )
 
 
 def tune_garbage_collector() -> None:

@@ -6,6 +6,7 @@ typo never turns into a silently wrong run (for instance a threshold of "0,1").
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,18 +23,39 @@ SIM_RATE_MAX = 10_000.0
 """Update batches a second per product that the local exchange can serve (measured: it
 keeps up with about 10,000 at 20 products on one core)."""
 OUTPUT_FORMATS = ("text", "jsonl", "jsonl:PATH")
+METRICS_ADDRESSES = ("127.0.0.1", "0.0.0.0")
+"""Where Bytewax's dataflow API (``/metrics``, ``/dataflow``) may be reached from."""
+METRICS_API_ENABLED = "BYTEWAX_DATAFLOW_API_ENABLED"
+METRICS_API_PORT = "BYTEWAX_DATAFLOW_API_PORT"
+_FALSE = ("", "0", "false", "no", "off")
 
 SETTINGS_HELP = {
     "ORDERBOOK_PRODUCTS": "comma-separated product ids, e.g. BTC-USD,ETH-USD",
     "ORDERBOOK_FEED": "one of " + ", ".join(FEED_CHOICES),
     "ORDERBOOK_WS_URL": "a ws:// or wss:// URL overriding the feed's default",
-    "ORDERBOOK_SPREAD_THRESHOLD": "a percentage of the ask >= 0 (0.1 means 0.1%)",
+    "ORDERBOOK_SPREAD_THRESHOLD": (
+        "a percentage of the ask, at least 0 and under 100 (0.1 means 0.1%; "
+        "a spread is always under 100% of the ask)"
+    ),
     "ORDERBOOK_OUTPUT": "text, jsonl, or jsonl:PATH",
     "ORDERBOOK_REPLAY": "path of a recording made by python -m recording",
     "ORDERBOOK_WATCHDOG_SECONDS": "seconds of silence before a connection counts as dead (> 0)",
     "ORDERBOOK_SIM_DEPTH": "levels per side of the local exchange's books (1 to 50000)",
     "ORDERBOOK_SIM_RATE": "update batches per second per product on the local exchange (0 to 10000)",
+    "ORDERBOOK_METRICS_ADDRESS": (
+        "127.0.0.1 or 0.0.0.0: who may reach Bytewax's metrics endpoint "
+        f"(when {METRICS_API_ENABLED} is set)"
+    ),
 }
+
+IGNORED_BY_REPLAY = (
+    "ORDERBOOK_FEED",
+    "ORDERBOOK_WS_URL",
+    "ORDERBOOK_WATCHDOG_SECONDS",
+    "ORDERBOOK_SIM_DEPTH",
+    "ORDERBOOK_SIM_RATE",
+)
+"""Settings of a live input, which a replay does not use."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +73,12 @@ class Settings:
     watchdog_seconds: float = 5.0
     sim_depth: int = 1000
     sim_rate: float = 20.0
+    metrics_enabled: bool = False
+    """Bytewax serves its dataflow API (``BYTEWAX_DATAFLOW_API_ENABLED`` set, not false)."""
+    metrics_address: str = "127.0.0.1"
+    metrics_port: int = 3030
+    warnings: tuple[str, ...] = ()
+    """What the settings ignore or suspect (misspelled names); logged once at start."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -60,11 +88,15 @@ class Settings:
             k for k in env if k.startswith("ORDERBOOK_") and k not in SETTINGS_HELP
         )
         if unknown:
+            hint = _did_you_mean(unknown[0])
             raise ConfigError(
-                f"unknown setting {unknown[0]}: the settings are "
+                f"unknown setting {unknown[0]}"
+                + (f" (did you mean {hint}?)" if hint else "")
+                + ": the settings are "
                 + ", ".join(SETTINGS_HELP)
             )
         output, output_path = parse_output(env.get("ORDERBOOK_OUTPUT", "text"))
+        metrics_enabled, metrics_address, metrics_port = parse_metrics(env)
         return cls(
             products=parse_products(env["ORDERBOOK_PRODUCTS"])
             if "ORDERBOOK_PRODUCTS" in env
@@ -90,7 +122,69 @@ class Settings:
                 env.get("ORDERBOOK_SIM_RATE", "20"),
                 high=SIM_RATE_MAX,
             ),
+            metrics_enabled=metrics_enabled,
+            metrics_address=metrics_address,
+            metrics_port=metrics_port,
+            warnings=settings_warnings(env),
         )
+
+
+def _did_you_mean(name: str) -> str | None:
+    close = difflib.get_close_matches(
+        name.upper(), list(SETTINGS_HELP), n=1, cutoff=0.8
+    )
+    return close[0] if close else None
+
+
+def settings_warnings(env: Mapping[str, str]) -> tuple[str, ...]:
+    """Settings that are given but ignored, and names that look like misspelled settings."""
+    found = []
+    if (env.get("ORDERBOOK_REPLAY") or "").strip():
+        ignored = [k for k in IGNORED_BY_REPLAY if k in env]
+        if ignored:
+            found.append(
+                f"{', '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} ignored: "
+                "ORDERBOOK_REPLAY replays a recording instead of a live feed"
+            )
+    for name in sorted(env):
+        if name in SETTINGS_HELP or name.startswith("ORDERBOOK_"):
+            continue  # a setting, or refused as unknown
+        hint = _did_you_mean(name)
+        if hint is not None:
+            found.append(
+                f"{name} is not a setting and is ignored: did you mean {hint}?"
+            )
+    return tuple(found)
+
+
+def parse_metrics(env: Mapping[str, str]) -> tuple[bool, str, int]:
+    """Bytewax's dataflow API: enabled?, the address it may be reached on, its port.
+
+    Bytewax 0.21.1 serves the API when ``BYTEWAX_DATAFLOW_API_ENABLED`` is set to any
+    value (even "false"), on port ``BYTEWAX_DATAFLOW_API_PORT`` (default 3030), and always
+    on every interface (0.0.0.0): the bind address cannot be configured. So a public
+    endpoint must be asked for: with the default ``ORDERBOOK_METRICS_ADDRESS=127.0.0.1``
+    an enabled API is refused rather than silently served to the whole network.
+    """
+    raw_enabled = env.get(METRICS_API_ENABLED)
+    enabled = raw_enabled is not None and raw_enabled.strip().lower() not in _FALSE
+    address = validation.choice(
+        "ORDERBOOK_METRICS_ADDRESS",
+        env.get("ORDERBOOK_METRICS_ADDRESS", "127.0.0.1"),
+        METRICS_ADDRESSES,
+    )
+    port = validation.integer(
+        METRICS_API_PORT, env.get(METRICS_API_PORT, "3030"), 1, 65_535
+    )
+    if enabled and address != "0.0.0.0":
+        raise refuse(
+            METRICS_API_ENABLED,
+            raw_enabled,
+            "it unset, or ORDERBOOK_METRICS_ADDRESS=0.0.0.0",
+            f"Bytewax serves its metrics on every interface (0.0.0.0:{port}) and cannot "
+            "bind 127.0.0.1 only; ORDERBOOK_METRICS_ADDRESS is 127.0.0.1",
+        )
+    return enabled, address, port
 
 
 def parse_products(raw: str, name: str = "ORDERBOOK_PRODUCTS") -> tuple[str, ...]:

@@ -1,4 +1,5 @@
 import copy
+import logging
 import pickle
 from datetime import UTC, datetime
 from decimal import Decimal as D
@@ -152,3 +153,14 @@ def test_an_empty_side_is_not_a_reason_to_resync(registry):
     state, _ = run([snap(received_ns=1_000 * S), at(0.0, (ASK, D(101), D(0)))])
     run([at(RESYNC_AFTER_SECONDS * 3, (BID, D(90), D(1)))], state)
     assert state.condition == "no_asks" and pending_resyncs() == {}
+
+
+def test_status_line_prints_canonical_prices(caplog):
+    padded = snap(
+        bids=[(D("65000.20000000"), D("0.10000000"))],
+        asks=[(D("65000.30"), D("1.0"))],
+    )
+    with caplog.at_level(logging.INFO, logger="book_step"):
+        state, _ = run([padded])
+    [line] = [r.getMessage() for r in caplog.records if "levels" in r.getMessage()]
+    assert "bid 65000.2 ask 65000.3 " in line, line

@@ -1,8 +1,10 @@
+import re
 from decimal import Decimal
 
 import pytest
 
-from service.settings import ConfigError, Settings
+from service.settings import SETTINGS_HELP, ConfigError, Settings
+from tests.support.flow import REPO
 
 
 def test_defaults():
@@ -61,3 +63,127 @@ def test_bad_setting_refused_with_name_and_what_is_allowed(name, value, allowed)
 def test_unknown_setting_is_refused_not_ignored():
     with pytest.raises(ConfigError, match="ORDERBOOK_THRESHOLD"):
         Settings.from_env({"ORDERBOOK_THRESHOLD": "0.2"})
+
+
+@pytest.mark.parametrize("value", ["100", "100.0", "1E+3", "250"])
+def test_a_threshold_of_100_or_more_can_never_match_and_is_refused(value):
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"ORDERBOOK_SPREAD_THRESHOLD": value})
+    message = str(err.value)
+    assert "ORDERBOOK_SPREAD_THRESHOLD" in message and "under 100" in message
+    assert Settings.from_env({"ORDERBOOK_SPREAD_THRESHOLD": "99.9"})
+
+
+def test_live_feed_settings_given_with_a_replay_are_warned_about(tmp_path):
+    rec = tmp_path / "r.jsonl.gz"
+    rec.write_bytes(b"")
+    s = Settings.from_env(
+        {
+            "ORDERBOOK_REPLAY": str(rec),
+            "ORDERBOOK_FEED": "advanced-trade",
+            "ORDERBOOK_WS_URL": "ws://127.0.0.1:9/",
+        }
+    )
+    [warning] = s.warnings
+    assert "ORDERBOOK_FEED" in warning and "ORDERBOOK_WS_URL" in warning
+    assert "ORDERBOOK_REPLAY" in warning
+    assert Settings.from_env({"ORDERBOOK_FEED": "sim"}).warnings == ()
+    assert Settings.from_env({"ORDERBOOK_REPLAY": str(rec)}).warnings == ()
+
+
+@pytest.mark.parametrize(
+    "name, meant",
+    [
+        ("ORDERBOK_PRODUCTS", "ORDERBOOK_PRODUCTS"),
+        ("ORDERBOOKSPREAD_THRESHOLD", "ORDERBOOK_SPREAD_THRESHOLD"),
+        ("orderbook_feed", "ORDERBOOK_FEED"),
+        ("ORDER_BOOK_OUTPUT", "ORDERBOOK_OUTPUT"),
+    ],
+)
+def test_a_misspelled_setting_name_is_warned_about(name, meant):
+    [warning] = Settings.from_env({name: "x"}).warnings
+    assert name in warning and f"did you mean {meant}?" in warning
+
+
+def test_unrelated_variables_are_not_taken_for_misspellings():
+    env = {
+        "PATH": "/bin",
+        "HOME": "/root",
+        "COINBASE_API_KEY": "k",
+        "COINBASE_SIM_API_KEY": "k",
+        "BYTEWAX_PROCESS_ID": "0",
+        "PYTHONUNBUFFERED": "1",
+    }
+    assert Settings.from_env(env).warnings == ()
+
+
+def test_an_unknown_orderbook_setting_is_refused_with_the_near_miss():
+    with pytest.raises(ConfigError, match=r"ORDERBOOK_PRODUCT \(did you mean "):
+        Settings.from_env({"ORDERBOOK_PRODUCT": "BTC-USD"})
+
+
+def test_the_metrics_api_is_loopback_by_default_so_an_enabled_api_is_refused():
+    s = Settings.from_env({})
+    assert (s.metrics_enabled, s.metrics_address, s.metrics_port) == (
+        False,
+        "127.0.0.1",
+        3030,
+    )
+    # Bytewax 0.21.1 binds 0.0.0.0 whatever we say: serving it must be asked for.
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"BYTEWAX_DATAFLOW_API_ENABLED": "true"})
+    assert "ORDERBOOK_METRICS_ADDRESS=0.0.0.0" in str(err.value)
+    s = Settings.from_env(
+        {
+            "BYTEWAX_DATAFLOW_API_ENABLED": "true",
+            "ORDERBOOK_METRICS_ADDRESS": "0.0.0.0",
+            "BYTEWAX_DATAFLOW_API_PORT": "9100",
+        }
+    )
+    assert (s.metrics_enabled, s.metrics_address, s.metrics_port) == (
+        True,
+        "0.0.0.0",
+        9100,
+    )
+    # Bytewax serves the API when its variable is set at all; "false" means off here.
+    assert not Settings.from_env(
+        {"BYTEWAX_DATAFLOW_API_ENABLED": "false"}
+    ).metrics_enabled
+
+
+@pytest.mark.parametrize(
+    "name, value, allowed",
+    [
+        ("BYTEWAX_DATAFLOW_API_PORT", "99999", "1..65535"),
+        ("BYTEWAX_DATAFLOW_API_PORT", "http", "1..65535"),
+        ("ORDERBOOK_METRICS_ADDRESS", "10.0.0.1", "127.0.0.1, 0.0.0.0"),
+    ],
+)
+def test_bad_metrics_setting_refused(name, value, allowed):
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({name: value})
+    assert name in str(err.value) and allowed in str(err.value)
+
+
+def _env_names(text: str) -> set[str]:
+    return set(re.findall(r"\b(ORDERBOOK_[A-Z_]+)", text))
+
+
+def test_env_example_and_manifest_name_only_real_settings():
+    example = (REPO / ".env.example").read_text()
+    assert _env_names(example) == set(SETTINGS_HELP)
+    manifest = (REPO / "deploy" / "kubernetes.yaml").read_text()
+    assert _env_names(manifest) <= set(SETTINGS_HELP)
+
+
+def test_manifest_that_serves_metrics_says_so_for_every_interface():
+    manifest = (REPO / "deploy" / "kubernetes.yaml").read_text()
+    env = dict(re.findall(r"\{name: (\w+), value: \"?([^\"}]*)\"?\}", manifest))
+    assert env["BYTEWAX_DATAFLOW_API_ENABLED"] == "true"
+    settings = Settings.from_env({k: v for k, v in env.items() if k.isupper()})
+    assert settings.metrics_enabled and settings.metrics_address == "0.0.0.0"
+
+
+def test_recovery_stores_are_ignored_by_git():
+    lines = (REPO / ".gitignore").read_text().splitlines()
+    assert "recovery/" in lines

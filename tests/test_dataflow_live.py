@@ -290,6 +290,7 @@ def test_prometheus_metrics_are_served_when_enabled(tmp_path):
         ORDERBOOK_OUTPUT=f"jsonl:{out}",
         BYTEWAX_DATAFLOW_API_ENABLED="true",
         BYTEWAX_DATAFLOW_API_PORT=str(port),
+        ORDERBOOK_METRICS_ADDRESS="0.0.0.0",
     )
     flow = FlowProcess(["bytewax.run", "dataflow:flow"], env)
     try:

@@ -40,8 +40,12 @@ def separate_records_from_stdout() -> TextIO:
     global _records
     with _records_lock:
         if _records is None:
-            sys.stdout.flush()
-            kept = os.dup(1)  # not inherited by child processes (O_CLOEXEC)
+            try:
+                sys.stdout.flush()
+                os.fstat(2)
+                kept = os.dup(1)  # not inherited by child processes (O_CLOEXEC)
+            except (OSError, ValueError, AttributeError):
+                return sys.stdout  # fd 1 or 2 closed: nothing to separate
             _records = os.fdopen(kept, "w", encoding="utf-8", errors="strict")
             os.dup2(2, 1)
             sys.stdout = sys.stderr

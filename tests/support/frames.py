@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from coinbase.feeds import subscribe_messages
@@ -258,8 +259,9 @@ def write_exchange_recording(
     start_ns: int = 1_780_000_000_000_000_000,
 ) -> Any:
     """A small deterministic Exchange-feed recording (``python -m recording`` format):
-    per product a connection, a snapshot around 100, then ``updates`` l2updates that
-    move the best bid and ask. Returns ``path``."""
+    per product a connection, a snapshot around 100, then ``updates`` l2updates 1 ms
+    apart (their ``time`` is their receive time) that move the best bid and ask.
+    Returns ``path``."""
     from recording.format import RecordingWriter
 
     writer = RecordingWriter(
@@ -290,11 +292,11 @@ def write_exchange_recording(
                         f"101.{i % 90 + 1:02d}",
                     )
                 )
-                writer.frame(
-                    product,
-                    text(exchange_l2update(product, [(side, price, "0.5")])),
-                    t_ns=t,
+                when = datetime.fromtimestamp(t / 1e9, UTC).strftime(
+                    "%Y-%m-%dT%H:%M:%S.%fZ"
                 )
+                update = exchange_l2update(product, [(side, price, "0.5")], when)
+                writer.frame(product, text(update), t_ns=t)
     finally:
         writer.close()
     return path

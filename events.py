@@ -17,6 +17,7 @@ from enum import StrEnum
 PRODUCT_ID = re.compile(r"[A-Z0-9]{1,24}(-[A-Z0-9]{1,24}){1,3}")
 """A Coinbase product id: upper-case BASE-QUOTE (futures add parts, e.g. BIT-27DEC24-CDE)."""
 
+
 class Side(StrEnum):
     """A side of the book. A ``StrEnum``: ``Side.BID == "bid"``, and it prints as ``bid``.
 

@@ -456,6 +456,22 @@ def test_update_prices_are_parsed_once_and_reused(
     with pytest.raises(MalformedFrame, match="bad size"):
         decoder.decode(update("100.50", "-3"))  # a cached price, a bad size
     monkeypatch.setattr(coinbase_parse, "PRICE_CACHE_SIZE", 3)
+    monkeypatch.setattr(coinbase_parse, "_MIN_PRICE_CACHE", 1)
+    decoder = FrameDecoder("exchange", "t")
     for price in ("1", "2", "3", "4"):
         decoder.decode(update(price))
     assert len(decoder._prices) <= 3  # bounded: starts afresh when full
+
+
+def test_price_caches_share_one_budget_per_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import coinbase.decode as coinbase_parse
+
+    monkeypatch.setattr(coinbase_parse, "PRICE_CACHE_BUDGET", 1_000)
+    monkeypatch.setattr(coinbase_parse, "_MIN_PRICE_CACHE", 1)
+    alone = coinbase_parse.price_cache_limit()
+    decoders = [FrameDecoder("exchange", "t") for _ in range(10)]
+    crowded = coinbase_parse.price_cache_limit()
+    assert crowded <= 1_000 // 10 < alone
+    assert decoders[-1]._price_limit <= 1_000 // 10

@@ -64,7 +64,7 @@ def build_source(settings: Settings) -> tuple[FixedPartitionedSource, list[str]]
             products,
             feed="exchange",
             url=url,
-            feed_label="sim",
+            origin="sim",
             watchdog_seconds=settings.watchdog_seconds,
         )
         return source, products

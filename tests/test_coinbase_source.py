@@ -16,6 +16,7 @@ import json
 import pathlib
 import pickle
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -32,11 +33,12 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.testing import TestingSink, run_main
 
 from coinbase.auth import Credentials
-from coinbase.decode import AuthError, UnknownProduct
+from coinbase.errors import AuthError, UnknownProduct
 from coinbase.pacing import Backoff, ConnectionPacer
-from coinbase_source import CoinbasePartition, CoinbaseSource, subscribe_messages
+from coinbase_source import CoinbaseSource, _CoinbasePartition, subscribe_messages
 from events import BookChanges, BookEvent, BookReset, BookSnapshot
 from local_exchange.server import LocalExchange
+from service.validation import ConfigError
 from tests.scripted_server import ScriptedConnection, ScriptedServer
 
 SECRET = base64.b64encode(b"loopback secret for the source tests").decode()
@@ -44,25 +46,28 @@ CREDS = Credentials("test-key", SECRET, "test-passphrase")
 FAST = {"watchdog_seconds": 0.4, "backoff_initial": 0.05, "backoff_max": 0.2}
 
 Items = list[tuple[str, BookEvent]]
+ALL_FAILED: list[str] = []
+"""What sources built by these tests would have stopped the process with."""
 
 
 @pytest.fixture
-def partitions() -> Iterator[list[CoinbasePartition]]:
+def partitions() -> Iterator[list[_CoinbasePartition]]:
     """Partitions registered here are closed after the test, pass or fail."""
-    built: list[CoinbasePartition] = []
+    built: list[_CoinbasePartition] = []
     yield built
     for part in built:
         part.close()
 
 
 def build(
-    registry: list[CoinbasePartition],
+    registry: list[_CoinbasePartition],
     products: list[str],
     url: str,
     product: str | None = None,
     resume_state: str | None = None,
     **kwargs: object,
-) -> CoinbasePartition:
+) -> _CoinbasePartition:
+    kwargs.setdefault("on_all_failed", ALL_FAILED.append)
     source = CoinbaseSource(products, url=url, **{**FAST, **kwargs})  # type: ignore[arg-type]
     part = source.build_part("input", product or products[0], resume_state)
     registry.append(part)
@@ -70,7 +75,7 @@ def build(
 
 
 def collect(
-    part: CoinbasePartition, until: Callable[[Items], bool], timeout: float = 8.0
+    part: _CoinbasePartition, until: Callable[[Items], bool], timeout: float = 8.0
 ) -> Items:
     """Poll next_batch until ``until(items)`` holds; fail with what arrived otherwise."""
     items: Items = []
@@ -253,8 +258,8 @@ def test_updates_before_snapshot_are_dropped_and_counted(partitions: list) -> No
         items = collect(part, count("changes", 1))
     assert kinds(items) == ["reset", "snapshot", "changes"]
     assert items[2][1].changes[0][2] == Decimal(8)
-    assert part.stats["dropped_before_snapshot"] == 1
-    assert part.stats["events"] == 2
+    assert part.stats.dropped_before_snapshot == 1
+    assert part.stats.events == 2
 
 
 def test_reconnect_after_server_closes_emits_reset_then_fresh_snapshot(
@@ -271,7 +276,7 @@ def test_reconnect_after_server_closes_emits_reset_then_fresh_snapshot(
     with ScriptedServer(script) as server:
         part = build(partitions, ["BTC-USD"], server.url)
         items = collect(part, count("changes", 2))
-        stats = dict(part.stats)
+        stats = part.stats.as_dict()
     assert kinds(items) == [
         "reset",
         "snapshot",
@@ -315,7 +320,7 @@ def test_heartbeats_alone_do_not_keep_a_bookless_connection(partitions: list) ->
         part = build(partitions, ["BTC-USD"], server.url, watchdog_seconds=0.2)
         items = collect(part, count("snapshot", 1))
         assert (
-            part.stats["last_disconnect"]
+            part.stats.last_disconnect
             == "watchdog: no snapshot within 0.6 s of connecting"
         )
     assert kinds(items) == ["reset", "snapshot"]  # no second reset: nothing was live
@@ -344,7 +349,7 @@ def test_advanced_trade_sequence_gap_resets_and_resubscribes(partitions: list) -
         items = collect(part, count("snapshot", 2))
     assert kinds(items) == ["reset", "snapshot", "changes", "reset", "snapshot"]
     assert "expected sequence_num 3, got 4" in items[3][1].reason
-    assert part.stats["sequence_gaps"] == 1
+    assert part.stats.sequence_gaps == 1
     assert server.connections == 2
 
 
@@ -371,9 +376,9 @@ def test_malformed_frames_are_skipped_counted_and_book_frames_resync(
     assert kinds(items) == ["reset", "snapshot", "changes", "reset", "snapshot"]
     assert items[2][1].time is None  # bad timestamp alone: data kept
     assert "malformed" in items[3][1].reason
-    assert part.stats["malformed"] == 2
-    assert part.stats["bad_times"] == 1
-    assert part.stats["resyncs"] == 1
+    assert part.stats.malformed == 2
+    assert part.stats.bad_times == 1
+    assert part.stats.resyncs == 1
 
 
 # -- error replies -----------------------------------------------------------------------
@@ -401,18 +406,18 @@ def test_unknown_product_idles_its_partition_only(partitions: list) -> None:
     with ScriptedServer(script) as server:
         bad = build(partitions, ["BTC-USD", "BAD-USD"], server.url, product="BAD-USD")
         good = build(partitions, ["BTC-USD", "BAD-USD"], server.url, product="BTC-USD")
-        bad_items = collect(bad, lambda _: bad.stats["state"] == "idle")
+        bad_items = collect(bad, lambda _: bad.stats.state == "failed")
         good_items = collect(good, count("snapshot", 1))
         time.sleep(0.5)  # several backoff periods: an idle partition must not reconnect
         bad_items += bad.next_batch()
     assert kinds(bad_items) == ["reset"]
     assert isinstance(bad.error, UnknownProduct)
-    assert "BAD-USD" in bad.stats["last_error"]
-    assert bad.stats["errors"] == 1
+    assert "BAD-USD" in bad.stats.last_error
+    assert bad.stats.errors == 1
     assert connections["BAD-USD"] == 1
     assert not bad.running
     assert kinds(good_items) == ["reset", "snapshot"]
-    assert good.stats["errors"] == 0
+    assert good.stats.errors == 0
 
 
 def test_auth_error_names_the_credential_and_hides_secrets(partitions: list) -> None:
@@ -431,10 +436,10 @@ def test_auth_error_names_the_credential_and_hides_secrets(partitions: list) -> 
         part = build(
             partitions, ["BTC-USD"], server.url, feed="exchange-auth", credentials=CREDS
         )
-        collect(part, lambda _: part.stats["state"] == "idle")
+        collect(part, lambda _: part.stats.state == "failed")
     assert isinstance(part.error, AuthError)
     assert part.error.credential == "COINBASE_API_SECRET"
-    assert "COINBASE_API_SECRET" in part.stats["last_error"]
+    assert "COINBASE_API_SECRET" in part.stats.last_error
     assert SECRET not in str(part.stats) and "test-passphrase" not in str(part.stats)
     assert server.connections == 1
 
@@ -454,10 +459,10 @@ def test_transient_error_reconnects(partitions: list) -> None:
     with ScriptedServer(script) as server:
         part = build(partitions, ["BTC-USD"], server.url, feed="advanced-trade")
         items = collect(part, count("snapshot", 1))
-        assert part.stats["state"] == "connected"
+        assert part.stats.state == "connected"
     assert kinds(items) == ["reset", "snapshot"]
-    assert part.stats["errors"] == 1
-    assert "too many L2 streams" in part.stats["last_error"]
+    assert part.stats.errors == 1
+    assert "too many L2 streams" in part.stats.last_error
 
 
 # -- lifecycle ---------------------------------------------------------------------------
@@ -492,7 +497,7 @@ def test_close_while_waiting_to_reconnect(partitions: list) -> None:
     part = build(
         partitions, ["BTC-USD"], "ws://127.0.0.1:9", backoff_initial=5, backoff_max=5
     )
-    collect(part, lambda _: part.stats["reconnects"] >= 1)
+    collect(part, lambda _: part.stats.reconnects >= 1)
     started = time.monotonic()
     part.close()
     assert time.monotonic() - started < 2.5
@@ -530,25 +535,26 @@ def test_next_awake_polls_when_empty_and_not_when_items_wait(partitions: list) -
     [
         (
             {"products": ["BTC-USD"], "feed": "level3"},
-            "exchange, exchange-auth, advanced-trade",
+            "feed='level3' is not allowed: expected one of exchange, exchange-auth",
         ),
         ({"products": ["BTC-USD"], "feed": "exchange-auth"}, "COINBASE_API_KEY"),
-        ({"products": []}, "products is empty"),
-        ({"products": ["btc usd"]}, "malformed product id 'btc usd'"),
-        ({"products": ["BTC-USD", "BTC-USD"]}, "duplicate product ids: BTC-USD"),
-        ({"products": ["BTC-USD"], "url": "http://x"}, "url must start with ws://"),
-        ({"products": ["BTC-USD"], "watchdog_seconds": 0}, "watchdog_seconds"),
-        ({"products": ["BTC-USD"], "backoff_initial": -1}, "backoff_initial"),
-        ({"products": ["BTC-USD"], "backoff_max": 0.1}, "backoff_max"),
+        ({"products": []}, "products=[] is not allowed (no product given)"),
+        ({"products": ["btc usd"]}, "'btc usd' is not a product id"),
+        ({"products": ["BTC-USD", "BTC-USD"]}, "duplicated BTC-USD"),
+        ({"products": ["BTC-USD"], "url": "http://x"}, "url='http://x' is not allowed"),
+        ({"products": ["BTC-USD"], "watchdog_seconds": 0}, "watchdog_seconds=0"),
+        ({"products": ["BTC-USD"], "backoff_initial": -1}, "backoff_initial=-1"),
+        ({"products": ["BTC-USD"], "backoff_max": 0.1}, "backoff_max=0.1"),
+        ({"products": ["BTC-USD"], "origin": ""}, "origin='' is not allowed"),
     ],
 )
 def test_bad_settings_are_refused_by_name(kwargs: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         CoinbaseSource(**kwargs)
 
 
 def test_products_as_a_string_is_refused() -> None:
-    with pytest.raises(TypeError, match="list of product ids"):
+    with pytest.raises(ConfigError, match="list of product ids"):
         CoinbaseSource("BTC-USD")
 
 
@@ -556,7 +562,7 @@ def test_one_partition_per_product_and_default_urls() -> None:
     source = CoinbaseSource(["BTC-USD", "ETH-EUR"], feed="advanced-trade")
     assert source.list_parts() == ["BTC-USD", "ETH-EUR"]
     assert source.url == "wss://advanced-trade-ws.coinbase.com"
-    assert source.feed_label == "advanced-trade"
+    assert source.origin == "advanced-trade"
     assert CoinbaseSource(["BTC-USD"]).url == "wss://ws-feed.exchange.coinbase.com"
 
 
@@ -587,7 +593,7 @@ class Book:
 
 
 def run_until_quiet(
-    parts: dict[str, CoinbasePartition], books: dict[str, Book], seconds: float
+    parts: dict[str, _CoinbasePartition], books: dict[str, Book], seconds: float
 ) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -619,7 +625,7 @@ def test_local_exchange_faults_end_with_the_true_book(
         products, depth=40, rate=50, seed=3, heartbeat_interval=0.1
     ) as exchange:
         source = CoinbaseSource(
-            products, feed=feed, url=exchange.url(protocol), feed_label="sim", **FAST
+            products, feed=feed, url=exchange.url(protocol), origin="sim", **FAST
         )
         parts = {p: source.build_part("input", p, None) for p in products}
         partitions.extend(parts.values())
@@ -635,7 +641,7 @@ def test_local_exchange_faults_end_with_the_true_book(
         run_until_quiet(parts, books, 1.5)
         assert_books_match(exchange, parts, books)
     for part in parts.values():
-        stats = part.stats
+        stats = part.stats.as_dict()
         assert stats["reconnects"] >= 2, stats  # the drop and the silence at least
         assert stats["malformed"] >= 1, stats
         assert stats["snapshots"] >= 3, stats
@@ -674,10 +680,10 @@ def test_local_exchange_signed_level2(partitions: list) -> None:
         )
         collect(good, count("changes", 3))
         collect(unsigned, count("changes", 3))
-        collect(bad, lambda _: bad.stats["state"] == "idle")
+        collect(bad, lambda _: bad.stats.state == "failed")
     assert isinstance(bad.error, AuthError)
     assert bad.error.credential == "COINBASE_API_PASSPHRASE"
-    assert "not-the-passphrase" not in bad.stats["last_error"]
+    assert "not-the-passphrase" not in bad.stats.last_error
 
 
 def test_local_exchange_unknown_product(partitions: list) -> None:
@@ -686,9 +692,9 @@ def test_local_exchange_unknown_product(partitions: list) -> None:
     ) as exchange:
         for protocol in ("exchange", "advanced-trade"):
             part = build(partitions, ["SOL-USD"], exchange.url(protocol), feed=protocol)
-            collect(part, lambda _, p=part: p.stats["state"] == "idle")
+            collect(part, lambda _, p=part: p.stats.state == "failed")
             assert isinstance(part.error, UnknownProduct)
-            assert "SOL-USD" in part.stats["last_error"]
+            assert "SOL-USD" in part.stats.last_error
 
 
 # -- pacing ------------------------------------------------------------------------------
@@ -732,7 +738,7 @@ def test_connection_pacer_spaces_attempts_across_threads() -> None:
 class _StopAfter(StatefulSourcePartition):
     """Ends the input once the wrapped partition has delivered ``changes`` updates."""
 
-    def __init__(self, inner: CoinbasePartition, changes: int) -> None:
+    def __init__(self, inner: _CoinbasePartition, changes: int) -> None:
         self.inner = inner
         self.remaining = changes
 
@@ -773,7 +779,7 @@ def test_runs_in_a_bytewax_flow() -> None:
     products = ["BTC-USD", "ETH-USD"]
     with LocalExchange(products, depth=20, rate=50, heartbeat_interval=0.1) as exchange:
         source = CoinbaseSource(
-            products, url=exchange.url("exchange"), feed_label="sim", **FAST
+            products, url=exchange.url("exchange"), origin="sim", **FAST
         )
         flow = Dataflow("coinbase_source_test")
         stream = op.input("in", flow, _StopAfterSource(source, changes=5))
@@ -800,6 +806,7 @@ from bytewax.connectors.stdio import StdOutSink
 from bytewax.dataflow import Dataflow
 from bytewax.testing import run_main
 from local_exchange.server import LocalExchange
+from service.validation import ConfigError
 from coinbase_source import CoinbaseSource
 exchange = LocalExchange(["BTC-USD", "ETH-USD"], depth=10, rate=20).start()
 flow = Dataflow("sigint")
@@ -845,13 +852,13 @@ def test_a_backlog_the_dataflow_cannot_drain_is_dropped_and_resynced(
     with LocalExchange(["BTC-USD"], depth=50, rate=200, seed=4) as exchange:
         part = build(partitions, ["BTC-USD"], exchange.url())
         deadline = time.monotonic() + 10
-        while part.stats["overflows"] == 0 and time.monotonic() < deadline:
+        while part.stats.overflows == 0 and time.monotonic() < deadline:
             time.sleep(0.05)  # nobody drains: the backlog grows past the bound
-        assert part.stats["overflows"] >= 1
+        assert part.stats.overflows >= 1
         items = collect(part, count("snapshot", 1))
         assert len(items) <= 40 + 30  # the backlog was dropped, not delivered
         assert "reset" in kinds(items)
-        assert part.stats["reconnects"] >= 1
+        assert part.stats.reconnects >= 1
 
 
 def test_subscribe_messages_stay_under_eight_a_second_per_process(

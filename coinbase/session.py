@@ -1,0 +1,318 @@
+"""One product's feed session, sans-IO: frames in, book events and decisions out.
+
+Following python-websockets' design (a protocol core that never touches a socket, under a
+thin asyncio layer), this module holds every rule about *what the frames mean* for one
+product's book, and nothing about how they arrive. The asyncio side
+(:mod:`coinbase.connection`) opens sockets and calls:
+
+* :meth:`Session.start` once: the events that open the partition (a reset);
+* :meth:`Session.connect` on each new connection: the subscribe messages to send;
+* :meth:`Session.receive` for each frame: a :class:`Step` with the events to emit and
+  whether to go on, resync (end this connection, start afresh) or stop for good;
+* :meth:`Session.overflow` when the consumer fell too far behind;
+* :meth:`Session.disconnect` when a connection ended: the reset and whether to reconnect.
+
+So every freshness rule is testable with hand-built frames, no socket
+(``tests/test_coinbase_session.py``):
+
+* A :class:`~events.BookReset` comes first (fresh or resumed) and again whenever a
+  connection ends (close, error, silence, sequence gap, malformed book frame, overflow),
+  before anything else of the product; consecutive resets are collapsed into one.
+* Updates before the snapshot that follows a reset are dropped and counted.
+* Resync is always a new connection: Exchange level2 frames carry no sequence, so a
+  fresh subscription (new snapshot) is the only way back to a correct book.
+* Error replies: unknown products and refused credentials are permanent (the session
+  stops); other errors resync.
+* The local exchange marks its subscriptions reply with ``"local_exchange": "sim"`` or
+  ``"replay"``: from then on the data's origin is that, whatever URL led there (``replay``
+  wins over ``sim``, since a replayed recording of the sim carries the sim's marker).
+  A served replay ends with a normal close (code 1000): that is the end of the data, not
+  a fault, so the session ends instead of reconnecting.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+from coinbase.auth import Credentials
+from coinbase.decode import FrameDecoder, _loads
+from coinbase.errors import (
+    AuthError,
+    FeedError,
+    MalformedFrame,
+    SequenceGap,
+    UnknownProduct,
+)
+from coinbase.feeds import _check_feed, _check_product, subscribe_messages
+from events import BookChanges, BookEvent, BookReset, BookSnapshot
+from service.logs import RateLimitedLog
+
+__all__ = ["Action", "Session", "SessionStats", "Step"]
+
+log = logging.getLogger(__name__)
+
+LOCAL_EXCHANGE_MARKER = "local_exchange"
+"""Field of the local exchange's subscriptions reply naming what it serves."""
+LOCAL_ORIGINS = ("sim", "replay")
+NORMAL_CLOSURE = 1000
+
+
+class Action(Enum):
+    """What the connection layer must do after a step."""
+
+    CONTINUE = "continue"
+    """Keep reading (or, after a disconnect: reconnect)."""
+    RESYNC = "resync"
+    """End this connection; reconnect for a fresh snapshot."""
+    STOP = "stop"
+    """Stop for good: retrying cannot help (unknown product, refused credentials)."""
+    END = "end"
+    """The data is over (a served replay finished): stop, without a fault."""
+
+
+@dataclass(slots=True)
+class Step:
+    """Events to emit, then what to do; ``reason`` says why when not CONTINUE."""
+
+    events: list[BookEvent] = field(default_factory=list)
+    action: Action = Action.CONTINUE
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class SessionStats:
+    """Counters of one product's session over all its connections."""
+
+    state: str = "starting"
+    """starting, connecting, connected, reconnecting, failed, finished or closed."""
+    frames: int = 0
+    events: int = 0
+    snapshots: int = 0
+    malformed: int = 0
+    bad_times: int = 0
+    dropped_before_snapshot: int = 0
+    foreign: int = 0
+    resets: int = 0
+    resyncs: int = 0
+    connections: int = 0
+    reconnects: int = 0
+    sequence_gaps: int = 0
+    overflows: int = 0
+    errors: int = 0
+    last_error: str | None = None
+    last_disconnect: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Session:
+    """The book-side state of one product's feed; one per partition, across reconnects."""
+
+    def __init__(
+        self,
+        product_id: str,
+        feed: str,
+        *,
+        origin: str | None = None,
+        credentials: Credentials | None = None,
+        resumed: bool = False,
+    ) -> None:
+        self.protocol = _check_feed(feed).protocol
+        self.product_id = _check_product(product_id)
+        self.feed = feed
+        self.origin = origin or feed
+        """The label every event carries; the local exchange's marker overrides it."""
+        self.local_exchange: str | None = None
+        """What the local exchange said it serves (``sim``/``replay``), if it is one."""
+        self.stats = SessionStats()
+        self.error: FeedError | None = None
+        """The permanent error that stopped this session, if any."""
+        self._credentials = credentials
+        self._resumed = resumed
+        self._awaiting_snapshot = True
+        self._last_was_reset = False
+        self._decoder: FrameDecoder | None = None
+        self._bad_times_before = 0
+        self._malformed_log = RateLimitedLog(log)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def settled(self) -> bool:
+        """Whether the current connection delivered its snapshot (the book is live)."""
+        return not self._awaiting_snapshot
+
+    @property
+    def done(self) -> bool:
+        """Stopped for good or finished: no reconnecting."""
+        return self.stats.state in ("failed", "finished")
+
+    def start(self) -> list[BookEvent]:
+        """The partition's first events: a reset, so that no stale book is ever served."""
+        return self._reset("resume" if self._resumed else "start")
+
+    def connect(self, now: float | None = None) -> list[dict]:
+        """A new connection is open: the subscribe messages (signed afresh at ``now``)."""
+        self.stats.connections += 1
+        self.stats.state = "connected"
+        self._awaiting_snapshot = True
+        self._bad_times_before = self.stats.bad_times
+        self._decoder = FrameDecoder(self.protocol, self.origin)
+        return subscribe_messages(
+            self.feed,
+            self.product_id,
+            self._credentials,
+            time.time() if now is None else now,
+        )
+
+    def connect_failed(self, reason: str) -> None:
+        self.stats.state = "connecting"
+        self.stats.last_error = reason[:300]
+
+    def retrying(self) -> None:
+        """About to back off and connect again."""
+        self.stats.reconnects += 1
+        self.stats.state = "connecting"
+
+    def overflow(self, dropped: int) -> Step:
+        """The consumer fell ``dropped`` events behind: drop the backlog and resync."""
+        self.stats.overflows += 1
+        return self._resync(f"the dataflow fell {dropped} events behind")
+
+    def disconnect(self, reason: str, close_code: int | None = None) -> Step:
+        """The connection ended for ``reason``: a reset, then reconnect, stop or end."""
+        self._decoder = None
+        self.stats.last_disconnect = reason
+        events = self._reset(reason)
+        if self.error is not None:
+            self.stats.state = "failed"
+            return Step(events, Action.STOP, reason)
+        if self.local_exchange == "replay" and close_code == NORMAL_CLOSURE:
+            self.stats.state = "finished"
+            log.info("%s: the served replay is over", self.product_id)
+            return Step(events, Action.END, "end of the served replay")
+        self.stats.state = "reconnecting"
+        log.info("%s: disconnected: %s", self.product_id, reason)
+        return Step(events, Action.CONTINUE, reason)
+
+    def close(self) -> None:
+        if not self.done:
+            self.stats.state = "closed"
+
+    # -- frames ---------------------------------------------------------------------------
+
+    def receive(self, frame: str | bytes, received_ns: int) -> Step:
+        """Decode one frame of the current connection and apply the freshness rules."""
+        decoder = self._decoder
+        if decoder is None:
+            raise RuntimeError("receive() before connect()")
+        stats = self.stats
+        stats.frames += 1
+        try:
+            decoded = decoder.decode(frame, received_ns)
+        except MalformedFrame as exc:
+            stats.malformed += 1
+            self._malformed_log.warning(
+                f"{self.product_id}: skipped malformed frame: {exc}"
+            )
+            if exc.resync:
+                return self._resync(f"malformed book frame ({exc.reason})")
+            return Step()
+        except SequenceGap as exc:
+            stats.sequence_gaps += 1
+            return self._resync(str(exc))
+        except FeedError as exc:
+            return self._feed_error(exc)
+        finally:
+            stats.bad_times = self._bad_times_before + decoder.bad_times
+        if not decoded:
+            if isinstance(frame, str) and LOCAL_EXCHANGE_MARKER in frame:
+                self._read_marker(frame)
+            return Step()
+        return Step(self._offer(decoded))
+
+    def _offer(self, decoded: list[BookEvent]) -> list[BookEvent]:
+        stats = self.stats
+        out: list[BookEvent] = []
+        for event in decoded:
+            if event.product_id != self.product_id:
+                stats.foreign += 1
+                continue
+            if isinstance(event, BookSnapshot):
+                self._awaiting_snapshot = False
+                stats.snapshots += 1
+            elif self._awaiting_snapshot and isinstance(event, BookChanges):
+                stats.dropped_before_snapshot += 1
+                continue
+            self._last_was_reset = False
+            out.append(event)
+        stats.events += len(out)
+        return out
+
+    def _read_marker(self, frame: str) -> None:
+        """The local exchange's ``"local_exchange"`` field in its subscriptions reply."""
+        try:
+            payload = _loads(frame)
+        except ValueError:
+            return
+        if not isinstance(payload, dict) or "subscriptions" not in (
+            payload.get("type"),
+            payload.get("channel"),
+        ):
+            return
+        marker = payload.get(LOCAL_EXCHANGE_MARKER)
+        if marker not in LOCAL_ORIGINS or self.local_exchange == "replay":
+            return  # a recording of the sim replayed still says "replay"
+        if marker != self.local_exchange:
+            log.info(
+                "%s: the server is the local exchange serving %s data; origin %r",
+                self.product_id,
+                marker,
+                marker,
+            )
+        self.local_exchange = marker
+        self.origin = marker
+        if self._decoder is not None:
+            self._decoder.feed_label = marker
+
+    # -- decisions ------------------------------------------------------------------------
+
+    def _reset(self, reason: str) -> list[BookEvent]:
+        self._awaiting_snapshot = True
+        if self._last_was_reset:
+            return []
+        self._last_was_reset = True
+        self.stats.resets += 1
+        return [BookReset(self.product_id, reason, self.origin, time.time_ns())]
+
+    def _resync(self, reason: str) -> Step:
+        self.stats.resyncs += 1
+        log.warning("%s: resync: %s", self.product_id, reason)
+        return Step([], Action.RESYNC, reason)
+
+    def _feed_error(self, exc: FeedError) -> Step:
+        """An error reply: stop for good when permanent, else resync."""
+        self.stats.errors += 1
+        if isinstance(exc, UnknownProduct):
+            message = (
+                f"Coinbase does not know product {self.product_id} on feed {self.feed}: "
+                f"{exc}; this partition stops"
+            )
+        elif isinstance(exc, AuthError):
+            message = (
+                f"{self.product_id}: authentication failed on feed {self.feed}: {exc}"
+            )
+        else:
+            message = f"{self.product_id}: {exc}"
+        self.stats.last_error = message
+        if exc.permanent:
+            self.error = exc
+            log.error(message)
+            return Step([], Action.STOP, message)
+        log.warning("%s; reconnecting", message)
+        return Step([], Action.RESYNC, message)

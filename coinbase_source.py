@@ -68,13 +68,25 @@ BEHIND_LOG_SECONDS = 5.0
 POLL_INTERVAL = timedelta(milliseconds=1)
 IDLE_POLL_INTERVAL = timedelta(milliseconds=500)
 CLOSE_WAIT_SECONDS = 1.0
-"""close() waits this long for the connection to say goodbye, then leaves it to the
-daemon loop: a Ctrl-C must not wait on sockets."""
+"""The closes of one shutdown wait this long *together* for their connections to say
+goodbye, then leave them to the daemon loop. Before, each close() joined its thread for
+up to 2 s in turn (a 1 s close handshake each): seconds per product on a Ctrl-C."""
 ALL_FAILED_GRACE_SECONDS = 2.0
 """With fewer partitions built than products (other processes own the rest, or a
 worker is still building), wait this long before concluding that all have failed."""
 
 _sources_lock = threading.Lock()
+_close_deadline = 0.0
+
+
+def _close_budget() -> float:
+    """Seconds this close() may wait: what is left of the current shutdown's budget."""
+    global _close_deadline
+    now = time.monotonic()
+    with _sources_lock:
+        if _close_deadline < now - CLOSE_WAIT_SECONDS:  # a new shutdown
+            _close_deadline = now + CLOSE_WAIT_SECONDS
+        return max(0.0, _close_deadline - now)
 
 
 def _drain(queue: deque) -> list:
@@ -165,10 +177,10 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
         return self.product_id
 
     def close(self) -> None:
-        """Cancel the connection; wait at most CLOSE_WAIT_SECONDS for it to finish."""
+        """Cancel the connection; wait for it within the shutdown's shared budget."""
         self._future.cancel()
         if threading.current_thread().name != LOOP.name:
-            self._done.wait(CLOSE_WAIT_SECONDS)
+            self._done.wait(_close_budget())
         self.session.close()
 
     # -- connection side (the shared loop thread) -----------------------------------------
@@ -315,7 +327,7 @@ class CoinbaseSource(FixedPartitionedSource[tuple[str, BookEvent], str]):
                 ALL_FAILED_GRACE_SECONDS, lambda: self._partition_failed(recheck=True)
             )
             return
-        shown = "; ".join(p.stats.last_error or p.product_id for p in parts[:3])
+        shown = "; ".join(f"{p.product_id}: {p.error}" for p in parts[:3])
         more = f"; and {len(parts) - 3} more" if len(parts) > 3 else ""
         self._on_all_failed(
             f"every Coinbase product of this process failed permanently, stopping "

@@ -11,16 +11,12 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import itertools
 import json
 import pathlib
 import pickle
-import random
-import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -34,12 +30,12 @@ from bytewax.testing import TestingSink, run_main
 
 from coinbase.auth import Credentials
 from coinbase.errors import AuthError, UnknownProduct
-from coinbase.pacing import Backoff, ConnectionPacer
-from coinbase_source import CoinbaseSource, _CoinbasePartition, subscribe_messages
+from coinbase_source import CoinbaseSource, _CoinbasePartition
 from events import BookChanges, BookEvent, BookReset, BookSnapshot
 from local_exchange.server import LocalExchange
-from service.validation import ConfigError
 from tests.scripted_server import ScriptedConnection, ScriptedServer
+
+pytestmark = pytest.mark.slow  # every test here opens sockets or threads
 
 SECRET = base64.b64encode(b"loopback secret for the source tests").decode()
 CREDS = Credentials("test-key", SECRET, "test-passphrase")
@@ -86,6 +82,13 @@ def collect(
             return items
         time.sleep(0.002)
     raise AssertionError(f"timed out; got {kinds(items)}; stats {part.stats}")
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 8.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
 
 
 def kinds(items: Items) -> list[str]:
@@ -205,20 +208,6 @@ def test_exchange_auth_handshake_is_signed_on_every_connect(partitions: list) ->
         assert message["passphrase"] == "test-passphrase"
         assert abs(float(message["timestamp"]) - time.time()) < 30
         assert message["signature"] == expected_signature(message["timestamp"])
-
-
-def test_subscribe_messages_resign_with_the_time() -> None:
-    first = subscribe_messages("exchange-auth", "BTC-USD", CREDS, now=1_700_000_000.5)[
-        0
-    ]
-    later = subscribe_messages("exchange-auth", "BTC-USD", CREDS, now=1_700_000_060.0)[
-        0
-    ]
-    assert first["timestamp"] == "1700000000"
-    assert first["signature"] == expected_signature("1700000000")
-    assert later["signature"] == expected_signature("1700000060") != first["signature"]
-    with pytest.raises(ValueError, match="credentials"):
-        subscribe_messages("exchange-auth", "BTC-USD")
 
 
 # -- data path ---------------------------------------------------------------------------
@@ -408,7 +397,7 @@ def test_unknown_product_idles_its_partition_only(partitions: list) -> None:
         good = build(partitions, ["BTC-USD", "BAD-USD"], server.url, product="BTC-USD")
         bad_items = collect(bad, lambda _: bad.stats.state == "failed")
         good_items = collect(good, count("snapshot", 1))
-        time.sleep(0.5)  # several backoff periods: an idle partition must not reconnect
+        wait_until(lambda: not bad.running)  # its task ended: it cannot reconnect
         bad_items += bad.next_batch()
     assert kinds(bad_items) == ["reset"]
     assert isinstance(bad.error, UnknownProduct)
@@ -483,11 +472,8 @@ def test_close_stops_the_thread_and_the_connection(partitions: list) -> None:
         assert part.running
         started = time.monotonic()
         part.close()
-        assert time.monotonic() - started < 2.5
-        assert not part.running
-        deadline = time.monotonic() + 3
-        while not closed and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert time.monotonic() - started < 1.5
+        wait_until(lambda: not part.running and bool(closed))
     assert closed == [0]
     assert server.connections == 1
     assert all(isinstance(event, BookReset) for _, event in part.next_batch())
@@ -500,8 +486,8 @@ def test_close_while_waiting_to_reconnect(partitions: list) -> None:
     collect(part, lambda _: part.stats.reconnects >= 1)
     started = time.monotonic()
     part.close()
-    assert time.monotonic() - started < 2.5
-    assert not part.running
+    assert time.monotonic() - started < 1.5
+    wait_until(lambda: not part.running)
 
 
 def test_resume_starts_with_a_reset_and_snapshot_pickles(partitions: list) -> None:
@@ -525,45 +511,6 @@ def test_next_awake_polls_when_empty_and_not_when_items_wait(partitions: list) -
     assert kinds(part.next_batch()) == ["reset"]
     awake = part.next_awake()
     assert awake is not None and awake.tzinfo is not None
-
-
-# -- configuration -----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        (
-            {"products": ["BTC-USD"], "feed": "level3"},
-            "feed='level3' is not allowed: expected one of exchange, exchange-auth",
-        ),
-        ({"products": ["BTC-USD"], "feed": "exchange-auth"}, "COINBASE_API_KEY"),
-        ({"products": []}, "products=[] is not allowed (no product given)"),
-        ({"products": ["btc usd"]}, "'btc usd' is not a product id"),
-        ({"products": ["BTC-USD", "BTC-USD"]}, "duplicated BTC-USD"),
-        ({"products": ["BTC-USD"], "url": "http://x"}, "url='http://x' is not allowed"),
-        ({"products": ["BTC-USD"], "watchdog_seconds": 0}, "watchdog_seconds=0"),
-        ({"products": ["BTC-USD"], "backoff_initial": -1}, "backoff_initial=-1"),
-        ({"products": ["BTC-USD"], "backoff_max": 0.1}, "backoff_max=0.1"),
-        ({"products": ["BTC-USD"], "origin": ""}, "origin='' is not allowed"),
-    ],
-)
-def test_bad_settings_are_refused_by_name(kwargs: dict, message: str) -> None:
-    with pytest.raises(ConfigError, match=re.escape(message)):
-        CoinbaseSource(**kwargs)
-
-
-def test_products_as_a_string_is_refused() -> None:
-    with pytest.raises(ConfigError, match="list of product ids"):
-        CoinbaseSource("BTC-USD")
-
-
-def test_one_partition_per_product_and_default_urls() -> None:
-    source = CoinbaseSource(["BTC-USD", "ETH-EUR"], feed="advanced-trade")
-    assert source.list_parts() == ["BTC-USD", "ETH-EUR"]
-    assert source.url == "wss://advanced-trade-ws.coinbase.com"
-    assert source.origin == "advanced-trade"
-    assert CoinbaseSource(["BTC-USD"]).url == "wss://ws-feed.exchange.coinbase.com"
 
 
 # -- end to end against the local exchange -----------------------------------------------
@@ -592,21 +539,52 @@ class Book:
                     levels[price] = size
 
 
-def run_until_quiet(
-    parts: dict[str, _CoinbasePartition], books: dict[str, Book], seconds: float
+def feed_books(
+    parts: dict[str, _CoinbasePartition],
+    books: dict[str, Book],
+    until: Callable[[], bool],
+    timeout: float = 10.0,
 ) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    """Apply every partition's events to its book until ``until()`` holds."""
+    deadline = time.monotonic() + timeout
+    while True:
         for part in parts.values():
             for product, event in part.next_batch():
                 assert product == part.product_id
                 books[product].apply(event)
+        if until():
+            return
+        stats = {p: part.stats for p, part in parts.items()}
+        assert time.monotonic() < deadline, f"condition not reached; {stats}"
         time.sleep(0.002)
+
+
+def fresh_snapshots(parts: dict[str, _CoinbasePartition]) -> Callable[[], bool]:
+    """True once every partition got a snapshot after now and holds a live book."""
+    before = {p: part.stats.snapshots for p, part in parts.items()}
+    return lambda: all(
+        part.stats.snapshots > before[p] and part.session.settled
+        for p, part in parts.items()
+    )
+
+
+def settled(parts: dict[str, _CoinbasePartition]) -> Callable[[], bool]:
+    """True while every partition holds a live book (so that a fault hits a live one)."""
+    return lambda: all(part.session.settled for part in parts.values())
 
 
 def assert_books_match(exchange: LocalExchange, parts: dict, books: dict) -> None:
     exchange.pause_market()
-    run_until_quiet(parts, books, 0.4)
+    frames = [0]
+
+    def quiet() -> bool:  # no book event for 0.3 s: all sent has been applied
+        total = sum(part.stats.events for part in parts.values())
+        if total != frames[0]:
+            frames[0], quiet.since = total, time.monotonic()  # type: ignore[attr-defined]
+        return time.monotonic() - quiet.since > 0.3  # type: ignore[attr-defined]
+
+    quiet.since = time.monotonic()  # type: ignore[attr-defined]
+    feed_books(parts, books, quiet)
     for product, book in books.items():
         true_bids, true_asks = exchange.true_book(product)
         assert book.live, parts[product].stats
@@ -630,15 +608,26 @@ def test_local_exchange_faults_end_with_the_true_book(
         parts = {p: source.build_part("input", p, None) for p in products}
         partitions.extend(parts.values())
         books = {p: Book() for p in products}
-        run_until_quiet(parts, books, 0.6)
+        feed_books(parts, books, fresh_snapshots(parts))
+        healthy = fresh_snapshots(parts)
         exchange.drop_connections()
-        run_until_quiet(parts, books, 0.6)
+        feed_books(parts, books, healthy)
+        malformed = {p: part.stats.malformed for p, part in parts.items()}
+        feed_books(parts, books, settled(parts))
         exchange.send_malformed(1)
-        run_until_quiet(parts, books, 0.6)
+        feed_books(
+            parts,
+            books,
+            lambda: all(
+                part.stats.malformed > malformed[p] for p, part in parts.items()
+            ),
+        )
+        feed_books(parts, books, settled(parts))
         if feed == "advanced-trade":
             exchange.skip_sequence()
+        healthy = fresh_snapshots(parts)
         exchange.go_silent(0.8)
-        run_until_quiet(parts, books, 1.5)
+        feed_books(parts, books, healthy)
         assert_books_match(exchange, parts, books)
     for part in parts.values():
         stats = part.stats.as_dict()
@@ -695,41 +684,6 @@ def test_local_exchange_unknown_product(partitions: list) -> None:
             collect(part, lambda _, p=part: p.stats.state == "failed")
             assert isinstance(part.error, UnknownProduct)
             assert "SOL-USD" in part.stats.last_error
-
-
-# -- pacing ------------------------------------------------------------------------------
-
-
-def test_backoff_doubles_with_jitter_up_to_the_cap_and_resets() -> None:
-    backoff = Backoff(0.25, 2.0, rng=random.Random(7))
-    ceilings = [0.25, 0.5, 1.0, 2.0, 2.0, 2.0]
-    for ceiling in ceilings:
-        assert ceiling / 2 <= backoff.next_delay() <= ceiling
-    backoff.reset()
-    assert backoff.next_delay() <= 0.25
-    assert len({Backoff(0.25, 30).next_delay() for _ in range(20)}) > 1  # jittered
-
-
-def test_connection_pacer_spaces_attempts_across_threads() -> None:
-    pacer = ConnectionPacer(per_second=8)
-    waits: list[float] = []
-    lock = threading.Lock()
-
-    def reserve() -> None:
-        wait = pacer.reserve()
-        with lock:
-            waits.append(wait)
-
-    threads = [threading.Thread(target=reserve) for _ in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    waits.sort()
-    assert waits[0] < 0.05
-    gaps = [later - earlier for earlier, later in itertools.pairwise(waits)]
-    assert min(gaps) > 0.125 - 0.01  # one slot per 1/8 s, whatever the thread timing
-    assert waits[-1] >= 15 * 0.125 - 0.05
 
 
 # -- inside Bytewax ----------------------------------------------------------------------
@@ -884,3 +838,94 @@ def test_subscribe_messages_stay_under_eight_a_second_per_process(
     arrivals.sort()
     for i in range(len(arrivals) - 8):
         assert arrivals[i + 8] - arrivals[i] >= 1.0 - 0.05  # never 9 in one second
+
+
+# -- robustness: end of a served replay, every partition failed ---------------------------
+
+
+def test_the_end_of_a_served_replay_ends_the_partition(partitions: list) -> None:
+    marker = {
+        "type": "subscriptions",
+        "channels": [{"name": "level2_batch", "product_ids": ["BTC-USD"]}],
+        "local_exchange": "replay",
+    }
+
+    async def script(conn: ScriptedConnection) -> None:
+        await conn.recv_json()
+        await conn.send(marker)
+        await conn.send(snapshot_frame())
+        await conn.send(update_frame())
+        # returning closes the connection with code 1000: the replay is over
+
+    with ScriptedServer(script) as server:
+        part = build(partitions, ["BTC-USD"], server.url, origin="exchange")
+        items: Items = []
+        deadline = time.monotonic() + 8
+        with pytest.raises(StopIteration):
+            while time.monotonic() < deadline:
+                items += part.next_batch()
+                time.sleep(0.002)
+        wait_until(lambda: not part.running)
+        assert server.connections == 1  # no reconnect after the end of the data
+    assert kinds(items) == ["reset", "snapshot", "changes", "reset"]
+    assert {event.feed for _, event in items[1:]} == {"replay"}
+    assert part.stats.state == "finished"
+
+
+def test_the_source_says_when_every_partition_failed(partitions: list) -> None:
+    with LocalExchange(["BTC-USD"], depth=20, rate=40) as exchange:
+        calls: list[str] = []
+        source = CoinbaseSource(
+            ["BTC-USD", "SOL-USD"], url=exchange.url(), on_all_failed=calls.append
+        )
+        good = source.build_part("in", "BTC-USD", None)
+        bad = source.build_part("in", "SOL-USD", None)
+        partitions += [good, bad]
+        collect(good, count("snapshot", 1))
+        wait_until(lambda: bad.stats.state == "failed")
+        assert calls == []  # one product still works: keep running
+        source = CoinbaseSource(
+            ["SOL-USD", "XRP-USD"], url=exchange.url(), on_all_failed=calls.append
+        )
+        partitions += [source.build_part("in", p, None) for p in source.products]
+        wait_until(lambda: bool(calls))
+    [message] = calls
+    assert "every Coinbase product of this process failed permanently" in message
+    assert "SOL-USD" in message and "XRP-USD" in message
+
+
+ALL_FAILED_SCRIPT = """
+import logging, sys
+sys.path.insert(0, {root!r})
+from bytewax import operators as op
+from bytewax.connectors.stdio import StdOutSink
+from bytewax.dataflow import Dataflow
+from bytewax.testing import run_main
+from coinbase_source import CoinbaseSource
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+flow = Dataflow("all_failed")
+stream = op.input("in", flow, CoinbaseSource(["SOL-USD", "XRP-USD"], url={url!r}))
+op.output("out", op.map("name", stream, lambda item: type(item[1]).__name__), StdOutSink())
+run_main(flow)
+"""
+
+
+def test_a_run_whose_every_product_is_unknown_exits_with_one_line(
+    tmp_path: pathlib.Path,
+) -> None:
+    script = tmp_path / "flow.py"
+    root = str(pathlib.Path(__file__).parents[1])
+    with LocalExchange(["BTC-USD"], depth=20, rate=40) as exchange:
+        script.write_text(ALL_FAILED_SCRIPT.format(root=root, url=exchange.url()))
+        proc = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=30
+        )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = [
+        line
+        for line in proc.stderr.splitlines()
+        if "every Coinbase product of this process failed permanently" in line
+    ]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith("CRITICAL") and "SOL-USD" in lines[0]
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,121 @@
+"""The source's pure parts: settings validation, subscribe messages, backoff, pacing."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import random
+import re
+import threading
+
+import pytest
+
+from coinbase.auth import Credentials
+from coinbase.pacing import Backoff, ConnectionPacer
+from coinbase_source import CoinbaseSource, subscribe_messages
+from service.validation import ConfigError
+
+SECRET = base64.b64encode(b"loopback secret for the source tests").decode()
+CREDS = Credentials("test-key", SECRET, "test-passphrase")
+
+
+def expected_signature(timestamp: str) -> str:
+    message = f"{timestamp}GET/users/self/verify".encode()
+    digest = hmac.new(base64.b64decode(SECRET), message, hashlib.sha256).digest()
+    return base64.b64encode(digest).decode()
+
+
+def test_subscribe_messages_resign_with_the_time() -> None:
+    first = subscribe_messages("exchange-auth", "BTC-USD", CREDS, now=1_700_000_000.5)[
+        0
+    ]
+    later = subscribe_messages("exchange-auth", "BTC-USD", CREDS, now=1_700_000_060.0)[
+        0
+    ]
+    assert first["timestamp"] == "1700000000"
+    assert first["signature"] == expected_signature("1700000000")
+    assert later["signature"] == expected_signature("1700000060") != first["signature"]
+    with pytest.raises(ValueError, match="credentials"):
+        subscribe_messages("exchange-auth", "BTC-USD")
+
+
+# -- configuration -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"products": ["BTC-USD"], "feed": "level3"},
+            "feed='level3' is not allowed: expected one of exchange, exchange-auth",
+        ),
+        ({"products": ["BTC-USD"], "feed": "exchange-auth"}, "COINBASE_API_KEY"),
+        ({"products": []}, "products=[] is not allowed (no product given)"),
+        ({"products": ["btc usd"]}, "'btc usd' is not a product id"),
+        ({"products": ["BTC-USD", "BTC-USD"]}, "duplicated BTC-USD"),
+        ({"products": ["BTC-USD"], "url": "http://x"}, "url='http://x' is not allowed"),
+        ({"products": ["BTC-USD"], "watchdog_seconds": 0}, "watchdog_seconds=0"),
+        ({"products": ["BTC-USD"], "backoff_initial": -1}, "backoff_initial=-1"),
+        ({"products": ["BTC-USD"], "backoff_max": 0.1}, "backoff_max=0.1"),
+        ({"products": ["BTC-USD"], "origin": ""}, "origin='' is not allowed"),
+    ],
+)
+def test_bad_settings_are_refused_by_name(kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        CoinbaseSource(**kwargs)
+
+
+def test_products_as_a_string_is_refused() -> None:
+    with pytest.raises(ConfigError, match="list of product ids"):
+        CoinbaseSource("BTC-USD")
+
+
+def test_one_partition_per_product_and_default_urls() -> None:
+    source = CoinbaseSource(["BTC-USD", "ETH-EUR"], feed="advanced-trade")
+    assert source.list_parts() == ["BTC-USD", "ETH-EUR"]
+    assert source.url == "wss://advanced-trade-ws.coinbase.com"
+    assert source.origin == "advanced-trade"
+    assert CoinbaseSource(["BTC-USD"]).url == "wss://ws-feed.exchange.coinbase.com"
+
+
+# -- pacing ------------------------------------------------------------------------------
+
+
+def test_backoff_doubles_with_jitter_up_to_the_cap_and_resets() -> None:
+    backoff = Backoff(0.25, 2.0, rng=random.Random(7))
+    ceilings = [0.25, 0.5, 1.0, 2.0, 2.0, 2.0]
+    for ceiling in ceilings:
+        assert ceiling / 2 <= backoff.next_delay() <= ceiling
+    backoff.reset()
+    assert backoff.next_delay() <= 0.25
+    assert len({Backoff(0.25, 30).next_delay() for _ in range(20)}) > 1  # jittered
+
+
+def test_connection_pacer_spaces_attempts_across_threads() -> None:
+    """Time frozen: 16 threads asking at once get exactly one slot per 1/8 s each."""
+    pacer = ConnectionPacer(per_second=8, clock=lambda: 100.0)
+    waits: list[float] = []
+    lock = threading.Lock()
+
+    def reserve() -> None:
+        wait = pacer.reserve()
+        with lock:
+            waits.append(wait)
+
+    threads = [threading.Thread(target=reserve) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(waits) == pytest.approx([i * 0.125 for i in range(16)])
+
+
+def test_connection_pacer_frees_slots_as_time_passes() -> None:
+    now = [0.0]
+    pacer = ConnectionPacer(per_second=4, clock=lambda: now[0])
+    assert [pacer.reserve() for _ in range(3)] == pytest.approx([0, 0.25, 0.5])
+    now[0] = 0.6  # the third slot (0.5) is past; the next free one is 0.75
+    assert pacer.reserve() == pytest.approx(0.15)
+    now[0] = 10.0  # long idle: no debt, no burst credit either
+    assert pacer.reserve() == 0 and pacer.reserve() == pytest.approx(0.25)

@@ -127,6 +127,7 @@ def test_replay_served_over_websocket_matches_file_replay(recording, tmp_path):
         assert {s["feed"] for s in served[product]} == {"exchange"}
 
 
+@pytest.mark.slow
 def test_recorder_command_writes_a_replayable_recording(tmp_path):
     path = tmp_path / "cli.jsonl.gz"
     with LocalExchange(["BTC-USD"], depth=50, rate=40, seed=1) as exchange:
@@ -158,6 +159,7 @@ def test_recorder_command_writes_a_replayable_recording(tmp_path):
     assert len(out) > 5 and {s.product_id for s in out} == {"BTC-USD"}
 
 
+@pytest.mark.slow
 def test_recorder_refuses_a_bad_option():
     cmd = FlowProcess(["recording", "x.jsonl.gz", "--products", "BTCUSD"], flow_env())
     assert cmd.finish(timeout=30) == 2

@@ -92,7 +92,10 @@ entry costs about 190 bytes (string + Decimal + dict slot), so 4,096 entries are
 per connection where 65,536 were 12.5 MB for 3 points more hits."""
 PRICE_CACHE_BUDGET = 131_072
 """Entries all decoders of the process may hold together (about 25 MB): with many
-products each decoder gets an equal share (300 products: 436 each, still ~75% hits)."""
+products each decoder gets an equal share (300 products: 436 each, still ~75% hits).
+Measured, 20 decoders fed 60,000 update batches each from the local exchange's market:
+189,400 cached prices and 61 MiB RSS with the old 65,536-per-connection cache (still
+growing, towards 20 x 12.5 MB), 47,500 and 42 MiB with this one."""
 _MIN_PRICE_CACHE = 256
 _live_decoders = 0
 _live_lock = threading.Lock()

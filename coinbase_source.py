@@ -48,6 +48,7 @@ from coinbase.session import Action, Session, SessionStats
 from events import BookEvent
 from service import validation
 from service.logs import RateLimitedLog
+from service.resync import take_resync_request
 
 __all__ = [
     "FEEDS",
@@ -135,6 +136,8 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
             backoff=Backoff(source.backoff_initial, source.backoff_max),
         )
         self._ended = False
+        self._resync_request: str | None = None
+        """A fresh snapshot asked for by the book step (service.resync)."""
         self._behind_log = RateLimitedLog(log, BEHIND_LOG_SECONDS)
         self._next_behind_check = 0.0
         self._done = threading.Event()
@@ -164,6 +167,9 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
             return []
         if not batch and self._ended:
             raise StopIteration  # the end of a served replay: the data is over
+        reason = take_resync_request(self.product_id)  # one dict check when none
+        if reason is not None:  # acted on with the next frame (heartbeats: <= 1 s)
+            self._resync_request = reason
         return batch
 
     def next_awake(self) -> datetime | None:
@@ -203,6 +209,9 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
         return self.session.connect()
 
     def received(self, frame: str | bytes, received_ns: int) -> str | None:
+        if self._resync_request is not None:
+            reason, self._resync_request = self._resync_request, None
+            return self.session.request_resync(reason).reason
         step = self.session.receive(frame, received_ns)
         queue = self._queue
         if step.events:

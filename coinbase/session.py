@@ -9,7 +9,8 @@ product's book, and nothing about how they arrive. The asyncio side
 * :meth:`Session.connect` on each new connection: the subscribe messages to send;
 * :meth:`Session.receive` for each frame: a :class:`Step` with the events to emit and
   whether to go on, resync (end this connection, start afresh) or stop for good;
-* :meth:`Session.overflow` when the consumer fell too far behind;
+* :meth:`Session.overflow` when the consumer fell too far behind, and
+  :meth:`Session.request_resync` when it asks for a fresh snapshot;
 * :meth:`Session.disconnect` when a connection ended: the reset and whether to reconnect.
 
 So every freshness rule is testable with hand-built frames, no socket
@@ -183,6 +184,10 @@ class Session:
         """The consumer fell ``dropped`` events behind: drop the backlog and resync."""
         self.stats.overflows += 1
         return self._resync(f"the dataflow fell {dropped} events behind")
+
+    def request_resync(self, reason: str) -> Step:
+        """Someone downstream (the book step: a book stuck crossed) wants a new snapshot."""
+        return self._resync(f"requested: {reason}")
 
     def disconnect(self, reason: str, close_code: int | None = None) -> Step:
         """The connection ended for ``reason``: a reset, then reconnect, stop or end."""

@@ -929,3 +929,19 @@ def test_a_run_whose_every_product_is_unknown_exits_with_one_line(
     assert len(lines) == 1, proc.stderr[-2000:]
     assert lines[0].startswith("CRITICAL") and "SOL-USD" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_a_resync_request_from_the_book_step_gets_a_fresh_snapshot(
+    partitions: list,
+) -> None:
+    from service.resync import clear_resync_requests, request_resync
+
+    clear_resync_requests()
+    with LocalExchange(["BTC-USD"], depth=20, rate=40, heartbeat_interval=0.1) as ex:
+        part = build(partitions, ["BTC-USD"], ex.url())
+        collect(part, count("snapshot", 1))
+        request_resync("BTC-USD", "crossed for 3.0 s of feed time")
+        items = collect(part, count("snapshot", 1))
+    resets = [event for _, event in items if isinstance(event, BookReset)]
+    assert resets and "requested: crossed for 3.0 s" in resets[0].reason
+    assert part.stats.resyncs == 1

@@ -30,7 +30,7 @@ from bytewax.testing import TestingSink, run_main
 
 from coinbase.auth import Credentials
 from coinbase.errors import AuthError, UnknownProduct
-from coinbase_source import CoinbaseSource, _CoinbasePartition
+from coinbase_source import CoinbaseSource, _CoinbasePartition, subscribe_messages
 from events import BookChanges, BookEvent, BookReset, BookSnapshot
 from local_exchange.server import LocalExchange
 from tests.scripted_server import ScriptedConnection, ScriptedServer
@@ -945,3 +945,32 @@ def test_a_resync_request_from_the_book_step_gets_a_fresh_snapshot(
     resets = [event for _, event in items if isinstance(event, BookReset)]
     assert resets and "requested: crossed for 3.0 s" in resets[0].reason
     assert part.stats.resyncs == 1
+
+
+def _marks_itself(exchange: LocalExchange) -> bool:
+    """Whether this local exchange puts "local_exchange" in its subscriptions reply."""
+
+    async def probe() -> bool:
+        import websockets
+
+        async with websockets.connect(exchange.url()) as ws:
+            await ws.send(json.dumps(subscribe_messages("exchange", "BTC-USD")[0]))
+            for _ in range(20):
+                frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                if frame.get("type") == "subscriptions":
+                    return "local_exchange" in frame
+        return False
+
+    return asyncio.run(probe())
+
+
+def test_data_from_the_local_exchange_is_labelled_by_its_marker(
+    partitions: list,
+) -> None:
+    with LocalExchange(["BTC-USD"], depth=20, rate=40) as exchange:
+        if not _marks_itself(exchange):
+            pytest.skip("this local exchange does not mark its subscriptions reply yet")
+        part = build(partitions, ["BTC-USD"], exchange.url(), origin="exchange")
+        items = collect(part, count("changes", 2))
+    assert part.session.local_exchange == "sim"
+    assert {event.feed for _, event in items[1:]} == {"sim"}

@@ -1,0 +1,110 @@
+"""Shared helpers of the source's socket tests: partitions built fast, polled until a
+condition holds, and hand-made frames."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable, Iterator
+
+from coinbase.auth import Credentials
+from coinbase_source import CoinbaseSource, _CoinbasePartition
+from events import BookChanges, BookEvent, BookReset, BookSnapshot
+
+SECRET = base64.b64encode(b"loopback secret for the source tests").decode()
+CREDS = Credentials("test-key", SECRET, "test-passphrase")
+FAST = {"watchdog_seconds": 0.4, "backoff_initial": 0.05, "backoff_max": 0.2}
+
+Items = list[tuple[str, BookEvent]]
+ALL_FAILED: list[str] = []
+"""What sources built by these tests would have stopped the process with."""
+
+
+def open_partitions() -> Iterator[list[_CoinbasePartition]]:
+    """For a fixture: partitions registered are closed after the test, pass or fail."""
+    built: list[_CoinbasePartition] = []
+    yield built
+    for part in built:
+        part.close()
+
+
+def build(
+    registry: list[_CoinbasePartition],
+    products: list[str],
+    url: str,
+    product: str | None = None,
+    resume_state: str | None = None,
+    **kwargs: object,
+) -> _CoinbasePartition:
+    kwargs.setdefault("on_all_failed", ALL_FAILED.append)
+    source = CoinbaseSource(products, url=url, **{**FAST, **kwargs})  # type: ignore[arg-type]
+    part = source.build_part("input", product or products[0], resume_state)
+    registry.append(part)
+    return part
+
+
+def collect(
+    part: _CoinbasePartition, until: Callable[[Items], bool], timeout: float = 8.0
+) -> Items:
+    """Poll next_batch until ``until(items)`` holds; fail with what arrived otherwise."""
+    items: Items = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        items += part.next_batch()
+        if until(items):
+            return items
+        time.sleep(0.002)
+    raise AssertionError(f"timed out; got {kinds(items)}; stats {part.stats}")
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 8.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
+
+
+def kinds(items: Items) -> list[str]:
+    names = {BookReset: "reset", BookSnapshot: "snapshot", BookChanges: "changes"}
+    return [names[type(event)] for _, event in items]
+
+
+def count(kind: str, n: int) -> Callable[[Items], bool]:
+    return lambda items: kinds(items).count(kind) >= n
+
+
+def snapshot_frame(product: str = "BTC-USD", mid: int = 100, levels: int = 3) -> str:
+    return json.dumps(
+        {
+            "type": "snapshot",
+            "product_id": product,
+            "bids": [[str(mid - 1 - i), "1.50000000"] for i in range(levels)],
+            "asks": [[str(mid + 1 + i), "2.50000000"] for i in range(levels)],
+        }
+    )
+
+
+def update_frame(product: str = "BTC-USD", price: str = "99", size: str = "3") -> str:
+    return json.dumps(
+        {
+            "type": "l2update",
+            "product_id": product,
+            "changes": [["buy", price, size]],
+            "time": "2026-08-25T03:35:57.300000Z",
+        }
+    )
+
+
+def at_frame(seq: int, kind: str = "update", product: str = "BTC-USD") -> str:
+    updates = [
+        {"side": "bid", "event_time": "", "price_level": "99", "new_quantity": "1"}
+    ]
+    return json.dumps(
+        {
+            "channel": "l2_data",
+            "timestamp": "2026-08-09T21:05:48.483587501Z",
+            "sequence_num": seq,
+            "events": [{"type": kind, "product_id": product, "updates": updates}],
+        }
+    )

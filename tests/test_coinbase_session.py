@@ -141,13 +141,17 @@ def test_foreign_products_are_counted_not_emitted() -> None:
     assert session.stats.foreign == 1
 
 
-def test_a_malformed_book_frame_resyncs_and_other_junk_is_skipped() -> None:
+def test_a_malformed_book_frame_resyncs_and_other_junk_is_skipped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     session = connected()
     session.receive(snapshot(), 1)
     assert session.receive("[1, 2]", 2).action is Action.CONTINUE  # not a book frame
     step = session.receive(update(size="0.-10000"), 3)
     assert step.action is Action.RESYNC and "malformed book frame" in step.reason
     assert session.stats.malformed == 2 and session.stats.resyncs == 1
+    [said] = [r.getMessage() for r in caplog.records if "resync" in r.getMessage()]
+    assert said.startswith("BTC-USD: resync: malformed book frame")  # why, out loud
 
 
 def test_a_bad_timestamp_keeps_the_data_and_is_counted_across_connections() -> None:

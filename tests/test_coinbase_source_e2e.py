@@ -510,3 +510,19 @@ def test_data_from_the_local_exchange_is_labelled_by_its_marker(
         items = collect(part, count("changes", 2))
     assert part.session.local_exchange == "sim"
     assert {event.feed for _, event in items[1:]} == {"sim"}
+
+
+def test_a_partition_that_falls_behind_says_so(
+    partitions: list, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import coinbase_source
+
+    monkeypatch.setattr(coinbase_source, "BEHIND_SECONDS", 0.3)
+    caplog.set_level("WARNING", logger="coinbase_source")
+    with LocalExchange(["BTC-USD"], depth=20, rate=100, heartbeat_interval=0.1) as ex:
+        part = build(partitions, ["BTC-USD"], ex.url())
+        wait_until(lambda: "behind this feed" in caplog.text)  # nobody drains
+        assert part.stats.overflows == 0  # said out loud long before any drop
+    [line] = [r.getMessage() for r in caplog.records if "behind" in r.getMessage()]
+    assert line.startswith("BTC-USD: the dataflow is behind this feed:")
+    assert "events queued, the oldest" in line and " s old" in line

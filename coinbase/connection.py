@@ -95,7 +95,7 @@ class Connection:
                 handler.retrying()
                 await asyncio.sleep(self.backoff.next_delay())
             first = False
-            await asyncio.sleep(self._pacer.reserve())
+            await self._pacer.turn()
             try:
                 if not await self._once(handler):
                     return
@@ -122,7 +122,7 @@ class Connection:
         reason = "connection closed"
         try:
             for message in handler.opened():
-                await asyncio.sleep(self._message_pacer.reserve())
+                await self._message_pacer.turn()
                 await ws.send(json.dumps(message))
             reason = await self._read(ws, handler)
         except websockets.ConnectionClosed as exc:

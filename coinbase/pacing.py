@@ -7,6 +7,7 @@ thread asks.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import threading
@@ -14,6 +15,9 @@ import time
 from collections.abc import Callable
 
 __all__ = ["CONNECTION_PACER", "MESSAGE_PACER", "Backoff", "ConnectionPacer"]
+
+_CLOCK_SLACK = 1e-3
+"""asyncio may wake a sleeper up to its clock resolution early: do not sleep again."""
 
 
 class Backoff:
@@ -71,6 +75,7 @@ class ConnectionPacer:
         self._clock = clock
         self._lock = threading.Lock()
         self._next_slot = -math.inf
+        self._last_taken = -math.inf
 
     def reserve(self) -> float:
         """Book the next free slot; returns the seconds to wait for it (0 if free now)."""
@@ -79,6 +84,28 @@ class ConnectionPacer:
             slot = max(now, self._next_slot)
             self._next_slot = slot + self.interval
             return slot - now
+
+    def take(self) -> float:
+        """Take the turn now if an interval has passed since the last one actually taken
+        (returns 0), else return how long to wait before asking again.
+
+        Slots booked by :meth:`reserve` are spaced, but a caller woken late (its event
+        loop was busy, say parsing a 5 MB snapshot) would send together with the next
+        one; checking the actual previous turn keeps what leaves the process spaced.
+        """
+        with self._lock:
+            now = self._clock()
+            due = self._last_taken + self.interval - _CLOCK_SLACK
+            if now >= due:
+                self._last_taken = now
+                return 0.0
+            return due - now
+
+    async def turn(self) -> None:
+        """Wait for a booked slot, then for the actual turn (use right before sending)."""
+        await asyncio.sleep(self.reserve())
+        while (wait := self.take()) > 0:
+            await asyncio.sleep(wait)
 
 
 CONNECTION_PACER = ConnectionPacer()

@@ -119,3 +119,15 @@ def test_connection_pacer_frees_slots_as_time_passes() -> None:
     assert pacer.reserve() == pytest.approx(0.15)
     now[0] = 10.0  # long idle: no debt, no burst credit either
     assert pacer.reserve() == 0 and pacer.reserve() == pytest.approx(0.25)
+
+
+def test_a_late_caller_does_not_send_together_with_the_next() -> None:
+    now = [0.0]
+    pacer = ConnectionPacer(per_second=4, clock=lambda: now[0])
+    first, second = pacer.reserve(), pacer.reserve()  # slots 0 and 0.25
+    assert (first, second) == (0, 0.25)
+    now[0] = 0.4  # the first caller was woken late: both slots are past
+    assert pacer.take() == 0  # the first goes now...
+    assert pacer.take() == pytest.approx(0.25 - 0.001)  # ...the second waits its turn
+    now[0] = 0.65
+    assert pacer.take() == 0

@@ -22,6 +22,9 @@ Said out loud: every resync with its reason; at most every 5 s per partition, ho
 behind the dataflow is when it is (queue depth, age of the oldest queued event); and when
 EVERY partition of the process has failed permanently (unknown products, refused
 credentials) one line, then the process exits with status 1 instead of idling forever.
+That is per process (a process knows only its own partitions): under ``-p``/``-i`` a
+process whose products all failed leaves, and its peers end with Bytewax's
+communication error; a process with one working product keeps running.
 """
 
 from __future__ import annotations
@@ -71,7 +74,10 @@ IDLE_POLL_INTERVAL = timedelta(milliseconds=500)
 CLOSE_WAIT_SECONDS = 1.0
 """The closes of one shutdown wait this long *together* for their connections to say
 goodbye, then leave them to the daemon loop. Before, each close() joined its thread for
-up to 2 s in turn (a 1 s close handshake each): seconds per product on a Ctrl-C."""
+up to 2 s in turn (a 1 s close handshake each): seconds per product on a Ctrl-C.
+Measured, SIGINT to exit of a 2-product flow with both cores busy: 2.3 to 4.2 s before,
+1.7 to 2.5 s after; close() itself now takes 1 to 16 ms, the rest is Bytewax's shutdown
+(about 1 s) and interpreter teardown."""
 ALL_FAILED_GRACE_SECONDS = 2.0
 """With fewer partitions built than products (other processes own the rest, or a
 worker is still building), wait this long before concluding that all have failed."""

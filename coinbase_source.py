@@ -173,7 +173,11 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
             return []
         if not batch and self._ended:
             raise StopIteration  # the end of a served replay: the data is over
-        reason = take_resync_request(self.product_id)  # one dict check when none
+        try:
+            reason = take_resync_request(self.product_id)  # one dict check when none
+        except Exception:  # pragma: no cover - a registry bug must not stop the flow
+            log.exception("%s: cannot read resync requests", self.product_id)
+            reason = None
         if reason is not None:  # acted on with the next frame (heartbeats: <= 1 s)
             self._resync_request = reason
         return batch

@@ -14,11 +14,12 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coinbase.decode import FeedError, FrameDecoder, MalformedFrame, SequenceGap
+from coinbase.decode import FrameDecoder
+from coinbase.errors import CoinbaseError, FeedError
 from events import BookChanges, BookReset, BookSnapshot
 from tests.support import frames
 
-DOCUMENTED = (MalformedFrame, FeedError, SequenceGap)
+DOCUMENTED = CoinbaseError
 FUZZ = settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )

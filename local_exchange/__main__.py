@@ -2,6 +2,6 @@
 
 import sys
 
-from local_exchange.server import main
+from local_exchange.cli import main
 
 sys.exit(main())

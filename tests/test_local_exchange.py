@@ -19,14 +19,11 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-import local_exchange.server as coinbase_sim
-from local_exchange.server import (
-    LEVEL2_AUTH_REASON,
-    MALFORMED_KINDS,
-    TOO_MANY_L2_STREAMS,
-    LocalExchange,
-    sign_level2,
-)
+import local_exchange.connections
+from local_exchange.advanced_trade_protocol import TOO_MANY_L2_STREAMS
+from local_exchange.auth import LEVEL2_AUTH_REASON, sign_level2
+from local_exchange.faults import MALFORMED_KINDS
+from local_exchange.server import LocalExchange
 from recording.format import Recording, RecordingWriter
 
 KEY = "sim-key-123"
@@ -184,6 +181,7 @@ def test_exchange_root_form_handshake_and_exact_snapshot_shape(
                     "account_ids": None,
                 }
             ],
+            "local_exchange": "sim",
         }
         snap = _recv(ws)
         assert list(snap) == ["type", "product_id", "asks", "bids"]
@@ -696,7 +694,7 @@ def _is_snapshot(m: dict) -> bool:
 def test_client_too_far_behind_is_dropped_as_slow_consumer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(coinbase_sim, "MAX_BACKLOG", 30)
+    monkeypatch.setattr(local_exchange.connections, "MAX_BACKLOG", 30)
     with LocalExchange(["BTC-USD"], depth=20, rate=100) as ex:
         with _open(ex) as ws:
             ws.send(
@@ -855,10 +853,13 @@ def test_replay_sends_recorded_frames_in_order_paced_by_speed(tmp_path: Path) ->
         for _ in range(4):
             got.append(ws.recv(timeout=5))
             arrived.append(time.monotonic())
-        with pytest.raises(TimeoutError):  # nothing more, connection stays open
-            ws.recv(timeout=0.3)
+        with pytest.raises(ConnectionClosed) as info:  # the recording's end: closed
+            ws.recv(timeout=5)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1000
     expected = [f for f in recorded if '"ETH-USD"' not in f]
-    assert got == expected
+    # The recorded subscriptions reply says it is replayed; nothing else is touched.
+    assert got[0] == expected[0][:-1] + ',"local_exchange":"replay"}'
+    assert got[1:] == expected[1:]
     # Recorded at +0, +100, +300, +500 ms; at speed 2 they are 50, 100, 100 ms apart.
     gaps = [b - a for a, b in itertools.pairwise(arrived)]
     assert gaps[0] >= 0.03 and gaps[1] >= 0.08 and gaps[2] >= 0.08
@@ -981,7 +982,8 @@ def test_cli_help_and_bad_options() -> None:
     assert proc.returncode == 0 and "--products" in out and "--replay" in out
     proc = _cli("--rate", "-3")
     _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 2 and "--rate must be a number in (0" in err
+    assert proc.returncode == 2
+    assert "--rate='-3' is not allowed: expected a number in (0, 10000]" in err
     proc = _cli("--products", "btc usd")
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2 and "--products" in err

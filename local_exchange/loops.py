@@ -1,0 +1,129 @@
+"""The exchange's two clocks: the market loop and the heartbeat loop.
+
+The market loop generates one batch per product every ``1/rate`` s and hands each batch,
+synchronously, to every subscribed connection's send queue, encoded once per (protocol,
+channel) however many clients read it. A loop that fell far behind (a busy machine)
+resynchronises instead of bursting. Heartbeats: the Exchange feed's per product (its
+``sequence`` grows with the product's changes), Advanced Trade's per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+from local_exchange import advanced_trade_protocol, exchange_protocol
+from local_exchange.connections import Connection, Registry
+from local_exchange.market import Market, RawChange
+from local_exchange.protocol import iso_us
+
+
+async def every(interval: float, tick: Callable[[], None], *, catch_up: float) -> None:
+    """Call ``tick`` every ``interval`` s; more than ``catch_up`` intervals late, resync."""
+    loop = asyncio.get_running_loop()
+    next_t = loop.time()
+    while True:
+        next_t += interval
+        delay = next_t - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -catch_up * interval:
+            next_t = loop.time()
+        tick()
+
+
+def dispatch(
+    pid: str,
+    changes: list[RawChange],
+    now_ns: int,
+    subs: list[tuple[Connection, str]],
+) -> None:
+    """Queue one batch on every subscriber, encoding it once per protocol and channel."""
+    t = iso_us(now_ns)
+    encoded: dict[tuple[str, str], list] = {}
+    for conn, channel in subs:
+        protocol = conn.protocol
+        key = (protocol.name, channel)
+        frames = encoded.get(key)
+        if frames is None:
+            frames = encoded[key] = protocol.updates(pid, changes, t, channel)
+        for frame in frames:
+            conn.put(protocol.update_label, frame)
+
+
+class MarketLoop:
+    """Advances the true book and streams every change to its subscribers."""
+
+    def __init__(
+        self, market: Market, lock: threading.Lock, registry: Registry, rate: float
+    ) -> None:
+        self._market = market
+        self._lock = (
+            lock  # guards the market: tests read the true book from other threads
+        )
+        self._registry = registry
+        self._interval = 1.0 / rate
+        self.paused = False
+
+    async def run(self) -> None:
+        await every(self._interval, self.tick, catch_up=5)
+
+    def tick(self) -> None:
+        if self.paused:
+            return
+        with self._lock:
+            batches = [
+                (pid, self._market.next_batch(pid)) for pid in self._registry.products
+            ]
+        now = time.time_ns()
+        for pid, changes in batches:
+            subs = self._registry.l2[pid]
+            if subs:
+                dispatch(pid, changes, now, list(subs))
+
+
+class Heartbeats:
+    """Both feeds' heartbeats; the Exchange ones only when there is a market."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        interval: float,
+        market: Market | None,
+        lock: threading.Lock,
+    ) -> None:
+        self._registry = registry
+        self._interval = interval
+        self._market = market
+        self._lock = lock
+        self._counter = 0
+        self._started = time.monotonic()
+
+    async def run(self) -> None:
+        await every(self._interval, self.tick, catch_up=0)
+
+    def tick(self) -> None:
+        self._counter += 1
+        now = time.time_ns()
+        if self._market is not None:
+            self._exchange(iso_us(now))
+        at_conns = [c for c in self._registry.conns if c.at_heartbeats]
+        if at_conns:
+            frame = advanced_trade_protocol.heartbeat_frame(
+                now, time.monotonic() - self._started, self._counter
+            )
+            for conn in at_conns:
+                conn.put("heartbeats", frame)
+
+    def _exchange(self, t: str) -> None:
+        assert self._market is not None
+        for pid, subs in self._registry.heartbeat.items():
+            if not subs:
+                continue
+            with self._lock:
+                seq = self._market.changes_generated(pid) + 1_000_000
+            frame = exchange_protocol.heartbeat_frame(pid, seq, t)
+            for conn in subs:
+                conn.put("heartbeat", frame)

@@ -3,46 +3,18 @@
 from __future__ import annotations
 
 import logging
-import threading
 
 from bytewax.inputs import FixedPartitionedSource, Source, StatefulSourcePartition
 
 from coinbase.auth import Credentials
 from coinbase.feeds import DEFAULT_PRODUCTS
 from coinbase_source import CoinbaseSource
+from local_exchange import embedded
 from recording.format import RecordingError
 from recording.replay import ReplaySource
 from service.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
-
-_local_exchange = None
-_local_exchange_lock = threading.Lock()
-
-
-def local_exchange(settings: Settings):
-    """The in-process local exchange for ``ORDERBOOK_FEED=sim``: one per process.
-
-    Under ``-p``/``-i`` every process starts its own; each product's book still comes from
-    one exchange, the one of the process that owns the product's partition.
-    """
-    global _local_exchange
-    from local_exchange.server import LocalExchange
-
-    with _local_exchange_lock:
-        if _local_exchange is None:
-            _local_exchange = LocalExchange(
-                products=settings.products or DEFAULT_PRODUCTS,
-                depth=settings.sim_depth,
-                rate=settings.sim_rate,
-            ).start()
-            log.warning(
-                "ORDERBOOK_FEED=sim: simulated market data from the local exchange at %s "
-                "(summaries say feed=sim)",
-                _local_exchange.url(),
-            )
-        return _local_exchange
-
 
 def build_source(settings: Settings) -> tuple[FixedPartitionedSource, list[str]]:
     """The input for these settings and the products it serves; refuses what cannot run."""
@@ -58,8 +30,9 @@ def build_source(settings: Settings) -> tuple[FixedPartitionedSource, list[str]]
         return source, list(source.products)
     products = list(settings.products or DEFAULT_PRODUCTS)
     if settings.feed == "sim":
-        exchange = local_exchange(settings)
-        url = settings.ws_url or exchange.url("exchange")
+        url = settings.ws_url or embedded.exchange_url(
+            products, settings.sim_depth, settings.sim_rate
+        )
         source = CoinbaseSource(
             products,
             feed="exchange",

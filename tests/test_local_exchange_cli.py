@@ -1,0 +1,128 @@
+"""The local exchange's settings, lifecycle, CLI and embedded hook."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from local_exchange.server import LocalExchange
+from tests.local_exchange_client import (
+    open_ws,
+    recv,
+)
+
+pytestmark = pytest.mark.slow
+
+
+# --------------------------------------------------------------------------- settings, lifecycle, CLI
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"rate": 0}, "rate"),
+        ({"depth": 0}, "depth"),
+        ({"products": ["btc usd"]}, "products"),
+        ({"port": 70000}, "port"),
+        ({"max_l2_streams": 0}, "max_l2_streams"),
+        ({"heartbeat_interval": -1}, "heartbeat_interval"),
+        ({"api_key": "k"}, "api_key, api_secret and passphrase"),
+        (
+            {"api_key": "k", "api_secret": "%%%not base64", "passphrase": "p"},
+            "api_secret",
+        ),
+        ({"replay_speed": -2}, "replay_speed"),
+    ],
+)
+def test_bad_settings_are_refused_by_name(kwargs: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(name)) as info:
+        LocalExchange(**kwargs)
+    assert "%%%not base64" not in str(info.value)
+
+
+def test_stop_is_idempotent_and_closes_clients() -> None:
+    ex = LocalExchange(["BTC-USD"], depth=10).start()
+    with open_ws(ex) as ws:
+        ws.send(
+            json.dumps(
+                {
+                    "type": "subscribe",
+                    "product_ids": ["BTC-USD"],
+                    "channels": ["level2_batch"],
+                }
+            )
+        )
+        recv(ws)
+        ex.stop()
+        ex.stop()
+        with pytest.raises(ConnectionClosed) as info:
+            while True:
+                ws.recv(timeout=5)
+        assert (
+            info.value.rcvd is not None and info.value.rcvd.code == 1001
+        )  # going away
+
+
+def _cli(*args: str, **kw) -> subprocess.Popen:
+    here = Path(__file__).resolve().parent.parent
+    return subprocess.Popen(
+        [sys.executable, "-m", "local_exchange", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(here)},
+        **kw,
+    )
+
+
+def test_cli_help_and_bad_options() -> None:
+    proc = _cli("--help")
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "--products" in out and "--replay" in out
+    proc = _cli("--rate", "-3")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert "--rate='-3' is not allowed: expected a number in (0, 10000]" in err
+    proc = _cli("--products", "btc usd")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "--products" in err
+    proc = _cli("--speed", "2")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "--speed only applies with --replay" in err
+
+
+def test_cli_serves_and_stops_on_ctrl_c() -> None:
+    proc = _cli("--port", "0", "--products", "BTC-USD", "--depth", "20", "--rate", "10")
+    try:
+        url = None
+        for _ in range(5):
+            line = proc.stdout.readline()
+            if "Exchange feed:" in line:
+                url = line.split()[-1]
+                break
+        assert url and url.startswith("ws://127.0.0.1:")
+        with connect(url, max_size=None) as ws:
+            ws.send(
+                json.dumps(
+                    {
+                        "type": "subscribe",
+                        "product_ids": ["BTC-USD"],
+                        "channels": ["level2_batch"],
+                    }
+                )
+            )
+            assert recv(ws)["type"] == "subscriptions"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=15)
+        assert proc.returncode == 0 and "stopped" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

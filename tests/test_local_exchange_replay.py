@@ -1,0 +1,133 @@
+"""The local exchange serving a recording (--replay)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from local_exchange.server import LocalExchange
+from recording.format import Recording, RecordingWriter
+from tests.local_exchange_client import (
+    open_ws,
+    recv,
+)
+
+pytestmark = pytest.mark.slow
+
+
+# --------------------------------------------------------------------------- replay
+def _recording(tmp_path: Path) -> Path:
+    path = tmp_path / "rec.jsonl.gz"
+    base = 1_700_000_000_000_000_000
+    frames = [(base, "BTC-USD", json.dumps({"type": "subscriptions", "channels": []}))]
+    for i in range(6):
+        pid = "BTC-USD" if i % 2 == 0 else "ETH-USD"
+        frame = {
+            "type": "l2update",
+            "product_id": pid,
+            "changes": [["buy", f"{100 + i}.00", "1"]],
+            "time": "x",
+        }
+        frames.append(
+            (base + (i + 1) * 100_000_000, pid, json.dumps(frame))
+        )  # 100 ms apart
+    writer = RecordingWriter(
+        path,
+        {
+            "protocol": "exchange",
+            "url": "wss://ws-feed",
+            "products": ["BTC-USD", "ETH-USD"],
+            "started": "2026-01-01T00:00:00Z",
+        },
+    )
+    for t_ns, pid, frame in frames:
+        writer.frame(pid, frame, t_ns)
+    writer.close()
+    return path
+
+
+def test_replay_sends_recorded_frames_in_order_paced_by_speed(tmp_path: Path) -> None:
+    path = _recording(tmp_path)
+    assert Recording.open(path).protocol == "exchange"
+    recorded = [r["frame"] for _, r in Recording.open(path).records()]
+    with LocalExchange(recording=path, replay_speed=2.0) as ex, open_ws(ex) as ws:
+        ws.send(
+            json.dumps(
+                {
+                    "type": "subscribe",
+                    "product_ids": ["BTC-USD"],
+                    "channels": ["level2_batch"],
+                }
+            )
+        )
+        got, arrived = [], []
+        for _ in range(4):
+            got.append(ws.recv(timeout=5))
+            arrived.append(time.monotonic())
+        with pytest.raises(ConnectionClosed) as info:  # the recording's end: closed
+            ws.recv(timeout=5)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1000
+    expected = [f for f in recorded if '"ETH-USD"' not in f]
+    # The recorded subscriptions reply says it is replayed; nothing else is touched.
+    assert got[0] == expected[0][:-1] + ',"local_exchange":"replay"}'
+    assert got[1:] == expected[1:]
+    # Recorded at +0, +100, +300, +500 ms; at speed 2 they are 50, 100, 100 ms apart.
+    gaps = [b - a for a, b in itertools.pairwise(arrived)]
+    assert gaps[0] >= 0.03 and gaps[1] >= 0.08 and gaps[2] >= 0.08
+
+
+def test_replay_as_fast_as_possible_and_refusals(tmp_path: Path) -> None:
+    path = _recording(tmp_path)
+    with LocalExchange(recording=path) as ex:
+        with open_ws(ex) as ws:
+            ws.send(
+                json.dumps(
+                    {
+                        "type": "subscribe",
+                        "channels": [
+                            {
+                                "name": "level2_batch",
+                                "product_ids": ["ETH-USD", "BTC-USD", "SOL-USD"],
+                            }
+                        ],
+                    }
+                )
+            )
+            got = [json.loads(ws.recv(timeout=5)) for _ in range(8)]
+        assert got[0] == {
+            "type": "error",
+            "message": "Failed to subscribe",
+            "reason": "SOL-USD is not a valid product",
+        }
+        # Both products merged in recorded order.
+        assert [m.get("changes", [[None, None]])[0][1] for m in got[1:]] == [None] + [
+            f"{100 + i}.00" for i in range(6)
+        ]
+        with open_ws(ex, "advanced-trade") as ws:
+            ws.send(
+                json.dumps(
+                    {
+                        "type": "subscribe",
+                        "product_ids": ["BTC-USD"],
+                        "channel": "level2",
+                    }
+                )
+            )
+            assert "exchange feed" in recv(ws)["message"]
+        with pytest.raises(RuntimeError, match="replays a recording"):
+            ex.true_book("BTC-USD")
+
+
+def test_bad_recording_header_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl.gz"
+    import gzip
+
+    with gzip.open(path, "wt") as fh:
+        fh.write('{"format":"something-else"}\n')
+    with pytest.raises(ValueError, match="header"):
+        LocalExchange(recording=path)

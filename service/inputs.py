@@ -16,6 +16,7 @@ from service.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
+
 def build_source(settings: Settings) -> tuple[FixedPartitionedSource, list[str]]:
     """The input for these settings and the products it serves; refuses what cannot run."""
     if settings.replay is not None:

@@ -6,6 +6,7 @@ from decimal import Decimal
 
 import pytest
 
+from coinbase.feeds import DEFAULT_PRODUCTS
 from local_exchange.market import ASK, BID, Market
 
 PRODUCTS = ["BTC-USD", "ETH-USD", "XYZ-USD"]
@@ -69,7 +70,13 @@ def test_changes_rebuild_true_book_and_book_is_never_crossed() -> None:
 
 def test_stream_has_realistic_string_forms() -> None:
     market = Market(["BTC-USD"], depth=300, seed=1)
-    changes = [c for _ in range(2000) for c in market.next_batch("BTC-USD")]
+    changes, distances = [], []
+    for _ in range(2000):
+        bid, _, ask, _ = market.top("BTC-USD")
+        mid = (bid + ask) / 2
+        batch = market.next_batch("BTC-USD")
+        changes += batch
+        distances += [abs(Decimal(p) - mid) / mid for _, p, _ in batch]
     sizes = {s for _, _, s in changes}
     assert {"0", "0.00", "0.00000000"} <= sizes
     prices = [p for _, p, _ in changes]
@@ -78,10 +85,9 @@ def test_stream_has_realistic_string_forms() -> None:
     )  # "65083.66000000"
     assert any(len(p.split(".")[1]) == 2 for p in prices if "." in p)  # "65083.66"
     assert {BID, ASK} == {s for s, _, _ in changes}
-    # Most activity near the top: the median change is within 0.5% of the mid.
-    bid, _, ask, _ = market.top("BTC-USD")
-    mid = (bid + ask) / 2
-    distances = sorted(abs(Decimal(p) - mid) / mid for p in prices)
+    # Most activity near the top: the median change is within 0.5% of the mid of the
+    # moment (the mid itself wanders further over 2,000 batches).
+    distances.sort()
     assert distances[len(distances) // 2] < Decimal("0.005")
 
 
@@ -157,3 +163,29 @@ def test_unknown_product_lookup_is_a_clear_error() -> None:
     market = Market(["BTC-USD"], depth=10)
     with pytest.raises(ValueError, match="unknown product 'ETH-USD'"):
         market.top("ETH-USD")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_spreads_are_tight_mostly_and_wide_now_and_then_on_every_product(
+    seed: int,
+) -> None:
+    """Thin moments open the spread past the service's default 0.1% filter on every
+    default product within seconds, while the book is tight (< 0.01%) most of the time."""
+    market = Market(DEFAULT_PRODUCTS, depth=1000, rate=20, seed=seed)
+    seconds, wide_at, tight = (
+        30,
+        {p: [] for p in DEFAULT_PRODUCTS},
+        dict.fromkeys(DEFAULT_PRODUCTS, 0),
+    )
+    for batch in range(seconds * 20):
+        for pid in DEFAULT_PRODUCTS:
+            market.next_batch(pid)
+            bid, _, ask, _ = market.top(pid)
+            pct = (ask - bid) / ask * 100
+            if pct > Decimal("0.1"):
+                wide_at[pid].append(batch / 20)
+            tight[pid] += pct < Decimal("0.01")
+    for pid in DEFAULT_PRODUCTS:
+        assert len(wide_at[pid]) >= 3, pid
+        assert wide_at[pid][0] < 10, pid
+        assert tight[pid] / (seconds * 20) > 0.8, pid

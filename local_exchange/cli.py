@@ -1,7 +1,11 @@
 """``python -m local_exchange``: run the local Coinbase exchange until Ctrl-C or SIGTERM.
 
-SIGINT and SIGTERM are blocked before the server thread starts and then taken with
-``signal.sigwait``: no handler ever runs in the middle of start-up or shutdown code, and a
+Both signals are taken explicitly, whatever the process inherited: a non-interactive shell
+starts a background job (``cmd &``) with SIGINT ignored, the ignored disposition survives
+``exec``, and CPython installs its ``KeyboardInterrupt`` handler only over the default
+one, so the old CLI, started by a test suite that ran in the background, ignored Ctrl-C
+for good. They are blocked before the server thread starts and taken with
+``signal.sigwait``: no handler runs in the middle of start-up or shutdown code, and a
 signal that arrives early stays pending until the exchange is up, then stops it.
 """
 
@@ -113,13 +117,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    # Blocked before any thread starts (threads inherit the mask), so the signals stay
-    # pending for sigwait below: nothing is ever interrupted half-way.
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    # An inherited SIG_IGN (a shell starts background jobs with SIGINT ignored) would
+    # make Ctrl-C do nothing: take both signals explicitly. Blocked before any thread
+    # starts (threads inherit the mask), they stay pending for sigwait in _serve.
+    handlers = {sig: signal.signal(sig, signal.SIG_DFL) for sig in STOP_SIGNALS}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         return _serve(exchange, config)
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _serve(exchange: LocalExchange, config: ExchangeConfig) -> int:

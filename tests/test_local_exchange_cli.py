@@ -98,8 +98,32 @@ def test_cli_help_and_bad_options() -> None:
     assert proc.returncode == 2 and "--speed only applies with --replay" in err
 
 
-def test_cli_serves_and_stops_on_ctrl_c() -> None:
-    proc = _cli("--port", "0", "--products", "BTC-USD", "--depth", "20", "--rate", "10")
+def _ignore_sigint() -> None:
+    # What a non-interactive shell does to a background job (`pytest ... &`): the child
+    # starts with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize(
+    ("sig", "inherit_ignored_sigint"),
+    [
+        (signal.SIGINT, False),
+        (signal.SIGINT, True),  # the Ctrl-C hang of loaded background suite runs
+        (signal.SIGTERM, False),
+    ],
+)
+def test_cli_serves_and_stops_on_signal(sig: int, inherit_ignored_sigint: bool) -> None:
+    proc = _cli(
+        "--port",
+        "0",
+        "--products",
+        "BTC-USD",
+        "--depth",
+        "20",
+        "--rate",
+        "10",
+        preexec_fn=_ignore_sigint if inherit_ignored_sigint else None,
+    )
     try:
         url = None
         for _ in range(5):
@@ -108,7 +132,7 @@ def test_cli_serves_and_stops_on_ctrl_c() -> None:
                 url = line.split()[-1]
                 break
         assert url and url.startswith("ws://127.0.0.1:")
-        with connect(url, max_size=None) as ws:
+        with connect(url, max_size=None, max_queue=None) as ws:
             ws.send(
                 json.dumps(
                     {
@@ -118,11 +142,22 @@ def test_cli_serves_and_stops_on_ctrl_c() -> None:
                     }
                 )
             )
-            assert recv(ws)["type"] == "subscriptions"
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=15)
+            ack = recv(ws)
+            assert ack["type"] == "subscriptions" and ack["local_exchange"] == "sim"
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0 and "stopped" in out
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_cli_refuses_rate_above_10000_per_product() -> None:
+    proc = _cli("--rate", "10001")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert "--rate='10001' is not allowed: expected a number in (0, 10000]" in err
+    with pytest.raises(ValueError, match=re.escape("rate=10001 is not allowed")):
+        LocalExchange(["BTC-USD"], rate=10_001)
+    LocalExchange(["BTC-USD"], depth=5, rate=10_000)  # the bound itself is allowed

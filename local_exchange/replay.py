@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("local_exchange.replay")
 
+_JSON_KINDS = {list: "array", str: "string", type(None): "null", bool: "boolean"}
+_JSON_KINDS |= {int: "number", float: "number"}
+
 Frame = tuple[int, int, str]
 """``(receive time ns, record index, frame text)``: sorts in recorded order."""
 
@@ -89,7 +92,9 @@ class ReplayServer:
 
     def _load(self, index: int, record: Any) -> None:
         if not isinstance(record, dict):
-            self._skip(index, f"a JSON {type(record).__name__}, not an object")
+            self._skip(
+                index, f"JSON {_JSON_KINDS.get(type(record), 'value')}, not an object"
+            )
             return
         if record.get("event") is not None:
             return  # a (re)connection marker: the recorded frames after it say it all

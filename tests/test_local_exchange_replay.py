@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -20,7 +22,6 @@ from tests.local_exchange_client import (
 pytestmark = pytest.mark.slow
 
 
-# --------------------------------------------------------------------------- replay
 def _recording(tmp_path: Path) -> Path:
     path = tmp_path / "rec.jsonl.gz"
     base = 1_700_000_000_000_000_000
@@ -51,7 +52,9 @@ def _recording(tmp_path: Path) -> Path:
     return path
 
 
-def test_replay_sends_recorded_frames_in_order_paced_by_speed(tmp_path: Path) -> None:
+def test_replay_sends_recorded_frames_in_order_paced_then_closes_normally(
+    tmp_path: Path,
+) -> None:
     path = _recording(tmp_path)
     assert Recording.open(path).protocol == "exchange"
     recorded = [r["frame"] for _, r in Recording.open(path).records()]
@@ -131,3 +134,71 @@ def test_bad_recording_header_is_refused(tmp_path: Path) -> None:
         fh.write('{"format":"something-else"}\n')
     with pytest.raises(ValueError, match="header"):
         LocalExchange(recording=path)
+
+
+def _raw_recording(path: Path, protocol: str, lines: list[str]) -> Path:
+    header = {
+        "format": "coinbase-l2-recording",
+        "version": 1,
+        "protocol": protocol,
+        "products": ["BTC-USD"],
+    }
+    with gzip.open(path, "wt") as fh:
+        fh.write(json.dumps(header) + "\n")
+        for line in lines:
+            fh.write(line + "\n")
+    return path
+
+
+def test_replay_skips_counts_and_logs_records_that_are_not_objects(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    update = json.dumps(
+        {"type": "l2update", "product_id": "BTC-USD", "changes": [], "time": "x"}
+    )
+    good = json.dumps({"t_ns": 1, "product_id": "BTC-USD", "frame": update})
+    bad_time = json.dumps({"t_ns": "soon", "product_id": "BTC-USD", "frame": update})
+    path = _raw_recording(
+        tmp_path / "odd.jsonl.gz",
+        "exchange",
+        ["[1,2,3]", good, '"x"', "null", bad_time, good],
+    )
+    with caplog.at_level(logging.WARNING, logger="local_exchange.replay"):
+        ex = LocalExchange(recording=path)
+    with ex, open_ws(ex) as ws:
+        ws.send(
+            json.dumps(
+                {
+                    "type": "subscribe",
+                    "product_ids": ["BTC-USD"],
+                    "channels": ["level2_batch"],
+                }
+            )
+        )
+        assert [ws.recv(timeout=5) for _ in range(2)] == [update, update]
+        with pytest.raises(ConnectionClosed) as info:
+            ws.recv(timeout=5)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1000
+    assert ex.stats["replay_records_skipped"] == 4
+    skipped = [r for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 1  # rate-limited: one line a second at most
+    assert "record 0 skipped: JSON array, not an object" in skipped[0].getMessage()
+
+
+def test_advanced_trade_replay_marks_its_subscriptions_reply(tmp_path: Path) -> None:
+    ack = (
+        '{"channel":"subscriptions","client_id":"","timestamp":"t","sequence_num":0,'
+        '"events":[{"subscriptions":{"level2":["BTC-USD"]}}]}'
+    )
+    record = json.dumps({"t_ns": 1, "product_id": "BTC-USD", "frame": ack})
+    path = _raw_recording(tmp_path / "at.jsonl.gz", "advanced-trade", [record])
+    with LocalExchange(recording=path) as ex, open_ws(ex, "advanced-trade") as ws:
+        ws.send(
+            json.dumps(
+                {"type": "subscribe", "product_ids": ["BTC-USD"], "channel": "level2"}
+            )
+        )
+        reply = json.loads(ws.recv(timeout=5))
+    assert reply["local_exchange"] == "replay"
+    assert reply["events"] == [{"subscriptions": {"level2": ["BTC-USD"]}}]
+    assert reply["sequence_num"] == 0  # the recorded frame, otherwise untouched

@@ -14,6 +14,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from local_exchange import embedded
 from local_exchange.server import LocalExchange
 from tests.local_exchange_client import (
     open_ws,
@@ -161,3 +162,28 @@ def test_cli_refuses_rate_above_10000_per_product() -> None:
     with pytest.raises(ValueError, match=re.escape("rate=10001 is not allowed")):
         LocalExchange(["BTC-USD"], rate=10_001)
     LocalExchange(["BTC-USD"], depth=5, rate=10_000)  # the bound itself is allowed
+
+
+def test_embedded_exchange_starts_once_per_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(embedded, "_exchange", None)
+    url = embedded.exchange_url(["BTC-USD"], 5, 10)
+    try:
+        # Whatever a later caller asks for, the process keeps its one exchange.
+        assert embedded.exchange_url(["ETH-USD"], 50, 1) == url
+        with connect(url, max_size=None, max_queue=None) as ws:
+            ws.send(
+                json.dumps(
+                    {
+                        "type": "subscribe",
+                        "product_ids": ["BTC-USD"],
+                        "channels": ["level2_batch"],
+                    }
+                )
+            )
+            ack = recv(ws)
+            assert ack["local_exchange"] == "sim"
+            assert recv(ws)["product_id"] == "BTC-USD"
+    finally:
+        embedded._exchange.stop()

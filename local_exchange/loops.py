@@ -16,8 +16,46 @@ from collections.abc import Callable
 
 from local_exchange import advanced_trade_protocol, exchange_protocol
 from local_exchange.connections import Connection, Registry
-from local_exchange.market import Market, RawChange
+from local_exchange.market import (
+    BID,
+    Market,
+    RawChange,
+    RawLevel,
+    format_size,
+    format_ticks,
+)
 from local_exchange.protocol import iso_us
+
+
+class SharedMarket:
+    """The market and the lock that lets tests read its true book from other threads."""
+
+    def __init__(self, market: Market) -> None:
+        self.market = market
+        self.lock = threading.Lock()
+
+    def next_batches(
+        self, products: tuple[str, ...]
+    ) -> list[tuple[str, list[RawChange]]]:
+        with self.lock:
+            return [(pid, self.market.next_batch(pid)) for pid in products]
+
+    def copy_book(self, pid: str) -> tuple[list[RawLevel], list[RawLevel], int]:
+        """Best-first raw levels and the price decimals, to format off the lock."""
+        with self.lock:
+            bids, asks = self.market.raw_levels(pid)
+            return bids, asks, self.market.price_decimals(pid)
+
+    def restate(self, pid: str) -> list[RawChange]:
+        """The best bid as a change (what a ``bad_timestamp`` fault frame carries)."""
+        with self.lock:
+            price, size = self.market.raw_top_bid(pid)
+            decimals = self.market.price_decimals(pid)
+        return [(BID, format_ticks(price, decimals), format_size(size))]
+
+    def heartbeat_sequence(self, pid: str) -> int:
+        with self.lock:
+            return self.market.changes_generated(pid) + 1_000_000
 
 
 async def every(interval: float, tick: Callable[[], None], *, catch_up: float) -> None:
@@ -73,10 +111,7 @@ class MarketLoop:
     def tick(self) -> None:
         if self.paused:
             return
-        with self._lock:
-            batches = [
-                (pid, self._market.next_batch(pid)) for pid in self._registry.products
-            ]
+        batches = self._market.next_batches(self._registry.products)
         now = time.time_ns()
         for pid, changes in batches:
             subs = self._registry.l2[pid]
@@ -91,13 +126,11 @@ class Heartbeats:
         self,
         registry: Registry,
         interval: float,
-        market: Market | None,
-        lock: threading.Lock,
+        market: SharedMarket | None,
     ) -> None:
         self._registry = registry
         self._interval = interval
         self._market = market
-        self._lock = lock
         self._counter = 0
         self._started = time.monotonic()
 
@@ -122,8 +155,7 @@ class Heartbeats:
         for pid, subs in self._registry.heartbeat.items():
             if not subs:
                 continue
-            with self._lock:
-                seq = self._market.changes_generated(pid) + 1_000_000
+            seq = self._market.heartbeat_sequence(pid)
             frame = exchange_protocol.heartbeat_frame(pid, seq, t)
             for conn in subs:
                 conn.put("heartbeat", frame)

@@ -38,8 +38,8 @@ from local_exchange.config import ExchangeConfig
 from local_exchange.connections import Connection, Registry, Stats, send_loop
 from local_exchange.exchange_protocol import ExchangeProtocol
 from local_exchange.faults import Faults, check_kinds
-from local_exchange.loops import Heartbeats, MarketLoop
-from local_exchange.market import BID, Market, RawChange, format_size, format_ticks
+from local_exchange.loops import Heartbeats, MarketLoop, SharedMarket
+from local_exchange.market import Market
 from local_exchange.protocol import Protocol, protocol_name_for_path
 from local_exchange.replay import ReplayServer
 from service import validation
@@ -70,8 +70,7 @@ class LocalExchange:
             raise TypeError("pass either config= or keyword options, not both")
         self.config = config
         self._stats = Stats()
-        self._lock = threading.Lock()  # guards the market (true book)
-        self._market: Market | None = None
+        self._market: SharedMarket | None = None
         self._replay: ReplayServer | None = None
         if config.recording is not None:
             self._replay = ReplayServer(
@@ -79,17 +78,19 @@ class LocalExchange:
             )
             self._products = self._replay.products
         else:
-            self._market = Market(
-                list(config.products),
-                depth=config.depth,
-                rate=config.rate,
-                changes_per_batch=config.changes_per_batch,
-                seed=config.seed,
-                depth_override=config.snapshot_depth_override,
+            self._market = SharedMarket(
+                Market(
+                    list(config.products),
+                    depth=config.depth,
+                    rate=config.rate,
+                    changes_per_batch=config.changes_per_batch,
+                    seed=config.seed,
+                    depth_override=config.snapshot_depth_override,
+                )
             )
             self._products = config.products
         self._registry = Registry(
-            self._products, self._copy_book if self._market else None
+            self._products, self._market.copy_book if self._market else None
         )
         self._protocols: dict[str, Protocol] = {
             EXCHANGE: ExchangeProtocol(
@@ -101,12 +102,12 @@ class LocalExchange:
         }
         self._faults = Faults(self._registry, self._stats)
         self._market_loop = (
-            MarketLoop(self._market, self._lock, self._registry, config.rate)
+            MarketLoop(self._market, self._registry, config.rate)
             if self._market
             else None
         )
         self._heartbeats = Heartbeats(
-            self._registry, config.heartbeat_interval, self._market, self._lock
+            self._registry, config.heartbeat_interval, self._market
         )
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -293,39 +294,24 @@ class LocalExchange:
         handler.handle(conn, msg, subscribe=subscribe)
 
     # ------------------------------------------------------------------ ground truth
-    def _need_market(self) -> Market:
+    def _need_market(self) -> SharedMarket:
         if self._market is None:
             raise RuntimeError(
                 "no simulated market: this LocalExchange replays a recording"
             )
         return self._market
 
-    def _copy_book(self, pid: str) -> tuple[list, list, int]:
-        market = self._need_market()
-        with self._lock:
-            bids, asks = market.raw_levels(pid)
-            return bids, asks, market.price_decimals(pid)
-
-    def _restate(self, pid: str) -> list[RawChange]:
-        """The best bid as a change (what a ``bad_timestamp`` frame carries)."""
-        if self._market is None:
-            return []
-        with self._lock:
-            price, size = self._market.raw_top_bid(pid)
-            decimals = self._market.price_decimals(pid)
-        return [(BID, format_ticks(price, decimals), format_size(size))]
-
     def true_top(self, product_id: str) -> tuple[Decimal, Decimal, Decimal, Decimal]:
-        market = self._need_market()
-        with self._lock:
-            return market.top(product_id)
+        shared = self._need_market()
+        with shared.lock:
+            return shared.market.top(product_id)
 
     def true_book(
         self, product_id: str
     ) -> tuple[dict[Decimal, Decimal], dict[Decimal, Decimal]]:
-        market = self._need_market()
-        with self._lock:
-            return market.book(product_id)
+        shared = self._need_market()
+        with shared.lock:
+            return shared.market.book(product_id)
 
     @property
     def stats(self) -> dict:
@@ -358,7 +344,8 @@ class LocalExchange:
         ``kinds`` is None) on every subscribed connection; see :mod:`local_exchange.faults`."""
         count = validation.integer("count", count, 1, 100_000)
         chosen = check_kinds(kinds)
-        self._on_loop(lambda: self._faults.malformed(count, chosen, self._restate))
+        restate = self._market.restate if self._market else lambda _: []
+        self._on_loop(lambda: self._faults.malformed(count, chosen, restate))
 
     def skip_sequence(self) -> None:
         """The next Advanced Trade frame on each open connection skips one sequence_num."""

@@ -94,13 +94,8 @@ def dispatch(
 class MarketLoop:
     """Advances the true book and streams every change to its subscribers."""
 
-    def __init__(
-        self, market: Market, lock: threading.Lock, registry: Registry, rate: float
-    ) -> None:
+    def __init__(self, market: SharedMarket, registry: Registry, rate: float) -> None:
         self._market = market
-        self._lock = (
-            lock  # guards the market: tests read the true book from other threads
-        )
         self._registry = registry
         self._interval = 1.0 / rate
         self.paused = False

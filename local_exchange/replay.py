@@ -4,10 +4,14 @@ The products are the recording's. A subscribe for product P on the recording's p
 path gets P's recorded frames in recorded order (several products: merged by receive
 time), paced by ``speed`` (1 = original pace, N = N times faster, None = as fast as
 possible). A recorded subscriptions reply gets the ``"local_exchange": "replay"`` field
-appended (nothing else is touched), so the client can tell replayed data from live. When
-the last frame is sent the server closes the connection normally (1000): a recording has
-an end, and a client that saw silence instead would take it for a dead connection,
-reconnect, and play the whole recording again.
+appended (nothing else is touched), so the client can tell replayed data from live.
+
+A recording has an end: after the last frame the server closes the connection normally
+(1000). Staying open and silent instead made the client's watchdog take the silence for
+a dead connection after 5 s, reconnect, and read the whole recording again. For the same
+reason a product is played once per exchange: a subscribe for a product already played
+to its end (a client reconnecting after the close) is closed normally at once, with
+nothing sent. Start a new exchange to serve the recording again.
 
 The recording reader (:mod:`recording.format`) yields whatever JSON a line holds; a record
 that is not an object with a text ``frame``, a ``product_id`` and an integer ``t_ns`` is
@@ -24,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from coinbase.feeds import ADVANCED_TRADE
 from local_exchange.connections import CLOSE, Connection, Stats
-from local_exchange.protocol import MARKER_FIELD, dumps
+from local_exchange.protocol import ADVANCED_TRADE_PATH, MARKER_FIELD, dumps
 from recording.format import Recording, RecordingError
 from service.logs import RateLimitedLog
 
@@ -82,6 +87,7 @@ class ReplayServer:
         self._stats = stats
         self._bad_log = RateLimitedLog(log)
         self._frames: dict[str, list[Frame]] = {}
+        self._played: set[str] = set()  # products whose recording was played to its end
         for index, record in self.recording.records():
             self._load(index, record)
         self.products = tuple(dict.fromkeys([*self.recording.products, *self._frames]))
@@ -131,25 +137,30 @@ class ReplayServer:
                 "error",
                 protocol.error(
                     f"this server replays a recording of the {self.protocol} feed "
-                    f"at path {'/advanced-trade' if self.protocol != 'exchange' else '/'}"
+                    f"at path {ADVANCED_TRADE_PATH if self.protocol == ADVANCED_TRADE else '/'}"
                 ),
             )
             return
-        wanted = []
+        wanted, ended = [], []
         served = conn.subs.setdefault("replay", [])
         for pid in _requested_products(msg):
             if pid not in self.products:
                 conn.put("error", protocol.error(f"{pid} is not a valid product"))
+            elif pid in self._played:
+                ended.append(pid)
             elif pid not in served:
                 served.append(pid)
                 wanted.append(pid)
         if wanted:
             conn.replays_running += 1
             conn.tasks.append(asyncio.create_task(self._serve(conn, wanted)))
+        elif ended and conn.replays_running == 0:
+            conn.put("close", CLOSE)  # played already: the recording's end, at once
 
     async def _serve(self, conn: Connection, pids: list[str]) -> None:
         try:
             await self._play(conn, pids)
+            self._played.update(pids)
         finally:
             conn.replays_running -= 1
             if conn.replays_running == 0:

@@ -202,3 +202,26 @@ def test_advanced_trade_replay_marks_its_subscriptions_reply(tmp_path: Path) -> 
     assert reply["local_exchange"] == "replay"
     assert reply["events"] == [{"subscriptions": {"level2": ["BTC-USD"]}}]
     assert reply["sequence_num"] == 0  # the recorded frame, otherwise untouched
+
+
+def test_a_client_reconnecting_after_the_end_does_not_read_the_recording_twice(
+    tmp_path: Path,
+) -> None:
+    path = _recording(tmp_path)
+    sub = json.dumps(
+        {"type": "subscribe", "product_ids": ["BTC-USD"], "channels": ["level2_batch"]}
+    )
+    with LocalExchange(recording=path) as ex:
+        with open_ws(ex) as ws:
+            ws.send(sub)
+            assert len([ws.recv(timeout=5) for _ in range(4)]) == 4
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=5)
+        with open_ws(ex) as ws:  # the reconnect: nothing again, a normal close at once
+            ws.send(sub)
+            with pytest.raises(ConnectionClosed) as info:
+                ws.recv(timeout=5)
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1000
+        with open_ws(ex) as ws:  # a product not played yet is still served
+            ws.send(sub.replace("BTC-USD", "ETH-USD"))
+            assert "ETH-USD" in ws.recv(timeout=5)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,7 +138,3 @@ class ExchangeConfig:
         """``"replay"`` when serving a recording, else ``"sim"``: what the subscriptions
         reply's ``local_exchange`` field says."""
         return "replay" if self.recording is not None else "sim"
-
-    @classmethod
-    def fields(cls) -> Sequence[str]:
-        return tuple(cls.__dataclass_fields__)

@@ -172,11 +172,9 @@ def test_spreads_are_tight_mostly_and_wide_now_and_then_on_every_product(
     """Thin moments open the spread past the service's default 0.1% filter on every
     default product within seconds, while the book is tight (< 0.01%) most of the time."""
     market = Market(DEFAULT_PRODUCTS, depth=1000, rate=20, seed=seed)
-    seconds, wide_at, tight = (
-        30,
-        {p: [] for p in DEFAULT_PRODUCTS},
-        dict.fromkeys(DEFAULT_PRODUCTS, 0),
-    )
+    seconds = 20
+    wide_at: dict[str, list[float]] = {p: [] for p in DEFAULT_PRODUCTS}
+    tight = dict.fromkeys(DEFAULT_PRODUCTS, 0)
     for batch in range(seconds * 20):
         for pid in DEFAULT_PRODUCTS:
             market.next_batch(pid)

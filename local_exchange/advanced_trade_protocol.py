@@ -81,7 +81,9 @@ class AdvancedTradeProtocol(Protocol):
     update_label = "l2_data"
     sequenced = True
 
-    def __init__(self, registry: Registry, origin: str, max_l2_streams: int) -> None:
+    def __init__(
+        self, registry: Registry, origin: str | None, max_l2_streams: int
+    ) -> None:
         super().__init__(registry, origin)
         self._max_l2_streams = max_l2_streams
 
@@ -159,7 +161,7 @@ class AdvancedTradeProtocol(Protocol):
             subs["level2"] = list(conn.subs["level2"])
         if conn.at_heartbeats:
             subs["heartbeats"] = ["heartbeats"]
-        marker = "," + dumps(MARKER_FIELD) + ":" + dumps(self.origin)
+        marker = f",{dumps(MARKER_FIELD)}:{dumps(self.origin)}" if self.origin else ""
         return AtFrame("subscriptions", dumps([{"subscriptions": subs}]), marker)
 
     # -- encoders ---------------------------------------------------------------------

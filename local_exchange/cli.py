@@ -100,6 +100,7 @@ def _config(
             max_l2_streams=args.max_l2_streams,
             recording=args.replay,
             replay_speed=args.speed,
+            announce=True,
         )
     except ValueError as exc:
         parser.error(str(exc))

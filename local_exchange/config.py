@@ -77,6 +77,12 @@ class ExchangeConfig:
     Replay: ``recording`` (a file made by ``python -m recording``; the products become the
     recording's) and ``replay_speed`` (1 = original pace, N = N times faster, None or 0 =
     as fast as possible).
+
+    ``announce``: add ``"local_exchange": "sim"`` (or ``"replay"``) to every subscriptions
+    reply, a field Coinbase never sends, so that a client labels the data as not market
+    data (and ends at a served replay's normal close instead of reconnecting). Off in the
+    Python API, where tests use the exchange as a byte-for-byte stand-in for Coinbase;
+    on in ``python -m local_exchange`` and ``ORDERBOOK_FEED=sim``.
     """
 
     products: tuple[str, ...] = DEFAULT_PRODUCTS
@@ -96,6 +102,7 @@ class ExchangeConfig:
     passphrase: str | None = field(default=None, repr=False)
     recording: str | os.PathLike | None = None
     replay_speed: float | None = None
+    announce: bool = False
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -126,6 +133,7 @@ class ExchangeConfig:
         if self.recording is not None:
             put("recording", Path(self.recording))
         put("compression", bool(self.compression))
+        put("announce", bool(self.announce))
         _credentials(self.api_key, self.api_secret, self.passphrase)
 
     @property
@@ -135,6 +143,10 @@ class ExchangeConfig:
 
     @property
     def mode(self) -> str:
-        """``"replay"`` when serving a recording, else ``"sim"``: what the subscriptions
-        reply's ``local_exchange`` field says."""
+        """``"replay"`` when serving a recording, else ``"sim"``."""
         return "replay" if self.recording is not None else "sim"
+
+    @property
+    def marker(self) -> str | None:
+        """What the subscriptions replies' ``local_exchange`` field says (None: absent)."""
+        return self.mode if self.announce else None

@@ -30,7 +30,9 @@ def exchange_url(products: Sequence[str], depth: int, rate: float) -> str:
     global _exchange
     with _lock:
         if _exchange is None:
-            _exchange = LocalExchange(products, depth=depth, rate=rate).start()
+            _exchange = LocalExchange(
+                products, depth=depth, rate=rate, announce=True
+            ).start()
             log.warning(
                 "ORDERBOOK_FEED=sim: simulated market data from the local exchange at %s "
                 "(summaries say feed=sim)",

@@ -104,7 +104,7 @@ class ExchangeProtocol(Protocol):
     def __init__(
         self,
         registry: Registry,
-        origin: str,
+        origin: str | None,
         credentials: Credentials | None,
         stats: Stats,
     ) -> None:
@@ -185,9 +185,10 @@ class ExchangeProtocol(Protocol):
             for name, pids in conn.subs.items()
             if pids
         ]
-        return dumps(
-            {"type": "subscriptions", "channels": channels, MARKER_FIELD: self.origin}
-        )
+        reply: dict[str, Any] = {"type": "subscriptions", "channels": channels}
+        if self.origin:
+            reply[MARKER_FIELD] = self.origin
+        return dumps(reply)
 
     # -- encoders ---------------------------------------------------------------------
     def snapshot(

@@ -5,9 +5,10 @@ The server never asks which protocol a connection speaks: it calls the connectio
 updates, errors and fault frames. :mod:`local_exchange.exchange_protocol` and
 :mod:`local_exchange.advanced_trade_protocol` implement it.
 
-Every subscriptions reply carries ``"local_exchange": "sim"`` (simulated market) or
-``"local_exchange": "replay"`` (a served recording), a field Coinbase never sends, so a
-client can label what it reads as not market data.
+With ``announce=True`` (the CLI, ``ORDERBOOK_FEED=sim``) every subscriptions reply carries
+``"local_exchange": "sim"`` (simulated market) or ``"local_exchange": "replay"`` (a served
+recording), a field Coinbase never sends, so a client can label what it reads as not
+market data; without it the replies are Coinbase's, byte for byte.
 """
 
 from __future__ import annotations
@@ -70,9 +71,11 @@ class Protocol(ABC):
     sequenced = False
     """True when frames carry a per-connection sequence number (``skip_sequence``)."""
 
-    def __init__(self, registry: Registry, origin: str) -> None:
+    def __init__(self, registry: Registry, origin: str | None) -> None:
         self.registry = registry
-        self.origin = origin  # "sim" or "replay": the subscriptions reply's marker
+        self.origin = (
+            origin  # "sim", "replay" or None: the subscriptions reply's marker
+        )
 
     # -- requests ---------------------------------------------------------------------
     @abstractmethod

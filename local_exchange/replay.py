@@ -3,8 +3,9 @@
 The products are the recording's. A subscribe for product P on the recording's protocol
 path gets P's recorded frames in recorded order (several products: merged by receive
 time), paced by ``speed`` (1 = original pace, N = N times faster, None = as fast as
-possible). A recorded subscriptions reply gets the ``"local_exchange": "replay"`` field
-appended (nothing else is touched), so the client can tell replayed data from live.
+possible). With ``announce``, a recorded subscriptions reply gets the
+``"local_exchange": "replay"`` field appended (nothing else is touched), so the client can
+tell replayed data from live and ends at the close below.
 
 A recording has an end: after the last frame the server closes the connection normally
 (1000). Staying open and silent instead made the client's watchdog take the silence for
@@ -77,13 +78,18 @@ class ReplayServer:
     """Loads a recording's frames per product and serves them to subscribers."""
 
     def __init__(
-        self, path: str | os.PathLike, speed: float | None, stats: Stats
+        self,
+        path: str | os.PathLike,
+        speed: float | None,
+        stats: Stats,
+        announce: bool = False,
     ) -> None:
         try:
             self.recording = Recording.open(path)
         except RecordingError as exc:
             raise ValueError(str(exc)) from None
         self._speed = speed
+        self._announce = announce
         self._stats = stats
         self._bad_log = RateLimitedLog(log)
         self._frames: dict[str, list[Frame]] = {}
@@ -119,7 +125,9 @@ class ReplayServer:
         ):
             self._skip(index, "no text frame, product_id and integer t_ns")
             return
-        self._frames.setdefault(pid, []).append((t_ns, index, _marked(frame)))
+        if self._announce:
+            frame = _marked(frame)
+        self._frames.setdefault(pid, []).append((t_ns, index, frame))
 
     def _skip(self, index: int, why: str) -> None:
         self._stats.bump("replay_records_skipped")

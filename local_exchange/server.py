@@ -74,7 +74,7 @@ class LocalExchange:
         self._replay: ReplayServer | None = None
         if config.recording is not None:
             self._replay = ReplayServer(
-                config.recording, config.replay_speed, self._stats
+                config.recording, config.replay_speed, self._stats, config.announce
             )
             self._products = self._replay.products
         else:
@@ -94,10 +94,10 @@ class LocalExchange:
         )
         self._protocols: dict[str, Protocol] = {
             EXCHANGE: ExchangeProtocol(
-                self._registry, config.mode, config.credentials, self._stats
+                self._registry, config.marker, config.credentials, self._stats
             ),
             ADVANCED_TRADE: AdvancedTradeProtocol(
-                self._registry, config.mode, config.max_l2_streams
+                self._registry, config.marker, config.max_l2_streams
             ),
         }
         self._faults = Faults(self._registry, self._stats)

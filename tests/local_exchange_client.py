@@ -40,6 +40,7 @@ def exchange() -> Iterator[LocalExchange]:
         api_key=KEY,
         api_secret=SECRET,
         passphrase=PASSPHRASE,
+        announce=True,
     ) as ex:
         yield ex
 

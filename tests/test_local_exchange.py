@@ -510,3 +510,23 @@ def test_default_client_size_limit_rejects_big_snapshot() -> None:
         )
         with pytest.raises(ConnectionClosed):
             ws.recv(timeout=20)
+
+
+def test_without_announce_the_replies_are_coinbase_byte_for_byte() -> None:
+    """The Python API's default: no ``local_exchange`` field (tests of the live path use
+    the exchange as a stand-in for Coinbase); the CLI and ORDERBOOK_FEED=sim announce."""
+    with LocalExchange(["BTC-USD"], depth=10) as ex:
+        with open_ws(ex) as ws:
+            ws.send(
+                json.dumps(
+                    {
+                        "type": "subscribe",
+                        "product_ids": ["BTC-USD"],
+                        "channels": ["level2_batch"],
+                    }
+                )
+            )
+            assert "local_exchange" not in recv(ws)
+        with open_ws(ex, "advanced-trade") as ws:
+            ws.send(json.dumps({"type": "subscribe", "channel": "heartbeats"}))
+            assert "local_exchange" not in recv(ws)

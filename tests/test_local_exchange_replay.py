@@ -58,7 +58,10 @@ def test_replay_sends_recorded_frames_in_order_paced_then_closes_normally(
     path = _recording(tmp_path)
     assert Recording.open(path).protocol == "exchange"
     recorded = [r["frame"] for _, r in Recording.open(path).records()]
-    with LocalExchange(recording=path, replay_speed=2.0) as ex, open_ws(ex) as ws:
+    with (
+        LocalExchange(recording=path, replay_speed=2.0, announce=True) as ex,
+        open_ws(ex) as ws,
+    ):
         ws.send(
             json.dumps(
                 {
@@ -192,7 +195,10 @@ def test_advanced_trade_replay_marks_its_subscriptions_reply(tmp_path: Path) -> 
     )
     record = json.dumps({"t_ns": 1, "product_id": "BTC-USD", "frame": ack})
     path = _raw_recording(tmp_path / "at.jsonl.gz", "advanced-trade", [record])
-    with LocalExchange(recording=path) as ex, open_ws(ex, "advanced-trade") as ws:
+    with (
+        LocalExchange(recording=path, announce=True) as ex,
+        open_ws(ex, "advanced-trade") as ws,
+    ):
         ws.send(
             json.dumps(
                 {"type": "subscribe", "product_ids": ["BTC-USD"], "channel": "level2"}

@@ -144,15 +144,19 @@ class AdvancedTradeProtocol(Protocol):
             if len(current) + len(new) > self._max_l2_streams:
                 conn.put("error", error(TOO_MANY_L2_STREAMS))
                 return
+            current.extend(new)
+            if self.origin and valid:
+                # Coinbase acks after the snapshot; the local exchange says who it is
+                # first, so that a client labels even the snapshot sim or replay.
+                conn.put("subscriptions", self.subscriptions(conn))
             for pid in new:
-                current.append(pid)
                 self.registry.subscribe_l2(conn, "level2", pid)
         else:
             for pid in valid:
                 if pid in current:
                     current.remove(pid)
                     self.registry.unsubscribe_l2(conn, "level2", pid)
-        if valid:
+        if valid and not (subscribe and self.origin):
             conn.put("subscriptions", self.subscriptions(conn))
 
     def subscriptions(self, conn: Connection) -> AtFrame:

@@ -80,9 +80,9 @@ class ExchangeConfig:
 
     ``announce``: add ``"local_exchange": "sim"`` (or ``"replay"``) to every subscriptions
     reply, a field Coinbase never sends, so that a client labels the data as not market
-    data (and ends at a served replay's normal close instead of reconnecting). Off in the
-    Python API, where tests use the exchange as a byte-for-byte stand-in for Coinbase;
-    on in ``python -m local_exchange`` and ``ORDERBOOK_FEED=sim``.
+    data (and ends at a served replay's normal close instead of reconnecting). On by
+    default, wherever the exchange is started: simulated data must never be mistaken for
+    market data. ``announce=False`` makes the replies Coinbase's byte for byte.
     """
 
     products: tuple[str, ...] = DEFAULT_PRODUCTS
@@ -102,7 +102,7 @@ class ExchangeConfig:
     passphrase: str | None = field(default=None, repr=False)
     recording: str | os.PathLike | None = None
     replay_speed: float | None = None
-    announce: bool = False
+    announce: bool = True
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:

@@ -107,7 +107,9 @@ def test_last_summary_equals_true_top_and_sigterm_exits_cleanly(tmp_path, protoc
         records = settle(lambda: read_jsonl(out))
         _true_top_matches(exchange, last_by_product(records))
         _never_crossed(records)
-        assert {r["feed"] for r in records} == {feed}
+        # The local exchange says who it is: its data is labelled sim whatever URL and
+        # feed led there, never mistaken for market data.
+        assert {r["feed"] for r in records} == {"sim"}
         assert flow.stop(signal.SIGTERM) == 0
     assert "Traceback" not in flow.stderr
 

@@ -358,7 +358,10 @@ def test_advanced_trade_shapes_sequence_and_true_book(exchange: LocalExchange) -
         range(len(frames))
     )  # marker is frame n
     assert all(AT_TIMESTAMP.match(f["timestamp"]) for f in frames)
-    first = frames[0]
+    # The announcing exchange acks before the snapshot, so that a client labels the
+    # snapshot too (Coinbase acks after it: see the byte-for-byte test).
+    assert frames[0]["channel"] == "subscriptions"
+    first = frames[1]
     assert first["channel"] == "l2_data" and first["events"][0]["type"] == "snapshot"
     assert set(first["events"][0]["updates"][0]) == {
         "side",
@@ -438,6 +441,7 @@ def test_too_many_l2_streams_and_bad_at_requests() -> None:
             err["type"] == "error"
             and "NOPE-USD is not a valid product" in err["message"]
         )
+        assert recv(ws)["channel"] == "subscriptions"  # announced: acked first
         assert recv(ws)["events"][0]["type"] == "snapshot"
         ws.send(
             json.dumps(
@@ -474,6 +478,7 @@ def test_real_sized_snapshot_46000_levels_over_4_mb() -> None:
                     }
                 )
             )
+            assert recv(ws)["channel"] == "subscriptions"  # announced: acked first
             text = ws.recv(timeout=20)
             assert len(text) > 4_000_000
             snap = json.loads(text)["events"][0]
@@ -508,14 +513,14 @@ def test_default_client_size_limit_rejects_big_snapshot() -> None:
                 }
             )
         )
+        assert json.loads(ws.recv(timeout=20))["channel"] == "subscriptions"
         with pytest.raises(ConnectionClosed):
             ws.recv(timeout=20)
 
 
 def test_without_announce_the_replies_are_coinbase_byte_for_byte() -> None:
-    """The Python API's default: no ``local_exchange`` field (tests of the live path use
-    the exchange as a stand-in for Coinbase); the CLI and ORDERBOOK_FEED=sim announce."""
-    with LocalExchange(["BTC-USD"], depth=10) as ex:
+    """``announce=False``: no ``local_exchange`` field, the replies are Coinbase's."""
+    with LocalExchange(["BTC-USD"], depth=10, announce=False) as ex:
         with open_ws(ex) as ws:
             ws.send(
                 json.dumps(
@@ -530,3 +535,16 @@ def test_without_announce_the_replies_are_coinbase_byte_for_byte() -> None:
         with open_ws(ex, "advanced-trade") as ws:
             ws.send(json.dumps({"type": "subscribe", "channel": "heartbeats"}))
             assert "local_exchange" not in recv(ws)
+            ws.send(
+                json.dumps(
+                    {
+                        "type": "subscribe",
+                        "product_ids": ["BTC-USD"],
+                        "channel": "level2",
+                    }
+                )
+            )
+            # As Coinbase does: the snapshot first, then the ack that lists level2.
+            snapshot, ack = recv(ws), recv(ws)
+            assert snapshot["channel"] == "l2_data"
+            assert ack["channel"] == "subscriptions" and "local_exchange" not in ack

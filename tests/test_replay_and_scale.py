@@ -124,7 +124,7 @@ def test_replay_served_over_websocket_matches_file_replay(recording, tmp_path):
 
     for product in PRODUCTS:
         assert comparable(served[product]) == comparable(single[product]), product
-        assert {s["feed"] for s in served[product]} == {"exchange"}
+        assert {s["feed"] for s in served[product]} == {"replay"}
 
 
 @pytest.mark.slow

@@ -59,7 +59,14 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 class FlowProcess:
-    """``python -m bytewax.run dataflow:flow`` (or any module args) in its own process."""
+    """``python -m bytewax.run dataflow:flow`` (or any module args) in its own process.
+
+    The command runs in a process group of its own, and signals go to the whole group,
+    as a terminal's Ctrl-C does: ``python -m bytewax.testing -p 2`` starts its worker
+    processes as children, and a test that signalled the parent alone left them
+    running (found as dozens of orphaned ``bytewax.run -i N`` processes after loaded
+    runs, each waiting forever for a peer on Bytewax's fixed ports 2101/2102).
+    """
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
@@ -69,6 +76,7 @@ class FlowProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,
         )
         self.stdout = ""
         self.stderr = ""
@@ -89,17 +97,25 @@ class FlowProcess:
         self.stop(signal.SIGKILL)
         raise AssertionError(f"timed out waiting for {what}:\n{self.stderr[-3000:]}")
 
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:  # the whole group has exited
+            pass
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            self._signal_group(sig)
         return self.finish(timeout)
 
     def finish(self, timeout: float = 60) -> int:
         try:
             out, err = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            self._signal_group(signal.SIGKILL)
             out, err = self.proc.communicate()
+        finally:
+            self._signal_group(signal.SIGKILL)  # children the command left behind
         self.stdout += out or ""
         self.stderr += err or ""
         return self.proc.returncode

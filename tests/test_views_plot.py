@@ -67,9 +67,9 @@ def _check_outputs(out: Path, products: list[str]) -> None:
         assert "uPlot" in page
 
 
-@pytest.mark.parametrize("name", ["run.jsonl", "run.jsonl.gz"])
-def test_plot_writes_a_png_and_an_html_per_product(tmp_path, name):
-    run = tmp_path / name
+@pytest.mark.slow  # matplotlib's import and two PNGs: about 2 s
+def test_plot_writes_a_png_and_an_html_per_product(tmp_path):
+    run = tmp_path / "run.jsonl.gz"
     _write_run(run)
     written = plot.render(run, tmp_path / "out", threshold_pct=0.5)
     assert sorted(p.name for p in written) == [
@@ -79,6 +79,15 @@ def test_plot_writes_a_png_and_an_html_per_product(tmp_path, name):
         "ETH-USD.png",
     ]
     _check_outputs(tmp_path / "out", ["BTC-USD", "ETH-USD"])
+
+
+def test_html_page_is_self_contained_with_the_panels(tmp_path):
+    run = tmp_path / "run.jsonl"
+    _write_run(run)
+    page = plot.html_page(plot.load(run)["ETH-USD"], threshold_pct=0.1)
+    assert all(panel in page for panel in plot.PANELS)
+    assert not re.search(r"<script[^>]+src=", page)
+    assert '"threshold_bps":10.0' in page
 
 
 def test_figure_has_the_three_panels_and_the_threshold_line(tmp_path):
@@ -111,8 +120,11 @@ def test_plot_reads_a_parquet_directory(tmp_path):
     for i, chunk in enumerate([records[:half], records[half:]]):
         pq.write_table(pa.Table.from_pylist(chunk), parts / f"part-{i}.parquet")
     assert len(list(read_records(tmp_path / "parquet"))) == len(records)
-    plot.render(tmp_path / "parquet", tmp_path / "out")
-    _check_outputs(tmp_path / "out", ["BTC-USD", "ETH-USD"])
+    from_parquet = plot.load(tmp_path / "parquet")
+    from_jsonl = plot.load(tmp_path / "run.jsonl")
+    assert list(from_parquet) == ["BTC-USD", "ETH-USD"]
+    for product, series in from_jsonl.items():
+        assert from_parquet[product] == series
 
 
 @pytest.mark.slow
@@ -147,6 +159,7 @@ def test_plot_command_from_a_recorded_run(tmp_path):
     _check_outputs(out, products)
 
 
+@pytest.mark.slow
 def test_plot_command_refuses_a_missing_file(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "views.plot", str(tmp_path / "nope.jsonl")]

@@ -277,11 +277,7 @@ def shared_server(
             board = MarketBoard(products, threshold_pct=threshold_pct)
             server = DashboardServer(host, port, board).start()
             _servers[(host, port)] = server
-            log.warning(
-                "dashboard: %s (this process's products: %s)",
-                server.url,
-                ", ".join(products) or "all",
-            )
+            log.warning("dashboard: %s (the products of this process)", server.url)
         server.board.add_products(products)
         return server
 

@@ -307,7 +307,9 @@ class LiveView:
             justify = "left" if name in ("product", "feed state") else "right"
             table.add_column(name, justify=justify, no_wrap=True)
         for r in rows:
-            state = Text(r["state"], style=STATE_STYLE.get(r["state"], ""))
+            state = Text(
+                r["state"], style="" if r["wide"] else STATE_STYLE.get(r["state"], "")
+            )
             if r["bid_price"] is None:
                 table.add_row(
                     r["product_id"], *["-"] * 11, state, _age(r["age"]), style="dim"
@@ -319,8 +321,8 @@ class LiveView:
             table.add_row(
                 r["product_id"],
                 _size(r["bid_size"]),
-                Text(_raw(r, "bid_price"), style="green"),
-                Text(_raw(r, "ask_price"), style="red"),
+                Text(_raw(r, "bid_price"), style="" if r["wide"] else "green"),
+                Text(_raw(r, "ask_price"), style="" if r["wide"] else "red"),
                 _size(r["ask_size"]),
                 f"{r['spread_bps']:.4f}",
                 f"{r['spread_pct']:.6f}",

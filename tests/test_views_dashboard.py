@@ -249,3 +249,40 @@ def test_only_the_page_and_its_files_are_served(tmp_path):
             refused.value.close()
     finally:
         server.stop()
+
+
+def test_a_replay_stays_on_the_dashboard_until_stopped(tmp_path):
+    """ORDERBOOK_REPLAY with the dashboard: the whole replay's history, then held."""
+    log = tmp_path / "flow.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bytewax.run", "dataflow:flow"],
+        cwd=REPO,
+        env=flow_env(
+            ORDERBOOK_REPLAY=str(REPO / "samples" / "sample.jsonl.gz"),
+            ORDERBOOK_DASHBOARD="127.0.0.1:0",
+            ORDERBOOK_OUTPUT=f"jsonl:{tmp_path / 'out.jsonl'}",
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("w"),
+    )
+    try:
+
+        def held():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            text = log.read_text()
+            match = re.search(r"dashboard: (http://\S+/)", text)
+            return match and "the replay ended" in text and match.group(1)
+
+        url = _wait(held, 60, "the end of the replay")
+        with connect(url.replace("http", "ws") + "ws", max_size=None) as ws:
+            assert json.loads(ws.recv())["type"] == "hello"
+            rows = json.loads(ws.recv())["products"]
+        assert sorted(r["product_id"] for r in rows) == PRODUCTS
+        for row in rows:
+            assert row["state"] == "run ended"
+            assert row["feed"] == "replay"
+            assert len(row["history"]) > 100  # minutes of the sample, by its own clock
+            assert row["bids"] and row["asks"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0

@@ -13,7 +13,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
-from book_step import SpreadFilter, update_book
+from book_step import SpreadFilter
 from service.inputs import build_source, log_resumes
 from service.outputs import SummarySink
 from service.placement import RouteByProduct
@@ -25,6 +25,7 @@ from service.runtime import (
     tune_garbage_collector,
 )
 from service.settings import ConfigError, Settings
+from views import wiring as views_wiring
 
 
 def get_flow(
@@ -39,17 +40,19 @@ def get_flow(
     if source is None:
         source, products = build_source(settings)
     products = list(products or settings.products or [])
-    if sink is None:
+    if sink is None and settings.output != "live":
         sink = SummarySink(settings.output, settings.output_path)
 
     flow = Dataflow("orderbook")
     events = op.input("coinbase", flow, log_resumes(source))
     keyed = op.map("route", events, RouteByProduct(products))
-    books = op.stateful_map("order_book", keyed, update_book)
+    # views (ORDERBOOK_OUTPUT=live, ORDERBOOK_DASHBOARD): see views/wiring.py
+    books = views_wiring.book_step(keyed, settings, products)
     wide = op.filter_map(
         "spread_filter", books, SpreadFilter(settings.spread_threshold_pct)
     )
-    op.output("output", wide, sink)
+    if sink is not None:  # None for the live view, which views_wiring feeds
+        op.output("output", wide, sink)
     return flow
 
 

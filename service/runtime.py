@@ -59,9 +59,23 @@ def record_stream() -> TextIO:
     return _records if _records is not None else sys.stdout
 
 
+_closers: list = []
+
+
+def register_closer(close) -> None:
+    """``close()`` runs before a signal ends the process (e.g. a full-screen view
+    restoring the terminal); it must not block, and what it raises is ignored."""
+    _closers.append(close)
+
+
 def _exit_cleanly(signum: int, _frame: object) -> None:
     name = signal.Signals(signum).name
     try:
+        for close in _closers:
+            try:
+                close()
+            except Exception:
+                pass
         try:
             record_stream().flush()
         except (OSError, ValueError):

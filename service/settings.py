@@ -22,7 +22,7 @@ FEED_CHOICES = (*FEEDS, "sim")
 SIM_RATE_MAX = 10_000.0
 """Update batches a second per product that the local exchange can serve (measured: it
 keeps up with about 10,000 at 20 products on one core)."""
-OUTPUT_FORMATS = ("text", "jsonl", "jsonl:PATH")
+OUTPUT_FORMATS = ("text", "jsonl", "jsonl:PATH", "live")
 METRICS_ADDRESSES = ("127.0.0.1", "0.0.0.0")
 """Where Bytewax's dataflow API (``/metrics``, ``/dataflow``) may be reached from."""
 METRICS_API_ENABLED = "BYTEWAX_DATAFLOW_API_ENABLED"
@@ -37,7 +37,7 @@ SETTINGS_HELP = {
         "a percentage of the ask, at least 0 and under 100 (0.1 means 0.1%; "
         "a spread is always under 100% of the ask)"
     ),
-    "ORDERBOOK_OUTPUT": "text, jsonl, or jsonl:PATH",
+    "ORDERBOOK_OUTPUT": "text, jsonl, or jsonl:PATH; or live (full-screen terminal view)",
     "ORDERBOOK_REPLAY": "path of a recording made by python -m recording",
     "ORDERBOOK_WATCHDOG_SECONDS": "seconds of silence before a connection counts as dead (> 0)",
     "ORDERBOOK_SIM_DEPTH": "levels per side of the local exchange's books (1 to 50000)",
@@ -46,6 +46,7 @@ SETTINGS_HELP = {
         "127.0.0.1 or 0.0.0.0: who may reach Bytewax's metrics endpoint "
         f"(when {METRICS_API_ENABLED} is set)"
     ),
+    "ORDERBOOK_DASHBOARD": "HOST:PORT or PORT (loopback) of the web dashboard; unset: off",
 }
 
 IGNORED_BY_REPLAY = (
@@ -79,6 +80,8 @@ class Settings:
     metrics_port: int = 3030
     warnings: tuple[str, ...] = ()
     """What the settings ignore or suspect (misspelled names); logged once at start."""
+    dashboard: tuple[str, int] | None = None
+    """(host, port) of the web dashboard (views.dashboard); None: no dashboard."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -126,6 +129,9 @@ class Settings:
             metrics_address=metrics_address,
             metrics_port=metrics_port,
             warnings=settings_warnings(env),
+            dashboard=validation.host_port(
+                "ORDERBOOK_DASHBOARD", env.get("ORDERBOOK_DASHBOARD")
+            ),
         )
 
 
@@ -209,7 +215,7 @@ def parse_output(raw: str) -> tuple[str, Path | None]:
     name = "ORDERBOOK_OUTPUT"
     expected = SETTINGS_HELP[name]
     value = raw.strip()
-    if value in ("text", "jsonl"):
+    if value in ("text", "jsonl", "live"):
         return value, None
     if value.startswith("jsonl:") and value[len("jsonl:") :].strip():
         path = Path(value[len("jsonl:") :].strip())

@@ -170,3 +170,34 @@ def argparse_type(name: str, check: Callable[[str, str], T]) -> Callable[[str], 
 
     parse.__name__ = name.lstrip("-")
     return parse
+
+
+def host_port(
+    name: str, value: str | None, default_host: str = "127.0.0.1"
+) -> tuple[str, int] | None:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or a bare ``PORT`` (on ``default_host``, loopback);
+    None or empty text: off. Port 0 means any free port."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    expected = "HOST:PORT or PORT, e.g. 127.0.0.1:8050 (port 0..65535)"
+    if not isinstance(value, str):
+        raise refuse(name, value, expected)
+    text = value.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = default_host, text
+    elif host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif not host:
+        host = default_host
+    if not host or any(c.isspace() or c in "/[]" for c in host):
+        raise refuse(name, value, expected, "not a host name or address")
+    if ":" in host and not sep:
+        raise refuse(name, value, expected)
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise refuse(name, value, expected, "not a port number") from None
+    if not 0 <= port <= 65535:
+        raise refuse(name, value, expected)
+    return host, port

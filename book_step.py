@@ -18,11 +18,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from events import BookChanges, BookEvent, BookReset, BookSnapshot
-from orderbook import BookCondition, OrderBook, OrderBookSummary
+from orderbook import BookCondition, OrderBook, OrderBookDepth, OrderBookSummary
 from service.logs import RateLimitedLog, plain
 from service.resync import request_resync
 
@@ -52,6 +52,8 @@ class BookState:
     invalid_since_ns: int | None = None
     """Feed time (ns) since which the book has been crossed or locked, else None."""
     resync_requested: bool = False
+    next_depth_at: datetime | None = None
+    """Feed time from which the next depth record is due (``BookStep``)."""
 
     def __getstate__(self) -> dict:
         return {"product_id": self.product_id, "feed": self.feed}
@@ -66,6 +68,7 @@ class BookState:
         self.next_status_at = 0.0
         self.invalid_since_ns = None
         self.resync_requested = False
+        self.next_depth_at = None
 
     def __deepcopy__(self, memo: dict) -> BookState:
         return BookState(self.product_id, self.feed)
@@ -215,6 +218,58 @@ def event_time(event: BookSnapshot | BookChanges) -> datetime | None:
     return None
 
 
+Record = OrderBookSummary | OrderBookDepth
+
+
+class BookStep:
+    """:func:`update_book` plus ``depth`` records: the book step when depth is on.
+
+    Returns ``(state, (received_ns, records))``, ``records`` a tuple of zero, one or
+    two records (the summary first), for :meth:`SpreadFilter.records`. A depth record
+    of the top ``levels`` levels is due at every snapshot, then at most once per
+    ``interval`` seconds of FEED time (the events' own time, so that a replay gives
+    the records of the live run): on the first change applied after it elapsed.
+    ``interval`` 0 emits one at every change of the book. Events with no time at all
+    get depth records at snapshots only. ``metrics`` (a :class:`service.metrics.BookMetrics`)
+    counts the events, when given.
+    """
+
+    __slots__ = ("interval", "levels", "metrics")
+
+    def __init__(self, levels: int = 0, interval: float = 1.0, metrics=None) -> None:
+        self.levels = levels
+        self.interval = timedelta(seconds=interval)
+        self.metrics = metrics
+
+    def __call__(
+        self, state: BookState | None, event: BookEvent
+    ) -> tuple[BookState, tuple[int, tuple[Record, ...]]]:
+        state, summary = update_book(state, event)
+        records: tuple[Record, ...] = () if summary is None else (summary,)
+        if (
+            self.levels
+            and state.book is not None
+            and state.condition == BookCondition.OK
+        ):
+            depth = self._depth_if_due(state, event)
+            if depth is not None:
+                records += (depth,)
+        if self.metrics is not None:
+            self.metrics.observe(state, event)
+        return state, (event.received_ns, records)
+
+    def _depth_if_due(self, state: BookState, event: BookEvent) -> Record | None:
+        time = event_time(event)
+        if isinstance(event, BookSnapshot):
+            pass
+        elif time is None or (
+            state.next_depth_at is not None and time < state.next_depth_at
+        ):
+            return None
+        state.next_depth_at = None if time is None else time + self.interval
+        return OrderBookDepth.from_book(state.book, self.levels, time, event.feed)
+
+
 class SpreadFilter:
     """Keeps summaries whose spread exceeds ``threshold_pct`` percent of the ask.
 
@@ -232,3 +287,16 @@ class SpreadFilter:
         if summary is not None and summary.spread_pct > self.threshold_pct:
             return summary
         return None
+
+    def records(
+        self, keyed: tuple[str, tuple[int, tuple[Record, ...]]]
+    ) -> list[tuple[int, Record]]:
+        """For :class:`BookStep`'s output: ``(received_ns, record)`` of each record
+        kept; depth records are never filtered."""
+        received_ns, records = keyed[1]
+        threshold = self.threshold_pct
+        return [
+            (received_ns, r)
+            for r in records
+            if type(r) is not OrderBookSummary or r.spread_pct > threshold
+        ]

@@ -13,9 +13,10 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
-from book_step import SpreadFilter, update_book
+from book_step import BookStep, SpreadFilter, update_book
+from service import metrics
 from service.inputs import build_source, log_resumes
-from service.outputs import SummarySink
+from service.outputs import FanOutSink, OutputSpec
 from service.placement import RouteByProduct
 from service.runtime import (
     announce_settings,
@@ -40,17 +41,30 @@ def get_flow(
         source, products = build_source(settings)
     products = list(products or settings.products or [])
     if sink is None:
-        sink = SummarySink(settings.output, settings.output_path)
+        sink = FanOutSink.from_specs(_output_specs(settings))
 
     flow = Dataflow("orderbook")
     events = op.input("coinbase", flow, log_resumes(source))
     keyed = op.map("route", events, RouteByProduct(products))
-    books = op.stateful_map("order_book", keyed, update_book)
-    wide = op.filter_map(
-        "spread_filter", books, SpreadFilter(settings.spread_threshold_pct)
-    )
-    op.output("output", wide, sink)
+    spread = SpreadFilter(settings.spread_threshold_pct)
+    book_metrics = metrics.BookMetrics() if metrics.enabled() else None
+    if settings.depth_levels or book_metrics is not None:
+        # (received_ns, record) pairs: summaries and depth records, timed for metrics
+        step = BookStep(settings.depth_levels, settings.depth_interval, book_metrics)
+        books = op.stateful_map("order_book", keyed, step)
+        records = op.flat_map("spread_filter", books, spread.records)
+    else:  # the plain fast path: a summary or None per event
+        books = op.stateful_map("order_book", keyed, update_book)
+        records = op.filter_map("spread_filter", books, spread)
+    op.output("output", records, sink)
     return flow
+
+
+def _output_specs(settings: Settings) -> tuple[OutputSpec, ...]:
+    if settings.outputs:
+        return settings.outputs
+    path = None if settings.output_path is None else str(settings.output_path)
+    return (OutputSpec(settings.output, path),)
 
 
 def _flow_from_environment() -> Dataflow:

@@ -37,7 +37,7 @@ SETTINGS_HELP = {
         "a percentage of the ask, at least 0 and under 100 (0.1 means 0.1%; "
         "a spread is always under 100% of the ask)"
     ),
-    "ORDERBOOK_OUTPUT": "text, jsonl, or jsonl:PATH",
+    "ORDERBOOK_OUTPUT": "a comma-separated list of text[:PATH], jsonl[:PATH], parquet:DIR, kafka:HOST:PORT/TOPIC",
     "ORDERBOOK_REPLAY": "path of a recording made by python -m recording",
     "ORDERBOOK_WATCHDOG_SECONDS": "seconds of silence before a connection counts as dead (> 0)",
     "ORDERBOOK_SIM_DEPTH": "levels per side of the local exchange's books (1 to 50000)",
@@ -56,6 +56,14 @@ IGNORED_BY_REPLAY = (
     "ORDERBOOK_SIM_RATE",
 )
 """Settings of a live input, which a replay does not use."""
+# -- depth records and outputs (service/outputs) ----------------------------------------
+DEPTH_LEVELS_MAX = 1000
+SETTINGS_HELP.update(
+    {
+        "ORDERBOOK_DEPTH_LEVELS": f"levels per side of depth records, 0 (off) to {DEPTH_LEVELS_MAX}",
+        "ORDERBOOK_DEPTH_INTERVAL": "seconds of feed time between depth records of a product (>= 0; 0: every book change)",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,11 @@ class Settings:
     metrics_port: int = 3030
     warnings: tuple[str, ...] = ()
     """What the settings ignore or suspect (misspelled names); logged once at start."""
+    # depth records and outputs
+    outputs: tuple = ()
+    """``OutputSpec`` of every ``ORDERBOOK_OUTPUT`` entry; empty: ``output``/``output_path``."""
+    depth_levels: int = 0
+    depth_interval: float = 1.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -95,7 +108,9 @@ class Settings:
                 + ": the settings are "
                 + ", ".join(SETTINGS_HELP)
             )
-        output, output_path = parse_output(env.get("ORDERBOOK_OUTPUT", "text"))
+        outputs = parse_outputs(env.get("ORDERBOOK_OUTPUT", "text"))
+        output, output_path = _first_stream(outputs)
+        depth = parse_depth(env)
         metrics_enabled, metrics_address, metrics_port = parse_metrics(env)
         return cls(
             products=parse_products(env["ORDERBOOK_PRODUCTS"])
@@ -126,6 +141,8 @@ class Settings:
             metrics_address=metrics_address,
             metrics_port=metrics_port,
             warnings=settings_warnings(env),
+            outputs=outputs,
+            **depth,
         )
 
 
@@ -219,6 +236,39 @@ def parse_output(raw: str) -> tuple[str, Path | None]:
             )
         return "jsonl", path
     raise refuse(name, raw, expected)
+
+
+def parse_outputs(raw: str) -> tuple:
+    """Every entry parsed and tried (files opened, brokers asked); see service.outputs."""
+    from service.outputs import parse_outputs as parse
+
+    return parse(raw, "ORDERBOOK_OUTPUT")
+
+
+def _first_stream(outputs: tuple) -> tuple[str, Path | None]:
+    """``output``/``output_path`` as before the list: the first text or jsonl entry."""
+    for spec in outputs:
+        if spec.kind in ("text", "jsonl"):
+            return spec.kind, None if spec.arg is None else Path(spec.arg)
+    return "text", None
+
+
+def parse_depth(env: Mapping[str, str]) -> dict:
+    return {
+        "depth_levels": validation.integer(
+            "ORDERBOOK_DEPTH_LEVELS",
+            env.get("ORDERBOOK_DEPTH_LEVELS", "0"),
+            0,
+            DEPTH_LEVELS_MAX,
+        ),
+        "depth_interval": validation.number(
+            "ORDERBOOK_DEPTH_INTERVAL",
+            env.get("ORDERBOOK_DEPTH_INTERVAL", "1"),
+            low=0.0,
+            low_open=False,
+            high=86_400.0,
+        ),
+    }
 
 
 def parse_replay(raw: str | None) -> Path | None:

@@ -65,12 +65,16 @@ class _KafkaPartition(StatelessSinkPartition):
     def write_batch(self, items: list) -> None:
         from bytewax.connectors.kafka import KafkaSinkMessage
 
-        self._inner.write_batch(
-            [
-                KafkaSinkMessage(r.product_id.encode(), r.to_json().encode())
-                for r in items
-            ]
-        )
+        from service.outputs.fanout import OutputFailed
+
+        messages = [
+            KafkaSinkMessage(r.product_id.encode(), r.to_json().encode())
+            for r in items
+        ]
+        try:
+            self._inner.write_batch(messages)
+        except Exception as exc:  # produce() refused it: too large, queue full...
+            raise OutputFailed(f"Kafka refused a record: {exc}") from exc
         self._check()
 
     def _check(self) -> None:

@@ -149,9 +149,10 @@ class BookMetrics:
 
 
 def _reason(reason: str) -> str:
-    """A reset reason as a label of few values: its first words, no ids or numbers."""
+    """A reset reason as a label of few values: up to three words before any ':',
+    none with a digit (no ids, codes or counts)."""
     words = []
-    for word in str(reason).lower().replace(":", " ").split():
+    for word in str(reason).lower().split(":", 1)[0].split():
         if any(c.isdigit() for c in word) or len(words) == 3:
             break
         words.append(word.strip(".,;()"))
@@ -188,10 +189,10 @@ def sink_observer() -> Callable[[list[tuple[int, Any]]], None]:
 
 
 _PARTITION_COUNTERS = {
-    "reconnects": RECONNECTS,
-    "sequence_gaps": SEQUENCE_GAPS,
-    "malformed_frames": MALFORMED,
-    "backlog_drops": BACKLOG_DROPS,
+    ("reconnects",): RECONNECTS,
+    ("sequence_gaps",): SEQUENCE_GAPS,
+    ("malformed_frames", "malformed"): MALFORMED,
+    ("backlog_drops", "overflows"): BACKLOG_DROPS,
 }
 _partition_seen: dict[tuple[str, str, str], float] = {}
 _partition_lock = threading.Lock()
@@ -201,21 +202,26 @@ def observe_partition_stats(product_id: str, feed: str, stats: Any) -> None:
     """Publish a source partition's connection counters.
 
     ``stats`` holds CUMULATIVE counts since the partition started, as attributes or
-    mapping keys: ``reconnects``, ``sequence_gaps``, ``malformed_frames``,
-    ``backlog_drops`` (a missing one is skipped). Call it whenever convenient (each
+    mapping keys: ``reconnects``, ``sequence_gaps``, ``malformed_frames`` (or
+    ``malformed``), ``backlog_drops`` (or ``overflows``), as in today's
+    ``CoinbasePartition.stats`` dict; a missing one is skipped. Call it whenever convenient (each
     ``next_batch``, or each time a count changes): only the increase since the last
     call is added to the counters, so calling it often costs little and never counts
     twice. A count that goes down (a new partition object after a restart) starts over
     from it. Thread-safe.
     """
-    for name, counter in _PARTITION_COUNTERS.items():
-        if isinstance(stats, Mapping):
-            value = stats.get(name)
-        else:
-            value = getattr(stats, name, None)
+    for names, counter in _PARTITION_COUNTERS.items():
+        value = None
+        for name in names:
+            if isinstance(stats, Mapping):
+                value = stats.get(name)
+            else:
+                value = getattr(stats, name, None)
+            if value is not None:
+                break
         if value is None:
             continue
-        key = (product_id, feed, name)
+        key = (product_id, feed, names[0])
         with _partition_lock:
             seen = _partition_seen.get(key, 0)
             _partition_seen[key] = value

@@ -149,3 +149,19 @@ def test_metrics_count_what_happened_on_the_feed(tmp_path):
     assert resets["start"] == len(PRODUCTS) and resets["sequence_gap"] >= 1, resets
     # the summaries written are the records of the output
     assert total(samples, "orderbook_summaries_total", **feed) <= len(read_jsonl(out))
+
+
+def test_the_dashboard_plots_only_metrics_that_exist():
+    import json
+    from pathlib import Path
+
+    from prometheus_client import REGISTRY
+
+    deploy = Path(__file__).resolve().parent.parent / "deploy"
+    text = (deploy / "grafana-dashboard.json").read_text()
+    json.loads(text)
+    suffixes = ("", "_total", "_bucket", "_count", "_sum")
+    known = {m.name + s for m in REGISTRY.collect() for s in suffixes}
+    used = set(re.findall(r"orderbook_\w+", text))
+    assert len(used) >= 12 and used <= known, used - known
+    assert "orderbook:3030" in (deploy / "prometheus.yml").read_text()

@@ -161,10 +161,12 @@ class ParquetPartition(StatelessSinkPartition):
         self._roll_seconds = roll_seconds
         self._flush_rows = flush_rows
         self._flush_seconds = flush_seconds
-        self._buffers: dict[tuple[str, str, str], _Buffer] = {}
+        self._buffers: dict[tuple, _Buffer] = {}
+        """By (type, product id, UTC date)."""
         # Re-entrant: the signal handler's closer may run on this very thread.
         self._lock = threading.RLock()
         self._closed = False
+        self._next_sweep = 0.0
         register_closer(self.close)
 
     def write_batch(self, items: list) -> None:
@@ -175,9 +177,10 @@ class ParquetPartition(StatelessSinkPartition):
             buffers = self._buffers
             for record in items:
                 kind, row = _ROWS[type(record)]
-                t = record.time
-                day = (t or datetime.now(UTC)).astimezone(UTC).date().isoformat()
-                key = (kind, record.product_id, day)
+                t = record.time or datetime.now(UTC)
+                if t.tzinfo is not UTC:
+                    t = t.astimezone(UTC)
+                key = (kind, record.product_id, t.date())
                 buffer = buffers.get(key)
                 if buffer is None:
                     buffer = buffers[key] = _Buffer()
@@ -185,22 +188,25 @@ class ParquetPartition(StatelessSinkPartition):
                 if not buffer.rows:
                     buffer.first = now
                 buffer.rows.append(row(record))
-            for key, buffer in buffers.items():
-                if buffer.rows and (
-                    len(buffer.rows) >= self._flush_rows
-                    or now - buffer.first >= self._flush_seconds
-                ):
-                    self._flush(key, buffer)
-                self._roll_if_due(buffer, now)
+                if len(buffer.rows) >= self._flush_rows:
+                    self._flush(key, buffer, now)
+            if now >= self._next_sweep:  # time-based flushes and rolls, once a second
+                self._next_sweep = now + 1.0
+                for key, buffer in buffers.items():
+                    if buffer.rows and now - buffer.first >= self._flush_seconds:
+                        self._flush(key, buffer, now)
+                    file = buffer.file
+                    if file is not None and now - file.opened >= self._roll_seconds:
+                        self._finish(buffer)
 
-    def _close_older_days(self, key: tuple[str, str, str]) -> None:
+    def _close_older_days(self, key: tuple) -> None:
         """A new date for a (type, product): that pair's earlier files are complete."""
         for other in [k for k in self._buffers if k[:2] == key[:2] and k != key]:
             buffer = self._buffers.pop(other)
             self._flush(other, buffer)
             self._finish(buffer)
 
-    def _flush(self, key: tuple[str, str, str], buffer: _Buffer) -> None:
+    def _flush(self, key: tuple, buffer: _Buffer, now: float = 0.0) -> None:
         kind = key[0]
         schema = self._schemas[kind]
         columns = list(zip(*buffer.rows, strict=True))
@@ -216,9 +222,11 @@ class ParquetPartition(StatelessSinkPartition):
         buffer.file.writer.write_table(table)
         buffer.file.rows += len(buffer.rows)
         buffer.rows = []
+        if os.path.getsize(buffer.file.path) >= self._roll_bytes:
+            self._finish(buffer)
 
-    def _open(self, key: tuple[str, str, str], schema) -> _OpenFile:
-        kind, product, day = key
+    def _open(self, key: tuple, schema) -> _OpenFile:
+        kind, product, day = key[0], key[1], key[2].isoformat()
         directory = (
             self._root / f"type={kind}" / f"product_id={product}" / f"date={day}"
         )
@@ -228,14 +236,6 @@ class ParquetPartition(StatelessSinkPartition):
         path = final.with_name(final.name + ".inprogress")
         writer = self._pq.ParquetWriter(str(path), schema, compression="zstd")
         return _OpenFile(path, final, writer)
-
-    def _roll_if_due(self, buffer: _Buffer, now: float) -> None:
-        file = buffer.file
-        if file is not None and (
-            now - file.opened >= self._roll_seconds
-            or os.path.getsize(file.path) >= self._roll_bytes
-        ):
-            self._finish(buffer)
 
     def _finish(self, buffer: _Buffer) -> None:
         file, buffer.file = buffer.file, None

@@ -68,8 +68,7 @@ class _KafkaPartition(StatelessSinkPartition):
         from service.outputs.fanout import OutputFailed
 
         messages = [
-            KafkaSinkMessage(r.product_id.encode(), r.to_json().encode())
-            for r in items
+            KafkaSinkMessage(r.product_id.encode(), r.to_json().encode()) for r in items
         ]
         try:
             self._inner.write_batch(messages)

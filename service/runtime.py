@@ -77,12 +77,14 @@ def unregister_closer(closer: Callable[[], None]) -> None:
         _closers.remove(closer)
 
 
-def run_closers() -> None:
+def run_closers(report: bool = True) -> None:
+    """Run every closer; ``report=False`` when the failure is already reported."""
     for closer in reversed(list(_closers)):
         try:
             closer()
         except Exception as exc:
-            sys.stderr.write(f"orderbook: closing an output failed: {exc}\n")
+            if report:
+                sys.stderr.write(f"orderbook: closing an output failed: {exc}\n")
 
 
 def _exit_cleanly(signum: int, _frame: object) -> None:

@@ -38,7 +38,7 @@ def output_failed(label: str, exc: BaseException) -> None:
             detail = str(exc) or type(exc).__name__
             sys.stderr.write(f"orderbook: output {label} failed, stopping: {detail}\n")
             sys.stderr.flush()
-            run_closers()
+            run_closers(report=False)  # the failed one fails again: said already
         finally:
             os._exit(1)
 

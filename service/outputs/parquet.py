@@ -251,11 +251,17 @@ class ParquetPartition(StatelessSinkPartition):
             if self._closed:
                 return
             self._closed = True
+            failed = None
             for key, buffer in self._buffers.items():
-                if buffer.rows:
-                    self._flush(key, buffer)
-                self._finish(buffer)
+                try:  # each file on its own: one failing leaves the others complete
+                    if buffer.rows:
+                        self._flush(key, buffer)
+                    self._finish(buffer)
+                except OSError as exc:
+                    failed = failed or exc
             self._buffers.clear()
+            if failed is not None:
+                raise failed
         finally:
             self._lock.release()
             unregister_closer(self.close)

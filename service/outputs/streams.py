@@ -15,6 +15,7 @@ from typing import TextIO
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from service.outputs.registry import OutputKind, register
+from service.runtime import run_closers
 
 
 def record_stream() -> TextIO:
@@ -38,6 +39,7 @@ def _reader_went_away() -> None:
     try:
         sys.stderr.write("orderbook: output closed by its reader, stopping\n")
         sys.stderr.flush()
+        run_closers()  # finish the other outputs' files
     finally:
         os._exit(0)
 

@@ -33,7 +33,7 @@ def parquet_records(root: Path) -> list[dict]:
     out = []
     con = duckdb.connect()
     for kind in ("summary", "depth"):
-        if not (root / f"type={kind}").exists():
+        if not list((root / f"type={kind}").rglob("*.parquet")):
             continue
         rel = con.sql(
             f"select * from read_parquet('{root}/type={kind}/**/*.parquet', "

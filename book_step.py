@@ -224,14 +224,14 @@ Record = OrderBookSummary | OrderBookDepth
 class BookStep:
     """:func:`update_book` plus ``depth`` records: the book step when depth is on.
 
-    Returns ``(state, (received_ns, records))``, ``records`` a tuple of zero, one or
-    two records (the summary first), for :meth:`SpreadFilter.records`. A depth record
+    Returns ``(state, None)`` when nothing is due, else ``(state, (received_ns,
+    summary or None, depth or None))``, for :meth:`SpreadFilter.records`. A depth record
     of the top ``levels`` levels is due at every snapshot, then at most once per
     ``interval`` seconds of FEED time (the events' own time, so that a replay gives
     the records of the live run): on the first change applied after it elapsed.
     ``interval`` 0 emits one at every change of the book. Events with no time at all
-    get depth records at snapshots only. ``metrics`` (a :class:`service.metrics.BookMetrics`)
-    counts the events, when given.
+    get depth records at snapshots only. ``metrics`` (a
+    :class:`service.metrics.BookMetrics`) counts the events, when given.
     """
 
     __slots__ = ("interval", "levels", "metrics")
@@ -243,31 +243,26 @@ class BookStep:
 
     def __call__(
         self, state: BookState | None, event: BookEvent
-    ) -> tuple[BookState, tuple[int, tuple[Record, ...]]]:
+    ) -> tuple[BookState, tuple[int, OrderBookSummary | None, Record | None] | None]:
         state, summary = update_book(state, event)
-        records: tuple[Record, ...] = () if summary is None else (summary,)
+        depth = None
         if (
             self.levels
-            and state.book is not None
             and state.condition == BookCondition.OK
+            and state.book is not None
         ):
-            depth = self._depth_if_due(state, event)
-            if depth is not None:
-                records += (depth,)
+            t = event.time or event_time(event)
+            due = state.next_depth_at
+            if type(event) is BookSnapshot or (
+                t is not None and (due is None or t >= due)
+            ):
+                state.next_depth_at = None if t is None else t + self.interval
+                depth = OrderBookDepth.from_book(state.book, self.levels, t, event.feed)
         if self.metrics is not None:
             self.metrics.observe(state, event)
-        return state, (event.received_ns, records)
-
-    def _depth_if_due(self, state: BookState, event: BookEvent) -> Record | None:
-        time = event_time(event)
-        if isinstance(event, BookSnapshot):
-            pass
-        elif time is None or (
-            state.next_depth_at is not None and time < state.next_depth_at
-        ):
-            return None
-        state.next_depth_at = None if time is None else time + self.interval
-        return OrderBookDepth.from_book(state.book, self.levels, time, event.feed)
+        if summary is None and depth is None:
+            return state, None
+        return state, (event.received_ns, summary, depth)
 
 
 class SpreadFilter:
@@ -288,15 +283,16 @@ class SpreadFilter:
             return summary
         return None
 
-    def records(
-        self, keyed: tuple[str, tuple[int, tuple[Record, ...]]]
-    ) -> list[tuple[int, Record]]:
+    def records(self, keyed: tuple[str, tuple | None]) -> tuple | list:
         """For :class:`BookStep`'s output: ``(received_ns, record)`` of each record
         kept; depth records are never filtered."""
-        received_ns, records = keyed[1]
-        threshold = self.threshold_pct
-        return [
-            (received_ns, r)
-            for r in records
-            if type(r) is not OrderBookSummary or r.spread_pct > threshold
-        ]
+        due = keyed[1]
+        if due is None:
+            return ()
+        received_ns, summary, depth = due
+        kept = []
+        if summary is not None and summary.spread_pct > self.threshold_pct:
+            kept.append((received_ns, summary))
+        if depth is not None:
+            kept.append((received_ns, depth))
+        return kept

@@ -41,13 +41,15 @@ def get_flow(
         source, products = build_source(settings)
     products = list(products or settings.products or [])
     if sink is None:
-        sink = FanOutSink.from_specs(_output_specs(settings))
+        sink = FanOutSink.from_specs(
+            _output_specs(settings), metrics=settings.metrics_enabled
+        )
 
     flow = Dataflow("orderbook")
     events = op.input("coinbase", flow, log_resumes(source))
     keyed = op.map("route", events, RouteByProduct(products))
     spread = SpreadFilter(settings.spread_threshold_pct)
-    book_metrics = metrics.BookMetrics() if metrics.enabled() else None
+    book_metrics = metrics.BookMetrics() if settings.metrics_enabled else None
     if settings.depth_levels or book_metrics is not None:
         # (received_ns, record) pairs: summaries and depth records, timed for metrics
         step = BookStep(settings.depth_levels, settings.depth_interval, book_metrics)

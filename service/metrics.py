@@ -14,13 +14,12 @@ Who counts what:
 * the source partitions (:func:`observe_partition_stats`): reconnects, sequence gaps,
   malformed frames, backlog drops.
 
-When the API is off (:func:`enabled` is False) none of this runs: the book step and the
-sink take their plain paths.
+When the API is off (``Settings.metrics_enabled`` False) none of this runs: the book step
+and the sink take their plain paths.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -69,17 +68,6 @@ LATENCY = Histogram(
 
 _LEVELS_EVERY = 32
 """Book-level gauges are set every this many events (and at every snapshot)."""
-
-
-def enabled(env: Mapping[str, str] | None = None) -> bool:
-    """True when Bytewax serves ``/metrics`` (``BYTEWAX_DATAFLOW_API_ENABLED``)."""
-    env = os.environ if env is None else env
-    return env.get("BYTEWAX_DATAFLOW_API_ENABLED", "").strip().lower() in (
-        "1",
-        "true",
-        "yes",
-        "on",
-    )
 
 
 class _Product:

@@ -96,6 +96,7 @@ def test_metrics_count_what_happened_on_the_feed(tmp_path):
             ORDERBOOK_OUTPUT=f"jsonl:{out}",
             BYTEWAX_DATAFLOW_API_ENABLED="true",
             BYTEWAX_DATAFLOW_API_PORT=str(port),
+            ORDERBOOK_METRICS_ADDRESS="0.0.0.0",
         )
         flow = FlowProcess(["bytewax.run", "dataflow:flow"], env)
         try:

@@ -44,9 +44,11 @@ def output_failed(label: str, exc: BaseException) -> None:
 
 
 class _FanOutPartition(StatelessSinkPartition):
-    def __init__(self, parts: list[tuple[str, StatelessSinkPartition]]) -> None:
+    def __init__(
+        self, parts: list[tuple[str, StatelessSinkPartition]], metrics: bool
+    ) -> None:
         self._parts = parts
-        self._observe = _metrics.sink_observer() if _metrics.enabled() else None
+        self._observe = _metrics.sink_observer() if metrics else None
 
     def write_batch(self, items: list) -> None:
         if not items:
@@ -70,14 +72,20 @@ class _FanOutPartition(StatelessSinkPartition):
 
 
 class FanOutSink(DynamicSink):
-    """Writes each batch to the partitions of every output, in the order given."""
+    """Writes each batch to the partitions of every output, in the order given;
+    ``metrics``: count what was written in :mod:`service.metrics`."""
 
-    def __init__(self, outputs: list[tuple[str, DynamicSink]]) -> None:
+    def __init__(
+        self, outputs: list[tuple[str, DynamicSink]], metrics: bool = False
+    ) -> None:
         self.outputs = outputs
+        self.metrics = metrics
 
     @classmethod
-    def from_specs(cls, specs: tuple[OutputSpec, ...]) -> FanOutSink:
-        return cls([(str(spec), build_sink(spec)) for spec in specs])
+    def from_specs(
+        cls, specs: tuple[OutputSpec, ...], metrics: bool = False
+    ) -> FanOutSink:
+        return cls([(str(spec), build_sink(spec)) for spec in specs], metrics)
 
     def build(
         self, step_id: str, worker_index: int, worker_count: int
@@ -86,5 +94,6 @@ class FanOutSink(DynamicSink):
             [
                 (label, sink.build(step_id, worker_index, worker_count))
                 for label, sink in self.outputs
-            ]
+            ],
+            self.metrics,
         )

@@ -14,13 +14,14 @@ from typing import TextIO
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from service import runtime
 from service.outputs.registry import OutputKind, register
 from service.runtime import run_closers
 
 
 def record_stream() -> TextIO:
-    """The stream records go to when an output names no file: the one place to switch."""
-    return sys.stdout
+    """The stream records go to when an output names no file (the original stdout)."""
+    return runtime.record_stream()
 
 
 def format_text(record) -> str:

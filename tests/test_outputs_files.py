@@ -64,15 +64,17 @@ def test_dev_full_is_refused_with_the_error_of_a_real_write():
 
 
 @pytest.mark.slow
-def test_dev_full_refused_at_start_in_one_line():
+@pytest.mark.parametrize("target", ["/dev/full", "DIR"])
+def test_an_unwritable_jsonl_target_is_refused_at_start_in_one_line(tmp_path, target):
+    entry = "jsonl:" + (str(tmp_path) if target == "DIR" else target)
     flow = FlowProcess(
         ["bytewax.run", "dataflow:flow"],
-        flow_env(ORDERBOOK_FEED="sim", ORDERBOOK_OUTPUT="text,jsonl:/dev/full"),
+        flow_env(ORDERBOOK_FEED="sim", ORDERBOOK_OUTPUT=f"text,{entry}"),
     )
     assert flow.finish(timeout=60) != 0
     assert "Traceback" not in flow.stderr
     lines = [line for line in flow.stderr.splitlines() if "ORDERBOOK_OUTPUT" in line]
-    assert len(lines) == 1 and "jsonl:/dev/full" in lines[0], flow.stderr
+    assert len(lines) == 1 and entry in lines[0], flow.stderr
 
 
 @pytest.mark.slow

@@ -93,3 +93,30 @@ def test_a_failed_delivery_stops_the_output_instead_of_vanishing():
     book.apply_snapshot([("100", "1")], [("101", "1")])
     with pytest.raises(OutputFailed, match="1 Kafka deliveries failed.*timed out"):
         part.write_batch([book.summary(feed="sim")])
+
+
+def test_a_broker_that_goes_away_mid_run_stops_the_run_in_one_line(tmp_path):
+    """The mock cluster is destroyed under a running flow: librdkafka retries for the
+    delivery timeout given after the topic, then the run stops, status 1, one line."""
+    from confluent_kafka import Producer
+
+    holder = Producer({"test.mock.num.brokers": 1})
+    brokers = holder.list_topics(timeout=10).orig_broker_name.split("/")[0]
+    out = tmp_path / "a.jsonl"
+    env = flow_env(
+        ORDERBOOK_FEED="sim",
+        ORDERBOOK_SIM_DEPTH="100",
+        ORDERBOOK_SPREAD_THRESHOLD="0",
+        ORDERBOOK_OUTPUT=f"jsonl:{out},kafka:{brokers}/orderbook?delivery.timeout.ms=1500",
+    )
+    flow = FlowProcess(["bytewax.run", "dataflow:flow"], env)
+    try:
+        flow.wait_for(
+            lambda: len(consume(brokers, "orderbook", 5, 5)) >= 5, 60, "records"
+        )
+    finally:
+        del holder  # the broker is gone
+    assert flow.finish(timeout=60) == 1, flow.stderr[-3000:]
+    failed = [ln for ln in flow.stderr.splitlines() if "failed, stopping" in ln]
+    assert len(failed) == 1 and "Kafka deliveries failed" in failed[0], flow.stderr
+    assert "Traceback" not in flow.stderr

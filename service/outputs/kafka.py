@@ -2,14 +2,15 @@
 
 Written through Bytewax's own connector (``bytewax.connectors.kafka.KafkaSink``, which
 produces a batch then ``flush()``-es it). Several brokers are separated by ``;``
-(``kafka:k1:9092;k2:9092/orderbook``) because ``,`` separates outputs.
+(``kafka:k1:9092;k2:9092/orderbook``) because ``,`` separates outputs. librdkafka
+settings may follow the topic: ``kafka:k1:9092/orderbook?acks=all&compression.type=zstd``
+(checked by librdkafka at start).
 
 Delivery errors are never dropped: librdkafka retries what can be retried (a broker
 restart, a leader change, a timeout) by itself, for up to :data:`DELIVERY_TIMEOUT_MS`;
 a message that still fails comes back in the delivery report, and the run stops with one
 line naming the error and exit status 1 (so a supervisor restarts it, and the books are
-rebuilt from fresh snapshots) rather than go on with a hole in the topic. Other librdkafka settings
-(``acks``, ``compression.type``, security) go in :class:`KafkaRecordSink`'s ``config``.
+rebuilt from fresh snapshots) rather than go on with a hole in the topic.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ START_TIMEOUT_S = 10.0
 """How long the start check waits for the brokers' metadata."""
 
 
-def parse_target(arg: str) -> tuple[list[str], str]:
-    servers, slash, topic = arg.rpartition("/")
+def parse_target(arg: str) -> tuple[list[str], str, dict[str, str]]:
+    """``HOST:PORT[;HOST:PORT...]/TOPIC[?librdkafka.setting=value&...]``."""
+    target, _, query = arg.partition("?")
+    servers, slash, topic = target.rpartition("/")
     brokers = [b.strip() for b in servers.split(";") if b.strip()]
     if not slash or not topic.strip() or not brokers:
         raise ValueError("expected kafka:HOST:PORT/TOPIC (several brokers joined by ;)")
@@ -39,7 +42,13 @@ def parse_target(arg: str) -> tuple[list[str], str]:
         host, colon, port = broker.rpartition(":")
         if not colon or not host or not port.isdigit():
             raise ValueError(f"broker {broker!r} is not HOST:PORT")
-    return brokers, topic.strip()
+    config = {}
+    for pair in filter(None, query.split("&")):
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"{pair!r} is not a librdkafka setting=value")
+        config[key.strip()] = value.strip()
+    return brokers, topic.strip(), config
 
 
 class _DeliveryErrors:
@@ -115,21 +124,27 @@ class KafkaRecordSink(DynamicSink):
 
 def check_target(arg: str | None) -> str:
     """Well-formed, and the brokers answer a metadata request within START_TIMEOUT_S."""
-    brokers, topic = parse_target(arg)
+    brokers, topic, config = parse_target(arg)
+    from confluent_kafka import KafkaException, Producer
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": ",".join(brokers)})
+    try:  # librdkafka checks the names and values of settings
+        Producer({"bootstrap.servers": ",".join(brokers), **config})
+    except KafkaException as exc:
+        raise ValueError(exc.args[0].str()) from None
+    admin = AdminClient({"bootstrap.servers": ",".join(brokers), **config})
     try:
         admin.list_topics(timeout=START_TIMEOUT_S)
     except Exception as exc:
         raise ValueError(f"brokers {';'.join(brokers)} did not answer: {exc}") from None
-    return f"{';'.join(brokers)}/{topic}"
+    query = "&".join(f"{k}={v}" for k, v in config.items())
+    return f"{';'.join(brokers)}/{topic}" + (f"?{query}" if query else "")
 
 
 register(
     OutputKind(
         "kafka",
-        build=lambda arg: KafkaRecordSink(*parse_target(arg)),
+        build=lambda arg: KafkaRecordSink(*parse_target(arg)),  # brokers, topic, config
         arg="required",
         help="kafka:HOST:PORT/TOPIC",
         check=check_target,

@@ -234,7 +234,7 @@ class ParquetPartition(StatelessSinkPartition):
         self._seq += 1
         final = directory / f"{self._prefix}-{self._seq:06d}.parquet"
         path = final.with_name(final.name + ".inprogress")
-        writer = self._pq.ParquetWriter(str(path), schema, compression="zstd")
+        writer = self._pq.ParquetWriter(str(path), schema, compression="snappy")
         return _OpenFile(path, final, writer)
 
     def _finish(self, buffer: _Buffer) -> None:

@@ -32,6 +32,7 @@ import threading
 import time as _time
 import uuid
 from datetime import UTC, datetime
+from operator import attrgetter
 from pathlib import Path
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -81,39 +82,44 @@ def schemas():
     return {"summary": summary, "depth": depth}
 
 
-def _summary_row(r: OrderBookSummary) -> tuple:
-    return (
-        r.time,
-        r.feed,
-        r.bid_price,
-        r.bid_size,
-        r.ask_price,
-        r.ask_size,
-        r.spread,
-        r.spread_pct,
-        r.mid,
-        r.imbalance,
-        r.microprice,
-    )
+def _levels(records: list, side: str) -> list:
+    return [
+        [{"price": p, "size": q} for p, q in levels]
+        for levels in map(attrgetter(side), records)
+    ]
 
 
-def _depth_row(r: OrderBookDepth) -> tuple:
-    liquidity = [x for pair in r.liquidity for x in pair]
-    return (
-        r.time,
-        r.feed,
-        [{"price": p, "size": s} for p, s in r.bids],
-        [{"price": p, "size": s} for p, s in r.asks],
-        r.mid,
-        *liquidity,
-        r.imbalance,
-    )
+def _liquidity(band: int, side: int):
+    def column(records: list) -> list:
+        return [r.liquidity[band][side] for r in records]
+
+    return column
 
 
-_ROWS = {
-    OrderBookSummary: ("summary", _summary_row),
-    OrderBookDepth: ("depth", _depth_row),
+def _attribute(name: str):
+    get = attrgetter(name)
+    return lambda records: list(map(get, records))
+
+
+_COLUMNS = {
+    "summary": [_attribute(name) for name in ("time", "feed", *_SUMMARY_DECIMALS)],
+    "depth": [
+        _attribute("time"),
+        _attribute("feed"),
+        lambda records: _levels(records, "bids"),
+        lambda records: _levels(records, "asks"),
+        _attribute("mid"),
+        *(
+            _liquidity(band, side)
+            for band in range(len(DEPTH_BANDS_BPS))
+            for side in (0, 1)
+        ),
+        _attribute("imbalance"),
+    ],
 }
+"""Per kind, one function per schema column: the column's values of a list of records
+(built column by column at flush time: cheaper than a tuple per record)."""
+_KINDS = {OrderBookSummary: "summary", OrderBookDepth: "depth"}
 
 
 class _OpenFile:
@@ -176,7 +182,7 @@ class ParquetPartition(StatelessSinkPartition):
             now = _time.monotonic()
             buffers = self._buffers
             for record in items:
-                kind, row = _ROWS[type(record)]
+                kind = _KINDS[type(record)]
                 t = record.time or datetime.now(UTC)
                 if t.tzinfo is not UTC:
                     t = t.astimezone(UTC)
@@ -187,7 +193,7 @@ class ParquetPartition(StatelessSinkPartition):
                     self._close_older_days(key)
                 if not buffer.rows:
                     buffer.first = now
-                buffer.rows.append(row(record))
+                buffer.rows.append(record)
                 if len(buffer.rows) >= self._flush_rows:
                     self._flush(key, buffer, now)
             if now >= self._next_sweep:  # time-based flushes and rolls, once a second
@@ -209,7 +215,8 @@ class ParquetPartition(StatelessSinkPartition):
     def _flush(self, key: tuple, buffer: _Buffer, now: float = 0.0) -> None:
         kind = key[0]
         schema = self._schemas[kind]
-        columns = list(zip(*buffer.rows, strict=True))
+        records = buffer.rows
+        columns = [column(records) for column in _COLUMNS[kind]]
         table = self._pa.Table.from_arrays(
             [
                 self._pa.array(col, type=field.type)

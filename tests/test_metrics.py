@@ -105,7 +105,8 @@ def test_metrics_count_what_happened_on_the_feed(tmp_path):
                 60,
                 "summaries of every product",
             )
-            feed = {"feed": "advanced-trade"}
+            # the label the records carry (the local exchange announces itself: "sim")
+            feed = {"feed": read_jsonl(out)[0]["feed"]}
             flow.wait_for(
                 lambda: total(scrape(port), "orderbook_snapshots_total", **feed) >= 2,
                 30,

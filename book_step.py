@@ -18,11 +18,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from events import BookChanges, BookEvent, BookReset, BookSnapshot
-from orderbook import BookCondition, OrderBook, OrderBookSummary
+from orderbook import BookCondition, OrderBook, OrderBookDepth, OrderBookSummary
 from service.logs import RateLimitedLog, plain
 from service.resync import request_resync
 
@@ -52,6 +52,8 @@ class BookState:
     invalid_since_ns: int | None = None
     """Feed time (ns) since which the book has been crossed or locked, else None."""
     resync_requested: bool = False
+    next_depth_at: datetime | None = None
+    """Feed time from which the next depth record is due (``BookStep``)."""
 
     def __getstate__(self) -> dict:
         return {"product_id": self.product_id, "feed": self.feed}
@@ -66,6 +68,7 @@ class BookState:
         self.next_status_at = 0.0
         self.invalid_since_ns = None
         self.resync_requested = False
+        self.next_depth_at = None
 
     def __deepcopy__(self, memo: dict) -> BookState:
         return BookState(self.product_id, self.feed)
@@ -215,6 +218,53 @@ def event_time(event: BookSnapshot | BookChanges) -> datetime | None:
     return None
 
 
+Record = OrderBookSummary | OrderBookDepth
+
+
+class BookStep:
+    """:func:`update_book` plus ``depth`` records: the book step when depth is on.
+
+    Returns ``(state, None)`` when nothing is due, else ``(state, (received_ns,
+    summary or None, depth or None))``, for :meth:`SpreadFilter.records`. A depth record
+    of the top ``levels`` levels is due at every snapshot, then at most once per
+    ``interval`` seconds of FEED time (the events' own time, so that a replay gives
+    the records of the live run): on the first change applied after it elapsed.
+    ``interval`` 0 emits one at every change of the book. Events with no time at all
+    get depth records at snapshots only. ``metrics`` (a
+    :class:`service.metrics.BookMetrics`) counts the events, when given.
+    """
+
+    __slots__ = ("interval", "levels", "metrics")
+
+    def __init__(self, levels: int = 0, interval: float = 1.0, metrics=None) -> None:
+        self.levels = levels
+        self.interval = timedelta(seconds=interval)
+        self.metrics = metrics
+
+    def __call__(
+        self, state: BookState | None, event: BookEvent
+    ) -> tuple[BookState, tuple[int, OrderBookSummary | None, Record | None] | None]:
+        state, summary = update_book(state, event)
+        depth = None
+        if (
+            self.levels
+            and state.condition == BookCondition.OK
+            and state.book is not None
+        ):
+            t = event.time or event_time(event)
+            due = state.next_depth_at
+            if type(event) is BookSnapshot or (
+                t is not None and (due is None or t >= due)
+            ):
+                state.next_depth_at = None if t is None else t + self.interval
+                depth = OrderBookDepth.from_book(state.book, self.levels, t, event.feed)
+        if self.metrics is not None:
+            self.metrics.observe(state, event)
+        if summary is None and depth is None:
+            return state, None
+        return state, (event.received_ns, summary, depth)
+
+
 class SpreadFilter:
     """Keeps summaries whose spread exceeds ``threshold_pct`` percent of the ask.
 
@@ -222,8 +272,11 @@ class SpreadFilter:
     None, so that dropping the key, the non-events and the narrow spreads is one step.
     """
 
-    def __init__(self, threshold_pct: Decimal) -> None:
+    def __init__(self, threshold_pct: Decimal, depth: bool = True) -> None:
         self.threshold_pct = Decimal(threshold_pct)
+        self.depth = depth
+        """Whether :meth:`records` passes depth records on (off when only the views,
+        not the outputs, asked for them)."""
 
     def __call__(
         self, keyed: tuple[str, OrderBookSummary | None]
@@ -232,3 +285,17 @@ class SpreadFilter:
         if summary is not None and summary.spread_pct > self.threshold_pct:
             return summary
         return None
+
+    def records(self, keyed: tuple[str, tuple | None]) -> tuple | list:
+        """For :class:`BookStep`'s output: ``(received_ns, record)`` of each record
+        kept; depth records are never filtered."""
+        due = keyed[1]
+        if due is None:
+            return ()
+        received_ns, summary, depth = due
+        kept = []
+        if summary is not None and summary.spread_pct > self.threshold_pct:
+            kept.append((received_ns, summary))
+        if depth is not None and self.depth:
+            kept.append((received_ns, depth))
+        return kept

@@ -13,9 +13,10 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
-from book_step import SpreadFilter
+from book_step import BookStep, SpreadFilter, update_book
+from service import metrics
 from service.inputs import build_source, log_resumes
-from service.outputs import SummarySink
+from service.outputs import FanOutSink, OutputSpec
 from service.placement import RouteByProduct
 from service.runtime import (
     announce_settings,
@@ -40,20 +41,42 @@ def get_flow(
     if source is None:
         source, products = build_source(settings)
     products = list(products or settings.products or [])
-    if sink is None and settings.output != "live":
-        sink = SummarySink(settings.output, settings.output_path)
+    views_on = views_wiring.wanted(settings)
+    if sink is None:
+        # The live view is fed by views_wiring with every record, before the filter.
+        specs = [s for s in _output_specs(settings) if s.kind != "live"]
+        if specs:
+            sink = FanOutSink.from_specs(tuple(specs), metrics=settings.metrics_enabled)
 
     flow = Dataflow("orderbook")
     events = op.input("coinbase", flow, log_resumes(source))
     keyed = op.map("route", events, RouteByProduct(products))
-    # views (ORDERBOOK_OUTPUT=live, ORDERBOOK_DASHBOARD): see views/wiring.py
-    books = views_wiring.book_step(keyed, settings, products)
-    wide = op.filter_map(
-        "spread_filter", books, SpreadFilter(settings.spread_threshold_pct)
+    spread = SpreadFilter(
+        settings.spread_threshold_pct, depth=settings.depth_levels > 0
     )
-    if sink is not None:  # None for the live view, which views_wiring feeds
-        op.output("output", wide, sink)
+    book_metrics = metrics.BookMetrics() if settings.metrics_enabled else None
+    if settings.depth_levels or book_metrics is not None or views_on:
+        # (received_ns, record) pairs: summaries and depth records, timed for metrics
+        levels, interval = views_wiring.depth_cadence(settings)
+        books = op.stateful_map(
+            "order_book", keyed, BookStep(levels, interval, book_metrics)
+        )
+        if views_on:  # ORDERBOOK_OUTPUT=live, ORDERBOOK_DASHBOARD: see views/wiring.py
+            views_wiring.attach(books, settings, products)
+        records = op.flat_map("spread_filter", books, spread.records)
+    else:  # the plain fast path: a summary or None per event
+        books = op.stateful_map("order_book", keyed, update_book)
+        records = op.filter_map("spread_filter", books, spread)
+    if sink is not None:  # None when the live view is the only output
+        op.output("output", records, sink)
     return flow
+
+
+def _output_specs(settings: Settings) -> tuple[OutputSpec, ...]:
+    if settings.outputs:
+        return settings.outputs
+    path = None if settings.output_path is None else str(settings.output_path)
+    return (OutputSpec(settings.output, path),)
 
 
 def _flow_from_environment() -> Dataflow:

@@ -51,6 +51,7 @@ __all__ = [
     "Fill",
     "InvalidChange",
     "OrderBook",
+    "OrderBookDepth",
     "OrderBookSummary",
     "normalise_side",
 ]
@@ -307,6 +308,7 @@ class OrderBookSummary:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: decimals as fixed-point strings, time ISO-8601 UTC 'Z'."""
         return {
+            "type": "summary",
             "product_id": self.product_id,
             "time": _iso_utc(self.time),
             "bid_price": _plain(self.bid_price),
@@ -354,6 +356,112 @@ class OrderBookSummary:
             f"{self.product_id}  bid {_plain(self.bid_price)} x {_plain(self.bid_size)}"
             f"  ask {_plain(self.ask_price)} x {_plain(self.ask_size)}"
             f"  spread {_plain(self.spread)} ({self.spread_pct:.3g}%){feed}"
+        )
+
+
+DEPTH_BANDS_BPS = (10, 50, 100)
+"""Bands around mid, in basis points, of the depth record's liquidity fields."""
+_DEPTH_BANDS = tuple(Decimal(b) for b in DEPTH_BANDS_BPS)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderBookDepth:
+    """The top ``N`` levels of one product's book at one instant: the ``depth`` record.
+
+    ``bids``/``asks`` are ``(price, size)`` pairs, best first. ``mid`` is exact;
+    ``liquidity`` holds the (bid, ask) size totals within 10, 50 and 100 bps of mid
+    (:meth:`OrderBook.liquidity_within`, bounds inclusive), whatever ``N`` is;
+    ``imbalance`` is the bid share of the size of the ``N`` levels of both sides,
+    quantized to 1e-10 like the summary's.
+    """
+
+    product_id: str
+    time: datetime | None
+    bids: tuple[Level, ...]
+    asks: tuple[Level, ...]
+    mid: Decimal
+    liquidity: tuple[tuple[Decimal, Decimal], ...]
+    """(bid, ask) within each of :data:`DEPTH_BANDS_BPS`, in that order."""
+    imbalance: Decimal
+    feed: str = ""
+
+    @classmethod
+    def from_book(
+        cls,
+        book: OrderBook,
+        levels: int,
+        time: datetime | None = None,
+        feed: str = "",
+    ) -> OrderBookDepth | None:
+        """The record of a valid book (None for an empty-sided, locked or crossed one)."""
+        top = book.top()
+        if top is None or top[0] >= top[2]:
+            return None
+        bids = tuple(book.depth(BID, levels))
+        asks = tuple(book.depth(ASK, levels))
+        bid_total = sum([size for _, size in bids], _ZERO)
+        ask_total = sum([size for _, size in asks], _ZERO)
+        return cls(
+            book.product_id,
+            time,
+            bids,
+            asks,
+            _CTX.divide(_CTX.add(top[0], top[2]), 2),
+            tuple(book.liquidity_within(bps) for bps in _DEPTH_BANDS),
+            _CTX.divide(bid_total, _CTX.add(bid_total, ask_total)).quantize(
+                _RATIO_EXP, context=_CTX
+            ),
+            feed,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape (a fixed contract): decimals as canonical strings."""
+        data: dict[str, Any] = {
+            "type": "depth",
+            "product_id": self.product_id,
+            "time": _iso_utc(self.time),
+            "feed": self.feed,
+            "bids": [[_plain(p), _plain(s)] for p, s in self.bids],
+            "asks": [[_plain(p), _plain(s)] for p, s in self.asks],
+            "mid": _plain(self.mid),
+        }
+        for bps, (bid, ask) in zip(DEPTH_BANDS_BPS, self.liquidity, strict=True):
+            data[f"bid_liquidity_{bps}bps"] = _plain(bid)
+            data[f"ask_liquidity_{bps}bps"] = _plain(ask)
+        data["imbalance"] = _plain(self.imbalance)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OrderBookDepth:
+        """Inverse of :meth:`to_dict` (numerically equal decimals, same instant)."""
+        time = data.get("time")
+        return cls(
+            product_id=data["product_id"],
+            time=None if time is None else datetime.fromisoformat(time),
+            bids=tuple((Decimal(p), Decimal(s)) for p, s in data["bids"]),
+            asks=tuple((Decimal(p), Decimal(s)) for p, s in data["asks"]),
+            mid=Decimal(data["mid"]),
+            liquidity=tuple(
+                (
+                    Decimal(data[f"bid_liquidity_{bps}bps"]),
+                    Decimal(data[f"ask_liquidity_{bps}bps"]),
+                )
+                for bps in DEPTH_BANDS_BPS
+            ),
+            imbalance=Decimal(data["imbalance"]),
+            feed=data.get("feed", ""),
+        )
+
+    def __str__(self) -> str:
+        feed = f"  [{self.feed}]" if self.feed else ""
+        bid, ask = self.liquidity[0]
+        return (
+            f"{self.product_id}  depth {len(self.bids)}x{len(self.asks)} levels"
+            f"  mid {_plain(self.mid)}  imbalance {_plain(self.imbalance)}"
+            f"  within 10bps bid {_plain(bid)} ask {_plain(ask)}{feed}"
         )
 
 

@@ -11,6 +11,11 @@ for 5 changes per message (the local exchange's default, a busy BTC-USD batch) a
 (closer to the average live level2_batch message).
 
     python bench/bench_flow.py [--messages 200000] [--changes-per-batch 5,3]
+
+It then measures what depth records and the outputs cost (3 changes/message, every
+summary kept): depth records of 10 levels every second of feed time against none, and
+Parquet output against text output to a file, each beside its baseline with the target
+(< 10% fewer messages per CPU second) and PASS or MISS. ``--costs-only`` skips the first part.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from dataflow import get_flow
 from local_exchange.market import Market
 from recording.format import Recording, RecordingWriter
 from recording.replay import ReplaySource
+from service.outputs import OutputSpec
 from service.runtime import tune_garbage_collector
 from service.settings import Settings
 
@@ -95,17 +101,14 @@ class _CountingSink(DynamicSink):
         return Part()
 
 
-def run_dataflow(path: Path) -> tuple[float, int]:
-    sink = _CountingSink()
-    flow = get_flow(
-        Settings(spread_threshold_pct=THRESHOLD),
-        source=ReplaySource(path),
-        products=PRODUCTS,
-        sink=sink,
-    )
+def run_dataflow(path: Path, settings: Settings | None = None) -> tuple[float, int]:
+    """Seconds and records; with ``settings.outputs`` the real outputs, else a counter."""
+    settings = settings or Settings(spread_threshold_pct=THRESHOLD)
+    sink = None if settings.outputs else _CountingSink()
+    flow = get_flow(settings, source=ReplaySource(path), products=PRODUCTS, sink=sink)
     start = time.perf_counter()
     run_main(flow)
-    return time.perf_counter() - start, sink.count
+    return time.perf_counter() - start, sink.count if sink else 0
 
 
 def run_plain_loop(path: Path) -> tuple[float, int]:
@@ -159,10 +162,12 @@ def main() -> dict:
         help="comma-separated message sizes to measure (default 5,3)",
     )
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--costs-only", action="store_true")
     args = parser.parse_args()
     tune_garbage_collector()  # as the service does at start (both runs get it)
     results = {}
-    for size in (int(x) for x in args.changes_per_batch.split(",")):
+    sizes = [] if args.costs_only else args.changes_per_batch.split(",")
+    for size in (int(x) for x in sizes):
         f = measure(args.messages, size, args.repeat)
         results[size] = f
         print(
@@ -183,7 +188,62 @@ def main() -> dict:
             f"  dataflow / plain loop: {f['flow_over_loop']:.2f}   target >= 0.50 "
             f"{_mark(f['flow_over_loop'] >= 0.5)}"
         )
+    rates = measure_costs(args.messages, args.repeat)
+    print_costs(rates, args.repeat)
+    results["costs"] = rates
     return results
+
+
+def measure_costs(messages: int, repeat: int) -> dict:
+    """Median msg/s of each variant beside its baseline, runs interleaved."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        path = tmp / "session.jsonl.gz"
+        messages, _ = write_session(path, messages, 3)
+        runs = 0
+
+        def outputs(kind: str) -> Settings:
+            nonlocal runs
+            runs += 1  # a fresh file or directory for every run
+            target = tmp / f"{kind}-{runs}"
+            return Settings(
+                spread_threshold_pct=THRESHOLD, outputs=(OutputSpec(kind, str(target)),)
+            )
+
+        variants = {
+            "no depth": lambda: Settings(spread_threshold_pct=THRESHOLD),
+            "depth 10 levels / 1 s": lambda: Settings(
+                spread_threshold_pct=THRESHOLD, depth_levels=10, depth_interval=1.0
+            ),
+            "text to a file": lambda: outputs("text"),
+            "parquet": lambda: outputs("parquet"),
+        }
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(repeat):
+            for name, settings in variants.items():
+                # CPU seconds of the process (every thread, pyarrow's included): on a
+                # shared machine far steadier than wall time, which other loads inflate
+                start = time.process_time()
+                run_dataflow(path, settings())
+                times[name].append(time.process_time() - start)
+    return {name: messages / statistics.median(t) for name, t in times.items()}
+
+
+def print_costs(rates: dict, repeat: int) -> None:
+    print(
+        "cost of depth records and Parquet (3 changes/message, messages per CPU "
+        f"second, median of {repeat})"
+    )
+    for variant, baseline in (
+        ("depth 10 levels / 1 s", "no depth"),
+        ("parquet", "text to a file"),
+    ):
+        cost = 1 - rates[variant] / rates[baseline]
+        print(
+            f"  {variant:<22} {rates[variant]:>9,.0f} msg/CPU-s   "
+            f"{baseline:<15} {rates[baseline]:>9,.0f} msg/CPU-s   "
+            f"cost {cost:6.1%}   target < 10% {_mark(cost < 0.10)}"
+        )
 
 
 def _mark(ok: bool) -> str:

@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import TextIO
 
 from service.logs import plain
@@ -59,23 +60,37 @@ def record_stream() -> TextIO:
     return _records if _records is not None else sys.stdout
 
 
-_closers: list = []
+_closers: list[Callable[[], None]] = []
 
 
-def register_closer(close) -> None:
-    """``close()`` runs before a signal ends the process (e.g. a full-screen view
-    restoring the terminal); it must not block, and what it raises is ignored."""
-    _closers.append(close)
+def register_closer(closer: Callable[[], None]) -> None:
+    """Have ``closer`` run before the process exits on a signal (e.g. finish files).
+
+    Closers run on the main thread, from the signal handler, most recent first; one
+    that raises is logged and the others still run.
+    """
+    _closers.append(closer)
+
+
+def unregister_closer(closer: Callable[[], None]) -> None:
+    if closer in _closers:
+        _closers.remove(closer)
+
+
+def run_closers(report: bool = True) -> None:
+    """Run every closer; ``report=False`` when the failure is already reported."""
+    for closer in reversed(list(_closers)):
+        try:
+            closer()
+        except Exception as exc:
+            if report:
+                sys.stderr.write(f"orderbook: closing an output failed: {exc}\n")
 
 
 def _exit_cleanly(signum: int, _frame: object) -> None:
     name = signal.Signals(signum).name
     try:
-        for close in _closers:
-            try:
-                close()
-            except Exception:
-                pass
+        run_closers()
         try:
             record_stream().flush()
         except (OSError, ValueError):

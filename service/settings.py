@@ -22,7 +22,6 @@ FEED_CHOICES = (*FEEDS, "sim")
 SIM_RATE_MAX = 10_000.0
 """Update batches a second per product that the local exchange can serve (measured: it
 keeps up with about 10,000 at 20 products on one core)."""
-OUTPUT_FORMATS = ("text", "jsonl", "jsonl:PATH", "live")
 METRICS_ADDRESSES = ("127.0.0.1", "0.0.0.0")
 """Where Bytewax's dataflow API (``/metrics``, ``/dataflow``) may be reached from."""
 METRICS_API_ENABLED = "BYTEWAX_DATAFLOW_API_ENABLED"
@@ -37,7 +36,10 @@ SETTINGS_HELP = {
         "a percentage of the ask, at least 0 and under 100 (0.1 means 0.1%; "
         "a spread is always under 100% of the ask)"
     ),
-    "ORDERBOOK_OUTPUT": "text, jsonl, or jsonl:PATH; or live (full-screen terminal view)",
+    "ORDERBOOK_OUTPUT": (
+        "a comma-separated list of text[:PATH], jsonl[:PATH], parquet:DIR, "
+        "kafka:HOST:PORT/TOPIC, live"
+    ),
     "ORDERBOOK_REPLAY": "path of a recording made by python -m recording",
     "ORDERBOOK_WATCHDOG_SECONDS": "seconds of silence before a connection counts as dead (> 0)",
     "ORDERBOOK_SIM_DEPTH": "levels per side of the local exchange's books (1 to 50000)",
@@ -57,6 +59,14 @@ IGNORED_BY_REPLAY = (
     "ORDERBOOK_SIM_RATE",
 )
 """Settings of a live input, which a replay does not use."""
+# -- depth records and outputs (service/outputs) ----------------------------------------
+DEPTH_LEVELS_MAX = 1000
+SETTINGS_HELP.update(
+    {
+        "ORDERBOOK_DEPTH_LEVELS": f"levels per side of depth records, 0 (off) to {DEPTH_LEVELS_MAX}",
+        "ORDERBOOK_DEPTH_INTERVAL": "seconds of feed time between depth records of a product (>= 0; 0: every book change)",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,11 @@ class Settings:
     """What the settings ignore or suspect (misspelled names); logged once at start."""
     dashboard: tuple[str, int] | None = None
     """(host, port) of the web dashboard (views.dashboard); None: no dashboard."""
+    # depth records and outputs
+    outputs: tuple = ()
+    """``OutputSpec`` of every ``ORDERBOOK_OUTPUT`` entry; empty: ``output``/``output_path``."""
+    depth_levels: int = 0
+    depth_interval: float = 1.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -98,7 +113,9 @@ class Settings:
                 + ": the settings are "
                 + ", ".join(SETTINGS_HELP)
             )
-        output, output_path = parse_output(env.get("ORDERBOOK_OUTPUT", "text"))
+        outputs = parse_outputs(env.get("ORDERBOOK_OUTPUT", "text"))
+        output, output_path = _first_stream(outputs)
+        depth = parse_depth(env)
         metrics_enabled, metrics_address, metrics_port = parse_metrics(env)
         return cls(
             products=parse_products(env["ORDERBOOK_PRODUCTS"])
@@ -132,6 +149,8 @@ class Settings:
             dashboard=validation.host_port(
                 "ORDERBOOK_DASHBOARD", env.get("ORDERBOOK_DASHBOARD")
             ),
+            outputs=outputs,
+            **depth,
         )
 
 
@@ -211,20 +230,37 @@ def parse_threshold(raw: str) -> Decimal:
     )
 
 
-def parse_output(raw: str) -> tuple[str, Path | None]:
-    name = "ORDERBOOK_OUTPUT"
-    expected = SETTINGS_HELP[name]
-    value = raw.strip()
-    if value in ("text", "jsonl", "live"):
-        return value, None
-    if value.startswith("jsonl:") and value[len("jsonl:") :].strip():
-        path = Path(value[len("jsonl:") :].strip())
-        if not path.parent.is_dir():
-            raise refuse(
-                name, raw, expected, f"directory {str(path.parent)!r} does not exist"
-            )
-        return "jsonl", path
-    raise refuse(name, raw, expected)
+def parse_outputs(raw: str) -> tuple:
+    """Every entry parsed and tried (files opened, brokers asked); see service.outputs."""
+    from service.outputs import parse_outputs as parse
+
+    return parse(raw, "ORDERBOOK_OUTPUT")
+
+
+def _first_stream(outputs: tuple) -> tuple[str, Path | None]:
+    """``output``/``output_path`` as before the list: the first text or jsonl entry."""
+    for spec in outputs:
+        if spec.kind in ("text", "jsonl"):
+            return spec.kind, None if spec.arg is None else Path(spec.arg)
+    return "text", None
+
+
+def parse_depth(env: Mapping[str, str]) -> dict:
+    return {
+        "depth_levels": validation.integer(
+            "ORDERBOOK_DEPTH_LEVELS",
+            env.get("ORDERBOOK_DEPTH_LEVELS", "0"),
+            0,
+            DEPTH_LEVELS_MAX,
+        ),
+        "depth_interval": validation.number(
+            "ORDERBOOK_DEPTH_INTERVAL",
+            env.get("ORDERBOOK_DEPTH_INTERVAL", "1"),
+            low=0.0,
+            low_open=False,
+            high=86_400.0,
+        ),
+    }
 
 
 def parse_replay(raw: str | None) -> Path | None:

@@ -46,7 +46,7 @@ def test_every_setting_is_read(tmp_path):
         ("ORDERBOOK_SPREAD_THRESHOLD", "0,1", "percentage"),
         ("ORDERBOOK_SPREAD_THRESHOLD", "-1", "percentage"),
         ("ORDERBOOK_SPREAD_THRESHOLD", "NaN", "percentage"),
-        ("ORDERBOOK_OUTPUT", "csv", "text, jsonl, or jsonl:PATH"),
+        ("ORDERBOOK_OUTPUT", "csv", "text[:PATH], jsonl[:PATH]"),
         ("ORDERBOOK_OUTPUT", "jsonl:/no/such/dir/x", "does not exist"),
         ("ORDERBOOK_REPLAY", "/no/such/file", "no such file"),
         ("ORDERBOOK_WATCHDOG_SECONDS", "0", "> 0"),

@@ -298,7 +298,7 @@ def test_summary_to_dict_and_json_round_trip():
     text = s.to_json()
     assert " " not in text and json.loads(text) == data
     assert list(json.loads(text)) == [
-        "product_id", "time", "bid_price", "bid_size", "ask_price", "ask_size",
+        "type", "product_id", "time", "bid_price", "bid_size", "ask_price", "ask_size",
         "spread", "spread_pct", "mid", "imbalance", "microprice", "feed",
     ]  # fmt: skip
     back = OrderBookSummary.from_json(text)

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from orderbook import OrderBook, OrderBookSummary
+from orderbook import OrderBook, OrderBookDepth, OrderBookSummary
 from service.settings import Settings
 from service.validation import ConfigError, host_port
 from views import records
@@ -23,7 +23,6 @@ from views.state import (
     RESYNCING,
     MarketBoard,
 )
-from views.taps import depth_record
 
 
 def _summary(product="BTC-USD", bid="100", ask="100.5", feed="sim", when=None):
@@ -44,7 +43,7 @@ def _depth(product="BTC-USD"):
         [("100", "1"), ("99.99", "2"), ("99", "5")],
         [("100.01", "1"), ("100.02", "3"), ("101", "4")],
     )
-    return depth_record(book, time_=datetime.now(UTC), feed="sim", levels=2)
+    return OrderBookDepth.from_book(book, 2, datetime.now(UTC), "sim").to_dict()
 
 
 def test_kinds_with_or_without_type():
@@ -148,6 +147,6 @@ def test_bad_dashboard_address_is_refused_with_its_name(raw):
 
 def test_settings_read_the_view_settings():
     s = Settings.from_env({"ORDERBOOK_OUTPUT": "live", "ORDERBOOK_DASHBOARD": "9000"})
-    assert s.output == "live"
+    assert [spec.kind for spec in s.outputs] == ["live"]
     assert s.dashboard == ("127.0.0.1", 9000)
     assert Settings.from_env({}).dashboard is None

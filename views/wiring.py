@@ -1,44 +1,60 @@
-"""How the views join the dataflow: one call from ``dataflow.py``.
+"""How the views join the dataflow: ``dataflow.py`` asks :func:`wanted`, then calls
+:func:`depth_cadence` and :func:`attach`.
 
-With ``ORDERBOOK_OUTPUT=live`` or ``ORDERBOOK_DASHBOARD`` set, the book step also emits
-depth records (:class:`views.taps.BookStepWithDepth`), and the views get every summary
-(not only those the spread filter passes) and every depth record. Without either, the
-dataflow is exactly what it was.
+With ``ORDERBOOK_OUTPUT=live`` or ``ORDERBOOK_DASHBOARD`` set, the book step emits depth
+records even when ``ORDERBOOK_DEPTH_LEVELS`` is 0 (the views draw ladders and depth
+charts; the other outputs still get none), and the views get every summary, before
+the spread filter: a screen of the market shows narrow spreads too and highlights the
+wide ones. Without either, the dataflow is exactly what it was.
 """
 
 from __future__ import annotations
 
 import bytewax.operators as op
 
-from book_step import update_book
+VIEW_DEPTH_LEVELS = 20
+"""Levels a side the views draw when the user asked for no depth records."""
+VIEW_DEPTH_INTERVAL = 0.1
+"""Seconds of feed time between depth records for the views: ten a second per product
+is as fast as a person reads a chart."""
+
+
+def _live(settings) -> bool:
+    if settings.outputs:
+        return any(spec.kind == "live" for spec in settings.outputs)
+    return settings.output == "live"
 
 
 def wanted(settings) -> bool:
-    return settings.output == "live" or getattr(settings, "dashboard", None) is not None
+    """Whether a view is on: the ``live`` output or the web dashboard."""
+    return _live(settings) or settings.dashboard is not None
 
 
-def book_step(keyed, settings, products):
-    """The ``order_book`` step; with views on, also feeds them. Returns (key, summary)."""
-    if not wanted(settings):
-        return op.stateful_map("order_book", keyed, update_book)
-    from views.taps import BookStepWithDepth
-
-    both = op.stateful_map("order_book", keyed, BookStepWithDepth())
-    records = op.flat_map(
-        "view_records", both, lambda kv: [r for r in kv[1] if r is not None]
-    )
-    attach(records, settings, products)
-    return op.map("summaries", both, lambda kv: (kv[0], kv[1][0]))
+def depth_cadence(settings) -> tuple[int, float]:
+    """(levels, interval) of the book step's depth records."""
+    if settings.depth_levels or not wanted(settings):
+        return settings.depth_levels, settings.depth_interval
+    return VIEW_DEPTH_LEVELS, VIEW_DEPTH_INTERVAL
 
 
-def attach(records, settings, products) -> None:
-    """Outputs of the views for a stream of records (summaries and/or depth dicts)."""
+def _every_record(keyed: tuple) -> list:
+    """The book step's ``(received_ns, summary, depth)`` as ``(received_ns, record)``."""
+    due = keyed[1]
+    if due is None:
+        return []
+    received_ns, summary, depth = due
+    return [(received_ns, r) for r in (summary, depth) if r is not None]
+
+
+def attach(books, settings, products) -> None:
+    """The views' sinks on the book step's output (``book_step.BookStep``)."""
+    records = op.flat_map("view_records", books, _every_record)
     threshold = float(settings.spread_threshold_pct)
-    if settings.output == "live":
+    if _live(settings):
         from views.live import LiveSink
 
         op.output("live_view", records, LiveSink(threshold, products))
-    if getattr(settings, "dashboard", None) is not None:
+    if settings.dashboard is not None:
         from views.dashboard import DashboardSink
 
         host, port = settings.dashboard

@@ -1,0 +1,152 @@
+"""``kafka:BOOTSTRAP_SERVERS/TOPIC``: records as JSON values keyed by product id.
+
+Written through Bytewax's own connector (``bytewax.connectors.kafka.KafkaSink``, which
+produces a batch then ``flush()``-es it). Several brokers are separated by ``;``
+(``kafka:k1:9092;k2:9092/orderbook``) because ``,`` separates outputs. librdkafka
+settings may follow the topic: ``kafka:k1:9092/orderbook?acks=all&compression.type=zstd``
+(checked by librdkafka at start).
+
+Delivery errors are never dropped: librdkafka retries what can be retried (a broker
+restart, a leader change, a timeout) by itself, for up to :data:`DELIVERY_TIMEOUT_MS`;
+a message that still fails comes back in the delivery report, and the run stops with one
+line naming the error and exit status 1 (so a supervisor restarts it, and the books are
+rebuilt from fresh snapshots) rather than go on with a hole in the topic.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from service.logs import RateLimitedLog
+from service.outputs.registry import OutputKind, register
+
+log = logging.getLogger(__name__)
+_client_log = RateLimitedLog(log, interval_seconds=5.0)
+
+DELIVERY_TIMEOUT_MS = 30_000
+"""How long librdkafka keeps retrying a message before reporting it failed."""
+START_TIMEOUT_S = 10.0
+"""How long the start check waits for the brokers' metadata."""
+
+
+def parse_target(arg: str) -> tuple[list[str], str, dict[str, str]]:
+    """``HOST:PORT[;HOST:PORT...]/TOPIC[?librdkafka.setting=value&...]``."""
+    target, _, query = arg.partition("?")
+    servers, slash, topic = target.rpartition("/")
+    brokers = [b.strip() for b in servers.split(";") if b.strip()]
+    if not slash or not topic.strip() or not brokers:
+        raise ValueError("expected kafka:HOST:PORT/TOPIC (several brokers joined by ;)")
+    for broker in brokers:
+        host, colon, port = broker.rpartition(":")
+        if not colon or not host or not port.isdigit():
+            raise ValueError(f"broker {broker!r} is not HOST:PORT")
+    config = {}
+    for pair in filter(None, query.split("&")):
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"{pair!r} is not a librdkafka setting=value")
+        config[key.strip()] = value.strip()
+    return brokers, topic.strip(), config
+
+
+class _DeliveryErrors:
+    """Collects failed deliveries from librdkafka's delivery reports."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def on_delivery(self, err, msg) -> None:
+        if err is not None:
+            self.errors.append(f"{err.str()} (topic {msg.topic()}, key {msg.key()!r})")
+
+    @staticmethod
+    def on_client_error(err) -> None:
+        _client_log.warning("kafka: %s", err.str())
+
+
+class _KafkaPartition(StatelessSinkPartition):
+    def __init__(self, inner, errors: _DeliveryErrors) -> None:
+        self._inner = inner
+        self._errors = errors
+
+    def write_batch(self, items: list) -> None:
+        from bytewax.connectors.kafka import KafkaSinkMessage
+
+        from service.outputs.fanout import OutputFailed
+
+        messages = [
+            KafkaSinkMessage(r.product_id.encode(), r.to_json().encode()) for r in items
+        ]
+        try:
+            self._inner.write_batch(messages)
+        except Exception as exc:  # produce() refused it: too large, queue full...
+            raise OutputFailed(f"Kafka refused a record: {exc}") from exc
+        self._check()
+
+    def _check(self) -> None:
+        if self._errors.errors:
+            from service.outputs.fanout import OutputFailed
+
+            first = self._errors.errors[0]
+            count = len(self._errors.errors)
+            raise OutputFailed(f"{count} Kafka deliveries failed, the first: {first}")
+
+    def close(self) -> None:
+        self._inner.close()
+        self._check()
+
+
+class KafkaRecordSink(DynamicSink):
+    """Records to ``topic``, keyed by product id, values the records' JSON."""
+
+    def __init__(
+        self, brokers: list[str], topic: str, config: dict | None = None
+    ) -> None:
+        self.brokers = brokers
+        self.topic = topic
+        self.config = dict(config or {})
+
+    def build(self, step_id: str, worker_index: int, worker_count: int):
+        from bytewax.connectors.kafka import KafkaSink
+
+        errors = _DeliveryErrors()
+        config = {
+            "delivery.timeout.ms": DELIVERY_TIMEOUT_MS,
+            "on_delivery": errors.on_delivery,
+            "error_cb": errors.on_client_error,
+            **self.config,
+        }
+        inner = KafkaSink(self.brokers, self.topic, add_config=config)
+        return _KafkaPartition(inner.build(step_id, worker_index, worker_count), errors)
+
+
+def check_target(arg: str | None) -> str:
+    """Well-formed, and the brokers answer a metadata request within START_TIMEOUT_S."""
+    brokers, topic, config = parse_target(arg)
+    from confluent_kafka import KafkaException, Producer
+    from confluent_kafka.admin import AdminClient
+
+    try:  # librdkafka checks the names and values of settings
+        Producer({"bootstrap.servers": ",".join(brokers), **config})
+    except KafkaException as exc:
+        raise ValueError(exc.args[0].str()) from None
+    admin = AdminClient({"bootstrap.servers": ",".join(brokers), **config})
+    try:
+        admin.list_topics(timeout=START_TIMEOUT_S)
+    except Exception as exc:
+        raise ValueError(f"brokers {';'.join(brokers)} did not answer: {exc}") from None
+    query = "&".join(f"{k}={v}" for k, v in config.items())
+    return f"{';'.join(brokers)}/{topic}" + (f"?{query}" if query else "")
+
+
+register(
+    OutputKind(
+        "kafka",
+        build=lambda arg: KafkaRecordSink(*parse_target(arg)),  # brokers, topic, config
+        arg="required",
+        help="kafka:HOST:PORT/TOPIC",
+        check=check_target,
+    )
+)

@@ -1,0 +1,61 @@
+"""Shared by the output tests: a small recording, and Parquet rows in the JSON shape."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+from bench.bench_flow import write_session
+
+
+def small_recording(path: Path, messages: int = 2000) -> Path:
+    """Exchange-feed frames of the four default products, 1 ms of feed time apart."""
+    write_session(path, messages, 3)
+    return path
+
+
+def _plain(value: Decimal) -> str:
+    return format(value.normalize(), "f")
+
+
+def _iso(t: datetime | None) -> str | None:
+    if t is None:
+        return None
+    t = t.astimezone(UTC).replace(tzinfo=None)
+    return t.isoformat(timespec="microseconds") + "Z"
+
+
+def parquet_records(root: Path) -> list[dict]:
+    """Every record of a ``parquet:DIR`` output, read with DuckDB, as the JSON shape."""
+    import duckdb
+
+    out = []
+    con = duckdb.connect()
+    for kind in ("summary", "depth"):
+        if not list((root / f"type={kind}").rglob("*.parquet")):
+            continue
+        rel = con.sql(
+            f"select * from read_parquet('{root}/type={kind}/**/*.parquet', "
+            "hive_partitioning = true)"
+        )
+        names = rel.columns
+        for row in rel.fetchall():
+            data = dict(zip(names, row, strict=True))
+            data.pop("date")
+            record = {}
+            for key, value in data.items():
+                if isinstance(value, Decimal):
+                    value = _plain(value)
+                elif isinstance(value, datetime):
+                    value = _iso(value)
+                elif isinstance(value, list):
+                    value = [[_plain(lv["price"]), _plain(lv["size"])] for lv in value]
+                record[key] = value
+            out.append(record)
+    return out
+
+
+def canonical(records: list[dict]) -> list[tuple]:
+    """Order-free comparable form (files of several partitions come in any order)."""
+    return sorted(tuple(sorted((k, str(v)) for k, v in r.items())) for r in records)

@@ -1,0 +1,122 @@
+"""The Kafka output against librdkafka's mock cluster (a real broker protocol on
+127.0.0.1), and delivery errors that must stop the run, never vanish."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+
+from orderbook import OrderBook
+from service.outputs import OutputFailed, parse_outputs
+from service.outputs.kafka import KafkaRecordSink
+from service.validation import ConfigError
+from tests.flow_runner import FlowProcess, by_product, flow_env, read_jsonl
+from tests.outputs_helpers import small_recording
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def mock_cluster():
+    """Bootstrap servers of a one-broker mock cluster, alive while the fixture is."""
+    from confluent_kafka import Producer
+
+    holder = Producer({"test.mock.num.brokers": 1})
+    brokers = holder.list_topics(timeout=10).orig_broker_name.split("/")[0]
+    yield brokers
+    del holder
+
+
+def consume(brokers: str, topic: str, expected: int, timeout: float = 60) -> list:
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": brokers,
+            "group.id": f"test-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([topic])
+    got = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(got) < expected and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                got.append((msg.key().decode(), json.loads(msg.value())))
+    finally:
+        consumer.close()
+    return got
+
+
+def test_a_replay_into_kafka_gives_the_records_of_its_jsonl(tmp_path, mock_cluster):
+    recording = small_recording(tmp_path / "session.jsonl.gz", 1000)
+    out = tmp_path / "a.jsonl"
+    env = flow_env(
+        ORDERBOOK_REPLAY=str(recording),
+        ORDERBOOK_SPREAD_THRESHOLD="0",
+        ORDERBOOK_DEPTH_LEVELS="3",
+        ORDERBOOK_DEPTH_INTERVAL="0.1",
+        ORDERBOOK_OUTPUT=f"jsonl:{out},kafka:{mock_cluster}/orderbook",
+    )
+    flow = FlowProcess(["bytewax.run", "dataflow:flow"], env)
+    assert flow.finish(timeout=120) == 0, flow.stderr[-3000:]
+    records = read_jsonl(out)
+    assert {r["type"] for r in records} == {"summary", "depth"}
+    got = consume(mock_cluster, "orderbook", len(records))
+    assert all(key == value["product_id"] for key, value in got)
+    # one product, one key, one partition: each product's records in order
+    assert by_product([value for _, value in got]) == by_product(records)
+
+
+def test_unreachable_brokers_are_refused_at_start():
+    with pytest.raises(ConfigError, match="did not answer"):
+        import service.outputs.kafka as kafka
+
+        old, kafka.START_TIMEOUT_S = kafka.START_TIMEOUT_S, 1.0
+        try:
+            parse_outputs("kafka:127.0.0.1:1/orderbook")
+        finally:
+            kafka.START_TIMEOUT_S = old
+
+
+def test_a_failed_delivery_stops_the_output_instead_of_vanishing():
+    """Nothing listens on port 1: librdkafka retries until its delivery timeout, then
+    reports the message failed, and the partition raises rather than go on."""
+    sink = KafkaRecordSink(["127.0.0.1:1"], "orderbook", {"delivery.timeout.ms": 1000})
+    part = sink.build("out", 0, 1)
+    book = OrderBook("BTC-USD")
+    book.apply_snapshot([("100", "1")], [("101", "1")])
+    with pytest.raises(OutputFailed, match="1 Kafka deliveries failed.*timed out"):
+        part.write_batch([book.summary(feed="sim")])
+
+
+def test_a_broker_that_goes_away_mid_run_stops_the_run_in_one_line(tmp_path):
+    """The mock cluster is destroyed under a running flow: librdkafka retries for the
+    delivery timeout given after the topic, then the run stops, status 1, one line."""
+    from confluent_kafka import Producer
+
+    holder = Producer({"test.mock.num.brokers": 1})
+    brokers = holder.list_topics(timeout=10).orig_broker_name.split("/")[0]
+    out = tmp_path / "a.jsonl"
+    env = flow_env(
+        ORDERBOOK_FEED="sim",
+        ORDERBOOK_SIM_DEPTH="100",
+        ORDERBOOK_SPREAD_THRESHOLD="0",
+        ORDERBOOK_OUTPUT=f"jsonl:{out},kafka:{brokers}/orderbook?delivery.timeout.ms=1500",
+    )
+    flow = FlowProcess(["bytewax.run", "dataflow:flow"], env)
+    try:
+        flow.wait_for(
+            lambda: len(consume(brokers, "orderbook", 5, 5)) >= 5, 60, "records"
+        )
+    finally:
+        del holder  # the broker is gone
+    assert flow.finish(timeout=60) == 1, flow.stderr[-3000:]
+    failed = [ln for ln in flow.stderr.splitlines() if "failed, stopping" in ln]
+    assert len(failed) == 1 and "Kafka deliveries failed" in failed[0], flow.stderr
+    assert "Traceback" not in flow.stderr

@@ -104,7 +104,7 @@ def product_of_line(line: bytes) -> bytes | None:
     """
     if not line.startswith(_PREFIX):
         return None
-    key = line.find(_PRODUCT_KEY, 8, 40)
+    key = line.find(_PRODUCT_KEY, 8, 64)
     if key < 9 or not line[8:key].isdigit():
         return None
     start = key + len(_PRODUCT_KEY)

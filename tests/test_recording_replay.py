@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from bytewax.recovery import RecoveryConfig
+from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, cluster_main, run_main
 
 import recording.replay as replay_module
@@ -281,3 +281,111 @@ def test_a_connected_record_resets_the_book_and_a_stray_one_is_logged(tmp_path, 
     assert got["ETH-USD"] == full["ETH-USD"][: len(got["ETH-USD"])]
     assert any("stray 'connected' record" in r.getMessage() for r in caplog.records)
     assert got["BTC-USD"] == full["BTC-USD"]
+
+
+# -- 4. a resumed replay goes on after the last record it emitted --------------------------
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+class _CrashingSink(TestingSink):
+    """Keeps what it is given, then fails the run once it holds ``after`` items."""
+
+    def __init__(self, out: list, after: int) -> None:
+        super().__init__(out)
+        self.after = after
+
+    def build(self, step_id, worker_index, worker_count):
+        part = super().build(step_id, worker_index, worker_count)
+        out, after = self._ls, self.after
+
+        class Crashing(type(part)):
+            def write_batch(self, items):
+                if len(out) >= after:
+                    raise _Crash("the run dies here")
+                super().write_batch(items)
+
+        part.__class__ = Crashing
+        return part
+
+
+def test_a_resumed_replay_continues_after_the_last_record_it_emitted(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(replay_module.ReplayPartition, "BATCH", 10)
+    monkeypatch.setattr(replay_module._WorkerReader, "PULL_LINES", 40)
+    path = write_recording(tmp_path / "r.jsonl.gz", session_records(messages=800))
+    full = replay(path)
+    db = tmp_path / "recovery"
+    db.mkdir()
+    init_db_dir(db, 1)
+    recovery = RecoveryConfig(str(db), backup_interval=timedelta(0))
+
+    def run(sink):
+        flow = get_flow(
+            Settings(spread_threshold_pct=0),
+            source=ReplaySource(path),
+            products=PRODUCTS,
+            sink=sink,
+        )
+        run_main(flow, epoch_interval=timedelta(0), recovery_config=recovery)
+
+    first: list = []
+    with pytest.raises(Exception, match="error writing output batch"):
+        run(_CrashingSink(first, after=200))
+    second: list = []
+    run(TestingSink(second))
+    before = by_product([s.to_dict() for s in first])
+    after = by_product([s.to_dict() for s in second])
+    total = sum(len(v) for v in full.values())
+    assert 0 < sum(len(v) for v in after.values()) < total - 150
+    for product in PRODUCTS:
+        f, a, b = full[product], before.get(product, []), after[product]
+        assert a == f[: len(a)], product
+        assert b == f[len(f) - len(b) :], product  # a tail of the full run ...
+        assert len(a) + len(b) >= len(f), product  # ... that misses nothing
+        assert len(a) + len(b) <= len(f) + 12, product  # at most a batch again
+    assert "frames re-read to rebuild the books" in report_of(
+        capsys.readouterr().err, path
+    )
+
+
+# -- 5. progress bar and report --------------------------------------------------------------
+
+
+def test_a_replay_ends_with_a_report_on_stderr(clean, capsys):
+    replay(clean)
+    report = report_of(capsys.readouterr().err, clean)
+    for part in (
+        "(BTC-EUR, BTC-USD, ETH-EUR, ETH-USD;",
+        "404 frames read",
+        "4 snapshots and 1,201 level changes sent to the books",
+        "4 resets at recorded reconnections",
+        "frames/s)",
+        "nothing skipped.",
+    ):
+        assert part in report, (part, report)
+
+
+def test_two_workers_report_each_for_its_own_products(clean, capsys):
+    replay(clean, lambda f: cluster_main(f, [], 0, worker_count_per_proc=2))
+    err = capsys.readouterr().err
+    reports = sorted(x for x in err.splitlines() if x.startswith("replay of clean"))
+    assert len(reports) == 2, err
+    assert "(BTC-EUR, ETH-EUR;" in reports[0] and "(BTC-USD, ETH-USD;" in reports[1]
+    assert all("202 frames read" in r for r in reports)
+
+
+def test_the_progress_bar_shows_frames_percent_rate_and_time_left(clean, capsys):
+    replay(clean, progress=True)
+    err = capsys.readouterr().err
+    assert "100%" in err and "404 frames" in err and "/s" in err, err
+    assert "0:00:00" in err or "-:--:--" in err  # the time left column
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(clean, capsys):
+    replay(clean)
+    err = capsys.readouterr().err
+    assert "100%" not in err and "━" not in err

@@ -202,7 +202,7 @@ class Recording:
         try:
             with gzip.open(path, "rb") as f:
                 header = orjson.loads(f.readline())
-        except (OSError, EOFError, ValueError) as exc:
+        except (OSError, EOFError, ValueError, zlib.error) as exc:
             raise RecordingError(
                 f"{path}: not a gzip JSON-lines recording ({exc})"
             ) from None

@@ -20,6 +20,7 @@ import gzip
 import json
 import logging
 import os
+import re
 import time
 import zlib
 from collections import Counter
@@ -89,8 +90,9 @@ class RecordingWriter:
 # --- reading ---------------------------------------------------------------------------
 
 _CHUNK = 1 << 18
-_PREFIX = b'{"t_ns":'
-_PRODUCT_KEY = b',"product_id":"'
+_RECORD_START = re.compile(rb'\{"t_ns":\d{1,20},"product_id":"([^"\\]{1,80})"')
+match_record_start = _RECORD_START.match
+"""``match_record_start(line)[1]`` is the product id of a line the writer wrote."""
 
 
 def product_of_line(line: bytes) -> bytes | None:
@@ -100,21 +102,10 @@ def product_of_line(line: bytes) -> bytes | None:
     A line of any other shape (an older or hand-made recording, damage) gives None, and
     the caller parses it. An unescaped ``"product_id":"`` cannot occur inside the
     ``frame`` string (its quotes are escaped there), and is only accepted right after a
-    plain integer ``t_ns``, so a match is the record's own key.
+    plain integer ``t_ns`` at the start of the line, so a match is the record's own key.
     """
-    if not line.startswith(_PREFIX):
-        return None
-    key = line.find(_PRODUCT_KEY, 8, 64)
-    if key < 9 or not line[8:key].isdigit():
-        return None
-    start = key + len(_PRODUCT_KEY)
-    end = line.find(b'"', start, start + 80)
-    if end < 0:
-        return None
-    product = line[start:end]
-    if b"\\" in product:
-        return None
-    return product
+    found = match_record_start(line)
+    return found[1] if found is not None else None
 
 
 def parse_record(line: bytes) -> tuple[dict[str, Any] | None, str]:

@@ -52,8 +52,8 @@ from recording.format import (
     LineReader,
     Recording,
     RecordingError,
+    match_record_start,
     parse_record,
-    product_of_line,
 )
 from service.logs import RateLimitedLog
 
@@ -109,12 +109,13 @@ class _WorkerReader:
         queues = self.queues
         start = self.start
         n = 0
+        match = match_record_start
         for index, line in self._lines:
             if index < start:
                 continue
-            product = product_of_line(line)
-            if product is not None:
-                queue = queues.get(product)
+            found = match(line)
+            if found is not None:
+                queue = queues.get(found[1])
                 if queue is not None:
                     queue.append((index, line))
             else:
@@ -159,8 +160,10 @@ class _WorkerReader:
             if self.progress is not None:
                 self.progress.close(self)
                 self.progress = None
-            report = replay_report(self)
-            print(report, file=sys.stderr, flush=True)
+            try:
+                print(replay_report(self), file=sys.stderr, flush=True)
+            except (OSError, ValueError):  # stderr closed: the run must still end well
+                pass
 
 
 def replay_report(reader: _WorkerReader) -> str:

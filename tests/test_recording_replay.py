@@ -156,6 +156,7 @@ def test_older_recordings_without_the_compact_layout_replay_the_same(clean, tmp_
     assert replay(old) == replay(clean)
 
 
+@pytest.mark.slow
 def test_one_and_two_workers_in_process_give_identical_summaries(clean):
     single = replay(clean)
     assert set(single) == set(PRODUCTS) and all(len(v) > 10 for v in single.values())
@@ -369,6 +370,7 @@ def test_a_replay_ends_with_a_report_on_stderr(clean, capsys):
         assert part in report, (part, report)
 
 
+@pytest.mark.slow
 def test_two_workers_report_each_for_its_own_products(clean, capsys):
     replay(clean, lambda f: cluster_main(f, [], 0, worker_count_per_proc=2))
     err = capsys.readouterr().err

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -46,8 +47,8 @@ LAYOUTS = {
 TARGET = 1.7
 
 
-def run_layout(args: list[str], recording: Path, out: Path) -> float:
-    """Wall time of one run of the command; its summaries are left in ``out``."""
+def run_layout(args: list[str], recording: Path, out: Path) -> tuple[float, float]:
+    """Wall and CPU seconds of one run of the command; summaries are left in ``out``."""
     out.unlink(missing_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERBOOK_")}
     env.update(
@@ -55,6 +56,7 @@ def run_layout(args: list[str], recording: Path, out: Path) -> float:
         ORDERBOOK_SPREAD_THRESHOLD="0",
         ORDERBOOK_OUTPUT=f"jsonl:{out}",
     )
+    cpu_before = _children_cpu()
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", *args],
@@ -67,7 +69,12 @@ def run_layout(args: list[str], recording: Path, out: Path) -> float:
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
-    return wall
+    return wall, _children_cpu() - cpu_before
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def summaries_by_product(out: Path) -> dict[str, list[str]]:
@@ -90,12 +97,15 @@ def main() -> dict[str, float]:
             recording, args.messages, args.changes_per_batch
         )
         walls: dict[str, list[float]] = {name: [] for name in LAYOUTS}
+        cpus: dict[str, list[float]] = {name: [] for name in LAYOUTS}
         baseline: dict[str, list[str]] | None = None
         identical = True
         for _ in range(args.repeat):
             for name, layout in LAYOUTS.items():
                 out = Path(tmp) / "out.jsonl"
-                walls[name].append(run_layout(layout, recording, out))
+                wall, cpu = run_layout(layout, recording, out)
+                walls[name].append(wall)
+                cpus[name].append(cpu)
                 got = summaries_by_product(out)
                 if baseline is None:
                     baseline = got
@@ -116,10 +126,15 @@ def main() -> dict[str, float]:
             f"  {name:<10} {rate:>9,.0f} msg/s  ({statistics.median(walls[name]):5.2f} s)"
             f"  {ratio:4.2f}x the -w 1 baseline of {base:,.0f} msg/s"
         )
+        line += f"  cpu {statistics.median(cpus[name]):5.2f} s"
         if name == "-p 2 -w 1":
             line += f"   target >= {TARGET}x {_mark(ratio >= TARGET)}"
         print(line)
     print(f"  summaries identical per product in every layout: {_mark(identical)}")
+    print(
+        f"  (load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} "
+        "cores; the figures mean something only on an otherwise idle machine)"
+    )
     return rates
 
 

@@ -183,6 +183,11 @@ def replay_report(reader: _WorkerReader) -> str:
         f"{stats['resets']:,} resets at recorded reconnections, "
         f"in {wall:.2f} s ({rate:,.0f} frames/s)"
     )
+    if stats["stray connected records"]:
+        text += (
+            f"; {stats['stray connected records']:,} stray 'connected' records (a reset "
+            "with updates but no snapshot after it)"
+        )
     if stats["resumed"]:
         text += (
             f"; resumed: {stats['warmup']:,} frames re-read to rebuild the books, "

@@ -266,7 +266,9 @@ def test_a_malformed_frame_is_skipped_and_the_book_goes_on(tmp_path, capsys):
     assert "1 a malformed frame" in report and "may differ from the live run" in report
 
 
-def test_a_connected_record_resets_the_book_and_a_stray_one_is_logged(tmp_path, caplog):
+def test_a_connected_record_resets_the_book_and_a_stray_one_is_logged(
+    tmp_path, caplog, capsys
+):
     records = session_records()
     i = 150
     stray = {"t_ns": records[i]["t_ns"], "product_id": "ETH-USD", "event": "connected"}
@@ -281,6 +283,7 @@ def test_a_connected_record_resets_the_book_and_a_stray_one_is_logged(tmp_path, 
     assert len(got["ETH-USD"]) < len(full["ETH-USD"])
     assert got["ETH-USD"] == full["ETH-USD"][: len(got["ETH-USD"])]
     assert any("stray 'connected' record" in r.getMessage() for r in caplog.records)
+    assert "1 stray 'connected' records" in report_of(capsys.readouterr().err, damaged)
     assert got["BTC-USD"] == full["BTC-USD"]
 
 

@@ -282,6 +282,8 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, BookEvent], ResumeState
         return batch
 
     def snapshot(self) -> ResumeState:
+        if self._shadow is not None:  # still rebuilding: the resume point stands
+            return {"next": max(self._next, self._emit_from), "stream": self._stream}
         return {"next": self._next, "stream": self._stream}
 
     # -- one record ---------------------------------------------------------------------

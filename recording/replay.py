@@ -190,7 +190,7 @@ def replay_report(reader: _WorkerReader) -> str:
         )
     if stats["resumed"]:
         text += (
-            f"; resumed: {stats['warmup']:,} frames re-read to rebuild the books, "
+            f"; resumed: {stats['warmup']:,} records re-read to rebuild the books, "
             "not emitted again"
         )
     if skipped:

@@ -351,7 +351,7 @@ def test_a_resumed_replay_continues_after_the_last_record_it_emitted(
         assert b == f[len(f) - len(b) :], product  # a tail of the full run ...
         assert len(a) + len(b) >= len(f), product  # ... that misses nothing
         assert len(a) + len(b) <= len(f) + 12, product  # at most a batch again
-    assert "frames re-read to rebuild the books" in report_of(
+    assert "records re-read to rebuild the books" in report_of(
         capsys.readouterr().err, path
     )
 
@@ -394,3 +394,31 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(clean, capsys):
     replay(clean)
     err = capsys.readouterr().err
     assert "100%" not in err and "━" not in err
+
+
+@pytest.mark.slow
+def test_a_finished_replay_run_again_with_recovery_writes_only_the_last_tops(
+    clean, tmp_path
+):
+    """The command a user runs: ``-r`` on a replay that already ran to its end."""
+    db = tmp_path / "recovery"
+    db.mkdir()
+    init_db_dir(db, 1)
+    runs = []
+    for n in (1, 2):
+        out = tmp_path / f"run{n}.jsonl"
+        env = flow_env(
+            ORDERBOOK_REPLAY=str(clean),
+            ORDERBOOK_SPREAD_THRESHOLD="0",
+            ORDERBOOK_OUTPUT=f"jsonl:{out}",
+        )
+        args = ["bytewax.run", "dataflow:flow", "-r", str(db), "-s", "0", "-b", "0"]
+        flow = FlowProcess(args, env)
+        assert flow.finish(timeout=120) == 0, flow.stderr[-3000:]
+        runs.append(by_product(read_jsonl(out)))
+    first, second = runs
+    assert first == replay(clean)
+    # each product: at most its last summary again, never the earlier ones
+    for product, summaries in second.items():
+        assert summaries == first[product][-1:], product
+    assert "records re-read to rebuild the books" in flow.stderr

@@ -29,7 +29,7 @@ Bytewax saves holds no levels), then emits the rebuilt book as one snapshot and 
 from record ``i``. So a resumed replay writes no summary of the records before the resume
 point again, except that the book's top at the resume point is summarised once more (with
 the time of the summary it repeats), as any Bytewax output may be repeated around a
-resume (at-least-once).
+resume (at-least-once). A partition resumed at the end of the file emits nothing.
 """
 
 from __future__ import annotations
@@ -273,8 +273,8 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, BookEvent], ResumeState
         if batch:
             return batch
         if self._reader.done and not queue:
-            if self._shadow is not None:  # resumed at the very end of the file
-                return [self._rebuilt_book()]
+            if self._shadow is not None:  # resumed at the end: nothing follows
+                self._rebuilt_book()  # (only for the report's counts)
             if not self.ended:
                 self.ended = True
                 self._reader.finished()

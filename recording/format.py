@@ -224,19 +224,21 @@ class Recording:
         """The raw record lines, for readers that filter before parsing."""
         return LineReader(self.path)
 
-    def records(self, start: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
-        """``(index, record)`` for every record after the header, from index ``start``.
+    def records(self, start: int = 0) -> Iterator[tuple[int, Any]]:
+        """``(index, value)`` for every JSON line after the header, from index ``start``.
 
-        A line that is not a JSON object is skipped with a warning (at most one a
-        second); a truncated tail ends the iteration quietly.
+        A value is normally a record (a dict) but may be any JSON value: callers check
+        (the replay source and the local exchange skip and count the others). A line
+        that is not JSON is skipped with a warning (at most one a second); a truncated
+        tail ends the iteration with a warning.
         """
         bad = RateLimitedLog(log)
         for index, line in self.lines():
-            if index < start:
+            if index < start or not line.strip():
                 continue
-            record, why = parse_record(line)
-            if record is None:
-                if line.strip():
-                    bad.warning("%s: record %d is %s; skipped", self.path, index, why)
+            try:
+                value = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                bad.warning("%s: record %d is not JSON; skipped", self.path, index)
                 continue
-            yield index, record
+            yield index, value

@@ -20,13 +20,18 @@ import gzip
 import json
 import logging
 import os
+import re
 import time
+import zlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from service.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +89,96 @@ class RecordingWriter:
 
 # --- reading ---------------------------------------------------------------------------
 
+_CHUNK = 1 << 18
+_RECORD_START = re.compile(rb'\{"t_ns":\d{1,20},"product_id":"([^"\\]{1,80})"')
+match_record_start = _RECORD_START.match
+"""``match_record_start(line)[1]`` is the product id of a line the writer wrote."""
+
+
+def product_of_line(line: bytes) -> bytes | None:
+    """The product id of a record line written by :class:`RecordingWriter`, without parsing.
+
+    The writer puts ``t_ns`` then ``product_id`` first: ``{"t_ns":123,"product_id":"X",``.
+    A line of any other shape (an older or hand-made recording, damage) gives None, and
+    the caller parses it. An unescaped ``"product_id":"`` cannot occur inside the
+    ``frame`` string (its quotes are escaped there), and is only accepted right after a
+    plain integer ``t_ns`` at the start of the line, so a match is the record's own key.
+    """
+    found = match_record_start(line)
+    return found[1] if found is not None else None
+
+
+def parse_record(line: bytes) -> tuple[dict[str, Any] | None, str]:
+    """``(record, "")`` for a line holding a JSON object, else ``(None, why)``."""
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None, "not JSON"
+    if type(record) is not dict:
+        return None, "JSON but not an object"
+    return record, ""
+
+
+class LineReader:
+    """The raw lines of a recording after its header, as ``(index, bytes)``.
+
+    Decompresses in large chunks (cheaper than ``GzipFile`` line iteration) and tracks
+    how much of the compressed file it has consumed, for a progress bar. A truncated or
+    damaged tail (a recorder killed mid-write) ends the iteration with a warning; the
+    partial last line is dropped. Counts what it could not read in :attr:`skipped`.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.size = self.path.stat().st_size
+        self.position = 0
+        """Compressed bytes consumed so far."""
+        self.lines = 0
+        self.skipped: Counter[str] = Counter()
+        self.ended_early: str | None = None
+
+    def __iter__(self) -> Iterator[tuple[int, bytes]]:
+        index = -1  # the header is line -1
+        rest = b""
+        decompressor = zlib.decompressobj(zlib.MAX_WBITS | 32)
+        with open(self.path, "rb") as f:
+            try:
+                while True:
+                    chunk = f.read(_CHUNK)
+                    self.position += len(chunk)
+                    if not chunk:
+                        break
+                    data = decompressor.decompress(chunk)
+                    while decompressor.eof and decompressor.unused_data:
+                        tail = decompressor.unused_data  # another gzip member
+                        decompressor = zlib.decompressobj(zlib.MAX_WBITS | 32)
+                        data += decompressor.decompress(tail)
+                    if not data:
+                        continue
+                    lines = (rest + data).split(b"\n")
+                    rest = lines.pop()
+                    for line in lines:
+                        if index >= 0:
+                            self.lines += 1
+                            yield index, line
+                        index += 1
+                if not decompressor.eof:
+                    raise EOFError("compressed stream ends before its end marker")
+            except (EOFError, zlib.error, OSError) as exc:
+                self.ended_early = str(exc)
+                if rest:
+                    self.skipped["truncated last line"] += 1
+                rest = b""
+                log.warning(
+                    "%s: recording ends early after record %d (%s)",
+                    self.path,
+                    index - 1,
+                    exc,
+                )
+        if rest.strip() and index >= 0:
+            self.lines += 1
+            yield index, rest
+
 
 @dataclass
 class Recording:
@@ -96,9 +191,9 @@ class Recording:
     def open(cls, path: str | os.PathLike) -> Recording:
         path = Path(path)
         try:
-            with gzip.open(path, "rt", encoding="utf-8") as f:
-                header = json.loads(f.readline())
-        except (OSError, EOFError, ValueError) as exc:
+            with gzip.open(path, "rb") as f:
+                header = orjson.loads(f.readline())
+        except (OSError, EOFError, ValueError, zlib.error) as exc:
             raise RecordingError(
                 f"{path}: not a gzip JSON-lines recording ({exc})"
             ) from None
@@ -110,6 +205,11 @@ class Recording:
             )
         if header.get("protocol") not in ("exchange", "advanced-trade"):
             raise RecordingError(f"{path}: unknown protocol {header.get('protocol')!r}")
+        products = header.get("products", [])
+        if not isinstance(products, list) or not all(
+            isinstance(p, str) for p in products
+        ):
+            raise RecordingError(f"{path}: header 'products' is not a list of ids")
         return cls(path, header)
 
     @property
@@ -120,30 +220,25 @@ class Recording:
     def protocol(self) -> str:
         return self.header["protocol"]
 
-    def records(self, start: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
-        """``(index, record)`` for every record after the header, from index ``start``.
+    def lines(self) -> LineReader:
+        """The raw record lines, for readers that filter before parsing."""
+        return LineReader(self.path)
 
-        A truncated tail (a recorder killed mid-write) ends the iteration quietly.
+    def records(self, start: int = 0) -> Iterator[tuple[int, Any]]:
+        """``(index, value)`` for every JSON line after the header, from index ``start``.
+
+        A value is normally a record (a dict) but may be any JSON value: callers check
+        (the replay source and the local exchange skip and count the others). A line
+        that is not JSON is skipped with a warning (at most one a second); a truncated
+        tail ends the iteration with a warning.
         """
-        with gzip.open(self.path, "rb") as f:
-            f.readline()
-            index = -1
+        bad = RateLimitedLog(log)
+        for index, line in self.lines():
+            if index < start or not line.strip():
+                continue
             try:
-                for index, line in enumerate(f):
-                    if index < start:
-                        continue
-                    try:
-                        record = orjson.loads(line)
-                    except orjson.JSONDecodeError:
-                        log.warning(
-                            "%s: record %d is not JSON; skipped", self.path, index
-                        )
-                        continue
-                    yield index, record
-            except (EOFError, gzip.BadGzipFile, OSError) as exc:
-                log.warning(
-                    "%s: recording ends early after record %d (%s)",
-                    self.path,
-                    index,
-                    exc,
-                )
+                value = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                bad.warning("%s: record %d is not JSON; skipped", self.path, index)
+                continue
+            yield index, value

@@ -1,122 +1,514 @@
-"""Replay of a recording as a Bytewax source."""
+"""Replay of a recording as a Bytewax source: one partition per product.
+
+Layout. Each product is its own partition, named by its product id, so Bytewax places it
+on the worker that also holds the product's book (round-robin over the sorted names, the
+rule :mod:`service.placement` keys the book step by): under ``-w N`` or ``-p N`` no event
+crosses a worker or a process. The partitions of one worker share one pass over the file
+(a :class:`_WorkerReader`): it decompresses the file once, finds each line's product with
+a byte search at its known place (no JSON parsing) and hands the line to that product's
+partition, or drops it when no partition of this worker wants it. A line of another shape
+(older or hand-made recordings) is parsed to find its product.
+
+Decisions a replay makes differently from a live feed (a file cannot be asked again):
+
+* a line that cannot be read (not JSON, JSON but not an object, no product, no frame) is
+  skipped and counted; the run goes on;
+* a frame that cannot be decoded, a recorded error reply, or an Advanced Trade sequence
+  gap is skipped and counted, and the book goes on (a live run would resync from a new
+  snapshot, which a recording does not have): books after such a frame may differ from
+  the live run's. The book is reset only where the recording says a new connection began
+  (``"event": "connected"``); a ``connected`` record in the middle of a stream (no
+  snapshot seen since the previous one) is logged as stray;
+* the report at the end says what was skipped and why.
+
+Recovery (``-r``). The resume state of a partition is ``{"next": i, "stream": s}``: the
+index of the next record of its product to emit and the index where the product's current
+stream began (its last ``connected`` record, or 0). A resumed partition reads from ``s``
+again, rebuilds its book from those records without emitting anything (the book state
+Bytewax saves holds no levels), then emits the rebuilt book as one snapshot and goes on
+from record ``i``. So a resumed replay writes no summary of the records before the resume
+point again, except that the book's top at the resume point is summarised once more (with
+the time of the summary it repeats), as any Bytewax output may be repeated around a
+resume (at-least-once). A partition resumed at the end of the file emits nothing.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
+import time
+from collections import Counter, deque
 from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from book_step import BookState, update_book
 from coinbase.decode import FeedError, FrameDecoder, MalformedFrame, SequenceGap
-from events import BookEvent, BookReset
+from events import BookChanges, BookEvent, BookReset, BookSnapshot
 from recording.format import (
     CONNECTED,
+    LineReader,
     Recording,
     RecordingError,
+    match_record_start,
+    parse_record,
 )
 from service.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
+ResumeState = dict[str, int]
 
-class ReplayPartition(StatefulSourcePartition[tuple[str, BookEvent], dict[str, int]]):
-    """Emits the recording's events in file order, as fast as the dataflow takes them.
 
-    One partition reads the file once for all products (a gzip file is one sequential
-    stream; reading it once per product cost more than everything else of a replay). The
-    books still spread over the workers: the book step is keyed per product.
+class _WorkerReader:
+    """One pass over the file for the partitions of one worker (one thread).
 
-    Resume state is, per product, the index of the record that started its current
-    stream (its last connection). A resumed replay starts at the earliest of them, after
-    a reset of every product, so each book is rebuilt from a snapshot in the file instead
-    of resuming a stale one.
+    Lines go to per-product queues; a partition whose queue is empty pulls the next chunk
+    of the file. Every partition of the worker is polled in turn by Bytewax, so the
+    queues stay short; reading pauses while any queue holds more than ``MAX_QUEUED``.
     """
+
+    PULL_LINES = 2000
+    MAX_QUEUED = 50_000
+
+    def __init__(self, recording: Recording, worker: str) -> None:
+        self.recording = recording
+        self.worker = worker
+        self.queues: dict[bytes, deque[tuple[int, Any]]] = {}
+        self.parts: list[ReplayPartition] = []
+        self.start = 0
+        self.started = False
+        self.done = False
+        self.reader: LineReader | None = None
+        self._lines = None
+        self.skipped: Counter[str] = Counter()
+        self._bad = RateLimitedLog(log)
+        self.t0 = 0.0
+        self.progress = None
+        self.show_progress = False
+
+    def register(self, part: ReplayPartition) -> None:
+        self.queues[part.product.encode()] = deque()
+        self.parts.append(part)
+
+    def pull(self) -> bool:
+        """Read some lines into the queues; False when the file is exhausted or paused."""
+        if self.done:
+            return False
+        if not self.started:
+            self.started = True
+            self.t0 = time.perf_counter()
+            self.start = min((p.read_from for p in self.parts), default=0)
+            self.reader = self.recording.lines()
+            self._lines = iter(self.reader)
+            self.progress = _progress_task(self)
+        if any(len(q) > self.MAX_QUEUED for q in self.queues.values()):
+            return False
+        queues = self.queues
+        start = self.start
+        n = 0
+        match = match_record_start
+        for index, line in self._lines:
+            if index < start:
+                continue
+            found = match(line)
+            if found is not None:
+                queue = queues.get(found[1])
+                if queue is not None:
+                    queue.append((index, line))
+            else:
+                self._route_parsed(index, line)
+            n += 1
+            if n >= self.PULL_LINES:
+                self._show_progress()
+                return True
+        self.done = True
+        self.skipped.update(self.reader.skipped)
+        self._show_progress()
+        return n > 0
+
+    def _route_parsed(self, index: int, line: bytes) -> None:
+        if not line.strip():
+            return
+        record, why = parse_record(line)
+        if record is None:
+            self._skip(index, why)
+            return
+        product = record.get("product_id")
+        if not isinstance(product, str):
+            self._skip(index, "a record without a product_id")
+            return
+        queue = self.queues.get(product.encode())
+        if queue is not None:
+            queue.append((index, record))
+
+    def _skip(self, index: int, why: str) -> None:
+        self.skipped[why] += 1
+        self._bad.warning(
+            "%s: record %d is %s; skipped", self.recording.path, index, why
+        )
+
+    def _show_progress(self) -> None:
+        if self.progress is not None:
+            self.progress.update(self)
+
+    def finished(self) -> None:
+        """Called by each partition at its end; the last one reports for the worker."""
+        if all(p.ended for p in self.parts):
+            if self.progress is not None:
+                self.progress.close(self)
+                self.progress = None
+            try:
+                print(replay_report(self), file=sys.stderr, flush=True)
+            except (OSError, ValueError):  # stderr closed: the run must still end well
+                pass
+
+
+def replay_report(reader: _WorkerReader) -> str:
+    """One paragraph: what this worker's pass over the recording did."""
+    stats: Counter[str] = Counter()
+    skipped: Counter[str] = Counter(reader.skipped)
+    for part in reader.parts:
+        stats.update(part.stats)
+        skipped.update(part.skipped)
+    wall = max(time.perf_counter() - reader.t0, 1e-9) if reader.started else 0.0
+    rate = stats["frames"] / wall if wall else 0.0
+    products = ", ".join(p.product for p in reader.parts)
+    text = (
+        f"replay of {reader.recording.path.name} ({products}; {reader.worker}): "
+        f"{stats['frames']:,} frames read, {stats['snapshots']:,} snapshots and "
+        f"{stats['changes']:,} level changes sent to the books, "
+        f"{stats['resets']:,} resets at recorded reconnections, "
+        f"in {wall:.2f} s ({rate:,.0f} frames/s)"
+    )
+    if stats["stray connected records"]:
+        text += (
+            f"; {stats['stray connected records']:,} stray 'connected' records (a reset "
+            "with updates but no snapshot after it)"
+        )
+    if stats["resumed"]:
+        text += (
+            f"; resumed: {stats['warmup']:,} records re-read to rebuild the books, "
+            "not emitted again"
+        )
+    if skipped:
+        reasons = ", ".join(f"{n:,} {why}" for why, n in skipped.most_common())
+        text += (
+            f"; skipped {sum(skipped.values()):,}: {reasons}. Books after a skipped "
+            "frame may differ from the live run's"
+        )
+    else:
+        text += "; nothing skipped"
+    if reader.reader is not None and reader.reader.ended_early:
+        text += f"; the file ends early ({reader.reader.ended_early})"
+    return text + "."
+
+
+class ReplayPartition(StatefulSourcePartition[tuple[str, BookEvent], ResumeState]):
+    """One product's events in file order, as fast as the dataflow takes them."""
 
     BATCH = 500
 
     def __init__(
         self,
-        recording: Recording,
-        products: list[str],
+        reader: _WorkerReader,
+        product: str,
+        protocol: str,
         feed_label: str,
-        resume: dict[str, int] | None,
-    ):
+        resume: ResumeState | None,
+    ) -> None:
+        self.product = product
+        self._protocol = protocol
         self._feed = feed_label
-        self._protocol = recording.protocol
-        self._decoders = {p: FrameDecoder(self._protocol, feed_label) for p in products}
-        self._stream_starts = dict.fromkeys(products, 0)
-        if resume:
-            self._stream_starts.update(
-                {p: i for p, i in resume.items() if p in self._stream_starts}
-            )
-        self._records = recording.records(min(self._stream_starts.values(), default=0))
-        self._pending: list[tuple[str, BookEvent]] = [
-            (p, BookReset(p, "replay start", feed_label)) for p in products
-        ]
+        self._decoder = FrameDecoder(protocol, feed_label)
         self._bad = RateLimitedLog(log)
-        self.stats = {"frames": 0, "events": 0, "malformed": 0, "gaps": 0, "errors": 0}
+        self.stats: Counter[str] = Counter()
+        self.skipped: Counter[str] = Counter()
+        self.ended = False
+        self._awaiting_snapshot_since: int | None = None
+        self._last_summary = None
+        resume = resume if _valid_resume(resume) else None
+        if resume is None:
+            self._next = 0
+            self._stream = 0
+            self._emit_from = 0
+            self._shadow: BookState | None = None
+            self._pending = [(product, BookReset(product, "replay start", feed_label))]
+        else:
+            self._next = resume["next"]
+            self._stream = resume["stream"]
+            self._emit_from = resume["next"]
+            self._shadow = BookState(product, feed_label)
+            self._pending = []
+            self.stats["resumed"] = 1
+        self.read_from = self._stream
+        self._reader = reader
+        reader.register(self)
+        self._queue = reader.queues[product.encode()]
+
+    # -- the partition ------------------------------------------------------------------
 
     def next_batch(self) -> list[tuple[str, BookEvent]]:
         batch, self._pending = self._pending, []
-        for index, record in self._records:
-            product = record.get("product_id")
-            decoder = self._decoders.get(product)
-            if decoder is None:
+        queue = self._queue
+        while len(batch) < self.BATCH:
+            if not queue:
+                if not self._reader.pull():
+                    if queue:
+                        continue
+                    break
                 continue
-            if record.get("event") == CONNECTED:
-                self._stream_starts[product] = index
-                self._decoders[product] = FrameDecoder(self._protocol, self._feed)
-                batch.append((product, BookReset(product, "reconnected", self._feed)))
+            index, line = queue.popleft()
+            if index < self.read_from:
                 continue
-            batch.extend(self._decode(product, decoder, record))
-            if len(batch) >= self.BATCH:
-                return batch
+            self._next = index + 1
+            if index < self._emit_from:
+                self._warm_up(index, line)
+                continue
+            if self._shadow is not None:
+                batch.append(self._rebuilt_book())
+            self._record(index, line, batch)
         if batch:
             return batch
-        raise StopIteration
+        if self._reader.done and not queue:
+            if self._shadow is not None:  # resumed at the end: nothing follows
+                self._rebuilt_book()  # (only for the report's counts)
+            if not self.ended:
+                self.ended = True
+                self._reader.finished()
+            raise StopIteration
+        return batch
 
-    def _decode(
-        self, product: str, decoder: FrameDecoder, record: dict[str, Any]
-    ) -> list[tuple[str, BookEvent]]:
+    def snapshot(self) -> ResumeState:
+        if self._shadow is not None:  # still rebuilding: the resume point stands
+            return {"next": max(self._next, self._emit_from), "stream": self._stream}
+        return {"next": self._next, "stream": self._stream}
+
+    # -- one record ---------------------------------------------------------------------
+
+    def _record(self, index: int, line: Any, out: list) -> None:
+        if isinstance(line, bytes):
+            record, why = parse_record(line)
+            if record is None:
+                self._skip(index, why)
+                return
+        else:
+            record = line
+        if record.get("event") == CONNECTED:
+            self._stream = index
+            self._awaiting_snapshot_since = index
+            self._decoder = FrameDecoder(self._protocol, self._feed)
+            self.stats["resets"] += 1
+            out.append(
+                (self.product, BookReset(self.product, "reconnected", self._feed))
+            )
+            return
         frame = record.get("frame")
         if not isinstance(frame, str):
-            self.stats["malformed"] += 1
-            return []
+            if "event" in record:
+                self._skip(index, f"an unknown event {str(record['event'])[:40]!r}")
+            else:
+                self._skip(index, "a record without a frame")
+            return
+        t_ns = record.get("t_ns")
+        if type(t_ns) is not int or t_ns < 0:
+            t_ns = 0
         self.stats["frames"] += 1
+        for event in self._decode(index, frame, t_ns):
+            if event.product_id != self.product:
+                continue
+            if type(event) is BookChanges:
+                self.stats["changes"] += len(event.changes)
+                if self._awaiting_snapshot_since is not None:
+                    self._stray_connected()
+            elif type(event) is BookSnapshot:
+                self.stats["snapshots"] += 1
+                self._awaiting_snapshot_since = None
+            out.append((self.product, event))
+
+    def _stray_connected(self) -> None:
+        """Updates follow a ``connected`` record with no snapshot: not a real reconnection."""
+        self.stats["stray connected records"] += 1
+        log.warning(
+            "%s: record %d says a new connection began, but updates follow it with no "
+            "snapshot (a stray 'connected' record): the book was reset there and waits "
+            "for the next snapshot in the recording",
+            self.product,
+            self._awaiting_snapshot_since,
+        )
+        self._awaiting_snapshot_since = None
+
+    def _decode(self, index: int, frame: str, t_ns: int) -> list[BookEvent]:
+        decoder = self._decoder
         try:
-            events = decoder.decode(frame, int(record.get("t_ns") or 0))
+            return decoder.decode(frame, t_ns)
         except MalformedFrame as exc:
-            self.stats["malformed"] += 1
-            self._bad.warning("%s: malformed frame skipped: %s", product, exc)
-            if exc.resync:
-                return [(product, BookReset(product, "malformed frame", self._feed))]
-            return []
+            self._skip(index, "a malformed frame", exc)
         except SequenceGap as exc:
-            self.stats["gaps"] += 1
-            self._bad.warning("%s: %s in the recording; book reset", product, exc)
-            return [(product, BookReset(product, "sequence gap", self._feed))]
+            # Messages are missing from the recording: say so, keep the frame's data.
+            self.skipped["sequence gaps (messages missing from the recording)"] += 1
+            self._bad.warning("%s: record %d: %s", self.product, index, exc)
+            decoder.next_sequence = exc.got
+            try:
+                return decoder.decode(frame, t_ns)
+            except Exception as again:  # a replay must go on
+                self._skip(index, "a malformed frame", again)
         except FeedError as exc:
-            self.stats["errors"] += 1
-            self._bad.warning("%s: recorded error reply: %s", product, exc)
-            return []
-        self.stats["events"] += len(events)
-        return [(e.product_id, e) for e in events if e.product_id == product]
+            self._skip(index, "a recorded error reply", exc)
+        except Exception as exc:  # a replay must go on
+            self._skip(index, "a frame the decoder failed on", exc)
+        return []
 
-    def snapshot(self) -> dict[str, int]:
-        return dict(self._stream_starts)
+    def _skip(self, index: int, why: str, exc: Exception | None = None) -> None:
+        self.skipped[why] += 1
+        detail = f": {exc}" if exc is not None else ""
+        self._bad.warning(
+            "%s: record %d is %s; skipped%s", self.product, index, why, detail
+        )
+
+    # -- resume -------------------------------------------------------------------------
+
+    def _warm_up(self, index: int, line: Any) -> None:
+        """A record before the resume point: rebuild the book from it, emit nothing."""
+        events: list = []
+        with _quiet_book_step():
+            self._record(index, line, events)
+            for _, event in events:
+                self._shadow, summary = update_book(self._shadow, event)
+                if summary is not None:
+                    self._last_summary = summary
+        self.stats["warmup"] += 1
+
+    def _rebuilt_book(self) -> tuple[str, BookEvent]:
+        """The book rebuilt up to the resume point, as one event for the book step."""
+        state, self._shadow = self._shadow, None
+        for key in ("frames", "changes", "snapshots", "resets"):
+            self.stats.pop(key, None)
+        if state is None or state.book is None:
+            return self.product, BookReset(self.product, "resumed", self._feed)
+        book = state.book
+        last = self._last_summary
+        summary_time = last.time if last is not None and state.last_top else None
+        event = BookSnapshot(
+            self.product,
+            list(book.levels("bid")),
+            list(book.levels("ask")),
+            summary_time,
+            self._feed,
+        )
+        return self.product, event
 
 
-class ReplaySource(FixedPartitionedSource[tuple[str, BookEvent], dict[str, int]]):
-    """A recording as a finite Bytewax source: one partition, ends at the file's end."""
+def _valid_resume(resume: Any) -> bool:
+    return (
+        isinstance(resume, dict)
+        and type(resume.get("next")) is int
+        and type(resume.get("stream")) is int
+        and 0 <= resume["stream"] <= resume["next"]
+    )
 
-    PARTITION = "replay"
+
+class _quiet_book_step:
+    """Silences the book step's logging while a resumed partition rebuilds its book."""
+
+    def __enter__(self) -> None:
+        self._logger = logging.getLogger("book_step")
+        self._disabled = self._logger.disabled
+        self._logger.disabled = True
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.disabled = self._disabled
+
+
+# -- progress ------------------------------------------------------------------------------
+
+
+class _Progress:
+    """One rich progress bar per worker reading the file, on stderr when it is a terminal."""
+
+    _lock = threading.Lock()
+    _shared: _Progress | None = None
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[frames]:,} frames  {task.fields[rate]:,.0f}/s"),
+            TimeRemainingColumn(),
+            console=Console(file=sys.stderr),
+            transient=False,
+        )
+        self.tasks: dict[int, Any] = {}
+        self.progress.start()
+
+    @classmethod
+    def task_for(cls, reader: _WorkerReader) -> _Progress:
+        with cls._lock:
+            if cls._shared is None:
+                cls._shared = cls()
+            shared = cls._shared
+            shared.tasks[id(reader)] = shared.progress.add_task(
+                f"replay {reader.worker}",
+                total=reader.reader.size,
+                frames=0,
+                rate=0.0,
+            )
+        return shared
+
+    def update(self, reader: _WorkerReader) -> None:
+        frames = sum(p.stats["frames"] + p.stats["warmup"] for p in reader.parts)
+        wall = max(time.perf_counter() - reader.t0, 1e-9)
+        self.progress.update(
+            self.tasks[id(reader)],
+            completed=reader.reader.position,
+            frames=frames,
+            rate=frames / wall,
+        )
+
+    def close(self, reader: _WorkerReader) -> None:
+        self.update(reader)
+        with self._lock:
+            self.tasks.pop(id(reader), None)
+            if not self.tasks:
+                self.progress.stop()
+                type(self)._shared = None
+
+
+def _progress_task(reader: _WorkerReader) -> _Progress | None:
+    if not reader.show_progress:
+        return None
+    try:
+        return _Progress.task_for(reader)
+    except Exception as exc:  # a progress bar must never stop a replay
+        log.warning("no progress bar: %s", exc)
+        return None
+
+
+class ReplaySource(FixedPartitionedSource[tuple[str, BookEvent], ResumeState]):
+    """A recording as a finite Bytewax source: a partition per product, ends at the end.
+
+    ``progress``: show a progress bar on stderr; None (default) shows it when stderr is
+    a terminal.
+    """
 
     def __init__(
         self,
         path: str | os.PathLike,
         products: list[str] | None = None,
         feed_label: str = "replay",
+        progress: bool | None = None,
     ) -> None:
         self.recording = Recording.open(path)
         recorded = self.recording.products
@@ -129,15 +521,47 @@ class ReplaySource(FixedPartitionedSource[tuple[str, BookEvent], dict[str, int]]
                     f"{self.recording.path} has no {', '.join(missing)}; "
                     f"it recorded {', '.join(recorded) or 'nothing'}"
                 )
-            self.products = list(products)
+            self.products = list(dict.fromkeys(products))
         self.feed_label = feed_label
+        self.progress = progress
+        self._readers: dict[int, _WorkerReader] = {}
+        self._readers_lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_readers"] = {}
+        del state["_readers_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._readers_lock = threading.Lock()
 
     def list_parts(self) -> list[str]:
-        return [self.PARTITION]
+        return sorted(self.products)
+
+    def _reader_for_this_worker(self) -> _WorkerReader:
+        # Bytewax builds every partition of a worker on that worker's thread, before it
+        # reads any: the partitions built on one thread share one pass over the file. A
+        # reader that has started already is never joined (a later run on the thread).
+        thread = threading.get_ident()
+        with self._readers_lock:
+            reader = self._readers.get(thread)
+            if reader is None or reader.started:
+                reader = _WorkerReader(self.recording, f"process {os.getpid()}")
+                reader.show_progress = (
+                    sys.stderr.isatty() if self.progress is None else self.progress
+                )
+                self._readers[thread] = reader
+        return reader
 
     def build_part(
-        self, step_id: str, for_part: str, resume_state: dict[str, int] | None
+        self, step_id: str, for_part: str, resume_state: ResumeState | None
     ) -> ReplayPartition:
         return ReplayPartition(
-            self.recording, self.products, self.feed_label, resume_state
+            self._reader_for_this_worker(),
+            for_part,
+            self.recording.protocol,
+            self.feed_label,
+            resume_state,
         )

@@ -14,7 +14,6 @@ import gzip
 import json
 import signal
 import threading
-import time
 
 import pytest
 from bytewax.testing import TestingSink, cluster_main, run_main
@@ -53,6 +52,7 @@ def _summaries_in_process(path, runner) -> dict[str, list[dict]]:
     return by_product([s.to_dict() for s in out])
 
 
+@pytest.mark.slow
 def test_recording_format(recording):
     with gzip.open(recording, "rt") as f:
         header = json.loads(f.readline())
@@ -68,6 +68,7 @@ def test_recording_format(recording):
     assert {"subscriptions", "snapshot", "l2update", "heartbeat"} <= kinds
 
 
+@pytest.mark.slow
 def test_same_summaries_on_one_and_many_workers(recording):
     single = _summaries_in_process(recording, run_main)
     assert set(single) == set(PRODUCTS)
@@ -83,6 +84,7 @@ def test_same_summaries_on_one_and_many_workers(recording):
     assert two == single
 
 
+@pytest.mark.slow
 def test_same_summaries_on_two_processes(recording, tmp_path):
     single = _summaries_in_process(recording, run_main)
     out = tmp_path / "p2.jsonl"
@@ -96,6 +98,7 @@ def test_same_summaries_on_two_processes(recording, tmp_path):
     assert by_product(read_jsonl(out)) == single
 
 
+@pytest.mark.slow
 def test_replay_served_over_websocket_matches_file_replay(recording, tmp_path):
     single = _summaries_in_process(recording, run_main)
     out = tmp_path / "served.jsonl"
@@ -166,6 +169,7 @@ def test_recorder_refuses_a_bad_option():
     assert "--products='BTCUSD' is not allowed" in cmd.stderr
 
 
+@pytest.mark.slow
 def test_a_recording_replays_to_the_summaries_of_the_live_run(tmp_path):
     """The live command and the recorder watch the same market at the same time; once
     both have their snapshots, the replay must reproduce the live run summary for summary."""
@@ -193,7 +197,12 @@ def test_a_recording_replays_to_the_summaries_of_the_live_run(tmp_path):
 
         recorder = threading.Thread(target=asyncio.run, args=(record_until_stopped(),))
         recorder.start()
-        time.sleep(4.0)
+
+        def enough_live_summaries() -> bool:
+            got = by_product(read_jsonl(live_out))
+            return set(got) == set(PRODUCTS) and all(len(v) >= 80 for v in got.values())
+
+        flow.wait_for(enough_live_summaries, 120, "80 live summaries per product")
         exchange.pause_market()
         live = settle(lambda: read_jsonl(live_out))
         stop.set()

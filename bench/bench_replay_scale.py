@@ -1,0 +1,146 @@
+"""Replay throughput by layout: one worker, two worker threads, two processes.
+
+Builds a recording the way ``bench_flow.py`` does (four products, a snapshot each, then
+``--messages`` l2update frames), then runs the real command as a user does, in a
+subprocess, for each layout:
+
+    python -m bytewax.run dataflow:flow -w 1             (the baseline)
+    python -m bytewax.run dataflow:flow -w 2
+    python -m bytewax.testing dataflow:flow -p 2 -w 1
+
+with ``ORDERBOOK_REPLAY``, threshold 0 and ``ORDERBOOK_OUTPUT=jsonl:FILE``. A figure is
+messages in the recording / wall time of the command (start-up included), the median of
+``--repeat`` runs, layouts interleaved so that a busy machine hurts them alike. Each is
+printed beside the ``-w 1`` baseline of the same run. Every layout must give each product
+the same summaries as the baseline.
+
+Target: ``-p 2 -w 1`` >= 1.7x the messages/s of ``-w 1`` (on a 2-core machine). ``-w 2``
+has no target: two threads of one process share one interpreter lock.
+
+    python bench/bench_replay_scale.py [--messages 200000] [--changes-per-batch 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_flow import write_session  # noqa: E402
+
+LAYOUTS = {
+    "-w 1": ["bytewax.run", "dataflow:flow", "-w", "1"],
+    "-w 2": ["bytewax.run", "dataflow:flow", "-w", "2"],
+    "-p 2 -w 1": ["bytewax.testing", "dataflow:flow", "-p", "2", "-w", "1"],
+}
+TARGET = 1.7
+
+
+def run_layout(args: list[str], recording: Path, out: Path) -> tuple[float, float]:
+    """Wall and CPU seconds of one run of the command; summaries are left in ``out``."""
+    out.unlink(missing_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERBOOK_")}
+    env.update(
+        ORDERBOOK_REPLAY=str(recording),
+        ORDERBOOK_SPREAD_THRESHOLD="0",
+        ORDERBOOK_OUTPUT=f"jsonl:{out}",
+    )
+    cpu_before = _children_cpu()
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return wall, _children_cpu() - cpu_before
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def summaries_by_product(out: Path) -> dict[str, list[str]]:
+    by: dict[str, list[str]] = {}
+    with out.open() as f:
+        for line in f:
+            by.setdefault(json.loads(line)["product_id"], []).append(line)
+    return by
+
+
+def main() -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--changes-per-batch", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        recording = Path(tmp) / "session.jsonl.gz"
+        messages, changes = write_session(
+            recording, args.messages, args.changes_per_batch
+        )
+        walls: dict[str, list[float]] = {name: [] for name in LAYOUTS}
+        cpus: dict[str, list[float]] = {name: [] for name in LAYOUTS}
+        baseline: dict[str, list[str]] | None = None
+        identical = True
+        for _ in range(args.repeat):
+            for name, layout in LAYOUTS.items():
+                out = Path(tmp) / "out.jsonl"
+                wall, cpu = run_layout(layout, recording, out)
+                walls[name].append(wall)
+                cpus[name].append(cpu)
+                got = summaries_by_product(out)
+                if baseline is None:
+                    baseline = got
+                elif got != baseline:
+                    identical = False
+                    print(f"  {name}: summaries differ from -w 1", file=sys.stderr)
+    rates = {name: messages / statistics.median(w) for name, w in walls.items()}
+    base = rates["-w 1"]
+    summaries = sum(len(v) for v in (baseline or {}).values())
+    print(
+        f"replay of {messages:,} messages ({changes:,} level changes, "
+        f"{args.changes_per_batch} per message, 4 products), threshold 0, jsonl to a "
+        f"file: {summaries:,} summaries; median of {args.repeat} runs, start-up included"
+    )
+    for name, rate in rates.items():
+        ratio = rate / base
+        line = (
+            f"  {name:<10} {rate:>9,.0f} msg/s  ({statistics.median(walls[name]):5.2f} s)"
+            f"  {ratio:4.2f}x the -w 1 baseline of {base:,.0f} msg/s"
+        )
+        line += f"  cpu {statistics.median(cpus[name]):5.2f} s"
+        if name == "-p 2 -w 1":
+            line += f"   target >= {TARGET}x {_mark(ratio >= TARGET)}"
+        print(line)
+    print(f"  summaries identical per product in every layout: {_mark(identical)}")
+    print(
+        f"  (load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} "
+        "cores; the figures mean something only on an otherwise idle machine)"
+    )
+    return rates
+
+
+def _mark(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,425 @@
+"""Replay of recordings: per-product partitions, bad lines and frames, resume, report.
+
+Recordings here are synthetic (the local exchange's market model, Exchange-feed frames,
+written line by line), so each test can damage exactly the line it is about.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.testing import TestingSink, cluster_main, run_main
+
+import recording.replay as replay_module
+from dataflow import get_flow
+from local_exchange.market import Market
+from recording.format import Recording, product_of_line
+from recording.replay import ReplaySource
+from service.placement import bytewax_worker_for_key, routing_keys
+from service.settings import Settings
+from tests.flow_runner import FlowProcess, by_product, flow_env, read_jsonl
+
+PRODUCTS = ["BTC-USD", "ETH-USD", "BTC-EUR", "ETH-EUR"]
+T0_NS = 1_767_225_600_000_000_000
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def session_records(
+    products=PRODUCTS, messages: int = 400, changes: int = 3, seed: int = 1
+) -> list[dict]:
+    """A session in the writer's record shape: connected + snapshot per product, updates."""
+    market = Market(products, depth=60, changes_per_batch=changes, seed=seed)
+    out: list[dict] = []
+    for pid in products:
+        out.append({"t_ns": T0_NS, "product_id": pid, "event": "connected"})
+        bids, asks = market.snapshot(pid)
+        frame = {"type": "snapshot", "product_id": pid, "asks": asks, "bids": bids}
+        out.append({"t_ns": T0_NS, "product_id": pid, "frame": json.dumps(frame)})
+    sides = {"bid": "buy", "ask": "sell"}
+    for i in range(messages):
+        pid = products[i % len(products)]
+        t = T0 + timedelta(milliseconds=i + 1)
+        frame = {
+            "type": "l2update",
+            "product_id": pid,
+            "changes": [[sides[s], p, q] for s, p, q in market.next_batch(pid)],
+            "time": t.isoformat().replace("+00:00", "Z"),
+        }
+        out.append(
+            {
+                "t_ns": T0_NS + (i + 1) * 1_000_000,
+                "product_id": pid,
+                "frame": json.dumps(frame),
+            }
+        )
+    return out
+
+
+def write_recording(path: Path, lines: list, products=PRODUCTS, protocol="exchange"):
+    """Header, then each line: a dict as the writer writes it, str/bytes verbatim."""
+    header = {
+        "format": "coinbase-l2-recording",
+        "version": 1,
+        "protocol": protocol,
+        "feed": protocol,
+        "url": "test",
+        "products": list(products),
+        "started": "test",
+    }
+    with gzip.open(path, "wb") as f:
+        f.write(json.dumps(header).encode() + b"\n")
+        for line in lines:
+            if isinstance(line, dict):
+                line = json.dumps(line, separators=(",", ":"))
+            if isinstance(line, str):
+                line = line.encode()
+            f.write(line + b"\n")
+    return path
+
+
+def replay(
+    path, runner=run_main, products=PRODUCTS, products_arg=None, **source_args
+) -> dict:
+    """Summaries by product of a replay; ``products_arg`` None replays every product."""
+    out: list = []
+    flow = get_flow(
+        Settings(spread_threshold_pct=0),
+        source=ReplaySource(
+            path, products if products_arg is None else products_arg, **source_args
+        ),
+        products=products,
+        sink=TestingSink(out),
+    )
+    runner(flow)
+    return by_product([s.to_dict() for s in out])
+
+
+def report_of(stderr: str, path: Path) -> str:
+    """The replay report of ``path`` in ``stderr`` (the last one)."""
+    reports = [
+        x for x in stderr.splitlines() if x.startswith(f"replay of {path.name} ")
+    ]
+    assert reports, stderr[-2000:]
+    return reports[-1]
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    path = tmp_path_factory.mktemp("clean") / "clean.jsonl.gz"
+    return write_recording(path, session_records())
+
+
+# -- 1. a partition per product, on its book's worker --------------------------------------
+
+
+def test_each_product_is_read_by_the_worker_that_holds_its_book(clean):
+    source = ReplaySource(clean)
+    parts = source.list_parts()
+    assert sorted(parts) == sorted(PRODUCTS)
+    keys = routing_keys(PRODUCTS)
+    for workers in (1, 2, 3, 4):
+        for product in PRODUCTS:
+            # Bytewax: partitions round-robin over sorted names; keys by hash
+            assert sorted(parts).index(product) % workers == bytewax_worker_for_key(
+                keys[product], workers
+            ), (product, workers)
+
+
+def test_other_products_lines_are_skipped_before_any_json_parsing(clean, monkeypatch):
+    parsed: list[bytes] = []
+    real = replay_module.parse_record
+
+    def counting(line):
+        parsed.append(line)
+        return real(line)
+
+    monkeypatch.setattr(replay_module, "parse_record", counting)
+    got = replay(clean, products=["ETH-EUR"], products_arg=None)
+    assert set(got) == {"ETH-EUR"}
+    assert parsed and all(product_of_line(line) == b"ETH-EUR" for line in parsed)
+    assert len(parsed) == sum(
+        1 for r in session_records() if r["product_id"] == "ETH-EUR"
+    )
+
+
+def test_older_recordings_without_the_compact_layout_replay_the_same(clean, tmp_path):
+    loose = [
+        json.dumps(dict(reversed(list(r.items()))))  # other key order, spaces
+        for r in session_records()
+    ]
+    old = write_recording(tmp_path / "old.jsonl.gz", loose)
+    assert replay(old) == replay(clean)
+
+
+@pytest.mark.slow
+def test_one_and_two_workers_in_process_give_identical_summaries(clean):
+    single = replay(clean)
+    assert set(single) == set(PRODUCTS) and all(len(v) > 10 for v in single.values())
+    two = replay(clean, lambda f: cluster_main(f, [], 0, worker_count_per_proc=2))
+    assert two == single
+
+
+@pytest.mark.slow
+def test_w1_w2_and_p2_commands_give_identical_summaries_per_product(clean, tmp_path):
+    results = {}
+    for name, args in {
+        "-w 1": ["bytewax.run", "dataflow:flow", "-w", "1"],
+        "-w 2": ["bytewax.run", "dataflow:flow", "-w", "2"],
+        "-p 2": ["bytewax.testing", "dataflow:flow", "-p", "2", "-w", "1"],
+    }.items():
+        out = tmp_path / f"{name.replace(' ', '')}.jsonl"
+        env = flow_env(
+            ORDERBOOK_REPLAY=str(clean),
+            ORDERBOOK_SPREAD_THRESHOLD="0",
+            ORDERBOOK_OUTPUT=f"jsonl:{out}",
+        )
+        flow = FlowProcess(args, env)
+        assert flow.finish(timeout=120) == 0, flow.stderr[-3000:]
+        results[name] = by_product(read_jsonl(out))
+        assert "Traceback" not in flow.stderr
+    assert results["-w 1"] == replay(clean)
+    assert results["-w 2"] == results["-w 1"]
+    assert results["-p 2"] == results["-w 1"]
+
+
+# -- 2. bad lines never crash a replay ------------------------------------------------------
+
+BAD_LINES = [
+    b"[1,2,3]",
+    b'"x"',
+    b"null",
+    b"42",
+    b"{not json",
+    b'{"t_ns":1}',
+    b"\xff\xfe",
+]
+
+
+def test_lines_that_are_not_records_are_skipped_counted_and_reported(
+    clean, tmp_path, capsys
+):
+    records = session_records()
+    lines: list = records[:20] + BAD_LINES + records[20:]
+    damaged = write_recording(tmp_path / "damaged.jsonl.gz", lines)
+    got = replay(damaged)
+    report = capsys.readouterr().err.splitlines()[-1]
+    assert got == replay(clean)
+    assert f"skipped {len(BAD_LINES)}:" in report, report
+    assert "2 not JSON" in report
+    assert (
+        "4 JSON but not an object" in report
+        and "1 a record without a product_id" in report
+    )
+    # the generic reader (the local exchange's) gives every JSON value, never raises
+    kept = [r for _, r in Recording.open(damaged).records()]
+    assert kept == records[:20] + [[1, 2, 3], "x", None, 42, {"t_ns": 1}] + records[20:]
+
+
+def test_a_truncated_recording_replays_up_to_its_last_whole_line(
+    clean, tmp_path, capsys
+):
+    data = clean.read_bytes()
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    got = replay(cut)
+    full = replay(clean)
+    for product in PRODUCTS:
+        assert got[product] == full[product][: len(got[product])]
+    assert "the file ends early" in capsys.readouterr().err
+
+
+# -- 3. one malformed frame does not silence a product -------------------------------------
+
+
+def _frame_of(record: dict) -> dict:
+    return json.loads(record["frame"])
+
+
+def test_a_malformed_frame_is_skipped_and_the_book_goes_on(tmp_path, capsys):
+    records = session_records()
+    # a BTC-USD update late in the session whose price cannot be read
+    i = max(
+        i
+        for i, r in enumerate(records[:200])
+        if r["product_id"] == "BTC-USD" and "frame" in r
+    )
+    bad = dict(records[i])
+    frame = _frame_of(bad)
+    frame["changes"][0][1] = "not-a-price"
+    bad["frame"] = json.dumps(frame)
+    without = write_recording(
+        tmp_path / "without.jsonl.gz", records[:i] + records[i + 1 :]
+    )
+    damaged = write_recording(
+        tmp_path / "damaged.jsonl.gz", records[:i] + [bad] + records[i + 1 :]
+    )
+    got, expected = replay(damaged), replay(without)
+    after = [s for s in got["BTC-USD"] if s["time"] > frame["time"]]
+    assert len(after) > 20  # before: nothing after the bad frame
+    assert got == expected
+    report = report_of(capsys.readouterr().err, damaged)
+    assert "1 a malformed frame" in report and "may differ from the live run" in report
+
+
+def test_a_connected_record_resets_the_book_and_a_stray_one_is_logged(
+    tmp_path, caplog, capsys
+):
+    records = session_records()
+    i = 150
+    stray = {"t_ns": records[i]["t_ns"], "product_id": "ETH-USD", "event": "connected"}
+    damaged = write_recording(
+        tmp_path / "stray.jsonl.gz", records[:i] + [stray] + records[i:]
+    )
+    with caplog.at_level("WARNING", logger="recording.replay"):
+        got = replay(damaged)
+    full = replay(write_recording(tmp_path / "full.jsonl.gz", records))
+    # the book is reset there, as the recording says; with no snapshot after it,
+    # ETH-USD emits nothing more, and that is reported
+    assert len(got["ETH-USD"]) < len(full["ETH-USD"])
+    assert got["ETH-USD"] == full["ETH-USD"][: len(got["ETH-USD"])]
+    assert any("stray 'connected' record" in r.getMessage() for r in caplog.records)
+    assert "1 stray 'connected' records" in report_of(capsys.readouterr().err, damaged)
+    assert got["BTC-USD"] == full["BTC-USD"]
+
+
+# -- 4. a resumed replay goes on after the last record it emitted --------------------------
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+class _CrashingSink(TestingSink):
+    """Keeps what it is given, then fails the run once it holds ``after`` items."""
+
+    def __init__(self, out: list, after: int) -> None:
+        super().__init__(out)
+        self.after = after
+
+    def build(self, step_id, worker_index, worker_count):
+        part = super().build(step_id, worker_index, worker_count)
+        out, after = self._ls, self.after
+
+        class Crashing(type(part)):
+            def write_batch(self, items):
+                if len(out) >= after:
+                    raise _Crash("the run dies here")
+                super().write_batch(items)
+
+        part.__class__ = Crashing
+        return part
+
+
+def test_a_resumed_replay_continues_after_the_last_record_it_emitted(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(replay_module.ReplayPartition, "BATCH", 10)
+    monkeypatch.setattr(replay_module._WorkerReader, "PULL_LINES", 40)
+    path = write_recording(tmp_path / "r.jsonl.gz", session_records(messages=800))
+    full = replay(path)
+    db = tmp_path / "recovery"
+    db.mkdir()
+    init_db_dir(db, 1)
+    recovery = RecoveryConfig(str(db), backup_interval=timedelta(0))
+
+    def run(sink):
+        flow = get_flow(
+            Settings(spread_threshold_pct=0),
+            source=ReplaySource(path),
+            products=PRODUCTS,
+            sink=sink,
+        )
+        run_main(flow, epoch_interval=timedelta(0), recovery_config=recovery)
+
+    first: list = []
+    with pytest.raises(Exception, match="error writing output batch"):
+        run(_CrashingSink(first, after=200))
+    second: list = []
+    run(TestingSink(second))
+    before = by_product([s.to_dict() for s in first])
+    after = by_product([s.to_dict() for s in second])
+    total = sum(len(v) for v in full.values())
+    assert 0 < sum(len(v) for v in after.values()) < total - 150
+    for product in PRODUCTS:
+        f, a, b = full[product], before.get(product, []), after[product]
+        assert a == f[: len(a)], product
+        assert b == f[len(f) - len(b) :], product  # a tail of the full run ...
+        assert len(a) + len(b) >= len(f), product  # ... that misses nothing
+        assert len(a) + len(b) <= len(f) + 12, product  # at most a batch again
+    assert "records re-read to rebuild the books" in report_of(
+        capsys.readouterr().err, path
+    )
+
+
+# -- 5. progress bar and report --------------------------------------------------------------
+
+
+def test_a_replay_ends_with_a_report_on_stderr(clean, capsys):
+    replay(clean)
+    report = report_of(capsys.readouterr().err, clean)
+    changes = sum(
+        len(_frame_of(r)["changes"])
+        for r in session_records()
+        if "frame" in r and '"l2update"' in r["frame"]
+    )
+    for part in (
+        "(BTC-EUR, BTC-USD, ETH-EUR, ETH-USD;",
+        "404 frames read",
+        f"4 snapshots and {changes:,} level changes sent to the books",
+        "4 resets at recorded reconnections",
+        "frames/s)",
+        "nothing skipped.",
+    ):
+        assert part in report, (part, report)
+
+
+@pytest.mark.slow
+def test_two_workers_report_each_for_its_own_products(clean, capsys):
+    replay(clean, lambda f: cluster_main(f, [], 0, worker_count_per_proc=2))
+    err = capsys.readouterr().err
+    reports = sorted(x for x in err.splitlines() if x.startswith("replay of clean"))
+    assert len(reports) == 2, err
+    assert "(BTC-EUR, ETH-EUR;" in reports[0] and "(BTC-USD, ETH-USD;" in reports[1]
+    assert all("202 frames read" in r for r in reports)
+
+
+def test_the_progress_bar_shows_frames_percent_rate_and_time_left(clean, capsys):
+    replay(clean, progress=True)
+    err = capsys.readouterr().err
+    assert "100%" in err and "404 frames" in err and "/s" in err, err
+    assert "0:00:00" in err or "-:--:--" in err  # the time left column
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(clean, capsys):
+    replay(clean)
+    err = capsys.readouterr().err
+    assert "100%" not in err and "━" not in err
+
+
+@pytest.mark.slow
+def test_a_finished_replay_run_again_with_recovery_writes_nothing(clean, tmp_path):
+    """The command a user runs: ``-r`` on a replay that already ran to its end."""
+    db = tmp_path / "recovery"
+    db.mkdir()
+    init_db_dir(db, 1)
+    runs = []
+    for n in (1, 2):
+        out = tmp_path / f"run{n}.jsonl"
+        env = flow_env(
+            ORDERBOOK_REPLAY=str(clean),
+            ORDERBOOK_SPREAD_THRESHOLD="0",
+            ORDERBOOK_OUTPUT=f"jsonl:{out}",
+        )
+        args = ["bytewax.run", "dataflow:flow", "-r", str(db), "-s", "0", "-b", "0"]
+        flow = FlowProcess(args, env)
+        assert flow.finish(timeout=120) == 0, flow.stderr[-3000:]
+        runs.append(by_product(read_jsonl(out)))
+    first, second = runs
+    assert first == replay(clean)
+    assert second == {}
+    assert "records re-read to rebuild the books" in flow.stderr

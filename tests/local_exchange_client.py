@@ -1,4 +1,9 @@
-"""Client-side helpers for the local exchange tests: open, read, a naive reference book."""
+"""Client-side helpers for the local exchange tests: the exchange fixture, open, read,
+drain, sign.
+
+Frames and subscribe messages come from :mod:`tests.support.frames`, the reference book
+from :mod:`tests.support.reference_book` (``ReferenceBooks``), waits from
+:func:`tests.support.flow.wait_until`."""
 
 from __future__ import annotations
 
@@ -6,8 +11,7 @@ import base64
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
-from decimal import Decimal
+from collections.abc import Iterator
 
 import pytest
 from websockets.sync.client import ClientConnection, connect
@@ -20,15 +24,6 @@ SECRET = base64.b64encode(b"a very secret hmac key for tests").decode()
 PASSPHRASE = "open sesame"
 AT_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")
 EX_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 10.0) -> None:
-    """Poll ``condition`` until true (no fixed sleeps: robust on a busy machine)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -65,71 +60,6 @@ def recv_until(
         if pred(msg):
             return msg, seen
         seen.append(msg)
-
-
-class NaiveBook:
-    """The simplest correct client: a dict per side keyed by Decimal price."""
-
-    def __init__(self) -> None:
-        self.books: dict[str, tuple[dict, dict]] = {}
-
-    def snapshot(self, pid: str, bids: list, asks: list) -> None:
-        self.books[pid] = (
-            {Decimal(p): Decimal(s) for p, s in bids},
-            {Decimal(p): Decimal(s) for p, s in asks},
-        )
-
-    def change(self, pid: str, changes: list) -> None:
-        """Validate every change first, then apply all (whole or not at all)."""
-        bids, asks = self.books[pid]
-        parsed = []
-        for side, price, size in changes:
-            if side not in ("buy", "bid", "sell", "offer"):
-                raise ValueError(side)
-            p, s = Decimal(price), Decimal(size)
-            if not (p.is_finite() and s.is_finite()) or p <= 0 or s < 0:
-                raise ValueError(f"bad level {price!r} {size!r}")
-            parsed.append((bids if side in ("buy", "bid") else asks, p, s))
-        for levels, p, s in parsed:
-            if s == 0:
-                levels.pop(p, None)
-            else:
-                levels[p] = s
-
-    def apply_exchange(self, msg: dict) -> None:
-        if msg["type"] == "snapshot":
-            self.snapshot(msg["product_id"], msg["bids"], msg["asks"])
-        elif msg["type"] == "l2update":
-            self.change(msg["product_id"], msg["changes"])
-
-    def apply_at(self, msg: dict) -> None:
-        if msg.get("channel") != "l2_data":
-            return
-        for event in msg["events"]:
-            pid = event["product_id"]
-            if event["type"] == "snapshot":
-                ups = event["updates"]
-                self.snapshot(
-                    pid,
-                    [
-                        (u["price_level"], u["new_quantity"])
-                        for u in ups
-                        if u["side"] == "bid"
-                    ],
-                    [
-                        (u["price_level"], u["new_quantity"])
-                        for u in ups
-                        if u["side"] == "offer"
-                    ],
-                )
-            else:
-                self.change(
-                    pid,
-                    [
-                        (u["side"], u["price_level"], u["new_quantity"])
-                        for u in event["updates"]
-                    ],
-                )
 
 
 def drain_with_marker(ex: LocalExchange, ws: ClientConnection, apply) -> list[dict]:

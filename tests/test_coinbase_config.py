@@ -92,6 +92,7 @@ def test_backoff_doubles_with_jitter_up_to_the_cap_and_resets() -> None:
     assert len({Backoff(0.25, 30).next_delay() for _ in range(20)}) > 1  # jittered
 
 
+@pytest.mark.slow  # 16 threads
 def test_connection_pacer_spaces_attempts_across_threads() -> None:
     """Time frozen: 16 threads asking at once get exactly one slot per 1/8 s each."""
     pacer = ConnectionPacer(per_second=8, clock=lambda: 100.0)

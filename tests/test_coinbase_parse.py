@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -20,6 +19,15 @@ from coinbase.decode import (
     parse_time,
 )
 from events import ASK, BID, BookChanges, BookSnapshot
+from tests.support.frames import (
+    EXCHANGE_TIME,
+    at_error,
+    at_l2_data,
+    at_level,
+    exchange_error,
+    exchange_l2update,
+    text,
+)
 
 D = Decimal
 
@@ -29,24 +37,8 @@ def exchange() -> FrameDecoder:
 
 
 def at_frame(seq: int, events: list, channel: str = "l2_data") -> str:
-    return json.dumps(
-        {
-            "channel": channel,
-            "client_id": "",
-            "timestamp": "2026-08-09T21:05:48.483587501Z",
-            "sequence_num": seq,
-            "events": events,
-        }
-    )
-
-
-def at_level(side: str, price: str, qty: str) -> dict:
-    return {
-        "side": side,
-        "event_time": "2026-08-09T21:05:48.170326Z",
-        "price_level": price,
-        "new_quantity": qty,
-    }
+    """An Advanced Trade message as text (the one builder: tests/support/frames.py)."""
+    return text(at_l2_data(seq, events, channel))
 
 
 # -- Exchange ---------------------------------------------------------------------------
@@ -172,13 +164,8 @@ def test_malformed_message_is_truncated() -> None:
 )
 def test_bad_timestamp_keeps_changes_with_time_none(raw_time: object) -> None:
     decoder = exchange()
-    frame = json.dumps(
-        {
-            "type": "l2update",
-            "product_id": "BTC-USD",
-            "changes": [["sell", "0.00001306", "660.5"]],
-            "time": raw_time,
-        }
+    frame = text(
+        exchange_l2update("BTC-USD", [("sell", "0.00001306", "660.5")], raw_time)
     )
     [event] = decoder.decode(frame)
     assert event.time is None
@@ -205,7 +192,9 @@ def test_same_price_in_different_string_forms_is_equal() -> None:
 
 
 def test_unknown_product_error_names_the_product() -> None:
-    frame = '{"type":"error","message":"Failed to subscribe","reason":"ETH-XYZ is not a valid product"}'
+    frame = text(
+        exchange_error("Failed to subscribe", "ETH-XYZ is not a valid product")
+    )
     with pytest.raises(UnknownProduct) as info:
         exchange().decode(frame)
     assert info.value.product_id == "ETH-XYZ"
@@ -214,10 +203,12 @@ def test_unknown_product_error_names_the_product() -> None:
 
 
 def test_auth_required_error_names_the_variables() -> None:
-    frame = (
-        '{"type":"error","message":"Failed to subscribe","reason":"level2, level3, and full '
-        "channels now require authentication. https://docs.cloud.coinbase.com/exchange/docs/"
-        'websocket-auth"}'
+    frame = text(
+        exchange_error(
+            "Failed to subscribe",
+            "level2, level3, and full channels now require authentication. "
+            "https://docs.cloud.coinbase.com/exchange/docs/websocket-auth",
+        )
     )
     with pytest.raises(AuthError) as info:
         exchange().decode(frame)
@@ -234,9 +225,7 @@ def test_auth_required_error_names_the_variables() -> None:
     ],
 )
 def test_wrong_credential_is_named(reason: str, credential: str) -> None:
-    frame = json.dumps(
-        {"type": "error", "message": "Failed to subscribe", "reason": reason}
-    )
+    frame = text(exchange_error("Failed to subscribe", reason))
     with pytest.raises(AuthError) as info:
         exchange().decode(frame)
     assert info.value.credential == credential
@@ -244,9 +233,7 @@ def test_wrong_credential_is_named(reason: str, credential: str) -> None:
 
 
 def test_other_errors_are_transient() -> None:
-    frame = (
-        '{"type":"error","message":"too many L2 streams requested in a single session"}'
-    )
+    frame = text(at_error("too many L2 streams requested in a single session"))
     with pytest.raises(FeedError) as info:
         FrameDecoder("advanced-trade", "advanced-trade").decode(frame)
     assert type(info.value) is FeedError
@@ -380,13 +367,8 @@ prices = st.decimals(
     st.lists(st.tuples(st.sampled_from(["buy", "sell"]), prices, sizes), max_size=20)
 )
 def test_l2update_round_trips_any_valid_changes(changes: list) -> None:
-    frame = json.dumps(
-        {
-            "type": "l2update",
-            "product_id": "BTC-USD",
-            "changes": [[side, str(price), str(size)] for side, price, size in changes],
-            "time": "2021-04-17T16:43:37.075687Z",
-        }
+    frame = text(
+        exchange_l2update("BTC-USD", changes, time="2021-04-17T16:43:37.075687Z")
     )
     [event] = exchange().decode(frame)
     assert event.changes == [
@@ -439,14 +421,7 @@ def test_update_prices_are_parsed_once_and_reused(
     decoder = FrameDecoder("exchange", "t")
 
     def update(price: str, size: str = "1") -> str:
-        return json.dumps(
-            {
-                "type": "l2update",
-                "product_id": "BTC-USD",
-                "changes": [["buy", price, size]],
-                "time": "2026-08-25T03:35:57.300000Z",
-            }
-        )
+        return text(exchange_l2update("BTC-USD", [("buy", price, size)], EXCHANGE_TIME))
 
     (first,) = decoder.decode(update("100.50"))
     (again,) = decoder.decode(update("100.50", "2"))

@@ -11,7 +11,7 @@ import pytest
 from local_exchange.server import LocalExchange
 from recording.format import Recording
 from recording.recorder import check_output, record
-from tests.flow_runner import FlowProcess, flow_env
+from tests.support.flow import FlowProcess, flow_env, wait_until
 
 
 def test_check_output_refusals(tmp_path: pathlib.Path) -> None:
@@ -58,15 +58,20 @@ def test_the_recorder_reconnects_a_silent_connection(tmp_path: pathlib.Path) -> 
                 path, ["BTC-USD"], url=exchange.url(), stop=stop, watchdog_seconds=0.3
             )
         )
-        for _ in range(500):  # wait for the first connection's snapshot
-            await asyncio.sleep(0.01)
-            if exchange.stats["frames_sent"].get("snapshot"):
-                break
+        # Waited for in a thread: the recorder runs on this event loop meanwhile.
+        await asyncio.to_thread(
+            wait_until,
+            lambda: exchange.stats["frames_sent"].get("snapshot"),
+            30,
+            "the first connection's snapshot",
+        )
         exchange.go_silent(1.0)
-        for _ in range(1000):
-            await asyncio.sleep(0.01)
-            if exchange.stats["subscribes"] >= 2:  # "connected" written before it
-                break
+        await asyncio.to_thread(
+            wait_until,
+            lambda: exchange.stats["subscribes"] >= 2,  # "connected" written before it
+            30,
+            "the recorder to subscribe again",
+        )
         stop.set()
         await task
 

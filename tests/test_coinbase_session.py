@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 
 import pytest
@@ -10,64 +9,49 @@ import pytest
 from coinbase.errors import AuthError, UnknownProduct
 from coinbase.session import Action, Session, SessionStats
 from events import BookChanges, BookReset, BookSnapshot
+from tests.support.frames import (
+    EXCHANGE_TIME,
+    at_error,
+    at_snapshot,
+    at_subscribe,
+    at_subscriptions,
+    at_update,
+    exchange_error,
+    exchange_l2update,
+    exchange_snapshot,
+    exchange_subscriptions,
+    text,
+)
+
+# The frames as text, from the one builder (tests/support/frames.py): one bid, one ask.
 
 
 def snapshot(product: str = "BTC-USD", mid: int = 100) -> str:
-    return json.dumps(
-        {
-            "type": "snapshot",
-            "product_id": product,
-            "bids": [[str(mid - 1), "1.5"]],
-            "asks": [[str(mid + 1), "2.5"]],
-        }
-    )
+    return text(exchange_snapshot(product, [(mid - 1, "1.5")], [(mid + 1, "2.5")]))
 
 
 def update(product: str = "BTC-USD", size: str = "3") -> str:
-    return json.dumps(
-        {
-            "type": "l2update",
-            "product_id": product,
-            "changes": [["buy", "99", size]],
-            "time": "2026-08-25T03:35:57.300000Z",
-        }
-    )
+    return text(exchange_l2update(product, [("buy", "99", size)]))
 
 
 def at(seq: int, kind: str = "update", product: str = "BTC-USD") -> str:
-    updates = [{"side": "bid", "price_level": "99", "new_quantity": "1"}]
-    return json.dumps(
-        {
-            "channel": "l2_data",
-            "timestamp": "2026-08-09T21:05:48.483587501Z",
-            "sequence_num": seq,
-            "events": [{"type": kind, "product_id": product, "updates": updates}],
-        }
-    )
+    if kind == "snapshot":
+        return text(at_snapshot(seq, product, [("99", "1")], []))
+    return text(at_update(seq, product, [("bid", "99", "1")]))
 
 
 def error(reason: str) -> str:
-    return json.dumps(
-        {"type": "error", "message": "Failed to subscribe", "reason": reason}
-    )
+    return text(exchange_error("Failed to subscribe", reason))
 
 
 def subscriptions(marker: str | None = None, protocol: str = "exchange") -> str:
     if protocol == "exchange":
-        frame: dict = {
-            "type": "subscriptions",
-            "channels": [{"name": "level2_batch", "product_ids": ["BTC-USD"]}],
-        }
+        frame = exchange_subscriptions(["BTC-USD"], channels=["level2_batch"])
     else:
-        frame = {
-            "channel": "subscriptions",
-            "timestamp": "2026-08-09T21:05:48.6Z",
-            "sequence_num": 0,
-            "events": [{"subscriptions": {"level2": ["BTC-USD"]}}],
-        }
+        frame = at_subscriptions(0, ["BTC-USD"])
     if marker is not None:
         frame["local_exchange"] = marker
-    return json.dumps(frame)
+    return text(frame)
 
 
 def connected(feed: str = "exchange", **kwargs: object) -> Session:
@@ -93,8 +77,8 @@ def test_a_reset_comes_first_fresh_or_resumed() -> None:
 def test_connect_returns_the_feeds_subscribe_messages() -> None:
     session = Session("BTC-USD", "advanced-trade")
     assert session.connect(now=0) == [
-        {"type": "subscribe", "product_ids": ["BTC-USD"], "channel": "level2"},
-        {"type": "subscribe", "channel": "heartbeats"},
+        at_subscribe(["BTC-USD"]),
+        at_subscribe(channel="heartbeats"),
     ]
     assert session.stats.connections == 1 and session.stats.state == "connected"
 
@@ -157,7 +141,7 @@ def test_a_malformed_book_frame_resyncs_and_other_junk_is_skipped(
 def test_a_bad_timestamp_keeps_the_data_and_is_counted_across_connections() -> None:
     session = connected()
     session.receive(snapshot(), 1)
-    bad = update().replace("2026-08-25T03:35:57.300000Z", "0001-01-01T00:00:00Z")
+    bad = update().replace(EXCHANGE_TIME, "0001-01-01T00:00:00Z")
     [changes] = session.receive(bad, 2).events
     assert changes.time is None
     session.disconnect("drop")
@@ -202,7 +186,7 @@ def test_refused_credentials_stop_and_a_transient_error_resyncs() -> None:
     assert session.receive(error("invalid signature"), 1).action is Action.STOP
     assert isinstance(session.error, AuthError)
     transient = connected("advanced-trade")
-    frame = json.dumps({"type": "error", "message": "too many L2 streams requested"})
+    frame = text(at_error("too many L2 streams requested"))
     step = transient.receive(frame, 1)
     assert step.action is Action.RESYNC and transient.error is None
     assert transient.disconnect(step.reason).action is Action.CONTINUE

@@ -21,13 +21,23 @@ from tests.local_exchange_client import (
     EX_TIME,
     PASSPHRASE,
     SECRET,
-    NaiveBook,
     drain_with_marker,
     open_ws,
     recv,
     recv_until,
     signed,
 )
+from tests.support.frames import (
+    at_error,
+    at_subscribe,
+    exchange_error,
+    exchange_subscribe,
+    exchange_subscribe_channels,
+    exchange_subscribe_root,
+    exchange_unsubscribe,
+    text,
+)
+from tests.support.reference_book import ReferenceBooks
 
 pytestmark = pytest.mark.slow
 exchange = local_exchange_client.exchange  # the fixture: a started exchange with auth
@@ -38,15 +48,7 @@ def test_exchange_root_form_handshake_and_exact_snapshot_shape(
     exchange: LocalExchange,
 ) -> None:
     with open_ws(exchange) as ws:
-        ws.send(
-            json.dumps(
-                {
-                    "type": "subscribe",
-                    "product_ids": ["BTC-USD"],
-                    "channels": ["level2_batch"],
-                }
-            )
-        )
+        ws.send(text(exchange_subscribe_root(["BTC-USD"], ["level2_batch"])))
         assert recv(ws) == {
             "type": "subscriptions",
             "channels": [
@@ -82,14 +84,10 @@ def test_exchange_root_form_handshake_and_exact_snapshot_shape(
 def test_exchange_per_channel_form_and_heartbeats(exchange: LocalExchange) -> None:
     with open_ws(exchange) as ws:
         ws.send(
-            json.dumps(
-                {
-                    "type": "subscribe",
-                    "channels": [
-                        {"name": "level2_batch", "product_ids": ["ETH-USD", "BTC-EUR"]},
-                        {"name": "heartbeat", "product_ids": ["ETH-USD"]},
-                    ],
-                }
+            text(
+                exchange_subscribe_channels(
+                    {"level2_batch": ["ETH-USD", "BTC-EUR"], "heartbeat": ["ETH-USD"]}
+                )
             )
         )
         ack = recv(ws)
@@ -127,10 +125,8 @@ def test_exchange_stream_rebuilds_true_book_for_every_client(
     exchange: LocalExchange,
 ) -> None:
     products = ["BTC-USD", "ETH-USD"]
-    sub = json.dumps(
-        {"type": "subscribe", "product_ids": products, "channels": ["level2_batch"]}
-    )
-    books, seen = [NaiveBook(), NaiveBook()], [[], []]
+    sub = text(exchange_subscribe_root(products, ["level2_batch"]))
+    books, seen = [ReferenceBooks(), ReferenceBooks()], [[], []]
 
     def read_updates(ws, n: int, k: int) -> None:
         while sum(m["type"] == "l2update" for m in seen[k]) < n:
@@ -149,33 +145,23 @@ def test_exchange_stream_rebuilds_true_book_for_every_client(
         ]
         for book in books:
             for pid in products:
-                assert book.books[pid] == exchange.true_book(pid)
+                assert book.true_book_form(pid) == exchange.true_book(pid)
         # Same batches, same order: the second client's updates are a suffix of the first's.
         updates = [[f for f in fs if f["type"] == "l2update"] for fs in frames]
         assert len(updates[1]) >= 10
         assert updates[0][-len(updates[1]) :] == updates[1]
         bid, bid_size, ask, _ask_size = exchange.true_top("BTC-USD")
-        assert books[0].books["BTC-USD"][0][bid] == bid_size and bid < ask
+        assert books[0]["BTC-USD"].bids[bid] == bid_size and bid < ask
 
 
 def test_invalid_product_is_refused_and_valid_one_still_streams(
     exchange: LocalExchange,
 ) -> None:
     with open_ws(exchange) as ws:
-        ws.send(
-            json.dumps(
-                {
-                    "type": "subscribe",
-                    "product_ids": ["DOGE-XYZ", "ETH-EUR"],
-                    "channels": ["level2_batch"],
-                }
-            )
+        ws.send(text(exchange_subscribe_root(["DOGE-XYZ", "ETH-EUR"])))
+        assert recv(ws) == exchange_error(
+            "Failed to subscribe", "DOGE-XYZ is not a valid product"
         )
-        assert recv(ws) == {
-            "type": "error",
-            "message": "Failed to subscribe",
-            "reason": "DOGE-XYZ is not a valid product",
-        }
         assert recv(ws)["channels"][0]["product_ids"] == ["ETH-EUR"]
         assert recv(ws)["type"] == "snapshot"
         update = recv(ws)
@@ -185,31 +171,22 @@ def test_invalid_product_is_refused_and_valid_one_still_streams(
 @pytest.mark.parametrize(
     ("request_", "reason"),
     [
-        (
-            {"type": "subscribe", "product_ids": ["BTC-USD"], "channels": []},
-            "No channels provided",
-        ),
+        (exchange_subscribe_root(["BTC-USD"], []), "No channels provided"),
+        # Malformed on purpose, so literal: a key is missing (channels, product_ids).
         ({"type": "subscribe", "product_ids": ["BTC-USD"]}, "No channels provided"),
         (
             {"type": "subscribe", "channels": ["heartbeat"]},
             "You need to specify at least one product ID for channel heartbeat",
         ),
-        (
-            {"type": "subscribe", "product_ids": ["BTC-USD"], "channels": ["level2"]},
-            LEVEL2_AUTH_REASON,
-        ),
+        (exchange_subscribe_root(["BTC-USD"], ["level2"]), LEVEL2_AUTH_REASON),
     ],
 )
 def test_exchange_subscribe_errors_in_coinbase_shape(
     exchange: LocalExchange, request_: dict, reason: str
 ) -> None:
     with open_ws(exchange) as ws:
-        ws.send(json.dumps(request_))
-        assert recv(ws) == {
-            "type": "error",
-            "message": "Failed to subscribe",
-            "reason": reason,
-        }
+        ws.send(text(request_))
+        assert recv(ws) == exchange_error("Failed to subscribe", reason)
 
 
 def test_level2_with_valid_signature_streams_one_change_per_frame(
@@ -217,17 +194,10 @@ def test_level2_with_valid_signature_streams_one_change_per_frame(
 ) -> None:
     with open_ws(exchange) as ws:
         ws.send(
-            json.dumps(
-                signed(
-                    {
-                        "type": "subscribe",
-                        "channels": [{"name": "level2", "product_ids": ["BTC-USD"]}],
-                    }
-                )
-            )
+            text(signed(exchange_subscribe(["BTC-USD"], "level2", heartbeat=False)))
         )
         assert recv(ws)["channels"][0]["name"] == "level2"
-        book = NaiveBook()
+        book = ReferenceBooks()
         book.apply_exchange(recv(ws))
         for _ in range(20):
             msg = recv(ws)
@@ -235,7 +205,7 @@ def test_level2_with_valid_signature_streams_one_change_per_frame(
             book.apply_exchange(msg)
         exchange.pause_market()
         drain_with_marker(exchange, ws, book.apply_exchange)
-        assert book.books["BTC-USD"] == exchange.true_book("BTC-USD")
+        assert book.true_book_form("BTC-USD") == exchange.true_book("BTC-USD")
 
 
 @pytest.mark.parametrize(
@@ -251,18 +221,11 @@ def test_level2_with_valid_signature_streams_one_change_per_frame(
 def test_level2_bad_credentials_are_refused_saying_why(
     exchange: LocalExchange, overrides: dict, reason: str
 ) -> None:
-    msg = signed(
-        {"type": "subscribe", "product_ids": ["BTC-USD"], "channels": ["level2"]},
-        **overrides,
-    )
+    msg = signed(exchange_subscribe_root(["BTC-USD"], ["level2"]), **overrides)
     with open_ws(exchange) as ws:
-        ws.send(json.dumps(msg))
+        ws.send(text(msg))
         reply = recv(ws)
-        assert reply == {
-            "type": "error",
-            "message": "Failed to subscribe",
-            "reason": reason,
-        }
+        assert reply == exchange_error("Failed to subscribe", reason)
         raw = json.dumps(reply)
         for secret in (SECRET, PASSPHRASE, msg["signature"], "wrong phrase"):
             assert secret not in raw
@@ -272,17 +235,7 @@ def test_level2_bad_credentials_are_refused_saying_why(
 
 def test_level2_without_configured_credentials_needs_auth() -> None:
     with LocalExchange(["BTC-USD"], depth=20) as ex, open_ws(ex) as ws:
-        ws.send(
-            json.dumps(
-                signed(
-                    {
-                        "type": "subscribe",
-                        "product_ids": ["BTC-USD"],
-                        "channels": ["level2"],
-                    }
-                )
-            )
-        )
+        ws.send(text(signed(exchange_subscribe_root(["BTC-USD"], ["level2"]))))
         assert recv(ws)["reason"] == LEVEL2_AUTH_REASON
 
 
@@ -291,25 +244,9 @@ def test_unsubscribe_stops_only_that_channel_and_product(
 ) -> None:
     both = ["BTC-USD", "ETH-USD"]
     with open_ws(exchange) as ws:
-        ws.send(
-            json.dumps(
-                {
-                    "type": "subscribe",
-                    "product_ids": both,
-                    "channels": ["level2_batch", "heartbeat"],
-                }
-            )
-        )
+        ws.send(text(exchange_subscribe_root(both, ["level2_batch", "heartbeat"])))
         recv_until(ws, lambda m: m["type"] == "l2update")
-        ws.send(
-            json.dumps(
-                {
-                    "type": "unsubscribe",
-                    "product_ids": ["BTC-USD"],
-                    "channels": ["level2_batch"],
-                }
-            )
-        )
+        ws.send(text(exchange_unsubscribe(["BTC-USD"], ["level2_batch"])))
         ack, _ = recv_until(ws, lambda m: m["type"] == "subscriptions")
         assert ack["channels"] == [
             {"name": "level2_batch", "product_ids": ["ETH-USD"], "account_ids": None},
@@ -335,17 +272,9 @@ def test_client_that_never_subscribes_is_disconnected() -> None:
 # --------------------------------------------------------------------------- Advanced Trade
 def test_advanced_trade_shapes_sequence_and_true_book(exchange: LocalExchange) -> None:
     with open_ws(exchange, "advanced-trade") as ws:
-        ws.send(
-            json.dumps(
-                {
-                    "type": "subscribe",
-                    "product_ids": ["BTC-USD", "ETH-USD"],
-                    "channel": "level2",
-                }
-            )
-        )
-        ws.send(json.dumps({"type": "subscribe", "channel": "heartbeats"}))
-        book = NaiveBook()
+        ws.send(text(at_subscribe(["BTC-USD", "ETH-USD"])))
+        ws.send(text(at_subscribe(channel="heartbeats")))
+        book = ReferenceBooks()
         frames = []
         while sum(f["channel"] == "heartbeats" for f in frames) < 2:
             frames.append(recv(ws))
@@ -353,7 +282,7 @@ def test_advanced_trade_shapes_sequence_and_true_book(exchange: LocalExchange) -
         exchange.pause_market()
         frames += drain_with_marker(exchange, ws, book.apply_at)
         for pid in ("BTC-USD", "ETH-USD"):
-            assert book.books[pid] == exchange.true_book(pid)
+            assert book.true_book_form(pid) == exchange.true_book(pid)
     assert [f["sequence_num"] for f in frames] == list(
         range(len(frames))
     )  # marker is frame n
@@ -397,11 +326,7 @@ def test_advanced_trade_shapes_sequence_and_true_book(exchange: LocalExchange) -
 
 def test_skip_sequence_makes_exactly_one_gap(exchange: LocalExchange) -> None:
     with open_ws(exchange, "advanced-trade") as ws:
-        ws.send(
-            json.dumps(
-                {"type": "subscribe", "product_ids": ["ETH-USD"], "channel": "level2"}
-            )
-        )
+        ws.send(text(at_subscribe(["ETH-USD"])))
         seqs = [recv(ws)["sequence_num"] for _ in range(5)]
         exchange.skip_sequence()
         seqs += [recv(ws)["sequence_num"] for _ in range(15)]
@@ -417,25 +342,9 @@ def test_too_many_l2_streams_and_bad_at_requests() -> None:
         ) as ex,
         open_ws(ex, "advanced-trade") as ws,
     ):
-        ws.send(
-            json.dumps(
-                {
-                    "type": "subscribe",
-                    "product_ids": ["BTC-USD", "ETH-USD", "SOL-USD"],
-                    "channel": "level2",
-                }
-            )
-        )
-        assert recv(ws) == {"type": "error", "message": TOO_MANY_L2_STREAMS}
-        ws.send(
-            json.dumps(
-                {
-                    "type": "subscribe",
-                    "product_ids": ["BTC-USD", "NOPE-USD"],
-                    "channel": "level2",
-                }
-            )
-        )
+        ws.send(text(at_subscribe(["BTC-USD", "ETH-USD", "SOL-USD"])))
+        assert recv(ws) == at_error(TOO_MANY_L2_STREAMS)
+        ws.send(text(at_subscribe(["BTC-USD", "NOPE-USD"])))
         err = recv(ws)
         assert (
             err["type"] == "error"
@@ -443,17 +352,10 @@ def test_too_many_l2_streams_and_bad_at_requests() -> None:
         )
         assert recv(ws)["channel"] == "subscriptions"  # announced: acked first
         assert recv(ws)["events"][0]["type"] == "snapshot"
-        ws.send(
-            json.dumps(
-                {
-                    "type": "subscribe",
-                    "product_ids": ["ETH-USD", "SOL-USD"],
-                    "channel": "level2",
-                }
-            )
-        )
+        ws.send(text(at_subscribe(["ETH-USD", "SOL-USD"])))
         msg, _ = recv_until(ws, lambda m: m.get("type") == "error")
         assert msg["message"] == TOO_MANY_L2_STREAMS
+        # Malformed on purpose: no channel.
         ws.send(json.dumps({"type": "subscribe", "product_ids": ["BTC-USD"]}))
         msg, _ = recv_until(ws, lambda m: m.get("type") == "error")
         assert "channel" in msg["message"]
@@ -469,30 +371,14 @@ def test_real_sized_snapshot_46000_levels_over_4_mb() -> None:
     ) as ex:
         ex.pause_market()  # a thin moment can sweep hundreds of levels in one batch
         with open_ws(ex, "advanced-trade") as ws:
-            ws.send(
-                json.dumps(
-                    {
-                        "type": "subscribe",
-                        "product_ids": ["BTC-USD"],
-                        "channel": "level2",
-                    }
-                )
-            )
+            ws.send(text(at_subscribe(["BTC-USD"])))
             assert recv(ws)["channel"] == "subscriptions"  # announced: acked first
-            text = ws.recv(timeout=20)
-            assert len(text) > 4_000_000
-            snap = json.loads(text)["events"][0]
+            raw = ws.recv(timeout=20)
+            assert len(raw) > 4_000_000
+            snap = json.loads(raw)["events"][0]
             assert snap["type"] == "snapshot" and len(snap["updates"]) == 46_000
         with open_ws(ex) as ws:
-            ws.send(
-                json.dumps(
-                    {
-                        "type": "subscribe",
-                        "product_ids": ["BTC-USD"],
-                        "channels": ["level2_batch"],
-                    }
-                )
-            )
+            ws.send(text(exchange_subscribe_root(["BTC-USD"], ["level2_batch"])))
             recv(ws)
             snap = recv(ws, 20)
             assert len(snap["bids"]) + len(snap["asks"]) == 46_000
@@ -504,15 +390,7 @@ def test_default_client_size_limit_rejects_big_snapshot() -> None:
         LocalExchange(["BTC-USD"], depth=20_000, rate=1) as ex,
         connect(ex.url("advanced-trade")) as ws,
     ):
-        ws.send(
-            json.dumps(
-                {
-                    "type": "subscribe",
-                    "product_ids": ["BTC-USD"],
-                    "channel": "level2",
-                }
-            )
-        )
+        ws.send(text(at_subscribe(["BTC-USD"])))
         assert json.loads(ws.recv(timeout=20))["channel"] == "subscriptions"
         with pytest.raises(ConnectionClosed):
             ws.recv(timeout=20)
@@ -522,28 +400,12 @@ def test_without_announce_the_replies_are_coinbase_byte_for_byte() -> None:
     """``announce=False``: no ``local_exchange`` field, the replies are Coinbase's."""
     with LocalExchange(["BTC-USD"], depth=10, announce=False) as ex:
         with open_ws(ex) as ws:
-            ws.send(
-                json.dumps(
-                    {
-                        "type": "subscribe",
-                        "product_ids": ["BTC-USD"],
-                        "channels": ["level2_batch"],
-                    }
-                )
-            )
+            ws.send(text(exchange_subscribe_root(["BTC-USD"], ["level2_batch"])))
             assert "local_exchange" not in recv(ws)
         with open_ws(ex, "advanced-trade") as ws:
-            ws.send(json.dumps({"type": "subscribe", "channel": "heartbeats"}))
+            ws.send(text(at_subscribe(channel="heartbeats")))
             assert "local_exchange" not in recv(ws)
-            ws.send(
-                json.dumps(
-                    {
-                        "type": "subscribe",
-                        "product_ids": ["BTC-USD"],
-                        "channel": "level2",
-                    }
-                )
-            )
+            ws.send(text(at_subscribe(["BTC-USD"])))
             # As Coinbase does: the snapshot first, then the ack that lists level2.
             snapshot, ack = recv(ws), recv(ws)
             assert snapshot["channel"] == "l2_data"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -20,6 +19,7 @@ from tests.local_exchange_client import (
     open_ws,
     recv,
 )
+from tests.support.frames import exchange_subscribe_root, text
 
 pytestmark = pytest.mark.slow
 
@@ -51,15 +51,7 @@ def test_bad_settings_are_refused_by_name(kwargs: dict, name: str) -> None:
 def test_stop_is_idempotent_and_closes_clients() -> None:
     ex = LocalExchange(["BTC-USD"], depth=10).start()
     with open_ws(ex) as ws:
-        ws.send(
-            json.dumps(
-                {
-                    "type": "subscribe",
-                    "product_ids": ["BTC-USD"],
-                    "channels": ["level2_batch"],
-                }
-            )
-        )
+        ws.send(text(exchange_subscribe_root(["BTC-USD"], ["level2_batch"])))
         recv(ws)
         ex.stop()
         ex.stop()
@@ -134,15 +126,7 @@ def test_cli_serves_and_stops_on_signal(sig: int, inherit_ignored_sigint: bool) 
                 break
         assert url and url.startswith("ws://127.0.0.1:")
         with connect(url, max_size=None, max_queue=None) as ws:
-            ws.send(
-                json.dumps(
-                    {
-                        "type": "subscribe",
-                        "product_ids": ["BTC-USD"],
-                        "channels": ["level2_batch"],
-                    }
-                )
-            )
+            ws.send(text(exchange_subscribe_root(["BTC-USD"], ["level2_batch"])))
             ack = recv(ws)
             assert ack["type"] == "subscriptions" and ack["local_exchange"] == "sim"
         proc.send_signal(sig)
@@ -173,15 +157,7 @@ def test_embedded_exchange_starts_once_per_process(
         # Whatever a later caller asks for, the process keeps its one exchange.
         assert embedded.exchange_url(["ETH-USD"], 50, 1) == url
         with connect(url, max_size=None, max_queue=None) as ws:
-            ws.send(
-                json.dumps(
-                    {
-                        "type": "subscribe",
-                        "product_ids": ["BTC-USD"],
-                        "channels": ["level2_batch"],
-                    }
-                )
-            )
+            ws.send(text(exchange_subscribe_root(["BTC-USD"], ["level2_batch"])))
             ack = recv(ws)
             assert ack["local_exchange"] == "sim"
             assert recv(ws)["product_id"] == "BTC-USD"

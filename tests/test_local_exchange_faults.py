@@ -13,12 +13,18 @@ from local_exchange.faults import MALFORMED_KINDS
 from local_exchange.server import LocalExchange
 from tests import local_exchange_client
 from tests.local_exchange_client import (
-    NaiveBook,
     open_ws,
     recv,
     recv_until,
-    wait_for,
 )
+from tests.support.flow import wait_until
+from tests.support.frames import (
+    at_subscribe,
+    exchange_error,
+    exchange_subscribe_root,
+    text,
+)
+from tests.support.reference_book import ReferenceBooks
 
 pytestmark = pytest.mark.slow
 exchange = local_exchange_client.exchange  # the fixture: a started exchange with auth
@@ -28,9 +34,7 @@ exchange = local_exchange_client.exchange  # the fixture: a started exchange wit
 def test_drop_connections_aborts_clients_and_new_ones_work(
     exchange: LocalExchange,
 ) -> None:
-    sub = json.dumps(
-        {"type": "subscribe", "product_ids": ["BTC-USD"], "channels": ["level2_batch"]}
-    )
+    sub = text(exchange_subscribe_root(["BTC-USD"], ["level2_batch"]))
     with open_ws(exchange) as ws:
         ws.send(sub)
         recv(ws)
@@ -51,13 +55,7 @@ def test_drop_connections_aborts_clients_and_new_ones_work(
 def test_go_silent_sends_nothing_then_resumes(exchange: LocalExchange) -> None:
     with open_ws(exchange) as ws:
         ws.send(
-            json.dumps(
-                {
-                    "type": "subscribe",
-                    "product_ids": ["BTC-USD"],
-                    "channels": ["level2_batch", "heartbeat"],
-                }
-            )
+            text(exchange_subscribe_root(["BTC-USD"], ["level2_batch", "heartbeat"]))
         )
         recv_until(ws, lambda m: m["type"] == "heartbeat")
         exchange.go_silent(2.0)
@@ -68,8 +66,8 @@ def test_go_silent_sends_nothing_then_resumes(exchange: LocalExchange) -> None:
                 ws.recv(timeout=0.1)
             except TimeoutError:
                 break
-        with pytest.raises(TimeoutError):
-            ws.recv(timeout=0.6)
+        with pytest.raises(TimeoutError):  # the silence itself is under test: no wait
+            ws.recv(timeout=0.6)  # for a condition can replace these 0.6 s
         kinds = {recv(ws, 3)["type"] for _ in range(20)}
         assert "l2update" in kinds
 
@@ -79,17 +77,13 @@ def test_send_malformed_injects_each_kind_without_changing_truth(
     exchange: LocalExchange, protocol: str
 ) -> None:
     if protocol == "exchange":
-        sub = {
-            "type": "subscribe",
-            "product_ids": ["ETH-USD"],
-            "channels": ["level2_batch"],
-        }
+        sub = exchange_subscribe_root(["ETH-USD"], ["level2_batch"])
     else:
-        sub = {"type": "subscribe", "product_ids": ["ETH-USD"], "channel": "level2"}
-    book, raw, bad, parsed = NaiveBook(), [], 0, []
+        sub = at_subscribe(["ETH-USD"])
+    book, raw, bad, parsed = ReferenceBooks(), [], 0, []
     apply = book.apply_exchange if protocol == "exchange" else book.apply_at
     with open_ws(exchange, protocol) as ws:
-        ws.send(json.dumps(sub))
+        ws.send(text(sub))
         snapshot, parsed = recv_until(ws, _is_snapshot)
         parsed.append(snapshot)
         apply(snapshot)
@@ -100,10 +94,10 @@ def test_send_malformed_injects_each_kind_without_changing_truth(
         )  # marker: behind everything else
         markers = 0
         while markers < 2:
-            text = ws.recv(timeout=5)
-            raw.append(text)
+            received = ws.recv(timeout=5)
+            raw.append(received)
             try:
-                msg = json.loads(text)
+                msg = json.loads(received)
                 parsed.append(msg)
                 if (
                     msg.get("type") == "sim_unknown"
@@ -113,7 +107,7 @@ def test_send_malformed_injects_each_kind_without_changing_truth(
                 apply(msg)  # a strict client: skips what it cannot apply whole
             except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError):
                 bad += 1
-        assert book.books["ETH-USD"] == exchange.true_book("ETH-USD")
+        assert book.true_book_form("ETH-USD") == exchange.true_book("ETH-USD")
     assert bad == 6  # all kinds but bad_timestamp (restates a level) and unknown_type
     assert any('"0.-10000"' in t for t in raw) and any('"abc"' in t for t in raw)
     assert any('"-1.5"' in t for t in raw)
@@ -126,9 +120,9 @@ def test_send_malformed_injects_each_kind_without_changing_truth(
     assert all(faults[f"malformed:{k}"] >= 1 for k in MALFORMED_KINDS)
 
 
-def _is_json(text: str) -> bool:
+def _is_json(raw_text: str) -> bool:
     try:
-        json.loads(text)
+        json.loads(raw_text)
     except ValueError:
         return False
     return True
@@ -146,47 +140,27 @@ def test_client_too_far_behind_is_dropped_as_slow_consumer(
     monkeypatch.setattr(local_exchange.connections, "MAX_BACKLOG", 30)
     with LocalExchange(["BTC-USD"], depth=20, rate=100) as ex:
         with open_ws(ex) as ws:
-            ws.send(
-                json.dumps(
-                    {
-                        "type": "subscribe",
-                        "product_ids": ["BTC-USD"],
-                        "channels": ["level2_batch"],
-                    }
-                )
-            )
+            ws.send(text(exchange_subscribe_root(["BTC-USD"], ["level2_batch"])))
             recv(ws)
             ex.go_silent(0.6)  # nothing leaves while 60 batches pile up
             with pytest.raises(ConnectionClosed):
                 while True:
                     ws.recv(timeout=5)
         # the server notices its side of the abort a bit later
-        wait_for(lambda: ex.stats["slow_consumer_drops"] > 0)
+        wait_until(
+            lambda: ex.stats["slow_consumer_drops"] > 0, 10, "the slow consumer drop"
+        )
         assert ex.stats["slow_consumer_drops"] == 1
         with open_ws(ex) as ws:  # the server itself is fine
-            ws.send(
-                json.dumps(
-                    {
-                        "type": "subscribe",
-                        "product_ids": ["BTC-USD"],
-                        "channels": ["level2_batch"],
-                    }
-                )
-            )
+            ws.send(text(exchange_subscribe_root(["BTC-USD"], ["level2_batch"])))
             assert recv(ws, 3)["type"] == "subscriptions"
 
 
 def test_fail_next_subscribe_refuses_once(exchange: LocalExchange) -> None:
     exchange.fail_next_subscribe("service is upgrading")
-    sub = json.dumps(
-        {"type": "subscribe", "product_ids": ["BTC-USD"], "channels": ["level2_batch"]}
-    )
+    sub = text(exchange_subscribe_root(["BTC-USD"], ["level2_batch"]))
     with open_ws(exchange) as ws:
         ws.send(sub)
-        assert recv(ws) == {
-            "type": "error",
-            "message": "Failed to subscribe",
-            "reason": "service is upgrading",
-        }
+        assert recv(ws) == exchange_error("Failed to subscribe", "service is upgrading")
         ws.send(sub)
         assert recv(ws)["type"] == "subscriptions"

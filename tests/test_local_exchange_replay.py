@@ -18,6 +18,16 @@ from tests.local_exchange_client import (
     open_ws,
     recv,
 )
+from tests.support.frames import (
+    at_subscribe,
+    at_subscriptions,
+    exchange_error,
+    exchange_l2update,
+    exchange_subscribe_channels,
+    exchange_subscribe_root,
+    exchange_subscriptions,
+    text,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -25,18 +35,11 @@ pytestmark = pytest.mark.slow
 def _recording(tmp_path: Path) -> Path:
     path = tmp_path / "rec.jsonl.gz"
     base = 1_700_000_000_000_000_000
-    frames = [(base, "BTC-USD", json.dumps({"type": "subscriptions", "channels": []}))]
+    frames = [(base, "BTC-USD", text(exchange_subscriptions([], channels=())))]
     for i in range(6):
         pid = "BTC-USD" if i % 2 == 0 else "ETH-USD"
-        frame = {
-            "type": "l2update",
-            "product_id": pid,
-            "changes": [["buy", f"{100 + i}.00", "1"]],
-            "time": "x",
-        }
-        frames.append(
-            (base + (i + 1) * 100_000_000, pid, json.dumps(frame))
-        )  # 100 ms apart
+        frame = exchange_l2update(pid, [("buy", f"{100 + i}.00", "1")], time="x")
+        frames.append((base + (i + 1) * 100_000_000, pid, text(frame)))  # 100 ms apart
     writer = RecordingWriter(
         path,
         {
@@ -62,15 +65,7 @@ def test_replay_sends_recorded_frames_in_order_paced_then_closes_normally(
         LocalExchange(recording=path, replay_speed=2.0, announce=True) as ex,
         open_ws(ex) as ws,
     ):
-        ws.send(
-            json.dumps(
-                {
-                    "type": "subscribe",
-                    "product_ids": ["BTC-USD"],
-                    "channels": ["level2_batch"],
-                }
-            )
-        )
+        ws.send(text(exchange_subscribe_root(["BTC-USD"], ["level2_batch"])))
         got, arrived = [], []
         for _ in range(4):
             got.append(ws.recv(timeout=5))
@@ -92,38 +87,22 @@ def test_replay_as_fast_as_possible_and_refusals(tmp_path: Path) -> None:
     with LocalExchange(recording=path) as ex:
         with open_ws(ex) as ws:
             ws.send(
-                json.dumps(
-                    {
-                        "type": "subscribe",
-                        "channels": [
-                            {
-                                "name": "level2_batch",
-                                "product_ids": ["ETH-USD", "BTC-USD", "SOL-USD"],
-                            }
-                        ],
-                    }
+                text(
+                    exchange_subscribe_channels(
+                        {"level2_batch": ["ETH-USD", "BTC-USD", "SOL-USD"]}
+                    )
                 )
             )
             got = [json.loads(ws.recv(timeout=5)) for _ in range(8)]
-        assert got[0] == {
-            "type": "error",
-            "message": "Failed to subscribe",
-            "reason": "SOL-USD is not a valid product",
-        }
+        assert got[0] == exchange_error(
+            "Failed to subscribe", "SOL-USD is not a valid product"
+        )
         # Both products merged in recorded order.
         assert [m.get("changes", [[None, None]])[0][1] for m in got[1:]] == [None] + [
             f"{100 + i}.00" for i in range(6)
         ]
         with open_ws(ex, "advanced-trade") as ws:
-            ws.send(
-                json.dumps(
-                    {
-                        "type": "subscribe",
-                        "product_ids": ["BTC-USD"],
-                        "channel": "level2",
-                    }
-                )
-            )
+            ws.send(text(at_subscribe(["BTC-USD"])))
             assert "exchange feed" in recv(ws)["message"]
         with pytest.raises(RuntimeError, match="replays a recording"):
             ex.true_book("BTC-USD")
@@ -156,9 +135,7 @@ def _raw_recording(path: Path, protocol: str, lines: list[str]) -> Path:
 def test_replay_skips_counts_and_logs_records_that_are_not_objects(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    update = json.dumps(
-        {"type": "l2update", "product_id": "BTC-USD", "changes": [], "time": "x"}
-    )
+    update = text(exchange_l2update("BTC-USD", [], time="x"))
     good = json.dumps({"t_ns": 1, "product_id": "BTC-USD", "frame": update})
     bad_time = json.dumps({"t_ns": "soon", "product_id": "BTC-USD", "frame": update})
     path = _raw_recording(
@@ -169,15 +146,7 @@ def test_replay_skips_counts_and_logs_records_that_are_not_objects(
     with caplog.at_level(logging.WARNING, logger="local_exchange.replay"):
         ex = LocalExchange(recording=path)
     with ex, open_ws(ex) as ws:
-        ws.send(
-            json.dumps(
-                {
-                    "type": "subscribe",
-                    "product_ids": ["BTC-USD"],
-                    "channels": ["level2_batch"],
-                }
-            )
-        )
+        ws.send(text(exchange_subscribe_root(["BTC-USD"], ["level2_batch"])))
         assert [ws.recv(timeout=5) for _ in range(2)] == [update, update]
         with pytest.raises(ConnectionClosed) as info:
             ws.recv(timeout=5)
@@ -189,21 +158,14 @@ def test_replay_skips_counts_and_logs_records_that_are_not_objects(
 
 
 def test_advanced_trade_replay_marks_its_subscriptions_reply(tmp_path: Path) -> None:
-    ack = (
-        '{"channel":"subscriptions","client_id":"","timestamp":"t","sequence_num":0,'
-        '"events":[{"subscriptions":{"level2":["BTC-USD"]}}]}'
-    )
+    ack = text(at_subscriptions(0, ["BTC-USD"]))
     record = json.dumps({"t_ns": 1, "product_id": "BTC-USD", "frame": ack})
     path = _raw_recording(tmp_path / "at.jsonl.gz", "advanced-trade", [record])
     with (
         LocalExchange(recording=path, announce=True) as ex,
         open_ws(ex, "advanced-trade") as ws,
     ):
-        ws.send(
-            json.dumps(
-                {"type": "subscribe", "product_ids": ["BTC-USD"], "channel": "level2"}
-            )
-        )
+        ws.send(text(at_subscribe(["BTC-USD"])))
         reply = json.loads(ws.recv(timeout=5))
     assert reply["local_exchange"] == "replay"
     assert reply["events"] == [{"subscriptions": {"level2": ["BTC-USD"]}}]
@@ -214,9 +176,7 @@ def test_a_client_reconnecting_after_the_end_does_not_read_the_recording_twice(
     tmp_path: Path,
 ) -> None:
     path = _recording(tmp_path)
-    sub = json.dumps(
-        {"type": "subscribe", "product_ids": ["BTC-USD"], "channels": ["level2_batch"]}
-    )
+    sub = text(exchange_subscribe_root(["BTC-USD"], ["level2_batch"]))
     with LocalExchange(recording=path) as ex:
         with open_ws(ex) as ws:
             ws.send(sub)
@@ -229,5 +189,5 @@ def test_a_client_reconnecting_after_the_end_does_not_read_the_recording_twice(
                 ws.recv(timeout=5)
             assert info.value.rcvd is not None and info.value.rcvd.code == 1000
         with open_ws(ex) as ws:  # a product not played yet is still served
-            ws.send(sub.replace("BTC-USD", "ETH-USD"))
+            ws.send(text(exchange_subscribe_root(["ETH-USD"], ["level2_batch"])))
             assert "ETH-USD" in ws.recv(timeout=5)

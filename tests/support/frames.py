@@ -6,12 +6,15 @@ the feeds send them, as text ("65000.01000000"); anything else is converted with
 
 Exchange feed (``wss://ws-feed.exchange.coinbase.com``): :func:`exchange_snapshot`,
 :func:`exchange_l2update`, :func:`exchange_heartbeat`, :func:`exchange_subscriptions`,
-:func:`exchange_error`, :func:`exchange_subscribe`.
+:func:`exchange_error`; what a client sends: :func:`exchange_subscribe` (per-channel form),
+:func:`exchange_subscribe_root` (one product list for every channel),
+:func:`exchange_subscribe_channels` (each channel its own products),
+:func:`exchange_unsubscribe`.
 
 Advanced Trade (``wss://advanced-trade-ws.coinbase.com``), every message numbered by
 ``sequence_num``: :func:`at_level`, :func:`at_l2_data` (any events),
 :func:`at_snapshot`, :func:`at_update`, :func:`at_heartbeats`, :func:`at_subscriptions`,
-:func:`at_subscribe`.
+:func:`at_error`; what a client sends: :func:`at_subscribe`.
 
 :func:`ladder` makes snapshot levels around a mid price.
 """
@@ -19,7 +22,7 @@ Advanced Trade (``wss://advanced-trade-ws.coinbase.com``), every message numbere
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +33,7 @@ __all__ = [
     "EXCHANGE_TIME",
     "at_heartbeats",
     "at_l2_data",
+    "at_error",
     "at_level",
     "at_snapshot",
     "at_subscribe",
@@ -40,7 +44,10 @@ __all__ = [
     "exchange_l2update",
     "exchange_snapshot",
     "exchange_subscribe",
+    "exchange_subscribe_channels",
+    "exchange_subscribe_root",
     "exchange_subscriptions",
+    "exchange_unsubscribe",
     "ladder",
     "subscribe_messages",
     "text",
@@ -156,6 +163,34 @@ def exchange_subscribe(
     return {"type": "subscribe", "channels": channels}
 
 
+def exchange_subscribe_root(
+    product_ids: Sequence[str] = ("BTC-USD",),
+    channels: Sequence[str] = ("level2_batch",),
+    *,
+    kind: str = "subscribe",
+) -> dict:
+    """The root form: one ``product_ids`` for every channel, ``channels`` by name
+    (``kind="unsubscribe"``: see :func:`exchange_unsubscribe`)."""
+    return {"type": kind, "product_ids": list(product_ids), "channels": list(channels)}
+
+
+def exchange_subscribe_channels(channels: Mapping[str, Sequence[str]]) -> dict:
+    """The per-channel form with each channel's own products, e.g.
+    ``{"level2_batch": ["ETH-USD", "BTC-EUR"], "heartbeat": ["ETH-USD"]}``."""
+    return {
+        "type": "subscribe",
+        "channels": [{"name": c, "product_ids": list(p)} for c, p in channels.items()],
+    }
+
+
+def exchange_unsubscribe(
+    product_ids: Sequence[str] = ("BTC-USD",),
+    channels: Sequence[str] = ("level2_batch",),
+) -> dict:
+    """Stop ``channels`` for ``product_ids`` (root form), the rest keeps streaming."""
+    return exchange_subscribe_root(product_ids, channels, kind="unsubscribe")
+
+
 # -- Advanced Trade -------------------------------------------------------------------------
 
 
@@ -239,6 +274,11 @@ def at_subscriptions(
         [{"subscriptions": {channel: list(product_ids)}}],
         channel="subscriptions",
     )
+
+
+def at_error(message: str) -> dict:
+    """Advanced Trade's error reply: a message, no reason (e.g. too many L2 streams)."""
+    return {"type": "error", "message": message}
 
 
 def at_subscribe(

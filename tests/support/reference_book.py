@@ -12,7 +12,7 @@ applies frames of either protocol.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -21,6 +21,10 @@ from orderbook import BookCondition
 
 SIDES = {"bid": "bid", "buy": "bid", "ask": "ask", "sell": "ask", "offer": "ask"}
 """Every side spelling of both feeds, to the book's two sides."""
+EXCHANGE_SIDES = frozenset({"buy", "sell"})
+"""The sides an Exchange-feed frame may name."""
+AT_SIDES = frozenset({"bid", "offer"})
+"""The sides an Advanced Trade frame may name."""
 
 
 class InvalidMessage(ValueError):
@@ -62,14 +66,15 @@ class ReferenceBook:
             sides[side] = {p: s for p, s in book.items() if s != 0}
         self.sides, self.live = sides, True
 
-    def changes(self, changes: Iterable) -> None:
-        """Absolute new sizes (0 deletes); validated whole first, then applied whole."""
+    def changes(self, changes: Iterable, sides: Collection[str] = SIDES) -> None:
+        """Absolute new sizes (0 deletes); validated whole first, then applied whole.
+        ``sides``: the side spellings allowed (a frame allows its protocol's only)."""
         parsed = []
         for change in changes:
             if len(change) != 3:
                 raise InvalidMessage(f"not (side, price, size): {change!r}")
             side, price, size = change
-            if side not in SIDES:
+            if side not in sides or side not in SIDES:
                 raise InvalidMessage(f"unknown side {side!r}")
             p, s = _number(price), _number(size)
             if p <= 0 or s < 0:
@@ -128,7 +133,11 @@ class ReferenceBook:
 
 
 class ReferenceBooks:
-    """One :class:`ReferenceBook` per product, fed whole frames of either protocol."""
+    """One :class:`ReferenceBook` per product, fed whole frames of either protocol.
+
+    As strict as a correct client: a frame that cannot be applied whole raises (and
+    changes nothing), a change before its product's snapshot included, and each protocol
+    accepts its own side spellings only (``buy``/``sell``, ``bid``/``offer``)."""
 
     def __init__(self) -> None:
         self.books: dict[str, ReferenceBook] = {}
@@ -144,12 +153,19 @@ class ReferenceBooks:
         book = self[product_id]
         return dict(book.bids), dict(book.asks)
 
+    def _live(self, product_id: Any) -> ReferenceBook:
+        """The book changes go to: refused before the product's snapshot."""
+        book = self.books.get(product_id)
+        if book is None or not book.live:
+            raise InvalidMessage(f"changes for {product_id!r} before its snapshot")
+        return book
+
     def apply_exchange(self, msg: dict) -> None:
         """An Exchange-feed frame (decoded JSON); anything but book frames is ignored."""
         if msg.get("type") == "snapshot":
             self[msg["product_id"]].snapshot(msg["bids"], msg["asks"])
         elif msg.get("type") == "l2update":
-            self[msg["product_id"]].changes(msg["changes"])
+            self._live(msg["product_id"]).changes(msg["changes"], EXCHANGE_SIDES)
 
     def apply_at(self, msg: dict) -> None:
         """An Advanced Trade frame (decoded JSON); only ``l2_data`` touches the books."""
@@ -160,11 +176,12 @@ class ReferenceBooks:
                 (u["side"], u["price_level"], u["new_quantity"])
                 for u in event["updates"]
             ]
-            book = self[event["product_id"]]
             if event["type"] == "snapshot":
-                book.snapshot(
-                    [(p, q) for s, p, q in levels if SIDES[s] == "bid"],
-                    [(p, q) for s, p, q in levels if SIDES[s] == "ask"],
+                if any(s not in AT_SIDES for s, _, _ in levels):
+                    raise InvalidMessage(f"unknown side in {event!r}")
+                self[event["product_id"]].snapshot(
+                    [(p, q) for s, p, q in levels if s == "bid"],
+                    [(p, q) for s, p, q in levels if s == "offer"],
                 )
             else:
-                book.changes(levels)
+                self._live(event["product_id"]).changes(levels, AT_SIDES)

@@ -348,7 +348,9 @@ def test_a_backlog_the_dataflow_cannot_drain_is_dropped_and_resynced(
         items = collect(part, count("snapshot", 1))
         assert len(items) <= 40 + 30  # the backlog was dropped, not delivered
         assert "reset" in kinds(items)
-        assert part.stats.reconnects >= 1
+        # resynced alone: unsubscribed and subscribed again, on the same connection
+        assert part.stats.resyncs >= 1 and part.stats.reconnects == 0
+        assert exchange.stats["unsubscribes"] >= 1
 
 
 def test_subscribe_messages_stay_under_eight_a_second_per_process(

@@ -1,15 +1,25 @@
-"""Bytewax input from Coinbase level-2 WebSockets: one partition and connection per product.
+"""Bytewax input from Coinbase level-2 WebSockets: one partition per product, several
+products per connection.
 
 Three layers, each testable alone:
 
-* :class:`coinbase.session.Session` (sans-IO): what the frames mean, the freshness rules
-  (reset first, resets collapsed, pre-snapshot updates dropped, resync and error policy)
-  and the typed stats;
+* :class:`coinbase.session.Session` (sans-IO): one product's freshness rules (reset first,
+  resets collapsed, pre-snapshot updates dropped, error policy) and typed stats; and
+  :class:`coinbase.session.ConnectionSession`, the rules of one connection carrying
+  several products (which products a frame or a fault concerns);
 * :class:`coinbase.connection.Connection` (asyncio): connect, pacing, backoff, watchdog;
-* here, a private partition that is only glue: the connection's handler feeds frames to
-  the session and queues the events; Bytewax drains the queue.
+* here, glue: a :class:`_Group` is one connection's handler and routes its events to the
+  products' partitions; each partition queues its events; Bytewax drains the queues.
 
-Every partition of the process runs its connection on ONE shared event-loop thread
+Grouping: partitions of a source built in this process fill connections in registration
+order, up to ``PRODUCTS_PER_CONNECTION`` (Exchange 32, Advanced Trade 16; the reasons are
+there). A connection opens once its group is full or ``GATHER_SECONDS`` passed without
+another product joining, so one subscribe message carries the whole group; a product
+built later joins the live connection with one more subscribe. A drop, silence or
+sequence gap resets every product of the connection; a malformed frame, an overflow or a
+downstream resync request resubscribes one product alone; an unknown product fails alone.
+
+Every connection of the process runs on ONE shared event-loop thread
 (:data:`coinbase.runner.LOOP`) instead of a thread and loop each. Measured with the
 partitions built (``threading.active_count()``): 4 products 5 -> 2 threads, 50 products
 51 -> 2 threads. Frames are parsed on that thread, so a 5 MB snapshot never stalls the

@@ -6,13 +6,16 @@ partition wraps a :class:`~coinbase.session.Session`; the recorder writes frames
 file). Shared by the source and the recorder, so both get the same behaviour:
 
 * connection attempts and subscribe messages paced process-wide under Coinbase's 8 per
-  second per IP (:data:`~coinbase.pacing.CONNECTION_PACER`, ``MESSAGE_PACER``);
+  second per IP (:data:`~coinbase.pacing.CONNECTION_PACER`, ``MESSAGE_PACER``),
+  including the messages a handler sends on a live connection (``outgoing()``, after
+  :meth:`Connection.wake`: products joining, a product resubscribed alone);
 * reconnects after jittered exponential backoff, reset after a healthy connection (one
   whose handler *settled*, i.e. delivered a snapshot);
 * a watchdog: silence for ``watchdog_seconds`` ends the connection; until the handler
   settles only a longer grace (``SNAPSHOT_GRACE_FACTOR`` periods) applies, so that a
   multi-MB snapshot on a slow link is waited for, while heartbeats alone cannot keep a
-  book-less connection alive.
+  book-less connection alive. Once settled, any frame feeds it, even while one product
+  waits for a new snapshot (its own deadline is the handler's business).
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""One product's feed session, sans-IO: frames in, book events and decisions out.
+"""Feed sessions, sans-IO: frames in, book events and decisions out.
+
+:class:`Session` is one product's state; :class:`ConnectionSession` is one connection
+carrying several products' sessions (see its docstring for which faults reset one
+product and which reset them all). The notes below are about one product.
 
 Following python-websockets' design (a protocol core that never touches a socket, under a
 thin asyncio layer), this module holds every rule about *what the frames mean* for one

@@ -292,6 +292,8 @@ class _Group:
         self._task: asyncio.Task | None = None
         self._closing = False
         self._last_add = 0.0
+        self._resync = ""
+        """A whole-connection resync decided outside a frame, acted on with the next."""
 
     # -- membership (any thread) ----------------------------------------------------------
 
@@ -354,6 +356,10 @@ class _Group:
         self._apply(self.session.request_resync(product_id, reason))
 
     def _apply(self, step: ConnectionStep) -> None:
+        if step.action is Action.RESYNC and not self._resync:
+            self._resync = (
+                step.reason
+            )  # outside received(): acted on with the next frame
         parts = self.parts
         for product_id, events in step.events:
             part = parts.get(product_id)
@@ -375,6 +381,7 @@ class _Group:
         return self.session.settled
 
     def opened(self) -> list[dict]:
+        self._resync = ""
         return self.session.connect()
 
     def outgoing(self) -> list[dict]:
@@ -384,7 +391,13 @@ class _Group:
         step = self.session.receive(frame, received_ns)
         if step.events or step.send or step.stopped:
             self._apply(step)
-        return None if step.action is Action.CONTINUE else step.reason
+        if step.action is not Action.CONTINUE:
+            self._resync = ""
+            return step.reason
+        if self._resync:  # a resync decided outside a frame (overflow, request)
+            reason, self._resync = self._resync, ""
+            return reason
+        return None
 
     def closed(self, reason: str, close_code: int | None) -> bool:
         step = self.session.disconnect(reason, close_code)

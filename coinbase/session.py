@@ -615,6 +615,10 @@ class ConnectionSession:
     def _resubscribe(
         self, product_ids: list[str], reason: str, now_ns: int | None = None
     ) -> ConnectionStep:
+        if self._origin == "replay":
+            # The local exchange's replay serves each product once per connection and
+            # ignores unsubscribes: only a new connection starts the data again.
+            return self._resync_all(f"{', '.join(product_ids)}: {reason}")
         out = ConnectionStep()
         for product_id in product_ids:
             session = self.sessions.get(product_id)

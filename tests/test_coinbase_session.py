@@ -498,3 +498,12 @@ def test_signed_group_messages_carry_every_product() -> None:
         "exchange-auth", ["BTC-USD"], CREDS, now=0, kind="unsubscribe", heartbeats=False
     )
     assert unsub["type"] == "unsubscribe" and len(unsub["channels"]) == 1
+
+
+def test_behind_a_served_replay_one_product_resyncs_the_connection() -> None:
+    conn = shared()
+    conn.connect(now=0)
+    conn.receive(subscriptions("replay"), 1)  # the replay ignores unsubscribes
+    step = conn.overflow("ETH-USD", 9)
+    assert step.action is Action.RESYNC and "ETH-USD" in step.reason
+    assert conn.outgoing(now=0) == []

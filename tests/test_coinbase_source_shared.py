@@ -58,7 +58,9 @@ def start(
         url=exchange.url(feed),
         origin="sim",
         on_all_failed=ALL_FAILED.append,
-        **FAST,  # type: ignore[arg-type]
+        # Faults here are sudden (abort, gap, bad frame): a watchdog longer than FAST's
+        # keeps a loaded machine's pauses from adding resets the counts do not expect.
+        **{**FAST, "watchdog_seconds": 3.0},  # type: ignore[arg-type]
     )
     parts = {p: source.build_part("input", p, None) for p in wanted}
     registry.extend(parts.values())

@@ -175,18 +175,28 @@ def settled(parts: dict[str, _CoinbasePartition]) -> Callable[[], bool]:
     return lambda: all(part.session.settled for part in parts.values())
 
 
+QUIET_SECONDS = 1.0
+"""No book frame sent nor book event received for this long: all has been applied. (0.3 s
+was once too short on a machine with a load average near 40: a thread stalled longer.)"""
+_BOOK_LABELS = ("snapshot", "l2update", "l2_data")
+
+
 def assert_books_match(exchange: LocalExchange, parts: dict, books: dict) -> None:
     exchange.pause_market()
-    frames = [0]
+    seen: list[tuple[int, int]] = [(-1, -1)]
 
-    def quiet() -> bool:  # no book event for 0.3 s: all sent has been applied
-        total = sum(part.stats.events for part in parts.values())
-        if total != frames[0]:
-            frames[0], quiet.since = total, time.monotonic()  # type: ignore[attr-defined]
-        return time.monotonic() - quiet.since > 0.3  # type: ignore[attr-defined]
+    def quiet() -> bool:
+        sent = exchange.stats["frames_sent"]
+        now = (
+            sum(part.stats.events for part in parts.values()),
+            sum(sent.get(label, 0) for label in _BOOK_LABELS),
+        )
+        if now != seen[0]:
+            seen[0], quiet.since = now, time.monotonic()  # type: ignore[attr-defined]
+        return time.monotonic() - quiet.since > QUIET_SECONDS  # type: ignore[attr-defined]
 
     quiet.since = time.monotonic()  # type: ignore[attr-defined]
-    feed_books(parts, books, quiet)
+    feed_books(parts, books, quiet, timeout=20)
     for product, book in books.items():
         true_bids, true_asks = exchange.true_book(product)
         assert book.live, parts[product].stats

@@ -363,7 +363,7 @@ class _Group:
         parts = self.parts
         for product_id, events in step.events:
             part = parts.get(product_id)
-            if part is None:
+            if part is None or part._closed:  # closed at shutdown: nobody drains it
                 continue
             part.put(events)
             dropped = part.check_backlog()

@@ -177,3 +177,44 @@ def test_an_unknown_product_among_known_ones_fails_alone(
         assert exchange.stats["connections_accepted"] == 1
         assert_books_match(exchange, parts, books)
     assert all_failed == []  # the process keeps running for the others
+
+
+def test_subscribes_of_several_connections_are_paced_together(partitions: list) -> None:
+    """40 Advanced Trade products: 3 connections (16, 16, 8), 2 messages each, and the 6
+    messages of the process never closer than the message pacer's interval."""
+    import time
+
+    from coinbase.pacing import MESSAGE_PACER
+    from tests.scripted_server import ScriptedConnection, ScriptedServer
+
+    arrivals: list[float] = []
+
+    async def script(conn: ScriptedConnection) -> None:
+        for _ in range(2):
+            await conn.recv_json()
+            arrivals.append(time.monotonic())
+        await conn.hold()
+
+    wanted = products(40)
+    with ScriptedServer(script) as server:
+        source = CoinbaseSource(
+            wanted,
+            feed="advanced-trade",
+            url=server.url,
+            on_all_failed=ALL_FAILED.append,
+            **FAST,
+        )
+        partitions.extend(source.build_part("input", p, None) for p in wanted)
+        wait_until(lambda: len(arrivals) >= 6)
+        received = [list(messages) for messages in server.received]
+    assert server.connections == 3
+    sizes = sorted(len(messages[0]["product_ids"]) for messages in received)
+    assert sizes == [8, 16, 16]
+    assert all(
+        messages[1] == {"type": "subscribe", "channel": "heartbeats"}
+        for messages in received
+    )
+    arrivals.sort()
+    # Sent one pacer interval apart at least (arrival times add jitter: some slack).
+    span = arrivals[-1] - arrivals[0]
+    assert span >= 5 * MESSAGE_PACER.interval - 0.15, arrivals

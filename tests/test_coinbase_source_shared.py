@@ -181,7 +181,7 @@ def test_an_unknown_product_among_known_ones_fails_alone(
 
 def test_subscribes_of_several_connections_are_paced_together(partitions: list) -> None:
     """40 Advanced Trade products: 3 connections (16, 16, 8), 2 messages each, and the 6
-    messages of the process never closer than the message pacer's interval."""
+    messages of the process spaced by the one process-wide message pacer."""
     import time
 
     from coinbase.pacing import MESSAGE_PACER

@@ -1,15 +1,25 @@
-"""Bytewax input from Coinbase level-2 WebSockets: one partition and connection per product.
+"""Bytewax input from Coinbase level-2 WebSockets: one partition per product, several
+products per connection.
 
 Three layers, each testable alone:
 
-* :class:`coinbase.session.Session` (sans-IO): what the frames mean, the freshness rules
-  (reset first, resets collapsed, pre-snapshot updates dropped, resync and error policy)
-  and the typed stats;
+* :class:`coinbase.session.Session` (sans-IO): one product's freshness rules (reset first,
+  resets collapsed, pre-snapshot updates dropped, error policy) and typed stats; and
+  :class:`coinbase.session.ConnectionSession`, the rules of one connection carrying
+  several products (which products a frame or a fault concerns);
 * :class:`coinbase.connection.Connection` (asyncio): connect, pacing, backoff, watchdog;
-* here, a private partition that is only glue: the connection's handler feeds frames to
-  the session and queues the events; Bytewax drains the queue.
+* here, glue: a :class:`_Group` is one connection's handler and routes its events to the
+  products' partitions; each partition queues its events; Bytewax drains the queues.
 
-Every partition of the process runs its connection on ONE shared event-loop thread
+Grouping: partitions of a source built in this process fill connections in registration
+order, up to ``PRODUCTS_PER_CONNECTION`` (Exchange 32, Advanced Trade 16; the reasons are
+there). A connection opens once its group is full or ``GATHER_SECONDS`` passed without
+another product joining, so one subscribe message carries the whole group; a product
+built later joins the live connection with one more subscribe. A drop, silence or
+sequence gap resets every product of the connection; a malformed frame, an overflow or a
+downstream resync request resubscribes one product alone; an unknown product fails alone.
+
+Every connection of the process runs on ONE shared event-loop thread
 (:data:`coinbase.runner.LOOP`) instead of a thread and loop each. Measured with the
 partitions built (``threading.active_count()``): 4 products 5 -> 2 threads, 50 products
 51 -> 2 threads. Frames are parsed on that thread, so a 5 MB snapshot never stalls the
@@ -42,12 +52,19 @@ from datetime import UTC, datetime, timedelta
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from coinbase.auth import Credentials
-from coinbase.connection import MAX_FRAME_BYTES, Connection
+from coinbase.connection import MAX_FRAME_BYTES, SNAPSHOT_GRACE_FACTOR, Connection
 from coinbase.errors import FeedError
 from coinbase.feeds import FEEDS, FeedSpec, subscribe_messages
 from coinbase.pacing import Backoff
 from coinbase.runner import LOOP
-from coinbase.session import Action, Session, SessionStats
+from coinbase.session import (
+    PRODUCTS_PER_CONNECTION,
+    Action,
+    ConnectionSession,
+    ConnectionStep,
+    Session,
+    SessionStats,
+)
 from events import BookEvent
 from service import validation
 from service.logs import RateLimitedLog
@@ -69,6 +86,8 @@ BEHIND_EVENTS = 10_000
 BEHIND_SECONDS = 1.0
 """A partition is *behind* with this many events queued or an oldest event this old."""
 BEHIND_LOG_SECONDS = 5.0
+STATS_INTERVAL = 1.0
+"""Seconds between two reports of a partition's counters to ``on_stats`` (metrics)."""
 POLL_INTERVAL = timedelta(milliseconds=1)
 IDLE_POLL_INTERVAL = timedelta(milliseconds=500)
 CLOSE_WAIT_SECONDS = 1.0
@@ -78,6 +97,8 @@ up to 2 s in turn (a 1 s close handshake each): seconds per product on a Ctrl-C.
 Measured, SIGINT to exit of a 2-product flow with both cores busy: 2.3 to 4.2 s before,
 1.7 to 2.5 s after; close() itself now takes 1 to 16 ms, the rest is Bytewax's shutdown
 (about 1 s) and interpreter teardown."""
+GATHER_SECONDS = 0.05
+"""A connection not yet full opens this long after the last product joined it."""
 ALL_FAILED_GRACE_SECONDS = 2.0
 """With fewer partitions built than products (other processes own the rest, or a
 worker is still building), wait this long before concluding that all have failed."""
@@ -121,11 +142,18 @@ def exit_process(message: str) -> None:
 
 
 class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
-    """Glue: a Connection's handler that feeds a Session and queues its events."""
+    """One product: its Session (rules, stats) and the queue Bytewax drains.
 
-    def __init__(self, source: CoinbaseSource, product_id: str, resumed: bool) -> None:
+    The connection that carries it is its :class:`_Group`'s, shared with up to
+    ``PRODUCTS_PER_CONNECTION`` other products of the same source in this process.
+    """
+
+    def __init__(
+        self, source: CoinbaseSource, product_id: str, resumed: bool, group: _Group
+    ) -> None:
         self.product_id = product_id
         self._source = source
+        self._group = group
         self.session = Session(
             product_id,
             source.feed,
@@ -135,19 +163,12 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
         )
         self._queue: deque[tuple[str, BookEvent]] = deque()
         self._queue.extend((product_id, e) for e in self.session.start())
-        self._connection = Connection(
-            source.url,
-            name=product_id,
-            watchdog_seconds=source.watchdog_seconds,
-            backoff=Backoff(source.backoff_initial, source.backoff_max),
-        )
         self._ended = False
-        self._resync_request: str | None = None
-        """A fresh snapshot asked for by the book step (service.resync)."""
+        self._closed = False
         self._behind_log = RateLimitedLog(log, BEHIND_LOG_SECONDS)
         self._next_behind_check = 0.0
-        self._done = threading.Event()
-        self._future = LOOP.submit(self._main())
+        self._next_stats = 0.0
+        group.join(self)
 
     @property
     def stats(self) -> SessionStats:
@@ -160,8 +181,8 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
 
     @property
     def running(self) -> bool:
-        """Whether the connection task is alive."""
-        return not self._done.is_set()
+        """Whether this product is still read (its connection task alive, not stopped)."""
+        return self._group.running and not self.session.done and not self._closed
 
     # -- Bytewax side (worker thread) -----------------------------------------------------
 
@@ -178,14 +199,26 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
         except Exception:  # pragma: no cover - a registry bug must not stop the flow
             log.exception("%s: cannot read resync requests", self.product_id)
             reason = None
-        if reason is not None:  # acted on with the next frame (heartbeats: <= 1 s)
-            self._resync_request = reason
+        if reason is not None:  # this product alone is resubscribed, on the loop
+            LOOP.call_soon(self._group.request_resync, self.product_id, reason)
+        if self._source.on_stats is not None:
+            self._report_stats()
         return batch
+
+    def _report_stats(self) -> None:
+        now = time.monotonic()
+        if now < self._next_stats:
+            return
+        self._next_stats = now + STATS_INTERVAL
+        try:
+            self._source.on_stats(self.product_id, self.session.origin, self.stats)
+        except Exception:  # an observer's bug must not stop the flow
+            log.exception("%s: cannot report stats", self.product_id)
 
     def next_awake(self) -> datetime | None:
         if self._queue or self._ended:
             return None
-        interval = IDLE_POLL_INTERVAL if self._done.is_set() else POLL_INTERVAL
+        interval = POLL_INTERVAL if self.running else IDLE_POLL_INTERVAL
         return datetime.now(UTC) + interval
 
     def snapshot(self) -> str:
@@ -193,40 +226,24 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
         return self.product_id
 
     def close(self) -> None:
-        """Cancel the connection; wait for it within the shutdown's shared budget."""
-        self._future.cancel()
-        if threading.current_thread().name != LOOP.name:
-            self._done.wait(_close_budget())
+        """Leave the connection; the last product out closes it, waiting for it within
+        the shutdown's shared budget."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._group.leave() and threading.current_thread().name != LOOP.name:
+            self._group.finished.wait(_close_budget())
         self.session.close()
 
     # -- connection side (the shared loop thread) -----------------------------------------
 
-    async def _main(self) -> None:
-        try:
-            await self._connection.run(self)
-        except asyncio.CancelledError:
-            pass
-        except BaseException:  # pragma: no cover - run() catches what it can
-            log.exception("%s: connection task crashed", self.product_id)
-        finally:
-            self._done.set()
+    def put(self, events: list[BookEvent]) -> None:
+        product_id = self.product_id
+        self._queue.extend([(product_id, event) for event in events])
 
-    @property
-    def settled(self) -> bool:
-        return self.session.settled
-
-    def opened(self) -> list[dict]:
-        return self.session.connect()
-
-    def received(self, frame: str | bytes, received_ns: int) -> str | None:
-        if self._resync_request is not None:
-            reason, self._resync_request = self._resync_request, None
-            return self.session.request_resync(reason).reason
-        step = self.session.receive(frame, received_ns)
+    def check_backlog(self) -> int:
+        """Events dropped because the dataflow fell too far behind (0: none)."""
         queue = self._queue
-        if step.events:
-            product_id = self.product_id
-            queue.extend([(product_id, event) for event in step.events])
         now = time.monotonic()
         if now >= self._next_behind_check:
             self._next_behind_check = now + 1.0
@@ -235,8 +252,8 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
             # The dataflow cannot keep up: a backlog only grows staler. Drop it and
             # start again from a fresh snapshot (Coinbase would disconnect a slow
             # consumer anyway, ErrSlowConsume).
-            step = self.session.overflow(len(_drain(queue)))
-        return None if step.action is Action.CONTINUE else step.reason
+            return len(_drain(queue))
+        return 0
 
     def _say_if_behind(self) -> None:
         depth = len(self._queue)
@@ -251,13 +268,158 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
                 f"queued, the oldest {age:.1f} s old (resync beyond {MAX_BACKLOG:,})"
             )
 
+
+class _Group:
+    """The products of ONE connection and the Connection's handler (loop thread).
+
+    Grouping (see README "The feeds"): a source's partitions built in this process fill
+    connections in registration order, up to ``PRODUCTS_PER_CONNECTION`` each. A group's
+    connection opens once it is full or ``GATHER_SECONDS`` passed without another product
+    joining (Bytewax builds partitions one at a time, within milliseconds of each
+    other), so that one subscribe message carries them all; a product joining later is
+    subscribed on the live connection with one more message.
+    """
+
+    def __init__(self, source: CoinbaseSource, index: int) -> None:
+        self.source = source
+        protocol = FEEDS[source.feed].protocol
+        self.capacity = PRODUCTS_PER_CONNECTION[protocol]
+        self.name = f"{source.feed} connection {index}"
+        grace = source.watchdog_seconds * SNAPSHOT_GRACE_FACTOR
+        self.session = ConnectionSession(
+            source.feed,
+            credentials=source.credentials,
+            name=self.name,
+            snapshot_grace_ns=int(grace * 1e9),
+        )
+        self.connection = Connection(
+            source.url,
+            name=self.name,
+            watchdog_seconds=source.watchdog_seconds,
+            backoff=Backoff(source.backoff_initial, source.backoff_max),
+        )
+        self.parts: dict[str, _CoinbasePartition] = {}
+        self.assigned = 0
+        """Products assigned (under the source's lock, on Bytewax's threads)."""
+        self.open_parts = 0
+        self.running = False
+        self.finished = threading.Event()
+        self._task: asyncio.Task | None = None
+        self._closing = False
+        self._last_add = 0.0
+        self._resync = ""
+        """A whole-connection resync decided outside a frame, acted on with the next."""
+
+    # -- membership (any thread) ----------------------------------------------------------
+
+    def join(self, part: _CoinbasePartition) -> None:
+        with _sources_lock:
+            self.open_parts += 1
+            self.running = True
+        LOOP.call_soon(self._add, part)
+
+    def leave(self) -> bool:
+        """A partition closed; True if it was the last (the connection is cancelled)."""
+        with _sources_lock:
+            self.open_parts -= 1
+            last = self.open_parts == 0
+        if last:
+            LOOP.call_soon(self._cancel)
+        return last
+
+    # -- loop thread ----------------------------------------------------------------------
+
+    def _add(self, part: _CoinbasePartition) -> None:
+        if self._closing:
+            return
+        loop = asyncio.get_running_loop()
+        self.parts[part.product_id] = part
+        self._last_add = loop.time()
+        if self.session.add(part.session):
+            self.connection.wake()
+        if self._task is None or self._task.done():
+            self.running = True
+            self.finished.clear()
+            self._task = loop.create_task(self._main())
+
+    def _cancel(self) -> None:
+        self._closing = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        else:
+            self.running = False
+            self.finished.set()
+
+    async def _main(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while len(self.parts) < self.capacity:
+                wait = self._last_add + GATHER_SECONDS - loop.time()
+                if wait <= 0:
+                    break
+                await asyncio.sleep(wait)
+            await self.connection.run(self)
+        except asyncio.CancelledError:
+            pass
+        except BaseException:  # pragma: no cover - run() catches what it can
+            log.exception("%s: connection task crashed", self.name)
+        finally:
+            self.running = False
+            self.finished.set()
+
+    def request_resync(self, product_id: str, reason: str) -> None:
+        self._apply(self.session.request_resync(product_id, reason))
+
+    def _apply(self, step: ConnectionStep) -> None:
+        if step.action is Action.RESYNC and not self._resync:
+            self._resync = (
+                step.reason
+            )  # outside received(): acted on with the next frame
+        parts = self.parts
+        for product_id, events in step.events:
+            part = parts.get(product_id)
+            if part is None or part._closed:  # closed at shutdown: nobody drains it
+                continue
+            part.put(events)
+            dropped = part.check_backlog()
+            if dropped:
+                self._apply(self.session.overflow(product_id, dropped))
+        if step.send:
+            self.connection.wake()
+        if step.stopped:
+            self.source._partition_failed()
+
+    # -- the Connection's handler ---------------------------------------------------------
+
+    @property
+    def settled(self) -> bool:
+        return self.session.settled
+
+    def opened(self) -> list[dict]:
+        self._resync = ""
+        return self.session.connect()
+
+    def outgoing(self) -> list[dict]:
+        return self.session.outgoing()
+
+    def received(self, frame: str | bytes, received_ns: int) -> str | None:
+        step = self.session.receive(frame, received_ns)
+        if step.events or step.send or step.stopped:
+            self._apply(step)
+        if step.action is not Action.CONTINUE:
+            self._resync = ""
+            return step.reason
+        if self._resync:  # a resync decided outside a frame (overflow, request)
+            reason, self._resync = self._resync, ""
+            return reason
+        return None
+
     def closed(self, reason: str, close_code: int | None) -> bool:
         step = self.session.disconnect(reason, close_code)
-        self._queue.extend((self.product_id, event) for event in step.events)
+        self._apply(step)
         if step.action is Action.END:
-            self._ended = True
-        elif step.action is Action.STOP:
-            self._source._partition_failed()
+            for part in self.parts.values():
+                part._ended = True
         return step.action is Action.CONTINUE
 
     def connect_failed(self, reason: str) -> None:
@@ -273,7 +435,9 @@ class CoinbaseSource(FixedPartitionedSource[tuple[str, BookEvent], str]):
     ``origin`` labels every event (default: the feed's name; the local exchange's marker
     overrides it with ``sim`` or ``replay``). ``on_all_failed`` is called with one line
     when every partition of the process has failed permanently; by default it logs the
-    line and exits the process with status 1.
+    line and exits the process with status 1. ``on_stats``, if given, is called with
+    ``(product_id, origin, stats)`` at most every :data:`STATS_INTERVAL` seconds per
+    partition, from the worker thread (the service publishes them as metrics).
     """
 
     def __init__(
@@ -288,6 +452,7 @@ class CoinbaseSource(FixedPartitionedSource[tuple[str, BookEvent], str]):
         backoff_initial: float = 0.25,
         backoff_max: float = 30.0,
         on_all_failed: Callable[[str], None] = exit_process,
+        on_stats: Callable[[str, str, SessionStats], None] | None = None,
     ) -> None:
         if isinstance(products, str):
             raise validation.refuse(
@@ -316,7 +481,10 @@ class CoinbaseSource(FixedPartitionedSource[tuple[str, BookEvent], str]):
             "backoff_max", backoff_max, low=self.backoff_initial, low_open=False
         )
         self._on_all_failed = on_all_failed
+        self.on_stats = on_stats
         self._parts: list[_CoinbasePartition] = []
+        self._groups: list[_Group] = []
+        self._all_failed_said = False
 
     def list_parts(self) -> list[str]:
         return list(self.products)
@@ -328,7 +496,15 @@ class CoinbaseSource(FixedPartitionedSource[tuple[str, BookEvent], str]):
             raise ValueError(
                 f"unknown partition {for_part!r}; products: {self.products}"
             )
-        part = _CoinbasePartition(self, for_part, resumed=resume_state is not None)
+        with _sources_lock:
+            group = self._groups[-1] if self._groups else None
+            if group is None or group.assigned >= group.capacity:
+                group = _Group(self, len(self._groups))
+                self._groups.append(group)
+            group.assigned += 1
+        part = _CoinbasePartition(
+            self, for_part, resumed=resume_state is not None, group=group
+        )
         with _sources_lock:
             self._parts.append(part)
         return part
@@ -346,6 +522,10 @@ class CoinbaseSource(FixedPartitionedSource[tuple[str, BookEvent], str]):
                 ALL_FAILED_GRACE_SECONDS, lambda: self._partition_failed(recheck=True)
             )
             return
+        with _sources_lock:
+            if self._all_failed_said:
+                return
+            self._all_failed_said = True
         shown = "; ".join(f"{p.product_id}: {p.error}" for p in parts[:3])
         more = f"; and {len(parts) - 3} more" if len(parts) > 3 else ""
         self._on_all_failed(

@@ -6,13 +6,16 @@ partition wraps a :class:`~coinbase.session.Session`; the recorder writes frames
 file). Shared by the source and the recorder, so both get the same behaviour:
 
 * connection attempts and subscribe messages paced process-wide under Coinbase's 8 per
-  second per IP (:data:`~coinbase.pacing.CONNECTION_PACER`, ``MESSAGE_PACER``);
+  second per IP (:data:`~coinbase.pacing.CONNECTION_PACER`, ``MESSAGE_PACER``),
+  including the messages a handler sends on a live connection (``outgoing()``, after
+  :meth:`Connection.wake`: products joining, a product resubscribed alone);
 * reconnects after jittered exponential backoff, reset after a healthy connection (one
   whose handler *settled*, i.e. delivered a snapshot);
 * a watchdog: silence for ``watchdog_seconds`` ends the connection; until the handler
   settles only a longer grace (``SNAPSHOT_GRACE_FACTOR`` periods) applies, so that a
   multi-MB snapshot on a slow link is waited for, while heartbeats alone cannot keep a
-  book-less connection alive.
+  book-less connection alive. Once settled, any frame feeds it, even while one product
+  waits for a new snapshot (its own deadline is the handler's business).
 """
 
 from __future__ import annotations
@@ -60,6 +63,9 @@ class Handler(Protocol):
 
     def connect_failed(self, reason: str) -> None: ...
 
+    # Optional: ``outgoing()`` returns the messages to send on the live connection; the
+    # handler calls :meth:`Connection.wake` when there are some (see ``_write``).
+
     def retrying(self) -> None:
         """About to wait (backoff) and connect again."""
         ...
@@ -86,6 +92,13 @@ class Connection:
         self._pacer = pacer
         self._message_pacer = message_pacer
         self._max_size = max_size
+        self._wakeup: asyncio.Event | None = None
+        self._live = False
+
+    def wake(self) -> None:
+        """Messages are waiting (``handler.outgoing()``); call on the loop thread."""
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     async def run(self, handler: Handler) -> None:
         """Connect, read, reconnect until the handler stops it (or the task is cancelled)."""
@@ -120,15 +133,21 @@ class Connection:
             log.warning("%s: cannot connect to %s: %s", self.name, self.url, exc)
             return True
         reason = "connection closed"
+        writer: asyncio.Task | None = None
+        self._live = False
         try:
             for message in handler.opened():
                 await self._message_pacer.turn()
                 await ws.send(json.dumps(message))
+            if hasattr(handler, "outgoing"):
+                self._wakeup = asyncio.Event()
+                self._wakeup.set()  # whatever joined while the subscribe was paced
+                writer = asyncio.create_task(self._write(ws, handler))
             reason = await self._read(ws, handler)
         except websockets.ConnectionClosed as exc:
             reason = f"connection closed ({exc})"
         except TimeoutError:
-            if handler.settled:
+            if self._live:
                 reason = f"watchdog: no message for {self.watchdog:g} s"
             else:
                 grace = self.watchdog * SNAPSHOT_GRACE_FACTOR
@@ -136,10 +155,27 @@ class Connection:
         except OSError as exc:
             reason = f"network error ({exc})"
         finally:
-            if handler.settled:
+            if writer is not None:
+                writer.cancel()
+            self._wakeup = None
+            if self._live or handler.settled:
                 self.backoff.reset()  # this connection proved healthy
             await ws.close()
         return handler.closed(reason, ws.close_code)
+
+    async def _write(self, ws: Any, handler: Any) -> None:
+        """Send what the handler has for the live connection, paced like the rest."""
+        wakeup = self._wakeup
+        assert wakeup is not None
+        try:
+            while True:
+                await wakeup.wait()
+                wakeup.clear()
+                for message in handler.outgoing():
+                    await self._message_pacer.turn()
+                    await ws.send(json.dumps(message))
+        except (websockets.ConnectionClosed, OSError):
+            pass  # the reader sees the end and says why
 
     async def _read(self, ws: Any, handler: Handler) -> str:
         loop = asyncio.get_running_loop()
@@ -149,7 +185,11 @@ class Connection:
                 verdict = handler.received(frame, time.time_ns())
                 if verdict is not None:
                     return verdict
-                if handler.settled:  # before it, only the grace deadline counts
+                # Until the handler first settles only the grace deadline counts; after
+                # that any frame feeds the watchdog (a product resubscribed alone on a
+                # shared connection has its own snapshot deadline in the session).
+                if self._live or handler.settled:
+                    self._live = True
                     deadline.reschedule(loop.time() + normal)
         code = ws.close_code
         return "server closed the connection" + (f" (code {code})" if code else "")

@@ -112,5 +112,7 @@ CONNECTION_PACER = ConnectionPacer()
 """Shared by every source in the process: Coinbase counts connections per IP."""
 
 MESSAGE_PACER = ConnectionPacer()
-"""Subscribe messages, also per IP: Advanced Trade allows 8 unauthenticated messages a
-second, and each of its connections sends two (level2, heartbeats)."""
+"""Subscribe and unsubscribe messages, also per IP, shared by every connection of the
+process: Advanced Trade allows 8 unauthenticated messages a second. One message carries
+every product of a connection (Advanced Trade sends two: level2, heartbeats); a product
+resynced alone costs two more (unsubscribe, subscribe), batched per connection."""

@@ -40,6 +40,7 @@ def build_source(settings: Settings) -> tuple[FixedPartitionedSource, list[str]]
             url=url,
             origin="sim",
             watchdog_seconds=settings.watchdog_seconds,
+            on_stats=_stats_observer(settings),
         )
         return source, products
     credentials = None
@@ -54,8 +55,18 @@ def build_source(settings: Settings) -> tuple[FixedPartitionedSource, list[str]]
         url=settings.ws_url,
         credentials=credentials,
         watchdog_seconds=settings.watchdog_seconds,
+        on_stats=_stats_observer(settings),
     )
     return source, products
+
+
+def _stats_observer(settings: Settings):
+    """The partitions' connection counters as metrics, when metrics are served."""
+    if not settings.metrics_enabled:
+        return None
+    from service.metrics import observe_partition_stats
+
+    return observe_partition_stats
 
 
 class ResumeLoggingSource(FixedPartitionedSource):

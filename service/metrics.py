@@ -192,13 +192,10 @@ def observe_partition_stats(product_id: str, feed: str, stats: Any) -> None:
     ``stats`` holds CUMULATIVE counts since the partition started, as attributes or
     mapping keys: ``reconnects``, ``sequence_gaps``, ``malformed_frames`` (or
     ``malformed``), ``backlog_drops`` (or ``overflows``): ``coinbase.session.SessionStats``
-    as it is (``CoinbasePartition.stats``); a missing one is skipped. ``feed`` must be the
-    label the partition's events carry (their ``feed``), so that the counters line up
-    with the book step's. From ``CoinbasePartition.next_batch``, e.g. once a second::
-
-        if now >= self._next_metrics:
-            self._next_metrics = now + 1.0
-            observe_partition_stats(self.product_id, origin, self.stats) Call it whenever convenient (each
+    as it is; a missing one is skipped. ``feed`` must be the label the partition's
+    events carry (their ``feed``), so that the counters line up with the book step's.
+    ``service/inputs.py`` passes it to ``CoinbaseSource(on_stats=...)``, which calls it
+    about once a second per partition. Call it whenever convenient (each
     ``next_batch``, or each time a count changes): only the increase since the last
     call is added to the counters, so calling it often costs little and never counts
     twice. A count that goes down (a new partition object after a restart) starts over

@@ -7,10 +7,15 @@ import base64
 import json
 import time
 from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from coinbase.auth import Credentials
 from coinbase_source import CoinbaseSource, _CoinbasePartition
 from events import BookChanges, BookEvent, BookReset, BookSnapshot
+
+if TYPE_CHECKING:
+    from local_exchange.server import LocalExchange
 
 SECRET = base64.b64encode(b"loopback secret for the source tests").decode()
 CREDS = Credentials("test-key", SECRET, "test-passphrase")
@@ -108,3 +113,91 @@ def at_frame(seq: int, kind: str = "update", product: str = "BTC-USD") -> str:
             "events": [{"type": kind, "product_id": product, "updates": updates}],
         }
     )
+
+
+# -- books rebuilt from the events, compared with the local exchange's true book --------
+
+
+class Book:
+    """The minimal consumer: what a correct client holds after applying the events."""
+
+    def __init__(self) -> None:
+        self.bids: dict[Decimal, Decimal] = {}
+        self.asks: dict[Decimal, Decimal] = {}
+        self.live = False
+
+    def apply(self, event: BookEvent) -> None:
+        if isinstance(event, BookReset):
+            self.bids, self.asks, self.live = {}, {}, False
+        elif isinstance(event, BookSnapshot):
+            self.bids, self.asks, self.live = dict(event.bids), dict(event.asks), True
+        else:
+            assert self.live, "changes before a snapshot must never reach the consumer"
+            for side, price, size in event.changes:
+                levels = self.bids if side == "bid" else self.asks
+                if size == 0:
+                    levels.pop(price, None)
+                else:
+                    levels[price] = size
+
+
+def feed_books(
+    parts: dict[str, _CoinbasePartition],
+    books: dict[str, Book],
+    until: Callable[[], bool],
+    timeout: float = 10.0,
+) -> None:
+    """Apply every partition's events to its book until ``until()`` holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for part in parts.values():
+            for product, event in part.next_batch():
+                assert product == part.product_id
+                books[product].apply(event)
+        if until():
+            return
+        stats = {p: part.stats for p, part in parts.items()}
+        assert time.monotonic() < deadline, f"condition not reached; {stats}"
+        time.sleep(0.002)
+
+
+def fresh_snapshots(parts: dict[str, _CoinbasePartition]) -> Callable[[], bool]:
+    """True once every partition got a snapshot after now and holds a live book."""
+    before = {p: part.stats.snapshots for p, part in parts.items()}
+    return lambda: all(
+        part.stats.snapshots > before[p] and part.session.settled
+        for p, part in parts.items()
+    )
+
+
+def settled(parts: dict[str, _CoinbasePartition]) -> Callable[[], bool]:
+    """True while every partition holds a live book (so that a fault hits a live one)."""
+    return lambda: all(part.session.settled for part in parts.values())
+
+
+QUIET_SECONDS = 1.0
+"""No book frame sent nor book event received for this long: all has been applied. (0.3 s
+was once too short on a machine with a load average near 40: a thread stalled longer.)"""
+_BOOK_LABELS = ("snapshot", "l2update", "l2_data")
+
+
+def assert_books_match(exchange: LocalExchange, parts: dict, books: dict) -> None:
+    exchange.pause_market()
+    seen: list[tuple[int, int]] = [(-1, -1)]
+
+    def quiet() -> bool:
+        sent = exchange.stats["frames_sent"]
+        now = (
+            sum(part.stats.events for part in parts.values()),
+            sum(sent.get(label, 0) for label in _BOOK_LABELS),
+        )
+        if now != seen[0]:
+            seen[0], quiet.since = now, time.monotonic()  # type: ignore[attr-defined]
+        return time.monotonic() - quiet.since > QUIET_SECONDS  # type: ignore[attr-defined]
+
+    quiet.since = time.monotonic()  # type: ignore[attr-defined]
+    feed_books(parts, books, quiet, timeout=20)
+    for product, book in books.items():
+        true_bids, true_asks = exchange.true_book(product)
+        assert book.live, parts[product].stats
+        assert (book.bids, book.asks) == (true_bids, true_asks), product

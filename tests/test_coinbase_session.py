@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import time
 from decimal import Decimal
 
 import pytest
 
 from coinbase.errors import AuthError, UnknownProduct
-from coinbase.session import Action, Session, SessionStats
+from coinbase.session import (
+    PRODUCTS_PER_CONNECTION,
+    Action,
+    ConnectionSession,
+    ConnectionStep,
+    Session,
+    SessionStats,
+    group_messages,
+)
 from events import BookChanges, BookReset, BookSnapshot
 from tests.support.frames import (
     EXCHANGE_TIME,
@@ -251,3 +261,234 @@ def test_stats_are_typed() -> None:
         "last_disconnect",
         "state",
     }
+
+
+# -- several products on one connection (ConnectionSession) -------------------------------
+
+PRODUCTS = ["BTC-USD", "ETH-USD", "SOL-USD"]
+
+
+def shared(feed: str = "exchange", products: list[str] = PRODUCTS) -> ConnectionSession:
+    conn = ConnectionSession(feed, name="test", snapshot_grace_ns=10**9)
+    for product in products:
+        session = Session(product, feed)
+        session.start()
+        conn.add(session)
+    return conn
+
+
+def routed(step: ConnectionStep) -> dict[str, list[str]]:
+    return {product: kinds(events) for product, events in step.events}
+
+
+def live(feed: str = "exchange") -> ConnectionSession:
+    """Connected, every product holding its snapshot."""
+    conn = shared(feed)
+    conn.connect(now=0)
+    for seq, product in enumerate(PRODUCTS):
+        frame = (
+            snapshot(product) if feed == "exchange" else at(seq, "snapshot", product)
+        )
+        conn.receive(frame, 1)
+    assert conn.settled
+    return conn
+
+
+def test_one_subscribe_message_carries_every_product_of_the_connection() -> None:
+    assert shared().connect(now=0) == [
+        {
+            "type": "subscribe",
+            "channels": [
+                {"name": "level2_batch", "product_ids": PRODUCTS},
+                {"name": "heartbeat", "product_ids": PRODUCTS},
+            ],
+        }
+    ]
+    assert shared("advanced-trade").connect(now=0) == [
+        {"type": "subscribe", "product_ids": PRODUCTS, "channel": "level2"},
+        {"type": "subscribe", "channel": "heartbeats"},
+    ]
+    assert PRODUCTS_PER_CONNECTION == {"exchange": 32, "advanced-trade": 16}
+
+
+def test_frames_are_routed_to_their_product_each_waiting_for_its_snapshot() -> None:
+    conn = shared()
+    conn.connect(now=0)
+    assert routed(conn.receive(update("ETH-USD"), 1)) == {}  # before ETH's snapshot
+    assert routed(conn.receive(snapshot("BTC-USD"), 2)) == {"BTC-USD": ["snapshot"]}
+    assert routed(conn.receive(update("BTC-USD"), 3)) == {"BTC-USD": ["changes"]}
+    assert not conn.settled  # ETH and SOL still wait
+    assert routed(conn.receive(snapshot("XRP-USD"), 4)) == {}  # not on this connection
+    assert conn.foreign == 1
+    stats = conn.sessions["ETH-USD"].stats
+    assert stats.dropped_before_snapshot == 1 and stats.snapshots == 0
+
+
+def test_a_drop_resets_every_product_of_the_connection() -> None:
+    conn = live()
+    step = conn.disconnect("connection closed")
+    assert routed(step) == {p: ["reset"] for p in PRODUCTS}
+    assert step.action is Action.CONTINUE and not conn.settled
+    conn.retrying()
+    assert len(conn.connect(now=0)) == 1  # all subscribed again at once
+    assert all(s.stats.reconnects == 1 for s in conn.sessions.values())
+
+
+def test_a_sequence_gap_resyncs_the_whole_connection() -> None:
+    conn = live("advanced-trade")  # sequence_num 0..2 were the snapshots
+    step = conn.receive(at(4, "update", "ETH-USD"), 2)
+    assert step.action is Action.RESYNC and "expected sequence_num 3" in step.reason
+    assert all(s.stats.sequence_gaps == 1 for s in conn.sessions.values())
+    assert routed(conn.disconnect(step.reason)) == {p: ["reset"] for p in PRODUCTS}
+
+
+@pytest.mark.parametrize("feed", ["exchange", "advanced-trade"])
+def test_a_malformed_book_frame_of_one_product_resubscribes_it_alone(feed: str) -> None:
+    conn = live(feed)
+    bad = (
+        update("ETH-USD", size="0.-10000")
+        if feed == "exchange"
+        else at(3, "update", "ETH-USD").replace(
+            '"new_quantity": "1"', '"new_quantity": "x"'
+        )
+    )
+    step = conn.receive(bad, 2)
+    assert step.action is Action.CONTINUE and step.send
+    assert routed(step) == {"ETH-USD": ["reset"]}
+    eth = conn.sessions["ETH-USD"]
+    assert eth.stats.malformed == 1 and eth.stats.resyncs == 1
+    assert conn.sessions["BTC-USD"].stats.malformed == 0
+    messages = conn.outgoing(now=0)
+    assert [m["type"] for m in messages] == ["unsubscribe", "subscribe"]
+    assert "ETH-USD" in json.dumps(messages) and "BTC-USD" not in json.dumps(messages)
+    assert "heartbeat" not in json.dumps(messages)  # the book channel only
+    assert conn.outgoing(now=0) == []  # handed out once
+    # Other products go on; ETH's stale updates wait for its fresh snapshot.
+    n = 4 if feed == "advanced-trade" else 0
+    other = update("BTC-USD") if feed == "exchange" else at(n, "update", "BTC-USD")
+    assert routed(conn.receive(other, 3)) == {"BTC-USD": ["changes"]}
+    stale = update("ETH-USD") if feed == "exchange" else at(n + 1, "update", "ETH-USD")
+    assert routed(conn.receive(stale, 4)) == {}
+    fresh = (
+        snapshot("ETH-USD") if feed == "exchange" else at(n + 2, "snapshot", "ETH-USD")
+    )
+    assert routed(conn.receive(fresh, 5)) == {"ETH-USD": ["snapshot"]}
+    assert conn.settled
+
+
+def test_a_cut_exchange_frame_is_blamed_on_the_product_it_names() -> None:
+    conn = live()
+    step = conn.receive('{"type":"l2update","product_id":"SOL-USD","changes":[["bu', 2)
+    assert routed(step) == {"SOL-USD": ["reset"]} and step.action is Action.CONTINUE
+
+
+def test_a_book_frame_that_names_no_product_resyncs_the_connection() -> None:
+    conn = live("advanced-trade")
+    step = conn.receive('{"channel":"l2_data","sequence_num":', 2)  # unreadable
+    assert step.action is Action.RESYNC and "its product is unknown" in step.reason
+    assert all(s.stats.malformed == 1 for s in conn.sessions.values())
+    exchange = live()
+    bad = json.dumps({"type": "l2update", "product_id": 12345, "changes": {}})
+    assert exchange.receive(bad, 2).action is Action.RESYNC
+
+
+def test_a_resync_request_or_overflow_resubscribes_one_product_once() -> None:
+    conn = live()
+    step = conn.request_resync("BTC-USD", "crossed for 3.0 s")
+    assert routed(step) == {"BTC-USD": ["reset"]} and step.send
+    assert step.events[0][1][0].reason == "requested: crossed for 3.0 s"
+    again = conn.overflow("BTC-USD", 5)  # before the fresh snapshot: no new messages
+    assert routed(again) == {} and not again.send
+    assert len(conn.outgoing(now=0)) == 2
+    assert conn.sessions["BTC-USD"].stats.overflows == 1
+    step = conn.overflow("ETH-USD", 7)
+    assert routed(step) == {"ETH-USD": ["reset"]} and "7 events behind" in (
+        step.events[0][1][0].reason
+    )
+
+
+def test_a_product_without_its_new_snapshot_in_time_resyncs_the_connection() -> None:
+    conn = live()
+    conn.request_resync(
+        "BTC-USD",
+        "crossed",
+    )
+    conn.outgoing(now=0)
+    assert conn.receive(update("ETH-USD"), time.time_ns()).action is Action.CONTINUE
+    late = conn.receive(update("ETH-USD"), time.time_ns() + 2 * 10**9)
+    assert late.action is Action.RESYNC and "no snapshot of BTC-USD" in late.reason
+    assert routed(late) == {"ETH-USD": ["changes"]}  # what arrived is still given
+
+
+def test_an_unknown_product_fails_alone_and_all_failed_stops_the_connection() -> None:
+    conn = shared()
+    conn.connect(now=0)
+    step = conn.receive(error("SOL-USD is not a valid product"), 1)
+    assert step.stopped == ["SOL-USD"] and step.action is Action.CONTINUE
+    sol = conn.sessions["SOL-USD"]
+    assert sol.done and isinstance(sol.error, UnknownProduct)
+    assert conn.receive(snapshot("BTC-USD"), 2).events  # the others go on
+    conn.receive(snapshot("ETH-USD"), 3)
+    assert conn.settled  # a failed product is no longer waited for
+    assert routed(conn.disconnect("drop")) == {p: ["reset"] for p in PRODUCTS[:2]}
+    conn.connect(now=0)
+    for product in PRODUCTS[:2]:
+        step = conn.receive(error(f"{product} is not a valid product"), 4)
+    assert step.action is Action.STOP  # nothing left to read
+
+
+def test_refused_credentials_stop_every_product_and_a_transient_error_resyncs() -> None:
+    conn = shared()
+    conn.connect(now=0)
+    step = conn.receive(error("invalid signature"), 1)
+    assert sorted(step.stopped) == sorted(PRODUCTS) and step.action is Action.STOP
+    conn = shared("advanced-trade")
+    conn.connect(now=0)
+    frame = json.dumps({"type": "error", "message": "too many L2 streams requested"})
+    step = conn.receive(frame, 1)
+    assert step.action is Action.RESYNC and not step.stopped
+
+
+def test_a_product_joining_a_live_connection_is_subscribed_alone() -> None:
+    conn = live("advanced-trade")
+    late = Session("LTC-USD", "advanced-trade")
+    late.start()
+    assert conn.add(late) is True
+    assert conn.outgoing(now=0) == [
+        {"type": "subscribe", "product_ids": ["LTC-USD"], "channel": "level2"}
+    ]
+    assert not conn.settled
+    assert routed(conn.receive(at(3, "snapshot", "LTC-USD"), 2)) == {
+        "LTC-USD": ["snapshot"]
+    }
+    assert conn.settled
+
+
+def test_the_local_exchange_marker_labels_every_product_of_the_connection() -> None:
+    conn = shared()
+    conn.connect(now=0)
+    conn.receive(subscriptions("sim"), 1)
+    assert {s.origin for s in conn.sessions.values()} == {"sim"}
+    [(_, [snap])] = conn.receive(snapshot("ETH-USD"), 2).events
+    assert snap.feed == "sim"
+
+
+def test_signed_group_messages_carry_every_product() -> None:
+    from tests.coinbase_helpers import CREDS
+
+    [message] = group_messages("exchange-auth", PRODUCTS, CREDS, now=1_700_000_000)
+    assert message["channels"][0] == {"name": "level2", "product_ids": PRODUCTS}
+    assert message["timestamp"] == "1700000000" and message["key"] == "test-key"
+    [unsub] = group_messages(
+        "exchange-auth", ["BTC-USD"], CREDS, now=0, kind="unsubscribe", heartbeats=False
+    )
+    assert unsub["type"] == "unsubscribe" and len(unsub["channels"]) == 1
+
+
+def test_behind_a_served_replay_one_product_resyncs_the_connection() -> None:
+    conn = shared()
+    conn.connect(now=0)
+    conn.receive(subscriptions("replay"), 1)  # the replay ignores unsubscribes
+    step = conn.overflow("ETH-USD", 9)
+    assert step.action is Action.RESYNC and "ETH-USD" in step.reason
+    assert conn.outgoing(now=0) == []

@@ -10,9 +10,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
-from decimal import Decimal
 
 import pytest
 from bytewax import operators as op
@@ -23,18 +22,23 @@ from bytewax.testing import TestingSink, run_main
 from coinbase.auth import Credentials
 from coinbase.errors import AuthError, UnknownProduct
 from coinbase_source import CoinbaseSource, _CoinbasePartition, subscribe_messages
-from events import BookChanges, BookEvent, BookReset, BookSnapshot
+from events import BookChanges, BookReset
 from local_exchange.server import LocalExchange
 from tests.coinbase_helpers import (
     CREDS,
     FAST,
     SECRET,
+    Book,
     Items,
+    assert_books_match,
     build,
     collect,
     count,
+    feed_books,
+    fresh_snapshots,
     kinds,
     open_partitions,
+    settled,
     snapshot_frame,
     update_frame,
     wait_until,
@@ -51,81 +55,6 @@ def partitions() -> Iterator[list[_CoinbasePartition]]:
 
 
 # -- end to end against the local exchange -----------------------------------------------
-
-
-class Book:
-    """The minimal consumer: what a correct client holds after applying the events."""
-
-    def __init__(self) -> None:
-        self.bids: dict[Decimal, Decimal] = {}
-        self.asks: dict[Decimal, Decimal] = {}
-        self.live = False
-
-    def apply(self, event: BookEvent) -> None:
-        if isinstance(event, BookReset):
-            self.bids, self.asks, self.live = {}, {}, False
-        elif isinstance(event, BookSnapshot):
-            self.bids, self.asks, self.live = dict(event.bids), dict(event.asks), True
-        else:
-            assert self.live, "changes before a snapshot must never reach the consumer"
-            for side, price, size in event.changes:
-                levels = self.bids if side == "bid" else self.asks
-                if size == 0:
-                    levels.pop(price, None)
-                else:
-                    levels[price] = size
-
-
-def feed_books(
-    parts: dict[str, _CoinbasePartition],
-    books: dict[str, Book],
-    until: Callable[[], bool],
-    timeout: float = 10.0,
-) -> None:
-    """Apply every partition's events to its book until ``until()`` holds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for part in parts.values():
-            for product, event in part.next_batch():
-                assert product == part.product_id
-                books[product].apply(event)
-        if until():
-            return
-        stats = {p: part.stats for p, part in parts.items()}
-        assert time.monotonic() < deadline, f"condition not reached; {stats}"
-        time.sleep(0.002)
-
-
-def fresh_snapshots(parts: dict[str, _CoinbasePartition]) -> Callable[[], bool]:
-    """True once every partition got a snapshot after now and holds a live book."""
-    before = {p: part.stats.snapshots for p, part in parts.items()}
-    return lambda: all(
-        part.stats.snapshots > before[p] and part.session.settled
-        for p, part in parts.items()
-    )
-
-
-def settled(parts: dict[str, _CoinbasePartition]) -> Callable[[], bool]:
-    """True while every partition holds a live book (so that a fault hits a live one)."""
-    return lambda: all(part.session.settled for part in parts.values())
-
-
-def assert_books_match(exchange: LocalExchange, parts: dict, books: dict) -> None:
-    exchange.pause_market()
-    frames = [0]
-
-    def quiet() -> bool:  # no book event for 0.3 s: all sent has been applied
-        total = sum(part.stats.events for part in parts.values())
-        if total != frames[0]:
-            frames[0], quiet.since = total, time.monotonic()  # type: ignore[attr-defined]
-        return time.monotonic() - quiet.since > 0.3  # type: ignore[attr-defined]
-
-    quiet.since = time.monotonic()  # type: ignore[attr-defined]
-    feed_books(parts, books, quiet)
-    for product, book in books.items():
-        true_bids, true_asks = exchange.true_book(product)
-        assert book.live, parts[product].stats
-        assert (book.bids, book.asks) == (true_bids, true_asks), product
 
 
 @pytest.mark.parametrize(
@@ -348,7 +277,9 @@ def test_a_backlog_the_dataflow_cannot_drain_is_dropped_and_resynced(
         items = collect(part, count("snapshot", 1))
         assert len(items) <= 40 + 30  # the backlog was dropped, not delivered
         assert "reset" in kinds(items)
-        assert part.stats.reconnects >= 1
+        # resynced alone: unsubscribed and subscribed again, on the same connection
+        assert part.stats.resyncs >= 1 and part.stats.reconnects == 0
+        assert exchange.stats["unsubscribes"] >= 1
 
 
 def test_subscribe_messages_stay_under_eight_a_second_per_process(

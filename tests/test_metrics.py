@@ -114,8 +114,8 @@ def test_metrics_count_what_happened_on_the_feed(tmp_path):
             )
             accepted = exchange.stats["connections_accepted"]
             exchange.drop_connections()  # a reconnect: a reset and a new snapshot each
-            flow.wait_for(
-                lambda: exchange.stats["connections_accepted"] >= accepted + 2,
+            flow.wait_for(  # both products share one connection
+                lambda: exchange.stats["connections_accepted"] >= accepted + 1,
                 30,
                 "reconnects",
             )
@@ -129,7 +129,39 @@ def test_metrics_count_what_happened_on_the_feed(tmp_path):
                 30,
                 "the snapshots after the drop and the gap",
             )
+            exchange.send_malformed(
+                kinds=["non_numeric_size"]
+            )  # garbage, per connection
+            flow.wait_for(
+                lambda: exchange.stats["frames_sent"].get("malformed", 0) >= 1,
+                30,
+                "the garbage sent",
+            )
+            flow.wait_for(
+                lambda: (
+                    total(scrape(port), "orderbook_malformed_frames_total", **feed)
+                    >= exchange.stats["frames_sent"]["malformed"]
+                ),
+                30,
+                "the garbage counted",
+            )
+            flow.wait_for(  # the product the garbage hit is resynced
+                lambda: all(
+                    total(
+                        scrape(port),
+                        "orderbook_book_levels",
+                        side="bid",
+                        **feed,
+                        product_id=p,
+                    )
+                    > 0
+                    for p in PRODUCTS
+                ),
+                30,
+                "every book rebuilt",
+            )
             samples = scrape(port)
+            sent = exchange.stats
         finally:
             assert flow.stop(signal.SIGTERM) == 0
     for product in PRODUCTS:
@@ -149,6 +181,18 @@ def test_metrics_count_what_happened_on_the_feed(tmp_path):
     # start, the dropped connections and the gap, each under its own reason
     assert sum(resets.values()) >= 2 * len(PRODUCTS) + 1, resets
     assert resets["start"] == len(PRODUCTS) and resets["sequence_gap"] >= 1, resets
+    # the connection counters, from the source partitions: exactly what the exchange
+    # did. Both products share one connection, so each lived through every reconnect
+    # (the drop, and the gap's resync) and the gap; the garbage went to one of them.
+    reconnects = sent["connections_accepted"] - 1
+    for product in PRODUCTS:
+        mine = {"product_id": product, **feed}
+        assert total(samples, "orderbook_reconnects_total", **mine) == reconnects
+        assert total(samples, "orderbook_sequence_gaps_total", **mine) == 1
+    assert (
+        total(samples, "orderbook_malformed_frames_total", **feed)
+        == (sent["frames_sent"]["malformed"])
+    )
     # the summaries written are the records of the output
     assert total(samples, "orderbook_summaries_total", **feed) <= len(read_jsonl(out))
 

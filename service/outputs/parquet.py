@@ -37,7 +37,7 @@ from pathlib import Path
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from orderbook import DEPTH_BANDS_BPS, OrderBookDepth, OrderBookSummary
+from records import DEPTH_BANDS_BPS, OrderBookDepth, OrderBookSummary
 from service.outputs.registry import OutputKind, register
 from service.runtime import register_closer, unregister_closer
 

@@ -1,0 +1,289 @@
+"""The records the dataflow emits: a top-of-book summary and a depth snapshot.
+
+Pure values, no sockets, no Bytewax: :class:`OrderBookSummary` (what the spread filter
+looks at, emitted whenever the top of a book changes) and :class:`OrderBookDepth` (the top
+N levels of each side with liquidity bands and imbalance, at a cadence in feed time).
+Both serialise to one JSON object with a ``"type"`` and exact decimals as canonical
+strings, so nothing is lost to floating point. :class:`orderbook.OrderBook` builds them;
+this module knows nothing of the book but its public methods, one structure per module
+(orderbook.py holds the book).
+
+Decimal arithmetic uses :data:`CTX`, a private context (34 digits, half-even), shared
+with the book so that results never depend on ``decimal.getcontext()``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import (
+    ROUND_HALF_EVEN,
+    Context,
+    Decimal,
+    DivisionByZero,
+    InvalidOperation,
+    Overflow,
+)
+from typing import TYPE_CHECKING, Any
+
+from events import ASK, BID, Level
+
+if TYPE_CHECKING:
+    from orderbook import OrderBook
+
+__all__ = ["DEPTH_BANDS_BPS", "OrderBookDepth", "OrderBookSummary"]
+
+CTX = Context(
+    prec=34,
+    rounding=ROUND_HALF_EVEN,
+    traps=[InvalidOperation, DivisionByZero, Overflow],
+)
+_ZERO = Decimal(0)
+_HUNDRED = Decimal(100)
+_TEN_THOUSAND = Decimal(10_000)
+_RATIO_EXP = Decimal("1E-10")
+"""Quantum of ``spread_pct`` and ``imbalance``."""
+_EXTRA_PRICE_DIGITS = 4
+"""Digits kept beyond the prices' own scale for ``microprice`` and ``vwap``."""
+
+
+def _plain(value: Decimal) -> str:
+    """Canonical fixed-point text: never '1E-10', no trailing zeros.
+
+    The feeds send one price in several forms ("65083.66", "65083.66000000"); the book
+    keys them as one level, and the output prints them as one string too.
+    """
+    return format(value.normalize(CTX), "f")
+
+
+@dataclass(frozen=True, slots=True)
+class OrderBookSummary:
+    """Top of one product's book at one moment: what the dataflow emits.
+
+    ``spread`` and ``mid`` are exact; ``spread_pct`` (spread as a percentage of the ask,
+    what the spread filter uses) and ``imbalance`` are quantized to 1e-10;
+    ``microprice`` to the prices' scale + 4 digits. ``feed`` says where the data came
+    from ("exchange", "advanced-trade", "sim", "replay"), so simulated data is never mistaken for
+    market data.
+    """
+
+    product_id: str
+    time: datetime | None
+    bid_price: Decimal
+    bid_size: Decimal
+    ask_price: Decimal
+    ask_size: Decimal
+    spread: Decimal
+    spread_pct: Decimal
+    mid: Decimal
+    imbalance: Decimal
+    microprice: Decimal
+    feed: str = ""
+
+    @classmethod
+    def from_top(
+        cls,
+        product_id: str,
+        bid_price: Decimal,
+        bid_size: Decimal,
+        ask_price: Decimal,
+        ask_size: Decimal,
+        time: datetime | None = None,
+        feed: str = "",
+    ) -> OrderBookSummary:
+        """Compute every derived field from a valid (uncrossed, non-empty) top.
+
+        Plain operators, in the calling thread's decimal context (28 digits unless
+        someone changed it), are three times cheaper than ``Context`` method calls;
+        every derived value needs far fewer digits than that before it is quantized.
+        """
+        spread = ask_price - bid_price
+        depth = bid_size + ask_size
+        # quantum from the normalised spread, so that "65000.04" and "65000.04000000"
+        # give the same microprice text
+        finer = spread.normalize().scaleb(-_EXTRA_PRICE_DIGITS)
+        return cls(
+            product_id,
+            time,
+            bid_price,
+            bid_size,
+            ask_price,
+            ask_size,
+            spread,
+            (spread * _HUNDRED / ask_price).quantize(_RATIO_EXP),
+            (bid_price + ask_price) / 2,
+            (bid_size / depth).quantize(_RATIO_EXP),
+            ((bid_price * ask_size + ask_price * bid_size) / depth).quantize(finer),
+            feed,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: decimals as fixed-point strings, time ISO-8601 UTC 'Z'."""
+        return {
+            "type": "summary",
+            "product_id": self.product_id,
+            "time": _iso_utc(self.time),
+            "bid_price": _plain(self.bid_price),
+            "bid_size": _plain(self.bid_size),
+            "ask_price": _plain(self.ask_price),
+            "ask_size": _plain(self.ask_size),
+            "spread": _plain(self.spread),
+            "spread_pct": _plain(self.spread_pct),
+            "mid": _plain(self.mid),
+            "imbalance": _plain(self.imbalance),
+            "microprice": _plain(self.microprice),
+            "feed": self.feed,
+        }
+
+    def to_json(self) -> str:
+        """Compact JSON object (strings for decimals: no float rounding downstream)."""
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OrderBookSummary:
+        """Inverse of :meth:`to_dict` (numerically equal decimals, same instant)."""
+        time = data.get("time")
+        return cls(
+            product_id=data["product_id"],
+            time=None if time is None else datetime.fromisoformat(time),
+            bid_price=Decimal(data["bid_price"]),
+            bid_size=Decimal(data["bid_size"]),
+            ask_price=Decimal(data["ask_price"]),
+            ask_size=Decimal(data["ask_size"]),
+            spread=Decimal(data["spread"]),
+            spread_pct=Decimal(data["spread_pct"]),
+            mid=Decimal(data["mid"]),
+            imbalance=Decimal(data["imbalance"]),
+            microprice=Decimal(data["microprice"]),
+            feed=data.get("feed", ""),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> OrderBookSummary:
+        return cls.from_dict(json.loads(text))
+
+    def __str__(self) -> str:
+        feed = f"  [{self.feed}]" if self.feed else ""
+        return (
+            f"{self.product_id}  bid {_plain(self.bid_price)} x {_plain(self.bid_size)}"
+            f"  ask {_plain(self.ask_price)} x {_plain(self.ask_size)}"
+            f"  spread {_plain(self.spread)} ({self.spread_pct:.3g}%){feed}"
+        )
+
+
+DEPTH_BANDS_BPS = (10, 50, 100)
+"""Bands around mid, in basis points, of the depth record's liquidity fields."""
+_DEPTH_BANDS = tuple(Decimal(b) for b in DEPTH_BANDS_BPS)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderBookDepth:
+    """The top ``N`` levels of one product's book at one instant: the ``depth`` record.
+
+    ``bids``/``asks`` are ``(price, size)`` pairs, best first. ``mid`` is exact;
+    ``liquidity`` holds the (bid, ask) size totals within 10, 50 and 100 bps of mid
+    (:meth:`OrderBook.liquidity_within`, bounds inclusive), whatever ``N`` is;
+    ``imbalance`` is the bid share of the size of the ``N`` levels of both sides,
+    quantized to 1e-10 like the summary's.
+    """
+
+    product_id: str
+    time: datetime | None
+    bids: tuple[Level, ...]
+    asks: tuple[Level, ...]
+    mid: Decimal
+    liquidity: tuple[tuple[Decimal, Decimal], ...]
+    """(bid, ask) within each of :data:`DEPTH_BANDS_BPS`, in that order."""
+    imbalance: Decimal
+    feed: str = ""
+
+    @classmethod
+    def from_book(
+        cls,
+        book: OrderBook,
+        levels: int,
+        time: datetime | None = None,
+        feed: str = "",
+    ) -> OrderBookDepth | None:
+        """The record of a valid book (None for an empty-sided, locked or crossed one)."""
+        top = book.top()
+        if top is None or top[0] >= top[2]:
+            return None
+        bids = tuple(book.depth(BID, levels))
+        asks = tuple(book.depth(ASK, levels))
+        bid_total = sum([size for _, size in bids], _ZERO)
+        ask_total = sum([size for _, size in asks], _ZERO)
+        return cls(
+            book.product_id,
+            time,
+            bids,
+            asks,
+            CTX.divide(CTX.add(top[0], top[2]), 2),
+            tuple(book.liquidity_within(bps) for bps in _DEPTH_BANDS),
+            CTX.divide(bid_total, CTX.add(bid_total, ask_total)).quantize(
+                _RATIO_EXP, context=CTX
+            ),
+            feed,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape (a fixed contract): decimals as canonical strings."""
+        data: dict[str, Any] = {
+            "type": "depth",
+            "product_id": self.product_id,
+            "time": _iso_utc(self.time),
+            "feed": self.feed,
+            "bids": [[_plain(p), _plain(s)] for p, s in self.bids],
+            "asks": [[_plain(p), _plain(s)] for p, s in self.asks],
+            "mid": _plain(self.mid),
+        }
+        for bps, (bid, ask) in zip(DEPTH_BANDS_BPS, self.liquidity, strict=True):
+            data[f"bid_liquidity_{bps}bps"] = _plain(bid)
+            data[f"ask_liquidity_{bps}bps"] = _plain(ask)
+        data["imbalance"] = _plain(self.imbalance)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OrderBookDepth:
+        """Inverse of :meth:`to_dict` (numerically equal decimals, same instant)."""
+        time = data.get("time")
+        return cls(
+            product_id=data["product_id"],
+            time=None if time is None else datetime.fromisoformat(time),
+            bids=tuple((Decimal(p), Decimal(s)) for p, s in data["bids"]),
+            asks=tuple((Decimal(p), Decimal(s)) for p, s in data["asks"]),
+            mid=Decimal(data["mid"]),
+            liquidity=tuple(
+                (
+                    Decimal(data[f"bid_liquidity_{bps}bps"]),
+                    Decimal(data[f"ask_liquidity_{bps}bps"]),
+                )
+                for bps in DEPTH_BANDS_BPS
+            ),
+            imbalance=Decimal(data["imbalance"]),
+            feed=data.get("feed", ""),
+        )
+
+    def __str__(self) -> str:
+        feed = f"  [{self.feed}]" if self.feed else ""
+        bid, ask = self.liquidity[0]
+        return (
+            f"{self.product_id}  depth {len(self.bids)}x{len(self.asks)} levels"
+            f"  mid {_plain(self.mid)}  imbalance {_plain(self.imbalance)}"
+            f"  within 10bps bid {_plain(bid)} ask {_plain(ask)}{feed}"
+        )
+
+
+def _iso_utc(time: datetime | None) -> str | None:
+    """ISO-8601 in UTC with 'Z' and microseconds; a naive datetime is taken as UTC."""
+    if time is None:
+        return None
+    if time.tzinfo is None:
+        time = time.replace(tzinfo=UTC)
+    else:
+        time = time.astimezone(UTC)
+    return time.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"

@@ -1,7 +1,7 @@
 """The Coinbase source against real WebSocket servers on 127.0.0.1.
 
 Exact frame-by-frame cases use the scripted server; end-to-end cases use the project's
-local exchange (coinbase_sim.LocalExchange) and compare the rebuilt book with its true
+local exchange (local_exchange.LocalExchange) and compare the rebuilt book with its true
 book. Partitions are driven directly: build_part(...), then poll next_batch.
 """
 
@@ -34,7 +34,7 @@ from tests.coinbase_helpers import (
     update_frame,
     wait_until,
 )
-from tests.scripted_server import ScriptedConnection, ScriptedServer
+from tests.support.scripted_server import ScriptedConnection, ScriptedServer
 
 pytestmark = pytest.mark.slow  # every test here opens sockets or threads
 

@@ -43,7 +43,7 @@ from tests.coinbase_helpers import (
     update_frame,
     wait_until,
 )
-from tests.scripted_server import ScriptedConnection, ScriptedServer
+from tests.support.scripted_server import ScriptedConnection, ScriptedServer
 
 pytestmark = pytest.mark.slow  # every test here opens sockets, threads or processes
 

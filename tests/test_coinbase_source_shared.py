@@ -185,7 +185,7 @@ def test_subscribes_of_several_connections_are_paced_together(partitions: list) 
     import time
 
     from coinbase.pacing import MESSAGE_PACER
-    from tests.scripted_server import ScriptedConnection, ScriptedServer
+    from tests.support.scripted_server import ScriptedConnection, ScriptedServer
 
     arrivals: list[float] = []
 

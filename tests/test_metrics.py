@@ -13,7 +13,7 @@ import pytest
 
 from local_exchange.server import LocalExchange
 from service import metrics
-from tests.flow_runner import FlowProcess, flow_env, last_by_product, read_jsonl
+from tests.support.flow import FlowProcess, flow_env, last_by_product, read_jsonl
 
 PRODUCTS = ["BTC-USD", "ETH-USD"]
 _SAMPLE = re.compile(r"^(\w+)(?:\{(.*)\})? (\S+)$")

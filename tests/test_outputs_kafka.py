@@ -13,8 +13,8 @@ from orderbook import OrderBook
 from service.outputs import OutputFailed, parse_outputs
 from service.outputs.kafka import KafkaRecordSink
 from service.validation import ConfigError
-from tests.flow_runner import FlowProcess, by_product, flow_env, read_jsonl
 from tests.outputs_helpers import small_recording
+from tests.support.flow import FlowProcess, by_product, flow_env, read_jsonl
 
 pytestmark = pytest.mark.slow
 

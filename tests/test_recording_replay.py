@@ -22,7 +22,7 @@ from recording.format import Recording, product_of_line
 from recording.replay import ReplaySource
 from service.placement import bytewax_worker_for_key, routing_keys
 from service.settings import Settings
-from tests.flow_runner import FlowProcess, by_product, flow_env, read_jsonl
+from tests.support.flow import FlowProcess, by_product, flow_env, read_jsonl
 
 PRODUCTS = ["BTC-USD", "ETH-USD", "BTC-EUR", "ETH-EUR"]
 T0_NS = 1_767_225_600_000_000_000

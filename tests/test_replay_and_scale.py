@@ -24,7 +24,7 @@ from recording.format import Recording
 from recording.recorder import record
 from recording.replay import ReplaySource
 from service.settings import Settings
-from tests.flow_runner import FlowProcess, by_product, flow_env, read_jsonl, settle
+from tests.support.flow import FlowProcess, by_product, flow_env, read_jsonl, settle
 
 PRODUCTS = ["BTC-USD", "ETH-USD", "BTC-EUR", "ETH-EUR"]
 

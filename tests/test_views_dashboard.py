@@ -18,7 +18,7 @@ import pytest
 from websockets.sync.client import connect
 
 from orderbook import OrderBookSummary
-from tests.flow_runner import REPO, flow_env
+from tests.support.flow import REPO, flow_env
 from views.dashboard import DashboardServer, History, _DashboardPartition
 from views.state import MarketBoard
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.flow_runner import REPO, FlowProcess, flow_env
+from tests.support.flow import REPO, FlowProcess, flow_env
 
 PRODUCTS = ["BTC-USD", "ETH-USD", "BTC-EUR", "ETH-EUR"]
 ROW = re.compile(

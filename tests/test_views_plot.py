@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from orderbook import OrderBookSummary
-from tests.flow_runner import REPO, flow_env
+from tests.support.flow import REPO, flow_env
 from views import plot
 from views.records import read_records
 

@@ -28,18 +28,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from process_stats import proc_status  # noqa: E402
 
 from coinbase.session import PRODUCTS_PER_CONNECTION  # noqa: E402
 from local_exchange.server import LocalExchange  # noqa: E402
 
 BASES = [f"C{i:03d}" for i in range(300)]
-
-
-def proc_status(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {key} for pid {pid}")
 
 
 def measure(count: int, timeout: float) -> dict[str, float]:

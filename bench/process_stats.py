@@ -1,0 +1,18 @@
+"""What /proc says of a process (Linux): the benches' one reader of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def proc_status(pid: int, key: str) -> int:
+    """A number from ``/proc/PID/status``: ``Threads``, or ``VmRSS`` in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {key} for pid {pid}")
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process, MiB."""
+    return proc_status(pid, "VmRSS") / 1024

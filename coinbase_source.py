@@ -55,16 +55,14 @@ from coinbase.auth import Credentials
 from coinbase.connection import MAX_FRAME_BYTES, SNAPSHOT_GRACE_FACTOR, Connection
 from coinbase.errors import FeedError
 from coinbase.feeds import FEEDS, FeedSpec, subscribe_messages
-from coinbase.pacing import Backoff
-from coinbase.runner import LOOP
-from coinbase.session import (
+from coinbase.multiplex import (
     PRODUCTS_PER_CONNECTION,
-    Action,
     ConnectionSession,
     ConnectionStep,
-    Session,
-    SessionStats,
 )
+from coinbase.pacing import Backoff
+from coinbase.runner import LOOP
+from coinbase.session import Action, Session, SessionStats
 from events import BookEvent
 from service import validation
 from service.logs import RateLimitedLog

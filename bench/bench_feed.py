@@ -192,15 +192,14 @@ def iso_us(ns: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{rem // 1000:06d}Z"
 
 
-async def _serve(port_out: multiprocessing.Queue, per_connection_rate: float) -> None:
+async def _serve(port_out: multiprocessing.Queue, per_product_rate: float) -> None:
     from websockets.asyncio.server import serve
     from websockets.exceptions import ConnectionClosed
 
-    period = 1.0 / per_connection_rate
+    period = 1.0 / per_product_rate
 
-    async def handle(ws) -> None:
-        message = json.loads(await ws.recv())
-        product = message["channels"][0]["product_ids"][0]
+    async def stream(ws, product: str) -> None:
+        """One product on one connection: its snapshot, then updates at the rate."""
         await ws.send(
             json.dumps(
                 {
@@ -214,7 +213,7 @@ async def _serve(port_out: multiprocessing.Queue, per_connection_rate: float) ->
         loop = asyncio.get_running_loop()
         due = loop.time()
         n = 0
-        while not ws.close_code:
+        while True:
             due += period
             delay = due - loop.time()
             if delay > 0:
@@ -234,18 +233,42 @@ async def _serve(port_out: multiprocessing.Queue, per_connection_rate: float) ->
                 + iso_us(time.time_ns())
                 + '"}'
             )
-            try:
-                await ws.send(frame)
-            except ConnectionClosed:
-                return
+            await ws.send(frame)
+
+    def book_products(message: dict) -> list[str]:
+        """The products of a (un)subscribe message's book channel (not heartbeats)."""
+        products: list[str] = []
+        for channel in message.get("channels", []):
+            if isinstance(channel, dict) and channel.get("name") != "heartbeat":
+                products += channel.get("product_ids", [])
+        return products
+
+    async def handle(ws) -> None:
+        # CoinbaseSource puts several products on one connection (one subscribe message
+        # for the group, more later); the tutorial design opens one per product.
+        senders: dict[str, asyncio.Task] = {}
+        try:
+            async for raw in ws:
+                message = json.loads(raw)
+                for product in book_products(message):
+                    if message.get("type") == "subscribe" and product not in senders:
+                        senders[product] = asyncio.create_task(stream(ws, product))
+                    elif message.get("type") == "unsubscribe" and product in senders:
+                        senders.pop(product).cancel()
+        except ConnectionClosed:
+            pass
+        finally:
+            for task in senders.values():
+                task.cancel()
+            await asyncio.gather(*senders.values(), return_exceptions=True)
 
     async with serve(handle, "127.0.0.1", 0, compression=None) as server:
         port_out.put(server.sockets[0].getsockname()[1])
         await asyncio.Future()
 
 
-def serve_main(port_out: multiprocessing.Queue, per_connection_rate: float) -> None:
-    asyncio.run(_serve(port_out, per_connection_rate))
+def serve_main(port_out: multiprocessing.Queue, per_product_rate: float) -> None:
+    asyncio.run(_serve(port_out, per_product_rate))
 
 
 # -- 2. latency: flow pieces -----------------------------------------------------------------
@@ -324,7 +347,13 @@ class BoundedSource(FixedPartitionedSource):
 
 
 class _TutorialPartition(StatefulSourcePartition):
-    """The tutorial design: batch_async over an async generator of raw frames."""
+    """The tutorial design: batch_async over an async generator of raw frames.
+
+    The event loop is ours (passed to batch_async) so that :meth:`close` can end what
+    runs on it: the pending ``__anext__`` task, the generator (which closes the
+    websocket) and the connection's keepalive task, before the loop closes. Left alone
+    they are garbage-collected pending ("Task was destroyed but it is pending!").
+    """
 
     def __init__(self, url: str, product: str) -> None:
         async def frames():
@@ -336,7 +365,11 @@ class _TutorialPartition(StatefulSourcePartition):
                 async for raw in ws:
                     yield product, (time.time_ns(), raw)
 
-        self._batcher = batch_async(frames(), timedelta(seconds=0.5), 100)
+        self._loop = asyncio.new_event_loop()
+        self._frames = frames()
+        self._batcher = batch_async(
+            self._frames, timedelta(seconds=0.5), 100, loop=self._loop
+        )
 
     def next_batch(self) -> list:
         return next(self._batcher)
@@ -344,11 +377,31 @@ class _TutorialPartition(StatefulSourcePartition):
     def snapshot(self) -> None:
         return None
 
+    def close(self) -> None:
+        loop = self._loop
+        if loop.is_closed():
+            return
+        self._batcher.close()
+        # Cancelling the pending __anext__ task raises CancelledError in the generator,
+        # whose ``async with`` closes the websocket; closing it cancels its keepalive
+        # task, which then needs the loop to run once more: repeat until none is left.
+        for _ in range(10):
+            pending = asyncio.all_tasks(loop)
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(self._frames.aclose())
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
 
 class TutorialSource(FixedPartitionedSource):
     def __init__(self, url: str, products: list[str]) -> None:
         self.url = url
         self.products = products
+        self.parts: list[_TutorialPartition] = []
 
     def list_parts(self) -> list[str]:
         return list(self.products)
@@ -356,7 +409,14 @@ class TutorialSource(FixedPartitionedSource):
     def build_part(
         self, step_id: str, for_part: str, resume_state: object
     ) -> _TutorialPartition:
-        return _TutorialPartition(self.url, for_part)
+        part = _TutorialPartition(self.url, for_part)
+        self.parts.append(part)
+        return part
+
+    def close(self) -> None:
+        """Close every partition (idempotent; Bytewax closes them at end of input)."""
+        for part in self.parts:
+            part.close()
 
 
 _TUTORIAL_DECODER = FrameDecoder("exchange", "exchange")
@@ -373,19 +433,23 @@ def run_flow(
 ) -> tuple[Recorder, float]:
     recorder = Recorder(time.time_ns() + int(warmup * 1e9))
     flow = Dataflow(f"bench_{design}")
+    tutorial = None
     if design == "coinbase_source":
         source = CoinbaseSource(PRODUCTS, url=url, watchdog_seconds=5.0)
         stream = op.input("in", flow, BoundedSource(source, seconds))
     else:
-        raw = op.input(
-            "in", flow, BoundedSource(TutorialSource(url, PRODUCTS), seconds)
-        )
+        tutorial = TutorialSource(url, PRODUCTS)
+        raw = op.input("in", flow, BoundedSource(tutorial, seconds))
         stream = op.filter(
             "events", op.map("parse", raw, parse_raw), lambda x: x[1] is not None
         )
     op.output("out", stream, RecordingSink(recorder))
     cpu0, wall0 = time.process_time(), time.monotonic()
-    run_main(flow)
+    try:
+        run_main(flow)
+    finally:
+        if tutorial is not None:
+            tutorial.close()
     cpu = (time.process_time() - cpu0) / (time.monotonic() - wall0)
     return recorder, cpu
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from process_stats import proc_status  # noqa: E402
 
-from coinbase.session import PRODUCTS_PER_CONNECTION  # noqa: E402
+from coinbase.multiplex import PRODUCTS_PER_CONNECTION  # noqa: E402
 from local_exchange.server import LocalExchange  # noqa: E402
 
 BASES = [f"C{i:03d}" for i in range(300)]

@@ -10,6 +10,8 @@ Read in this order:
 * ``session.py``: the sans-IO session of one connection: what to subscribe, frames in,
   events and reset/resync/stop decisions out, typed stats (pure: unit-tested without a
   socket);
+* ``multiplex.py``: several products' sessions on one connection (sans-IO too): which
+  faults resync one product alone and which the whole connection;
 * ``connection.py``: the asyncio connection: connect, pacing, backoff with jitter,
   watchdog; yields raw frames to a handler (a session, or the recorder);
 * ``runner.py``: the one event-loop thread all connections of a process share;

@@ -9,15 +9,13 @@ from decimal import Decimal
 import pytest
 
 from coinbase.errors import AuthError, UnknownProduct
-from coinbase.session import (
+from coinbase.multiplex import (
     PRODUCTS_PER_CONNECTION,
-    Action,
     ConnectionSession,
     ConnectionStep,
-    Session,
-    SessionStats,
     group_messages,
 )
+from coinbase.session import Action, Session, SessionStats
 from events import BookChanges, BookReset, BookSnapshot
 from tests.support.frames import (
     EXCHANGE_TIME,

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from coinbase.errors import UnknownProduct
-from coinbase.session import PRODUCTS_PER_CONNECTION
+from coinbase.multiplex import PRODUCTS_PER_CONNECTION
 from coinbase_source import CoinbaseSource, _CoinbasePartition
 from events import BookReset
 from local_exchange.server import LocalExchange

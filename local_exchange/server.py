@@ -50,6 +50,9 @@ log = logging.getLogger("local_exchange")
 class LocalExchange:
     """A local Coinbase (Exchange + Advanced Trade level-2 feeds) with a true book and faults.
 
+    (About 310 lines: the public API of the exchange, one thin method per fault and
+    query, each handing its work to the module that owns it.)
+
     ``LocalExchange(products, depth=..., rate=..., seed=..., ...)``: the keywords are the
     fields of :class:`~local_exchange.config.ExchangeConfig` (or pass ``config=``).
     ``start()`` runs it on its own thread; ``url()`` gives the address; ``true_book()`` /

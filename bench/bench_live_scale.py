@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -136,6 +137,8 @@ def run_live(
     try:
         _wait_for_port(port, server)
         with log.open("w") as err:
+            # its own process group: bytewax.testing starts the worker processes as
+            # children, and stopping the parent alone would leave them running
             flow = subprocess.Popen(
                 [sys.executable, "-m", "bytewax.testing", "dataflow:flow"]
                 + ["-p", str(processes), "-w", "1"],
@@ -143,6 +146,7 @@ def run_live(
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
+                start_new_session=True,
             )
         first = last = None
         seen = 0
@@ -157,8 +161,12 @@ def run_live(
                     seen += chunk.count("\n")
                 else:
                     time.sleep(0.005)
-        flow.terminate()
+        os.killpg(flow.pid, signal.SIGTERM)
         flow.wait(timeout=30)
+        try:
+            os.killpg(flow.pid, signal.SIGKILL)  # any worker that outlived its parent
+        except ProcessLookupError:
+            pass
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -17,18 +17,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+
 DOCS = REPO / "docs"
 SAMPLE = REPO / "samples" / "sample.jsonl.gz"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def _wait_for(path: Path, pattern: str, timeout: float = 30) -> str:
@@ -115,9 +109,7 @@ def main() -> int:
         terminal_html = work / "terminal.html"
         terminal_html.write_text(console.export_html(inline_styles=True))
         with sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
-            )
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1180, "height": 640})
             page.goto(terminal_html.as_uri())
             page.screenshot(path=str(DOCS / "live.png"), full_page=True)

@@ -18,22 +18,12 @@ import pytest
 from websockets.sync.client import connect
 
 from orderbook import OrderBookSummary
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.flow import REPO, flow_env
 from views.dashboard import DashboardServer, History, _DashboardPartition
 from views.state import MarketBoard
 
 PRODUCTS = ["BTC-EUR", "BTC-USD", "ETH-EUR", "ETH-USD"]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 pytestmark = pytest.mark.slow
 

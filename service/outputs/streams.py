@@ -136,23 +136,14 @@ def _build(fmt: str):
     return build
 
 
-register(
-    OutputKind(
-        "text",
-        build=_build("text"),
-        arg="optional",
-        help="text[:PATH]",
-        check=check_file,
-        rank=0,
+for _rank, _name in enumerate(("text", "jsonl")):
+    register(
+        OutputKind(
+            _name,
+            build=_build(_name),
+            arg="optional",
+            help=f"{_name}[:PATH]",
+            check=check_file,
+            rank=_rank,
+        )
     )
-)
-register(
-    OutputKind(
-        "jsonl",
-        build=_build("jsonl"),
-        arg="optional",
-        help="jsonl[:PATH]",
-        check=check_file,
-        rank=1,
-    )
-)

@@ -39,8 +39,9 @@ from book_step import SpreadFilter, update_book
 from coinbase.decode import FrameDecoder
 from dataflow import get_flow
 from local_exchange.market import Market
-from recording.format import Recording, RecordingWriter
+from recording.reader import Recording
 from recording.replay import ReplaySource
+from recording.writer import RecordingWriter
 from service.outputs import OutputSpec
 from service.runtime import tune_garbage_collector
 from service.settings import Settings

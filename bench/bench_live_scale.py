@@ -39,8 +39,8 @@ from bytewax.testing import run_main  # noqa: E402
 
 from dataflow import get_flow  # noqa: E402
 from local_exchange.market import Market  # noqa: E402
-from recording.format import RecordingWriter  # noqa: E402
 from recording.replay import ReplaySource  # noqa: E402
+from recording.writer import RecordingWriter  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 BASES = ("BTC", "ETH", "SOL", "LTC", "ADA", "DOGE", "XRP", "DOT", "AVAX", "LINK")

@@ -32,7 +32,8 @@ import orjson
 from coinbase.feeds import ADVANCED_TRADE
 from local_exchange.connections import CLOSE, Connection, Stats
 from local_exchange.protocol import ADVANCED_TRADE_PATH, MARKER_FIELD, dumps
-from recording.format import Recording, RecordingError
+from recording.format import RecordingError
+from recording.reader import Recording
 from service.logs import RateLimitedLog
 
 if TYPE_CHECKING:

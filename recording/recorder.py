@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gzip
 import io
 import logging
 import os
@@ -27,26 +26,13 @@ from pathlib import Path
 
 from coinbase.connection import Connection
 from coinbase.feeds import FEEDS, subscribe_messages
-from recording.format import Recording, RecordingError, RecordingWriter
+from recording.format import RecordingError
+from recording.reader import Recording
+from recording.writer import RecordingWriter
 
 log = logging.getLogger(__name__)
 
 MODES = ("new", "overwrite", "append")
-
-
-class _AppendingWriter(RecordingWriter):
-    """Adds records to an existing recording: a new gzip member, no second header.
-
-    A gzip file may hold several members; readers see one stream. (A recording whose
-    last member was cut short by a killed recorder ends there when read.)
-    """
-
-    def __init__(self, path: str | os.PathLike) -> None:  # no header: not super()
-        self.path = Path(path)
-        self._file = gzip.open(self.path, "at", encoding="utf-8", compresslevel=6)
-        self.frames = 0
-        self.frame_bytes = 0
-        self._last_flush = time.monotonic()
 
 
 class _ProductRecorder:
@@ -152,7 +138,7 @@ async def record(
         raise FileExistsError(problem)
     stop = stop or asyncio.Event()
     if mode == "append" and Path(path).exists():
-        writer: RecordingWriter = _AppendingWriter(path)
+        writer = RecordingWriter(path, None, append=True)
     else:
         header = {
             "protocol": spec.protocol,

@@ -4,10 +4,11 @@ Layout. Each product is its own partition, named by its product id, so Bytewax p
 on the worker that also holds the product's book (round-robin over the sorted names, the
 rule :mod:`service.placement` keys the book step by): under ``-w N`` or ``-p N`` no event
 crosses a worker or a process. The partitions of one worker share one pass over the file
-(a :class:`_WorkerReader`): it decompresses the file once, finds each line's product with
-a byte search at its known place (no JSON parsing) and hands the line to that product's
-partition, or drops it when no partition of this worker wants it. A line of another shape
-(older or hand-made recordings) is parsed to find its product.
+(a :class:`_WorkerReader` over a :class:`recording.reader.ProductReader`): it reads the
+blocks of its own products and seeks past the others unread, so each of two processes
+decompresses about half of a version 2 recording. A version 1 recording (one stream) is
+decompressed whole by each worker's pass, each line's product found with a byte match at
+its known place (no JSON parsing), or by parsing a line of another shape.
 
 Decisions a replay makes differently from a live feed (a file cannot be asked again):
 
@@ -21,9 +22,11 @@ Decisions a replay makes differently from a live feed (a file cannot be asked ag
   snapshot seen since the previous one) is logged as stray;
 * the report at the end says what was skipped and why.
 
-Recovery (``-r``). The resume state of a partition is ``{"next": i, "stream": s}``: the
-index of the next record of its product to emit and the index where the product's current
-stream began (its last ``connected`` record, or 0). A resumed partition reads from ``s``
+Recovery (``-r``). The resume state of a partition is ``{"next": i, "stream": s,
+"counted": "per product"}``: the index of the next record of its product to emit and the
+index where the product's current stream began (its last ``connected`` record, or 0),
+both counting the product's own records. (A state saved by a version that counted every
+product's records is not understood: that product is replayed from its start, logged.) A resumed partition reads from ``s``
 again, rebuilds its book from those records without emitting anything (the book state
 Bytewax saves holds no levels), then emits the rebuilt book as one snapshot and goes on
 from record ``i``. So a resumed replay writes no summary of the records before the resume
@@ -40,6 +43,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Iterator
 from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -47,26 +51,21 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from book_step import BookState, update_book
 from coinbase.decode import FeedError, FrameDecoder, MalformedFrame, SequenceGap
 from events import BookChanges, BookEvent, BookReset, BookSnapshot
-from recording.format import (
-    CONNECTED,
-    LineReader,
-    Recording,
-    RecordingError,
-    match_record_start,
-    parse_record,
-)
+from recording.format import CONNECTED, RecordingError, parse_record
+from recording.reader import Chunk, ProductReader, Recording
 from service.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
-ResumeState = dict[str, int]
+ResumeState = dict[str, Any]
+COUNTED = "per product"
 
 
 class _WorkerReader:
     """One pass over the file for the partitions of one worker (one thread).
 
-    Lines go to per-product queues; a partition whose queue is empty pulls the next chunk
-    of the file. Every partition of the worker is polled in turn by Bytewax, so the
+    Records go to per-product queues; a partition whose queue is empty pulls the next
+    chunk of the file. Every partition of the worker is polled in turn by Bytewax, so the
     queues stay short; reading pauses while any queue holds more than ``MAX_QUEUED``.
     """
 
@@ -78,13 +77,11 @@ class _WorkerReader:
         self.worker = worker
         self.queues: dict[bytes, deque[tuple[int, Any]]] = {}
         self.parts: list[ReplayPartition] = []
-        self.start = 0
         self.started = False
         self.done = False
-        self.reader: LineReader | None = None
-        self._lines = None
+        self.reader: ProductReader | None = None
+        self._chunks: Iterator[Chunk] = iter(())
         self.skipped: Counter[str] = Counter()
-        self._bad = RateLimitedLog(log)
         self.t0 = 0.0
         self.progress = None
         self.show_progress = False
@@ -94,33 +91,24 @@ class _WorkerReader:
         self.parts.append(part)
 
     def pull(self) -> bool:
-        """Read some lines into the queues; False when the file is exhausted or paused."""
+        """Read some records into the queues; False when the file is exhausted or paused."""
         if self.done:
             return False
         if not self.started:
             self.started = True
             self.t0 = time.perf_counter()
-            self.start = min((p.read_from for p in self.parts), default=0)
-            self.reader = self.recording.lines()
-            self._lines = iter(self.reader)
+            self.reader = self.recording.of_products(
+                {p.product: p.read_from for p in self.parts}
+            )
+            self._chunks = iter(self.reader)
             self.progress = _progress_task(self)
         if any(len(q) > self.MAX_QUEUED for q in self.queues.values()):
             return False
         queues = self.queues
-        start = self.start
         n = 0
-        match = match_record_start
-        for index, line in self._lines:
-            if index < start:
-                continue
-            found = match(line)
-            if found is not None:
-                queue = queues.get(found[1])
-                if queue is not None:
-                    queue.append((index, line))
-            else:
-                self._route_parsed(index, line)
-            n += 1
+        for product, first, items in self._chunks:
+            queues[product].extend(enumerate(items, first))
+            n += len(items)
             if n >= self.PULL_LINES:
                 self._show_progress()
                 return True
@@ -128,27 +116,6 @@ class _WorkerReader:
         self.skipped.update(self.reader.skipped)
         self._show_progress()
         return n > 0
-
-    def _route_parsed(self, index: int, line: bytes) -> None:
-        if not line.strip():
-            return
-        record, why = parse_record(line)
-        if record is None:
-            self._skip(index, why)
-            return
-        product = record.get("product_id")
-        if not isinstance(product, str):
-            self._skip(index, "a record without a product_id")
-            return
-        queue = self.queues.get(product.encode())
-        if queue is not None:
-            queue.append((index, record))
-
-    def _skip(self, index: int, why: str) -> None:
-        self.skipped[why] += 1
-        self._bad.warning(
-            "%s: record %d is %s; skipped", self.recording.path, index, why
-        )
 
     def _show_progress(self) -> None:
         if self.progress is not None:
@@ -183,6 +150,11 @@ def replay_report(reader: _WorkerReader) -> str:
         f"{stats['resets']:,} resets at recorded reconnections, "
         f"in {wall:.2f} s ({rate:,.0f} frames/s)"
     )
+    if reader.reader is not None and reader.reader.blocks_skipped:
+        text += (
+            f"; {reader.reader.blocks_read:,} blocks read, "
+            f"{reader.reader.blocks_skipped:,} passed unread"
+        )
     if stats["stray connected records"]:
         text += (
             f"; {stats['stray connected records']:,} stray 'connected' records (a reset "
@@ -229,7 +201,14 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, BookEvent], ResumeState
         self.ended = False
         self._awaiting_snapshot_since: int | None = None
         self._last_summary = None
-        resume = resume if _valid_resume(resume) else None
+        if resume is not None and not _valid_resume(resume):
+            log.warning(
+                "%s: a resume state this version does not understand (%.80r): replaying "
+                "the product from its start",
+                product,
+                resume,
+            )
+            resume = None
         if resume is None:
             self._next = 0
             self._stream = 0
@@ -283,8 +262,10 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, BookEvent], ResumeState
 
     def snapshot(self) -> ResumeState:
         if self._shadow is not None:  # still rebuilding: the resume point stands
-            return {"next": max(self._next, self._emit_from), "stream": self._stream}
-        return {"next": self._next, "stream": self._stream}
+            resume_at = max(self._next, self._emit_from)
+        else:
+            resume_at = self._next
+        return {"next": resume_at, "stream": self._stream, "counted": COUNTED}
 
     # -- one record ---------------------------------------------------------------------
 
@@ -404,6 +385,7 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, BookEvent], ResumeState
 def _valid_resume(resume: Any) -> bool:
     return (
         isinstance(resume, dict)
+        and resume.get("counted") == COUNTED
         and type(resume.get("next")) is int
         and type(resume.get("stream")) is int
         and 0 <= resume["stream"] <= resume["next"]

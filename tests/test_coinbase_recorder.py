@@ -9,7 +9,7 @@ import pathlib
 import pytest
 
 from local_exchange.server import LocalExchange
-from recording.format import Recording
+from recording.reader import Recording
 from recording.recorder import check_output, record
 from tests.support.flow import FlowProcess, flow_env, wait_until
 

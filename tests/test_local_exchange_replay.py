@@ -13,7 +13,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from local_exchange.server import LocalExchange
-from recording.format import Recording, RecordingWriter
+from recording.reader import Recording
+from recording.writer import RecordingWriter
 from tests.local_exchange_client import (
     open_ws,
     recv,

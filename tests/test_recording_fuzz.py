@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from book_step import update_book
-from recording.format import Recording, parse_record, product_of_line
+from recording.format import parse_record, product_of_line
+from recording.reader import Recording
 from recording.replay import ReplaySource
 from tests.test_recording_replay import T0_NS, session_records, write_recording
 

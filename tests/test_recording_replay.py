@@ -18,7 +18,8 @@ from bytewax.testing import TestingSink, cluster_main, run_main
 import recording.replay as replay_module
 from dataflow import get_flow
 from local_exchange.market import Market
-from recording.format import Recording, product_of_line
+from recording.format import product_of_line
+from recording.reader import Recording
 from recording.replay import ReplaySource
 from service.placement import bytewax_worker_for_key, routing_keys
 from service.settings import Settings

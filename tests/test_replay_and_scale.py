@@ -16,12 +16,13 @@ import signal
 import threading
 from decimal import Decimal
 
+import orjson
 import pytest
 from bytewax.testing import TestingSink, cluster_main, run_main
 
 from dataflow import get_flow
 from local_exchange.server import LocalExchange
-from recording.format import Recording
+from recording.reader import Recording
 from recording.recorder import record
 from recording.replay import ReplaySource
 from service.settings import Settings
@@ -58,9 +59,16 @@ def test_recording_format(recording):
     with gzip.open(recording, "rt") as f:
         header = json.loads(f.readline())
         first = json.loads(f.readline())
-    assert header["format"] == "coinbase-l2-recording" and header["version"] == 1
+    assert header["format"] == "coinbase-l2-recording" and header["version"] == 2
     assert header["protocol"] == "exchange" and header["products"] == PRODUCTS
     assert set(first) >= {"t_ns", "product_id"}
+    # blocks of one product each: a reader of one product passes the others unread
+    everything = [r for _, r in Recording.open(recording).records()]
+    for product in PRODUCTS:
+        reader = Recording.open(recording).of_products({product: 0})
+        mine = [orjson.loads(x) for _, _, items in reader for x in items]
+        assert mine == [r for r in everything if r["product_id"] == product]
+        assert reader.blocks_read and reader.blocks_skipped, product
     kinds = {
         json.loads(r["frame"])["type"]
         for _, r in Recording.open(recording).records()

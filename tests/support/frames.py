@@ -302,7 +302,7 @@ def write_exchange_recording(
     per product a connection, a snapshot around 100, then ``updates`` l2updates 1 ms
     apart (their ``time`` is their receive time) that move the best bid and ask.
     Returns ``path``."""
-    from recording.format import RecordingWriter
+    from recording.writer import RecordingWriter
 
     writer = RecordingWriter(
         path,

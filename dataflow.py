@@ -14,7 +14,7 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
 from book_step import BookStep, SpreadFilter, update_book
-from service import metrics
+from service import cluster, metrics
 from service.inputs import build_source, log_resumes
 from service.outputs import FanOutSink, OutputSpec
 from service.placement import RouteByProduct
@@ -90,6 +90,7 @@ def _flow_from_environment() -> Dataflow:
     announce_settings(settings)
     install_clean_exit()
     tune_garbage_collector()
+    cluster.await_lower_processes()  # Timely's first connect to a peer succeeds
     return built
 
 

@@ -7,6 +7,8 @@
 * ``outputs``: where records go;
 * ``placement.py``: routing keys that keep each book on the worker reading its socket;
 * ``resync.py``: the book step's requests for a fresh snapshot, read by the source;
+* ``cluster.py``: cluster start-up: on one host a process waits for the lower
+  processes to listen, so Timely's first connect succeeds;
 * ``runtime.py`` and ``logs.py``: process set-up (records kept apart from stdout
   noise, signals, garbage collector) and rate-limited logging.
 """

@@ -1,0 +1,206 @@
+"""Cluster start-up: a process waits for the lower processes on its host to listen.
+
+Real sockets on 127.0.0.1 (no mocks): a listening one is seen at once, a bound one that
+never listens is waited for until the deadline. The end-to-end test runs
+``python -m bytewax.testing dataflow:flow -p 2`` and counts Timely's connect retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service import cluster
+from tests.support.flow import REPO, FlowProcess, flow_env, read_jsonl
+
+SAMPLE = REPO / "samples" / "sample.jsonl.gz"
+HAS_PROC_NET = Path("/proc/net/tcp").exists()
+needs_proc_net = pytest.mark.skipif(not HAS_PROC_NET, reason="no /proc/net/tcp")
+
+
+@pytest.fixture
+def bound() -> Iterator[socket.socket]:
+    """A socket bound to a loopback port but not listening: nobody can connect there,
+    and no other test can take the port meanwhile."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock
+
+
+def _port(sock: socket.socket) -> int:
+    return sock.getsockname()[1]
+
+
+# --- arguments, read as bytewax.run reads them -------------------------------------
+
+
+def test_place_from_argv():
+    addresses = "localhost:2101;localhost:2102"
+    argv = ["dataflow:flow", "-i", "1", "-a", addresses, "-w", "2"]
+    assert cluster.cluster_place(argv, {}) == (1, addresses.split(";"))
+    argv = ["dataflow:flow", "--process-id=2", "--addresses", "a:1;b:2;c:3"]
+    assert cluster.cluster_place(argv, {}) == (2, ["a:1", "b:2", "c:3"])
+
+
+def test_place_from_env_and_argv_wins():
+    env = {"BYTEWAX_PROCESS_ID": "1", "BYTEWAX_ADDRESSES": "h:1;h:2"}
+    assert cluster.cluster_place(["dataflow:flow"], env) == (1, ["h:1", "h:2"])
+    assert cluster.cluster_place(["-i", "0"], env) == (0, ["h:1", "h:2"])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["dataflow:flow"],  # neither
+        ["dataflow:flow", "-w", "2"],
+        ["dataflow:flow", "-i", "1"],  # no addresses
+        ["dataflow:flow", "-a", "h:1;h:2"],  # no process id
+        ["dataflow:flow", "-i", "one", "-a", "h:1;h:2"],  # unparsable
+        ["dataflow:flow", "-a", "h:1;h:2", "-i"],  # flag without its value
+    ],
+)
+def test_place_missing_or_unparsable_is_none(argv):
+    assert cluster.cluster_place(argv, {}) is None
+
+
+def test_only_lower_loopback_ports():
+    addresses = ["localhost:2101", "127.0.0.1:2102", "[::1]:2103", "localhost:2104"]
+    assert cluster.local_lower_ports(0, addresses) == []
+    assert cluster.local_lower_ports(1, addresses) == [2101]
+    assert cluster.local_lower_ports(3, addresses) == [2101, 2102, 2103]
+    # another host (TEST-NET-1, no DNS needed) is a real cluster: not waited for
+    assert cluster.local_lower_ports(2, ["192.0.2.1:2101", "192.0.2.2:2102"]) == []
+    assert cluster.local_lower_ports(2, ["192.0.2.1:2101", "localhost:2102"]) == [2102]
+
+
+def test_listening_ports_reads_proc_format(tmp_path):
+    header = "  sl  local_address rem_address   st tx_queue rx_queue ...\n"
+    (tmp_path / "tcp").write_text(
+        header
+        + "   0: 0100007F:0835 00000000:0000 0A 00000000:00000000 00:00000000\n"
+        + "   1: 0100007F:0836 0100007F:9C40 01 00000000:00000000 00:00000000\n"
+    )
+    (tmp_path / "tcp6").write_text(
+        header
+        + "   0: 00000000000000000000000001000000:0837 "
+        + "00000000000000000000000000000000:0000 0A 00000000:00000000\n"
+    )
+    # 0x835 = 2101 listens on IPv4, 0x836 is an established connection, 0x837 on IPv6
+    assert cluster.listening_ports(tmp_path) == {2101, 2103}
+    assert cluster.wait_until_listening([2101, 2103], timeout=0, proc_net=tmp_path)
+    assert not cluster.wait_until_listening([2102], timeout=0, proc_net=tmp_path)
+
+
+def test_nothing_to_check_without_proc_net(tmp_path):
+    started = time.monotonic()
+    assert cluster.listening_ports(tmp_path) is None
+    assert cluster.wait_until_listening([2101], timeout=5, proc_net=tmp_path)
+    assert time.monotonic() - started < 1
+
+
+# --- waiting on real sockets ------------------------------------------------------
+
+
+@pytest.mark.slow
+@needs_proc_net
+def test_returns_promptly_when_the_port_listens():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        started = time.monotonic()
+        assert cluster.wait_until_listening([_port(server)], timeout=5)
+        assert time.monotonic() - started < 1
+
+
+@pytest.mark.slow
+@needs_proc_net
+def test_waits_until_the_port_starts_listening(bound):
+    listen_later = threading.Timer(0.3, bound.listen)
+    started = time.monotonic()
+    listen_later.start()
+    try:
+        assert cluster.wait_until_listening([_port(bound)], timeout=5)
+    finally:
+        listen_later.cancel()
+    assert 0.25 <= time.monotonic() - started < 2
+
+
+@pytest.mark.slow
+@needs_proc_net
+def test_gives_up_after_the_deadline(bound):
+    started = time.monotonic()
+    assert not cluster.wait_until_listening([_port(bound)], timeout=0.3)
+    assert 0.3 <= time.monotonic() - started < 2
+
+
+@pytest.mark.slow
+@needs_proc_net
+def test_process_waits_for_its_lower_peer(bound, caplog):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        addresses = f"127.0.0.1:{_port(server)};127.0.0.1:{_port(bound)}"
+        started = time.monotonic()
+        with caplog.at_level(logging.DEBUG, logger="service.cluster"):
+            assert cluster.await_lower_processes(["-i", "1", "-a", addresses], {})
+        assert time.monotonic() - started < 1
+        assert "waited" in caplog.text
+
+    # the peer never listens: one warning after the deadline, no exception
+    caplog.clear()
+    addresses = f"127.0.0.1:{_port(bound)};127.0.0.1:1"
+    started = time.monotonic()
+    with caplog.at_level(logging.DEBUG, logger="service.cluster"):
+        env = {"BYTEWAX_PROCESS_ID": "1", "BYTEWAX_ADDRESSES": addresses}
+        assert not cluster.await_lower_processes([], env, timeout=0.3)
+    assert time.monotonic() - started >= 0.3
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-i", "0", "-a", "{a};{b}"],  # process 0 waits for nobody
+        ["-i", "1"],  # no address list
+        ["-i", "1", "-a", "192.0.2.1:{port};{b}"],  # the lower process is elsewhere
+        ["dataflow:flow"],  # a plain single-process run
+    ],
+)
+def test_nothing_to_wait_for_returns_at_once(bound, argv):
+    port = _port(bound)  # nobody listens here: waiting would last the whole 5 s
+    a, b = f"127.0.0.1:{port}", "127.0.0.1:1"
+    argv = [arg.format(a=a, b=b, port=port) for arg in argv]
+    started = time.monotonic()
+    assert cluster.await_lower_processes(argv, {}, timeout=5)
+    assert time.monotonic() - started < 0.5
+
+
+# --- end to end: no connect retry ---------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_processes_connect_without_retry(tmp_path):
+    """Without the wait, process 1 often connected before process 0 listened: Timely
+    printed "error connecting to worker 0" and slept 1 s (5 runs of 10). The line
+    goes to stderr here, since the flow moves fd 1 there (records keep stdout), so
+    both streams are checked."""
+    for run in range(3):
+        out = tmp_path / f"run{run}.jsonl"
+        env = flow_env(
+            ORDERBOOK_REPLAY=str(SAMPLE),
+            ORDERBOOK_SPREAD_THRESHOLD="0",
+            ORDERBOOK_OUTPUT=f"jsonl:{out}",
+        )
+        args = ["bytewax.testing", "dataflow:flow", "-p", "2", "-w", "1"]
+        flow = FlowProcess(args, env)  # own process group, killed whole by finish()
+        assert flow.finish(timeout=60) == 0, flow.stderr[-3000:]
+        assert "error connecting to worker" not in flow.stdout
+        assert "error connecting to worker" not in flow.stderr, flow.stderr[-3000:]
+        assert read_jsonl(out)

@@ -14,7 +14,7 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
 from book_step import BookStep, SpreadFilter, update_book
-from service import cluster, metrics
+from service import cluster
 from service.inputs import build_source, log_resumes
 from service.outputs import FanOutSink, OutputSpec
 from service.placement import RouteByProduct
@@ -54,7 +54,11 @@ def get_flow(
     spread = SpreadFilter(
         settings.spread_threshold_pct, depth=settings.depth_levels > 0
     )
-    book_metrics = metrics.BookMetrics() if settings.metrics_enabled else None
+    book_metrics = None
+    if settings.metrics_enabled:  # prometheus_client is imported only when it serves
+        from service.metrics import BookMetrics
+
+        book_metrics = BookMetrics()
     if settings.depth_levels or book_metrics is not None or views_on:
         # (received_ns, record) pairs: summaries and depth records, timed for metrics
         levels, interval = views_wiring.depth_cadence(settings)

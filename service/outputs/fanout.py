@@ -20,7 +20,6 @@ import threading
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from service import metrics as _metrics
 from service.outputs.registry import OutputSpec, build_sink
 from service.runtime import run_closers
 
@@ -48,7 +47,11 @@ class _FanOutPartition(StatelessSinkPartition):
         self, parts: list[tuple[str, StatelessSinkPartition]], metrics: bool
     ) -> None:
         self._parts = parts
-        self._observe = _metrics.sink_observer() if metrics else None
+        self._observe = None
+        if metrics:  # prometheus_client is imported only when it serves
+            from service.metrics import sink_observer
+
+            self._observe = sink_observer()
 
     def write_batch(self, items: list) -> None:
         if not items:

@@ -23,28 +23,14 @@ from recording.reader import Recording
 from recording.writer import RecordingWriter
 from tests.test_recording_fuzz import _replay_by_hand
 from tests.test_recording_replay import (
+    HEADER,
     PRODUCTS,
     replay,
     report_of,
     session_records,
+    write_blocks,
     write_recording,
 )
-
-HEADER = {"protocol": "exchange", "feed": "exchange", "url": "test", "started": "test"}
-
-
-def write_blocks(path: Path, records: list[dict], products=PRODUCTS, **limits) -> Path:
-    """``records`` through the writer (version 2), with ``limits`` set on its class."""
-    writer = RecordingWriter(path, {**HEADER, "products": list(products)})
-    for name, value in limits.items():
-        setattr(writer, name, value)
-    for r in records:
-        if r.get("event") == "connected":
-            writer.connected(r["product_id"], r["t_ns"])
-        else:
-            writer.frame(r["product_id"], r["frame"], r["t_ns"])
-    writer.close()
-    return path
 
 
 def blocks_of(path: Path) -> list[tuple[int, bytes, int]]:

@@ -21,6 +21,7 @@ from local_exchange.market import Market
 from recording.format import product_of_line
 from recording.reader import Recording
 from recording.replay import ReplaySource
+from recording.writer import RecordingWriter
 from service.placement import bytewax_worker_for_key, routing_keys
 from service.settings import Settings
 from tests.support.flow import FlowProcess, by_product, flow_env, read_jsonl
@@ -80,6 +81,23 @@ def write_recording(path: Path, lines: list, products=PRODUCTS, protocol="exchan
             if isinstance(line, str):
                 line = line.encode()
             f.write(line + b"\n")
+    return path
+
+
+HEADER = {"protocol": "exchange", "feed": "exchange", "url": "test", "started": "test"}
+
+
+def write_blocks(path: Path, records: list[dict], products=PRODUCTS, **limits) -> Path:
+    """``records`` through the writer (version 2), with ``limits`` set on it."""
+    writer = RecordingWriter(path, {**HEADER, "products": list(products)})
+    for name, value in limits.items():
+        setattr(writer, name, value)
+    for r in records:
+        if r.get("event") == "connected":
+            writer.connected(r["product_id"], r["t_ns"])
+        else:
+            writer.frame(r["product_id"], r["frame"], r["t_ns"])
+    writer.close()
     return path
 
 
@@ -165,8 +183,19 @@ def test_one_and_two_workers_in_process_give_identical_summaries(clean):
     assert two == single
 
 
+@pytest.fixture(scope="module")
+def blocked(tmp_path_factory):
+    """The clean session as the writer writes it (version 2), in 8 KiB blocks."""
+    path = tmp_path_factory.mktemp("blocked") / "blocked.jsonl.gz"
+    return write_blocks(path, session_records(), BLOCK_BYTES=8192)
+
+
 @pytest.mark.slow
-def test_w1_w2_and_p2_commands_give_identical_summaries_per_product(clean, tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_w1_w2_and_p2_commands_give_identical_summaries_per_product(
+    version, clean, blocked, tmp_path
+):
+    recording = clean if version == 1 else blocked
     results = {}
     for name, args in {
         "-w 1": ["bytewax.run", "dataflow:flow", "-w", "1"],
@@ -175,7 +204,7 @@ def test_w1_w2_and_p2_commands_give_identical_summaries_per_product(clean, tmp_p
     }.items():
         out = tmp_path / f"{name.replace(' ', '')}.jsonl"
         env = flow_env(
-            ORDERBOOK_REPLAY=str(clean),
+            ORDERBOOK_REPLAY=str(recording),
             ORDERBOOK_SPREAD_THRESHOLD="0",
             ORDERBOOK_OUTPUT=f"jsonl:{out}",
         )
@@ -186,6 +215,10 @@ def test_w1_w2_and_p2_commands_give_identical_summaries_per_product(clean, tmp_p
     assert results["-w 1"] == replay(clean)
     assert results["-w 2"] == results["-w 1"]
     assert results["-p 2"] == results["-w 1"]
+    reports = [x for x in flow.stderr.splitlines() if x.startswith("replay of")]
+    assert len(reports) == 2, flow.stderr[-3000:]  # one per process of -p 2
+    if version == 2:  # each process passed the other's blocks unread
+        assert all("passed unread" in r for r in reports), reports
 
 
 # -- 2. bad lines never crash a replay ------------------------------------------------------

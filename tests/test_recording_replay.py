@@ -349,12 +349,17 @@ class _CrashingSink(TestingSink):
         return part
 
 
+@pytest.mark.parametrize("version", [1, 2])
 def test_a_resumed_replay_continues_after_the_last_record_it_emitted(
-    tmp_path, monkeypatch, capsys
+    version, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.setattr(replay_module.ReplayPartition, "BATCH", 10)
     monkeypatch.setattr(replay_module._WorkerReader, "PULL_LINES", 40)
-    path = write_recording(tmp_path / "r.jsonl.gz", session_records(messages=800))
+    records = session_records(messages=800)
+    if version == 1:
+        path = write_recording(tmp_path / "r.jsonl.gz", records)
+    else:  # small blocks: a resumed reader passes the early ones unread
+        path = write_blocks(tmp_path / "r.jsonl.gz", records, BLOCK_BYTES=4096)
     full = replay(path)
     db = tmp_path / "recovery"
     db.mkdir()
@@ -457,3 +462,19 @@ def test_a_finished_replay_run_again_with_recovery_writes_nothing(clean, tmp_pat
     assert first == replay(clean)
     assert second == {}
     assert "records re-read to rebuild the books" in flow.stderr
+
+
+def test_a_resume_state_of_an_older_version_replays_the_product_from_its_start(
+    clean, caplog
+):
+    """Older versions counted every product's records: such a state is not reused."""
+    source = ReplaySource(clean, progress=False)
+    fresh = source.build_part("in", "BTC-USD", None).next_batch()
+    old_state = {"next": 40, "stream": 0}
+    with caplog.at_level("WARNING", logger="recording.replay"):
+        part = ReplaySource(clean, progress=False).build_part(
+            "in", "BTC-USD", old_state
+        )
+    assert "does not understand" in caplog.text and "BTC-USD" in caplog.text
+    assert part.next_batch() == fresh  # from the start, a reset first
+    assert part.snapshot()["counted"] == "per product"

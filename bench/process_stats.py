@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -16,3 +17,11 @@ def proc_status(pid: int, key: str) -> int:
 def rss_mib(pid: int) -> float:
     """Resident memory of a process, MiB."""
     return proc_status(pid, "VmRSS") / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, also of an exited child not yet reaped
+    (``/proc/PID/stat``: fields 14 and 15, after the parenthesised command name)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -12,14 +12,21 @@ import base64
 import hashlib
 import hmac
 import pickle
+import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 
 from coinbase.errors import AuthError, UnknownProduct
-from coinbase_source import _CoinbasePartition
+from coinbase_source import (
+    POLL_INTERVAL,
+    QUIET_POLL_INTERVAL,
+    QUIET_POLLS,
+    _CoinbasePartition,
+)
 from events import BookReset
 from tests.coinbase_helpers import (
     CREDS,
@@ -420,3 +427,32 @@ def test_next_awake_polls_when_empty_and_not_when_items_wait(partitions: list) -
     assert kinds(part.next_batch()) == ["reset"]
     awake = part.next_awake()
     assert awake is not None and awake.tzinfo is not None
+
+
+def test_a_quiet_product_is_polled_less_often_until_its_next_event(
+    partitions: list,
+) -> None:
+    go = threading.Event()
+
+    async def script(conn: ScriptedConnection) -> None:
+        await conn.recv_json()
+        await conn.send(snapshot_frame())
+        await asyncio.to_thread(go.wait, 30)
+        await conn.send(update_frame())
+        await conn.hold()
+
+    def poll_empty() -> float:
+        """Poll once, finding nothing; seconds until Bytewax is asked to poll again."""
+        assert part.next_batch() == []
+        return (part.next_awake() - datetime.now(UTC)).total_seconds()
+
+    with ScriptedServer(script) as server:
+        part = build(partitions, ["BTC-USD"], server.url)
+        collect(part, count("snapshot", 1))
+        waits = [poll_empty() for _ in range(QUIET_POLLS + 2)]
+        busy, quiet = POLL_INTERVAL.total_seconds(), QUIET_POLL_INTERVAL.total_seconds()
+        assert all(w <= busy for w in waits[: QUIET_POLLS - 1]), waits
+        assert busy < waits[-1] <= quiet, waits
+        go.set()  # an event: the product is busy again
+        collect(part, count("changes", 1))
+        assert poll_empty() <= busy

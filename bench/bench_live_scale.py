@@ -105,6 +105,8 @@ STOP_SECONDS = 10.0
 COARSE_STEP = 10_000
 FINE_STEPS = 4
 TARGET = 1.7
+TARGET_PRODUCTS = 8
+"""The issue's target is set for 8 products; other counts are measured without one."""
 T0_NS = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z, the recording's start
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 LAYOUTS = {
@@ -542,10 +544,12 @@ def main() -> int:
             line += "  (the baseline)"
         else:
             ratio = best[processes] / base if base else 0.0
-            line += (
-                f"  {ratio:.2f}x the one-process baseline of {base:,.0f} msg/s"
-                f"   target >= {TARGET}x  {'PASS' if ratio >= TARGET else 'MISS'}"
-            )
+            line += f"  {ratio:.2f}x the one-process baseline of {base:,.0f} msg/s"
+            if len(products) == TARGET_PRODUCTS:
+                verdict = "PASS" if ratio >= TARGET else "MISS"
+                line += f"   target >= {TARGET}x  {verdict}"
+            else:
+                line += f"   (the target is for {TARGET_PRODUCTS} products)"
         print(line)
     print(
         f"  (the local exchange shares the machine's {os.cpu_count()} cores with the "

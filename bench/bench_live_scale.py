@@ -81,6 +81,7 @@ from local_exchange.market import Market  # noqa: E402
 from recording.replay import ReplaySource  # noqa: E402
 from recording.writer import RecordingWriter  # noqa: E402
 from service.settings import Settings  # noqa: E402
+from tests.support.flow import flow_env  # noqa: E402
 
 BASES = ("BTC", "ETH", "SOL", "LTC", "ADA", "DOGE", "XRP", "DOT", "AVAX", "LINK")
 
@@ -337,8 +338,7 @@ def run_step(
         + ["--replay", str(recording), "--speed", repr(speed)],
         tmp / "exchange.log",
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERBOOK_")}
-    env.update(
+    env = flow_env(
         ORDERBOOK_PRODUCTS=",".join(session.products),
         ORDERBOOK_WS_URL=f"ws://127.0.0.1:{port}/",
         ORDERBOOK_SPREAD_THRESHOLD="0",

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from process_stats import proc_status  # noqa: E402
 
 from coinbase.multiplex import PRODUCTS_PER_CONNECTION  # noqa: E402
 from local_exchange.server import LocalExchange  # noqa: E402
+from tests.support.flow import flow_env  # noqa: E402
 
 BASES = [f"C{i:03d}" for i in range(300)]
 
@@ -42,8 +42,7 @@ def measure(count: int, timeout: float) -> dict[str, float]:
     products = [f"{base}-USD" for base in BASES[:count]]
     out = Path(tempfile.mkdtemp()) / "many.jsonl"
     with LocalExchange(products, depth=50, rate=2, seed=5) as exchange:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERBOOK_")}
-        env.update(
+        env = flow_env(
             ORDERBOOK_PRODUCTS=",".join(products),
             ORDERBOOK_WS_URL=exchange.url(),
             ORDERBOOK_SPREAD_THRESHOLD="0",

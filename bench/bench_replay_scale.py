@@ -45,6 +45,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from bench_flow import write_session  # noqa: E402
 
+from tests.support.flow import flow_env  # noqa: E402
+
 LAYOUTS = {
     "-w 1": ["bytewax.run", "dataflow:flow", "-w", "1"],
     "-w 2": ["bytewax.run", "dataflow:flow", "-w", "2"],
@@ -62,8 +64,7 @@ def run_layout(
     """Wall and CPU seconds of one run of the command, and whether Timely had to retry
     a connection; summaries are left in ``out``."""
     out.unlink(missing_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERBOOK_")}
-    env.update(
+    env = flow_env(
         ORDERBOOK_REPLAY=str(recording),
         ORDERBOOK_SPREAD_THRESHOLD="0",
         ORDERBOOK_OUTPUT=f"jsonl:{out}",

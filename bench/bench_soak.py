@@ -13,7 +13,6 @@ warm-up (books built, caches filled) the 10-minute figure must be within 10% of 
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from process_stats import rss_mib  # noqa: E402
 
 from local_exchange.server import LocalExchange  # noqa: E402
+from tests.support.flow import flow_env  # noqa: E402
 
 PRODUCTS = [
     f"{base}-{quote}"
@@ -56,8 +56,7 @@ def main() -> int:
     marks = sorted({m for m in (1.0, 5.0, args.minutes) if m <= args.minutes})
     out = Path(tempfile.mkdtemp()) / "soak.jsonl"
     with LocalExchange(PRODUCTS, depth=args.depth, rate=args.rate, seed=7) as exchange:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERBOOK_")}
-        env.update(
+        env = flow_env(
             ORDERBOOK_PRODUCTS=",".join(PRODUCTS),
             ORDERBOOK_WS_URL=exchange.url(),
             ORDERBOOK_SPREAD_THRESHOLD="0",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from coinbase.auth import Credentials
 from coinbase_source import CoinbaseSource, _CoinbasePartition
 from events import BookChanges, BookEvent, BookReset, BookSnapshot
+from tests.support import flow as support_flow
 
 if TYPE_CHECKING:
     from local_exchange.server import LocalExchange
@@ -64,10 +65,8 @@ def collect(
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 8.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
+    """The support module's wait, with the partition tests' default timeout and poll."""
+    support_flow.wait_until(condition, timeout, "the condition", poll=0.005)
 
 
 def kinds(items: Items) -> list[str]:

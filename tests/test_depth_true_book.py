@@ -28,18 +28,11 @@ from recording import recorder as recorder_module
 from recording.recorder import record
 from recording.replay import ReplaySource
 from service.settings import Settings
+from tests.support.flow import wait_until
 
 PRODUCTS = ["BTC-USD", "ETH-USD", "BTC-EUR"]
 LEVELS = 10
 PAUSES = 3
-
-
-def _wait_for(condition, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def _top(book: tuple[dict[Decimal, Decimal], dict[Decimal, Decimal]]) -> tuple:
@@ -95,18 +88,22 @@ def test_replayed_depth_records_are_the_true_top_levels_at_each_pause(
         try:
             for round_ in range(1, PAUSES + 1):
                 goal = {p: frames[p] + 30 for p in PRODUCTS}
-                _wait_for(
+                wait_until(
                     lambda goal=goal: (
                         failure or all(frames[p] >= goal[p] for p in PRODUCTS)
                     ),
+                    60,
                     f"30 more frames per product before pause {round_}",
+                    poll=0.01,
                 )
                 assert not failure, failure
                 exchange.pause_market()
                 exchange.send_malformed(kinds=["unknown_type"])
-                _wait_for(
+                wait_until(
                     lambda n=round_: failure or all(markers[p] >= n for p in PRODUCTS),
+                    60,
                     f"marker {round_} on every product",
+                    poll=0.01,
                 )
                 assert not failure, failure
                 assert all(markers[p] == round_ for p in PRODUCTS), markers

@@ -19,23 +19,13 @@ from websockets.sync.client import connect
 
 from orderbook import OrderBookSummary
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
-from tests.support.flow import REPO, flow_env
+from tests.support.flow import REPO, flow_env, wait_until
 from views.dashboard import DashboardServer, History, _DashboardPartition
 from views.state import MarketBoard
 
 PRODUCTS = ["BTC-EUR", "BTC-USD", "ETH-EUR", "ETH-USD"]
 
 pytestmark = pytest.mark.slow
-
-
-def _wait(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class DashboardFlow:
@@ -61,7 +51,7 @@ class DashboardFlow:
             match = re.search(r"dashboard: (http://\S+/)", self.log.read_text())
             return match and match.group(1)
 
-        return _wait(found, 30, "the dashboard's URL in the log")
+        return wait_until(found, 30, "the dashboard's URL in the log")
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -170,13 +160,13 @@ def test_a_client_that_does_not_read_never_slows_the_sink(tmp_path):
     try:
         with connect(address) as stalled, connect(address) as reader:
             _slow_client_check(server, sink, stalled, reader)
-        _wait(lambda: server.clients == 0, 10, "closed clients to be forgotten")
+        wait_until(lambda: server.clients == 0, 10, "closed clients to be forgotten")
     finally:
         server.stop()
 
 
 def _slow_client_check(server, sink, stalled, reader) -> None:
-    _wait(lambda: server.clients == 2, 10, "two clients")
+    wait_until(lambda: server.clients == 2, 10, "two clients")
     received: list[str] = []
     stop_reading = threading.Event()
 
@@ -217,10 +207,10 @@ def _slow_client_check(server, sink, stalled, reader) -> None:
 
         return got
 
-    _wait(latest(reader), 10, "the reading client to get the latest state")
+    wait_until(latest(reader), 10, "the reading client to get the latest state")
     # the stalled client, once it reads, is soon at the latest state too: what it
     # missed was conflated, not queued (only what sat in socket buffers is stale)
-    _wait(latest(stalled), 10, "the stalled client to catch up")
+    wait_until(latest(stalled), 10, "the stalled client to catch up")
 
 
 def test_only_the_page_and_its_files_are_served(tmp_path):
@@ -263,7 +253,7 @@ def test_a_replay_stays_on_the_dashboard_until_stopped(tmp_path):
             match = re.search(r"dashboard: (http://\S+/)", text)
             return match and "the replay ended" in text and match.group(1)
 
-        url = _wait(held, 60, "the end of the replay")
+        url = wait_until(held, 60, "the end of the replay")
         with connect(url.replace("http", "ws") + "ws", max_size=None) as ws:
             assert json.loads(ws.recv())["type"] == "hello"
             rows = json.loads(ws.recv())["products"]

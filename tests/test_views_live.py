@@ -9,12 +9,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.support.flow import REPO, FlowProcess, flow_env
+from tests.support.flow import REPO, FlowProcess, flow_env, wait_until
 
 PRODUCTS = ["BTC-USD", "ETH-USD", "BTC-EUR", "ETH-EUR"]
 ROW = re.compile(
@@ -63,13 +62,10 @@ class Tmux:
         return self.tmux("display", "-p", "#{alternate_on} #{cursor_flag}").strip()
 
     def wait(self, condition, timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            result = condition()
-            if result:
-                return result
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}; screen:\n{self.screen()}")
+        try:
+            return wait_until(condition, timeout, what, poll=0.1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; screen:\n{self.screen()}") from None
 
     def python_pid(self) -> int:
         shell = int(self.tmux("display", "-p", "#{pane_pid}").strip())

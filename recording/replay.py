@@ -26,8 +26,8 @@ Recovery (``-r``). The resume state of a partition is ``{"next": i, "stream": s,
 "counted": "per product"}``: the index of the next record of its product to emit and the
 index where the product's current stream began (its last ``connected`` record, or 0),
 both counting the product's own records. (A state saved by a version that counted every
-product's records is not understood: that product is replayed from its start, logged.) A resumed partition reads from ``s``
-again, rebuilds its book from those records without emitting anything (the book state
+product's records is not understood: that product is replayed from its start, logged.)
+A resumed partition reads from ``s`` again, rebuilds its book from those records without emitting anything (the book state
 Bytewax saves holds no levels), then emits the rebuilt book as one snapshot and goes on
 from record ``i``. So a resumed replay writes no summary of the records before the resume
 point again, except that the book's top at the resume point is summarised once more (with

@@ -59,16 +59,8 @@ class BookState:
         return {"product_id": self.product_id, "feed": self.feed}
 
     def __setstate__(self, state: dict) -> None:
-        self.product_id = state["product_id"]
-        self.feed = state["feed"]
-        self.book = None
-        self.last_top = None
-        self.condition = "awaiting-snapshot"
-        self.updates = 0
-        self.next_status_at = 0.0
-        self.invalid_since_ns = None
-        self.resync_requested = False
-        self.next_depth_at = None
+        # a fresh state with every field at its default: the list is the dataclass's
+        self.__init__(state["product_id"], state["feed"])
 
     def __deepcopy__(self, memo: dict) -> BookState:
         return BookState(self.product_id, self.feed)

@@ -392,9 +392,8 @@ class _Group:
 
     def _apply(self, step: ConnectionStep) -> None:
         if step.action is Action.RESYNC and not self._resync:
-            self._resync = (
-                step.reason
-            )  # outside received(): acted on with the next frame
+            # decided outside received(): acted on with the next frame
+            self._resync = step.reason
         parts = self.parts
         for product_id, events in step.events:
             part = parts.get(product_id)

@@ -243,7 +243,7 @@ class BookStep:
             and state.condition == BookCondition.OK
             and state.book is not None
         ):
-            t = event.time or event_time(event)
+            t = event_time(event)
             due = state.next_depth_at
             if type(event) is BookSnapshot or (
                 t is not None and (due is None or t >= due)

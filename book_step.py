@@ -10,7 +10,7 @@ that it can be tested and benchmarked on its own. Rules, each a way a book goes 
 * a summary is emitted only when the top of book changed, and never for an empty-sided,
   locked or crossed book;
 * a book crossed or locked for ``RESYNC_AFTER_SECONDS`` of feed time asks its source
-  partition for a fresh snapshot (``service.resync``): the feed will not repair it.
+  partition for a fresh snapshot (``resync``): the feed will not repair it.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from common.decimals import plain
+from common.logs import RateLimitedLog
 from events import BookChanges, BookEvent, BookReset, BookSnapshot
 from orderbook import BookCondition, OrderBook, OrderBookDepth, OrderBookSummary
-from service.logs import RateLimitedLog, plain
-from service.resync import request_resync
+from resync import request_resync
 
 log = logging.getLogger(__name__)
 _bad_book_log = RateLimitedLog(log, interval_seconds=1.0)

@@ -63,10 +63,10 @@ from coinbase.multiplex import (
 from coinbase.pacing import Backoff
 from coinbase.runner import LOOP
 from coinbase.session import Action, Session, SessionStats
+from common import validation
+from common.logs import RateLimitedLog
 from events import BookEvent
-from service import validation
-from service.logs import RateLimitedLog
-from service.resync import take_resync_request
+from resync import take_resync_request
 
 __all__ = [
     "FEEDS",

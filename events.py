@@ -8,14 +8,10 @@ Bytewax can pickle them cheaply when it routes them between workers.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-
-PRODUCT_ID = re.compile(r"[A-Z0-9]{1,24}(-[A-Z0-9]{1,24}){1,3}")
-"""A Coinbase product id: upper-case BASE-QUOTE (futures add parts, e.g. BIT-27DEC24-CDE)."""
 
 
 class Side(StrEnum):

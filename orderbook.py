@@ -38,6 +38,7 @@ from itertools import islice
 from sortedcontainers import SortedDict
 from sortedcontainers.sorteddict import SortedItemsView
 
+from common.decimals import CTX as _CTX
 from events import ASK, BID, Change, Level
 from records import (
     _EXTRA_PRICE_DIGITS,
@@ -45,9 +46,6 @@ from records import (
     _ZERO,
     OrderBookDepth,
     OrderBookSummary,
-)
-from records import (
-    CTX as _CTX,
 )
 
 __all__ = [

@@ -8,8 +8,8 @@ strings, so nothing is lost to floating point. :class:`orderbook.OrderBook` buil
 this module knows nothing of the book but its public methods, one structure per module
 (orderbook.py holds the book).
 
-Decimal arithmetic uses :data:`CTX`, a private context (34 digits, half-even), shared
-with the book so that results never depend on ``decimal.getcontext()``.
+Decimal arithmetic uses :data:`common.decimals.CTX` (34 digits, half-even), shared with
+the book so that results never depend on ``decimal.getcontext()``.
 """
 
 from __future__ import annotations
@@ -17,16 +17,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import (
-    ROUND_HALF_EVEN,
-    Context,
-    Decimal,
-    DivisionByZero,
-    InvalidOperation,
-    Overflow,
-)
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from common.decimals import CTX, plain
 from events import ASK, BID, Level
 
 if TYPE_CHECKING:
@@ -34,11 +28,6 @@ if TYPE_CHECKING:
 
 __all__ = ["DEPTH_BANDS_BPS", "OrderBookDepth", "OrderBookSummary"]
 
-CTX = Context(
-    prec=34,
-    rounding=ROUND_HALF_EVEN,
-    traps=[InvalidOperation, DivisionByZero, Overflow],
-)
 _ZERO = Decimal(0)
 _HUNDRED = Decimal(100)
 _TEN_THOUSAND = Decimal(10_000)
@@ -46,15 +35,6 @@ _RATIO_EXP = Decimal("1E-10")
 """Quantum of ``spread_pct`` and ``imbalance``."""
 _EXTRA_PRICE_DIGITS = 4
 """Digits kept beyond the prices' own scale for ``microprice`` and ``vwap``."""
-
-
-def _plain(value: Decimal) -> str:
-    """Canonical fixed-point text: never '1E-10', no trailing zeros.
-
-    The feeds send one price in several forms ("65083.66", "65083.66000000"); the book
-    keys them as one level, and the output prints them as one string too.
-    """
-    return format(value.normalize(CTX), "f")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,15 +104,15 @@ class OrderBookSummary:
             "type": "summary",
             "product_id": self.product_id,
             "time": _iso_utc(self.time),
-            "bid_price": _plain(self.bid_price),
-            "bid_size": _plain(self.bid_size),
-            "ask_price": _plain(self.ask_price),
-            "ask_size": _plain(self.ask_size),
-            "spread": _plain(self.spread),
-            "spread_pct": _plain(self.spread_pct),
-            "mid": _plain(self.mid),
-            "imbalance": _plain(self.imbalance),
-            "microprice": _plain(self.microprice),
+            "bid_price": plain(self.bid_price),
+            "bid_size": plain(self.bid_size),
+            "ask_price": plain(self.ask_price),
+            "ask_size": plain(self.ask_size),
+            "spread": plain(self.spread),
+            "spread_pct": plain(self.spread_pct),
+            "mid": plain(self.mid),
+            "imbalance": plain(self.imbalance),
+            "microprice": plain(self.microprice),
             "feed": self.feed,
         }
 
@@ -166,9 +146,9 @@ class OrderBookSummary:
     def __str__(self) -> str:
         feed = f"  [{self.feed}]" if self.feed else ""
         return (
-            f"{self.product_id}  bid {_plain(self.bid_price)} x {_plain(self.bid_size)}"
-            f"  ask {_plain(self.ask_price)} x {_plain(self.ask_size)}"
-            f"  spread {_plain(self.spread)} ({self.spread_pct:.3g}%){feed}"
+            f"{self.product_id}  bid {plain(self.bid_price)} x {plain(self.bid_size)}"
+            f"  ask {plain(self.ask_price)} x {plain(self.ask_size)}"
+            f"  spread {plain(self.spread)} ({self.spread_pct:.3g}%){feed}"
         )
 
 
@@ -234,14 +214,14 @@ class OrderBookDepth:
             "product_id": self.product_id,
             "time": _iso_utc(self.time),
             "feed": self.feed,
-            "bids": [[_plain(p), _plain(s)] for p, s in self.bids],
-            "asks": [[_plain(p), _plain(s)] for p, s in self.asks],
-            "mid": _plain(self.mid),
+            "bids": [[plain(p), plain(s)] for p, s in self.bids],
+            "asks": [[plain(p), plain(s)] for p, s in self.asks],
+            "mid": plain(self.mid),
         }
         for bps, (bid, ask) in zip(DEPTH_BANDS_BPS, self.liquidity, strict=True):
-            data[f"bid_liquidity_{bps}bps"] = _plain(bid)
-            data[f"ask_liquidity_{bps}bps"] = _plain(ask)
-        data["imbalance"] = _plain(self.imbalance)
+            data[f"bid_liquidity_{bps}bps"] = plain(bid)
+            data[f"ask_liquidity_{bps}bps"] = plain(ask)
+        data["imbalance"] = plain(self.imbalance)
         return data
 
     def to_json(self) -> str:
@@ -273,8 +253,8 @@ class OrderBookDepth:
         bid, ask = self.liquidity[0]
         return (
             f"{self.product_id}  depth {len(self.bids)}x{len(self.asks)} levels"
-            f"  mid {_plain(self.mid)}  imbalance {_plain(self.imbalance)}"
-            f"  within 10bps bid {_plain(bid)} ask {_plain(ask)}{feed}"
+            f"  mid {plain(self.mid)}  imbalance {plain(self.imbalance)}"
+            f"  within 10bps bid {plain(bid)} ask {plain(ask)}{feed}"
         )
 
 

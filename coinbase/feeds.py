@@ -16,7 +16,7 @@ import time
 from typing import Any, NamedTuple
 
 from coinbase.auth import Credentials
-from events import PRODUCT_ID
+from common.domain import PRODUCT_ID
 
 EXCHANGE = "exchange"
 ADVANCED_TRADE = "advanced-trade"

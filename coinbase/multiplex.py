@@ -29,8 +29,8 @@ from coinbase.feeds import (
     _check_product,
     subscribe_messages,
 )
+from common.logs import RateLimitedLog
 from events import BookEvent
-from service.logs import RateLimitedLog
 
 __all__ = [
     "PRODUCTS_PER_CONNECTION",

@@ -56,8 +56,8 @@ from coinbase.feeds import (
     _check_product,
     subscribe_messages,
 )
+from common.logs import RateLimitedLog
 from events import BookChanges, BookEvent, BookReset, BookSnapshot
-from service.logs import RateLimitedLog
 
 __all__ = [
     "Action",

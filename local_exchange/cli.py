@@ -19,11 +19,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 from coinbase.feeds import ADVANCED_TRADE, DEFAULT_PRODUCTS, EXCHANGE
+from common import validation
+from common.validation import argparse_type
 from local_exchange.config import RATE_MAX, ExchangeConfig
 from local_exchange.market import MAX_DEPTH
 from local_exchange.server import LocalExchange
-from service import validation
-from service.validation import argparse_type
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 

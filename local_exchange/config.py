@@ -2,7 +2,7 @@
 
 ``LocalExchange(products, depth=..., rate=..., ...)`` keeps its keyword form (tests, benches
 and the service call it that way); the keywords are exactly the fields below, checked here
-once with the project's validation module (:mod:`service.validation`), so a bad value is
+once with the project's validation module (:mod:`common.validation`), so a bad value is
 refused with the same one-line message as a bad environment variable or CLI option::
 
     rate=20000 is not allowed: expected a number in (0, 10000]
@@ -19,14 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from coinbase.feeds import DEFAULT_PRODUCTS
+from common import validation
 from local_exchange.auth import Credentials
 from local_exchange.market import MAX_DEPTH
-from service import validation
-from service.settings import SIM_RATE_MAX
 
-RATE_MAX = SIM_RATE_MAX
-"""Batches per second per product; the service's ``ORDERBOOK_SIM_RATE`` has the same cap
-(measured: the exchange keeps up with about 10,000 at 20 products on one core)."""
+RATE_MAX = 10_000.0
+"""Update batches a second per product that the exchange can serve (measured: it keeps up
+with about 10,000 at 20 products on one core); ``ORDERBOOK_SIM_RATE`` has the same cap."""
 MAX_L2_STREAMS_DEFAULT = 16
 """Advanced Trade level2 products per connection before ``too many L2 streams``."""
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from service import validation
+from common import validation
 
 if TYPE_CHECKING:
     from local_exchange.connections import Registry, Stats

@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from coinbase.feeds import ADVANCED_TRADE
+from common.logs import RateLimitedLog
 from local_exchange.connections import CLOSE, Connection, Stats
 from local_exchange.protocol import ADVANCED_TRADE_PATH, MARKER_FIELD, dumps
 from recording.format import RecordingError
 from recording.reader import Recording
-from service.logs import RateLimitedLog
 
 if TYPE_CHECKING:
     from local_exchange.protocol import Protocol

@@ -33,6 +33,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from coinbase.feeds import ADVANCED_TRADE, DEFAULT_PRODUCTS, EXCHANGE, PROTOCOLS
+from common import validation
 from local_exchange.advanced_trade_protocol import AdvancedTradeProtocol
 from local_exchange.config import ExchangeConfig
 from local_exchange.connections import Connection, Registry, Stats, send_loop
@@ -42,7 +43,6 @@ from local_exchange.loops import Heartbeats, MarketLoop, SharedMarket
 from local_exchange.market import Market
 from local_exchange.protocol import Protocol, protocol_name_for_path
 from local_exchange.replay import ReplayServer
-from service import validation
 
 log = logging.getLogger("local_exchange")
 

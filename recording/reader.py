@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from common.logs import RateLimitedLog
 from recording.format import (
     BLOCK_SIGNATURE,
     FIXED_HEADER,
@@ -37,7 +38,6 @@ from recording.format import (
     parse_block_header,
     parse_record,
 )
-from service.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 from coinbase.connection import Connection
 from coinbase.feeds import FEEDS, subscribe_messages
+from common import validation
+from common.validation import ConfigError
 from recording.format import RecordingError
 from recording.reader import Recording
 from recording.writer import RecordingWriter
@@ -188,8 +190,6 @@ def _refuse(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from service.settings import ConfigError, parse_products, parse_url
-
     parser = argparse.ArgumentParser(
         prog="recording",
         description="Record raw Coinbase level-2 frames to a gzip JSON-lines file.",
@@ -214,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        products = list(parse_products(args.products, "--products"))
-        url = parse_url(args.url, "--url")
+        products = list(validation.products("--products", args.products))
+        url = validation.ws_url("--url", args.url)
     except ConfigError as exc:
         parser.error(str(exc))
     if args.duration is not None and args.duration <= 0:

@@ -50,10 +50,10 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from book_step import BookState, update_book
 from coinbase.decode import FeedError, FrameDecoder, MalformedFrame, SequenceGap
+from common.logs import RateLimitedLog
 from events import BookChanges, BookEvent, BookReset, BookSnapshot
 from recording.format import CONNECTED, RecordingError, parse_record
 from recording.reader import Chunk, ProductReader, Recording
-from service.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable
 from typing import TextIO
 
-from service.logs import plain
+from common.decimals import plain
 from service.settings import METRICS_API_ENABLED, Settings
 
 log = logging.getLogger(__name__)

@@ -14,14 +14,12 @@ from decimal import Decimal
 from pathlib import Path
 
 from coinbase.feeds import FEEDS
-from service import validation
-from service.validation import ConfigError, refuse
+from common import validation
+from common.validation import ConfigError, refuse
+from local_exchange.config import RATE_MAX
 
 FEED_CHOICES = (*FEEDS, "sim")
 """What ``ORDERBOOK_FEED`` may name: a Coinbase feed, or ``sim`` (the local exchange)."""
-SIM_RATE_MAX = 10_000.0
-"""Update batches a second per product that the local exchange can serve (measured: it
-keeps up with about 10,000 at 20 products on one core)."""
 METRICS_ADDRESSES = ("127.0.0.1", "0.0.0.0")
 """Where Bytewax's dataflow API (``/metrics``, ``/dataflow``) may be reached from."""
 METRICS_API_ENABLED = "BYTEWAX_DATAFLOW_API_ENABLED"
@@ -118,13 +116,15 @@ class Settings:
         depth = parse_depth(env)
         metrics_enabled, metrics_address, metrics_port = parse_metrics(env)
         return cls(
-            products=parse_products(env["ORDERBOOK_PRODUCTS"])
+            products=validation.products(
+                "ORDERBOOK_PRODUCTS", env["ORDERBOOK_PRODUCTS"]
+            )
             if "ORDERBOOK_PRODUCTS" in env
             else None,
             feed=validation.choice(
                 "ORDERBOOK_FEED", env.get("ORDERBOOK_FEED", "exchange"), FEED_CHOICES
             ),
-            ws_url=parse_url(env.get("ORDERBOOK_WS_URL")),
+            ws_url=validation.ws_url("ORDERBOOK_WS_URL", env.get("ORDERBOOK_WS_URL")),
             spread_threshold_pct=parse_threshold(
                 env.get("ORDERBOOK_SPREAD_THRESHOLD", "0.1")
             ),
@@ -140,7 +140,7 @@ class Settings:
             sim_rate=validation.number(
                 "ORDERBOOK_SIM_RATE",
                 env.get("ORDERBOOK_SIM_RATE", "20"),
-                high=SIM_RATE_MAX,
+                high=RATE_MAX,
             ),
             metrics_enabled=metrics_enabled,
             metrics_address=metrics_address,
@@ -210,14 +210,6 @@ def parse_metrics(env: Mapping[str, str]) -> tuple[bool, str, int]:
             "bind 127.0.0.1 only; ORDERBOOK_METRICS_ADDRESS is 127.0.0.1",
         )
     return enabled, address, port
-
-
-def parse_products(raw: str, name: str = "ORDERBOOK_PRODUCTS") -> tuple[str, ...]:
-    return validation.products(name, raw)
-
-
-def parse_url(raw: str | None, name: str = "ORDERBOOK_WS_URL") -> str | None:
-    return validation.ws_url(name, raw)
 
 
 def parse_threshold(raw: str) -> Decimal:

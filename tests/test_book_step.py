@@ -8,7 +8,7 @@ import pytest
 
 from book_step import RESYNC_AFTER_SECONDS, BookState, update_book
 from events import ASK, BID, BookChanges, BookReset, BookSnapshot
-from service.resync import (
+from resync import (
     clear_resync_requests,
     pending_resyncs,
     take_resync_request,

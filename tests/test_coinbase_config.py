@@ -14,7 +14,7 @@ import pytest
 from coinbase.auth import Credentials
 from coinbase.pacing import Backoff, ConnectionPacer
 from coinbase_source import CoinbaseSource, subscribe_messages
-from service.validation import ConfigError
+from common.validation import ConfigError
 
 SECRET = base64.b64encode(b"loopback secret for the source tests").decode()
 CREDS = Credentials("test-key", SECRET, "test-passphrase")

@@ -401,7 +401,7 @@ def test_a_run_whose_every_product_is_unknown_exits_with_one_line(
 def test_a_resync_request_from_the_book_step_gets_a_fresh_snapshot(
     partitions: list,
 ) -> None:
-    from service.resync import clear_resync_requests, request_resync
+    from resync import clear_resync_requests, request_resync
 
     clear_resync_requests()
     with LocalExchange(["BTC-USD"], depth=20, rate=40, heartbeat_interval=0.1) as ex:

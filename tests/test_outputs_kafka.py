@@ -9,10 +9,10 @@ import uuid
 
 import pytest
 
+from common.validation import ConfigError
 from orderbook import OrderBook
 from service.outputs import OutputFailed, parse_outputs
 from service.outputs.kafka import KafkaRecordSink
-from service.validation import ConfigError
 from tests.outputs_helpers import small_recording
 from tests.support.flow import FlowProcess, by_product, flow_env, read_jsonl
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from service.resync import (
+from resync import (
     clear_resync_requests,
     pending_resyncs,
     request_resync,

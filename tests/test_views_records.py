@@ -8,9 +8,9 @@ from decimal import Decimal
 
 import pytest
 
+from common.validation import ConfigError, host_port
 from orderbook import OrderBook, OrderBookDepth, OrderBookSummary
 from service.settings import Settings
-from service.validation import ConfigError, host_port
 from views import records
 from views.dashboard import History
 from views.live import text_line

@@ -19,7 +19,7 @@ import logging
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from service.logs import RateLimitedLog
+from common.logs import RateLimitedLog
 from service.outputs.registry import OutputKind, register
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from bytewax.outputs import DynamicSink
 
-from service.validation import ConfigError, refuse
+from common.validation import ConfigError, refuse
 
 SETTING = "ORDERBOOK_OUTPUT"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from decimal import Decimal
 
 
 class RateLimitedLog:
@@ -37,10 +36,3 @@ class RateLimitedLog:
 
     def error(self, msg: str, *args: object) -> bool:
         return self.log(logging.ERROR, msg, *args)
-
-
-def plain(value: Decimal) -> str:
-    """A decimal in canonical fixed-point text, as the summaries print it: no exponent,
-    no trailing zeros ("65000.20000000" -> "65000.2", "1E+3" -> "1000")."""
-    text = format(value.normalize(), "f") if value.is_finite() else str(value)
-    return "0" if text in ("-0", "0") else text

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
-from events import PRODUCT_ID
+from common.domain import PRODUCT_ID
 
 T = TypeVar("T")
 

@@ -50,7 +50,7 @@ from events import BookChanges
 
 PRODUCTS = ["BTC-USD", "ETH-USD", "BTC-EUR", "ETH-EUR"]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-TARGET_P99_MS = 5.0  # socket -> sink p99 (README benchmark table)
+TARGET_P99_MS = 5.0  # socket -> sink p99 (docs/benchmarks.md)
 TARGET_RATE = 1000.0  # ... at this load, msg/s over PRODUCTS, one worker
 
 # -- 1. parse cost -------------------------------------------------------------------------

@@ -92,7 +92,7 @@ LOAD_SECONDS = 5.0
 5% x 5 s = 250 ms of lag, the bound below."""
 LAG_P99_BOUND = 0.250
 """Seconds. Far above the lag of a service that keeps up (socket-to-sink p99 1.2 ms at
-1,000 msg/s, README; plus this bench's 2-ms polling and the exchange's 1-ms bursts; on
+1,000 msg/s, docs/benchmarks.md; plus this bench's 2-ms polling and the exchange's 1-ms bursts; on
 2 cores shared by three busy processes, measured p99 4 to 65 ms at rates kept up with),
 and far below the 1 s at which the source itself says it is behind."""
 DRAIN_GRACE_SECONDS = 3.0

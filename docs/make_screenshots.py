@@ -1,4 +1,6 @@
-"""Remake the README's screenshots from ``samples/sample.jsonl.gz``: ``python docs/make_screenshots.py``.
+"""Remake the pictures of README.md and docs/views.md from ``samples/sample.jsonl.gz``.
+
+``python docs/make_screenshots.py``.
 
 The sample is served at its original pace by the local exchange; the dataflow reads it
 with the live view (in a 160x40 tmux pane, captured with its colours and drawn by

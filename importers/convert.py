@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     report_path = Path(args.report) if args.report else None
     if report_path is not None and not report_path.parent.is_dir():
         print(
-            f"--report: directory {shown(report_path.parent)!r} does not exist",
+            f"--report: directory '{shown(report_path.parent)}' does not exist",
             file=sys.stderr,
         )
         return 2

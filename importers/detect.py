@@ -18,6 +18,7 @@ starting with ...), foreign text escaped and cut by :func:`common.text.shown`.
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import zlib
@@ -90,7 +91,7 @@ def detect(path: str | os.PathLike) -> Detected:
     if problem:
         raise ImportFormatError(f"{shown(path)}: not importable: {problem}; {_ACCEPTS}")
     line = _first_line(text)
-    kind, why = classify(line)
+    kind, why = (None, "binary data") if _is_binary(text) else classify(line)
     if kind is None:
         where = "" if compression == PLAIN else f"{compression}-compressed "
         raise ImportFormatError(
@@ -116,6 +117,18 @@ def _decompressed_start(head: bytes, compression: str) -> tuple[bytes, str]:
     return data, ""
 
 
+def _is_binary(data: bytes) -> bool:
+    """NUL bytes, or bytes that are not UTF-8, in the first KiB."""
+    start = data[:1024]
+    if b"\x00" in start:
+        return True
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(start, final=False)
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
 def _first_line(data: bytes) -> str:
     for raw in data.split(b"\n", 64)[:64]:
         if raw.strip():
@@ -135,10 +148,10 @@ def classify(line: str) -> tuple[str | None, str]:
             return TARDIS_L2, ""
         return None, (
             "a tardis.dev CSV of another data type (columns "
-            f"{shown(line[len(_TARDIS_PREFIX) :], 60)!r}): only incremental_book_L2 "
+            f"'{shown(line[len(_TARDIS_PREFIX) :], 60)}'): only incremental_book_L2 "
             "rebuilds a whole book"
         )
-    if line.startswith("{"):
+    if line.startswith(("{", "[")):
         return _classify_json(line)
     if (
         line.startswith(RAW_CONFIGURATION)
@@ -149,15 +162,15 @@ def classify(line: str) -> tuple[str | None, str]:
     ):
         return CRYPTOFEED_RAW, ""
     if "," in line and "{" not in line:
-        return None, f"a CSV with columns {shown(line, 60)!r}"
-    return None, f"text starting {shown(line, 60)!r}"
+        return None, f"a CSV with columns '{shown(line, 60)}'"
+    return None, f"text starting '{shown(line, 60)}'"
 
 
 def _classify_json(line: str) -> tuple[str | None, str]:
     try:
         value = orjson.loads(line)
     except orjson.JSONDecodeError:
-        return None, f"text starting {shown(line, 60)!r} (not JSON)"
+        return None, f"text starting '{shown(line, 60)}' (not JSON)"
     if not isinstance(value, dict):
         return None, "JSON that is not an object"
     if value.get("t") == "header":

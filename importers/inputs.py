@@ -135,7 +135,7 @@ def expand(patterns: list[str]) -> tuple[list[Path], list[str]]:
             matches = [Path(pattern)] if Path(pattern).is_file() else []
         if not matches:
             what = "matches no file" if glob.has_magic(pattern) else "is not a file"
-            missing.append(f"{shown(pattern)!r} {what}")
+            missing.append(f"'{shown(pattern)}' {what}")
         for match in matches:
             found.setdefault(match, None)
     return list(found), missing

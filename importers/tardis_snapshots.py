@@ -76,7 +76,7 @@ def _number(text: Any, what: str) -> str:
         value = None
     if value is None or not value.is_finite() or value < 0:
         raise UnwritableRecord(
-            "a bad number", f"{what} {shown(text, 40)!r} is not a decimal number >= 0"
+            "a bad number", f"{what} '{shown(text, 40)}' is not a decimal number >= 0"
         )
     return plain(value)
 
@@ -141,17 +141,17 @@ class TardisSnapshotWriter:
     ) -> None:
         self.directory = Path(directory)
         if not self.directory.is_dir():
-            raise ValueError(f"directory {shown(self.directory)!r} does not exist")
+            raise ValueError(f"directory '{shown(self.directory)}' does not exist")
         if type(levels) is not int or not 1 <= levels <= MAX_LEVELS:
             raise ValueError(f"levels={levels!r}: expected an int in 1..{MAX_LEVELS}")
         if not isinstance(interval, str) or not _INTERVAL.fullmatch(interval):
             raise ValueError(
-                f"interval={shown(interval, 20)!r}: expected a cadence such as 100ms, "
+                f"interval='{shown(interval, 20)}': expected a cadence such as 100ms, "
                 "1s or 1m"
             )
         if not isinstance(exchange, str) or not _EXCHANGE.fullmatch(exchange):
             raise ValueError(
-                f"exchange={shown(exchange, 40)!r}: expected a lower-case tardis.dev "
+                f"exchange='{shown(exchange, 40)}': expected a lower-case tardis.dev "
                 "exchange id such as coinbase"
             )
         self.levels = levels

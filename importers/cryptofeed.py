@@ -83,6 +83,7 @@ DAMAGED = "damaged lines"
 MALFORMED_FRAMES = "malformed book frames"
 NOT_A_PRODUCT = "frames whose product id is not of Coinbase's shape"
 _PRODUCT = re.compile(r'"product_id"\s*:\s*"([^"\\]{1,80})"')
+_ERROR = re.compile(r'\{\s*"type"\s*:\s*"error"')
 _KIND = re.compile(r'"(?:type|channel)"\s*:\s*"([a-z0-9_]{1,40})"')
 
 
@@ -110,6 +111,9 @@ class CoinbaseConnection:
     def received(self, t_ns: int, text: str) -> Iterator[Item]:
         decoder = self.decoder
         if decoder is None:
+            if _ERROR.match(text):  # both protocols reply errors alike: says neither
+                self.ignored["error replies"] += 1
+                return
             protocol = self.protocol or _protocol_of_frame(text)
             if protocol is None:
                 self.skipped[None, "frames that are not Coinbase messages"] += 1
@@ -326,6 +330,10 @@ class CaptureReader:
                 self.header = _header(raw)
                 if self.header is None:
                     self.skipped[None, "files without a capture header"] += 1
+                    return
+                exchange = self.header.get("exchange")
+                if not (isinstance(exchange, str) and exchange.startswith("COINBASE")):
+                    self.skipped[None, "captures of another exchange than Coinbase"] += 1
                     return
                 break
         for raw in lines:

@@ -197,3 +197,37 @@ def test_damaged_v3_records_are_skipped_and_counted(tmp_path):
     items = list(reader)
     assert items
     assert reader.skipped == {(None, DAMAGED): 3}
+
+
+def test_an_error_reply_first_does_not_decide_the_connections_protocol(tmp_path):
+    session = market_session(PRODUCTS, batches=20)
+    records = capture_records(session)
+    error = {"type": "error", "message": "rate limit"}
+    records.insert(
+        2,
+        {
+            "conn": records[0]["conn"],
+            "ts": records[2]["ts"],
+            "t": "recv",
+            "data": json.dumps(error),
+        },
+    )
+    records[0] = {**records[0], "addr": "wss://elsewhere.example"}  # no hint
+    source = write_cryptofeed_capture(
+        tmp_path / "c.jsonl.zst", session, records=records
+    )
+    result = convert([str(source)], tmp_path / "out.gz", progress=False)
+    assert result.report.ignored["error replies"] == 1
+    _assert_books_are_the_truth(tmp_path / "out.gz", session)
+
+
+def test_a_capture_of_another_exchange_is_read_no_further(tmp_path):
+    session = market_session(PRODUCTS, batches=5)
+    source = write_cryptofeed_capture(tmp_path / "c.jsonl", session, compress=False)
+    lines = source.read_text().splitlines()
+    header = json.loads(lines[0])
+    lines[0] = json.dumps({**header, "exchange": "BINANCE"})
+    source.write_text("\n".join(lines) + "\n")
+    reader = CaptureReader(source)
+    assert list(reader) == []
+    assert reader.skipped == {(None, "captures of another exchange than Coinbase"): 1}

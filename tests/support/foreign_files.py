@@ -69,9 +69,12 @@ def market_session(
     start_ns: int = START_NS,
     step_ns: int = 1_000_000,
     snapshot_each_day: bool = True,
+    changes_per_batch: int = 5,
 ) -> MarketSession:
     """Batches per product, round-robin, ``step_ns`` apart (whole µs)."""
-    market = Market(list(products), depth=depth, seed=seed)
+    market = Market(
+        list(products), depth=depth, seed=seed, changes_per_batch=changes_per_batch
+    )
     session = MarketSession(tuple(products))
     t = start_ns
     for product in products:
@@ -388,6 +391,34 @@ def write_cryptofeed_capture(
         out.append(json.dumps(record))
     data = ("\n".join(out) + "\n").encode()
     path.write_bytes(zstandard.ZstdCompressor().compress(data) if compress else data)
+    return path
+
+
+# -- this project's own recording ---------------------------------------------------------
+
+
+def write_recording(path: Path, session: MarketSession) -> Path:
+    """The session as ``python -m recording`` would have recorded it (Exchange feed, a
+    connection per product): the baseline the importers are measured against."""
+    from recording.writer import RecordingWriter
+
+    writer = RecordingWriter(
+        path,
+        {
+            "protocol": "exchange",
+            "feed": "exchange",
+            "url": "ws://127.0.0.1:1/",
+            "products": list(session.products),
+            "started": _iso(session.events[0][0]),
+        },
+    )
+    try:
+        for t_ns, product, kind, data in session.events:
+            if kind == "snapshot":
+                writer.connected(product, t_ns)
+            writer.frame(product, _exchange_frame(t_ns, product, kind, data), t_ns)
+    finally:
+        writer.close()
     return path
 
 

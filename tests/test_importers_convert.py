@@ -98,7 +98,7 @@ def test_one_protocol_per_recording_the_other_counted(tmp_path):
 
 @pytest.mark.parametrize("name", ["a.csv.gz", "COINBASE.jsonl.zst"])
 def test_a_cut_off_file_ends_cleanly_with_what_it_held(tmp_path, name):
-    session = market_session(PRODUCTS, batches=2000, depth=40)
+    session = market_session(PRODUCTS, batches=600, depth=40)
     whole = tmp_path / name
     if name.endswith(".zst"):
         write_cryptofeed_capture(whole, session)

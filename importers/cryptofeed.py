@@ -333,7 +333,9 @@ class CaptureReader:
                     return
                 exchange = self.header.get("exchange")
                 if not (isinstance(exchange, str) and exchange.startswith("COINBASE")):
-                    self.skipped[None, "captures of another exchange than Coinbase"] += 1
+                    self.skipped[
+                        None, "captures of another exchange than Coinbase"
+                    ] += 1
                     return
                 break
         for raw in lines:

@@ -1,0 +1,166 @@
+"""The importers against this project's own recording: the same events in each format.
+
+Builds one session of the local exchange's market (``--messages`` update messages over
+four products, ``--changes-per-batch`` level changes each, a 1,000-level snapshot of each
+product first) and writes it in every format:
+
+* this project's recording (version 2 blocks): the baseline;
+* tardis.dev ``incremental_book_L2`` CSV, gzip;
+* a cryptofeed 2.x raw capture (Exchange feed, one connection, text);
+* a cryptofeed v3 capture (Advanced Trade, one connection, zstd JSON lines), and, as its
+  own baseline, the recording it converts to (Advanced Trade frames cost the decoder
+  more than Exchange ones, in a replay of a recording as in an import).
+
+Two figures per format, the median of ``--repeat`` runs, formats interleaved so that a
+busy machine hurts them alike:
+
+* read: the book events out of the file, as a replay gets them. The baseline is the
+  replay's own path (:class:`recording.replay.ReplaySource` partitions, file to decoded
+  events); an importer's is file to the items the converter writes (decoded or built
+  events, resets, one stream per product);
+* convert: ``python -m importers convert`` into a recording (reading, the quality
+  report's books, writing), in process.
+
+Each figure is printed beside the baseline's read time. Target: tardis CSV reads within
+1.5x of the recording's read time.
+
+    python bench/bench_importers.py [--messages 100000] [--changes-per-batch 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from importers.convert import convert, read_items  # noqa: E402
+from importers.sources import open_sources  # noqa: E402
+from recording.replay import ReplaySource  # noqa: E402
+from tests.support.foreign_files import (  # noqa: E402
+    market_session,
+    write_cryptofeed_capture,
+    write_cryptofeed_raw,
+    write_recording,
+    write_tardis,
+)
+
+PRODUCTS = ("BTC-USD", "ETH-USD", "BTC-EUR", "ETH-EUR")
+TARGET = 1.5
+
+
+def read_recording(path: Path) -> int:
+    """Events out of our recording through the replay partitions (no Bytewax run)."""
+    source = ReplaySource(path, progress=False)
+    events = 0
+    for part in [source.build_part("bench", p, None) for p in source.list_parts()]:
+        while True:
+            try:
+                events += len(part.next_batch())
+            except StopIteration:
+                break
+    return events
+
+
+def read_foreign(paths: list[Path]) -> int:
+    readers, problems = open_sources([str(p) for p in paths])
+    assert not problems, problems
+    return sum(1 for _ in read_items(readers))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--changes-per-batch", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        session = market_session(
+            PRODUCTS,
+            batches=args.messages // len(PRODUCTS),
+            depth=1000,
+            changes_per_batch=args.changes_per_batch,
+            snapshot_each_day=False,
+            seed=1,
+        )
+        raw_dir = root / "raw"
+        raw_dir.mkdir()
+        files = {
+            "recording (baseline)": [write_recording(root / "rec.gz", session)],
+            "tardis CSV .gz": [write_tardis(root / "book.csv.gz", session)],
+            "cryptofeed 2.x raw": write_cryptofeed_raw(raw_dir, session, files=1),
+            "cryptofeed v3 .zst": [
+                write_cryptofeed_capture(root / "COINBASE.jsonl.zst", session)
+            ],
+        }
+        # the same Advanced Trade frames as a recording of ours: the fair baseline of
+        # the v3 capture (Advanced Trade frames cost the decoder more than Exchange ones)
+        convert(
+            [str(files["cryptofeed v3 .zst"][0])], root / "rec-at.gz", progress=False
+        )
+        files = {
+            "recording (baseline)": files["recording (baseline)"],
+            "tardis CSV .gz": files["tardis CSV .gz"],
+            "cryptofeed 2.x raw": files["cryptofeed 2.x raw"],
+            "recording, AT frames": [root / "rec-at.gz"],
+            "cryptofeed v3 .zst": files["cryptofeed v3 .zst"],
+        }
+        changes = sum(len(d) for _, _, k, d in session.events if k == "changes")
+        print(
+            f"{len(session.events):,} messages ({changes:,} level changes, "
+            f"{args.changes_per_batch} per message, {len(PRODUCTS)} products, "
+            f"1,000-level snapshots) written in every format in "
+            f"{time.perf_counter() - t0:.1f} s; median of {args.repeat} runs",
+            file=sys.stderr,
+        )
+        reads: dict[str, list[float]] = {name: [] for name in files}
+        converts: dict[str, list[float]] = {name: [] for name in files}
+        counted: dict[str, int] = {}
+        for _ in range(args.repeat):
+            for name, paths in files.items():
+                start = time.perf_counter()
+                if name.startswith("recording"):
+                    counted[name] = read_recording(paths[0])
+                else:
+                    counted[name] = read_foreign(paths)
+                reads[name].append(time.perf_counter() - start)
+                if name.startswith("recording"):
+                    continue
+                out = root / "out.gz"
+                start = time.perf_counter()
+                convert([str(p) for p in paths], out, overwrite=True, progress=False)
+                converts[name].append(time.perf_counter() - start)
+        base = statistics.median(reads["recording (baseline)"])
+        messages = len(session.events)
+        print(
+            f"{'format':<22} {'MB':>6} {'read s':>7} {'x base':>7} {'msg/s':>9} "
+            f"{'convert s':>9} {'x base':>7}"
+        )
+        for name, paths in files.items():
+            size = sum(p.stat().st_size for p in paths) / 1e6
+            read = statistics.median(reads[name])
+            line = (
+                f"{name:<22} {size:>6.1f} {read:>7.2f} {read / base:>6.2f}x "
+                f"{messages / read:>9,.0f}"
+            )
+            if converts[name]:
+                conv = statistics.median(converts[name])
+                line += f" {conv:>9.2f} {conv / base:>6.2f}x"
+            print(line)
+        tardis = statistics.median(reads["tardis CSV .gz"]) / base
+        verdict = "meets" if tardis <= TARGET else "MISSES"
+        print(
+            f"tardis CSV read: {tardis:.2f}x the recording's read time ({verdict} the "
+            f"{TARGET}x target); items read: {counted}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""How good an imported file's data is, per product: pure, fed the items as written.
+
+Per product: the time range (receive time), frames and snapshots, level changes, resets
+by reason (a new connection, an Advanced Trade sequence gap, a malformed frame, a new
+snapshot, a new file; the product's first start is not a reset), crossed and locked
+episodes (how many, and their total time: the book is rebuilt with
+:class:`orderbook.OrderBook` as the items go by, an episode runs from the item that
+crossed or locked the book to the one that uncrossed it, or to a reset or the end), the
+longest silence (the longest time between two records of the product, and when it
+began), and what was skipped (damaged rows, updates before a snapshot...). Skips that
+belong to no product (a line that could not be read) are reported for the whole import.
+
+The report prints as text (one paragraph per product) and as JSON (:meth:`to_json`,
+``--report PATH``): times as ISO-8601 UTC and integer nanoseconds, durations in seconds.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from events import BookChanges, BookReset, BookSnapshot
+from importers.stream import START, Item
+from orderbook import BookCondition, InvalidChange, OrderBook
+
+_EPISODES = {BookCondition.CROSSED: "crossed", BookCondition.LOCKED: "locked"}
+
+
+@dataclass
+class ProductQuality:
+    product_id: str
+    first_ns: int | None = None
+    last_ns: int | None = None
+    frames: int = 0
+    snapshots: int = 0
+    changes: int = 0
+    resets: Counter = field(default_factory=Counter)
+    episodes: Counter = field(default_factory=Counter)
+    """``crossed``/``locked`` -> how many episodes."""
+    episode_ns: Counter = field(default_factory=Counter)
+    """``crossed``/``locked`` -> their total time, ns."""
+    longest_silence_ns: int = 0
+    silence_from_ns: int | None = None
+    skipped: Counter = field(default_factory=Counter)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "product_id": self.product_id,
+            "first": _iso(self.first_ns),
+            "last": _iso(self.last_ns),
+            "first_ns": self.first_ns,
+            "last_ns": self.last_ns,
+            "frames": self.frames,
+            "snapshots": self.snapshots,
+            "changes": self.changes,
+            "resets": dict(self.resets),
+            "crossed_episodes": self.episodes["crossed"],
+            "crossed_seconds": self.episode_ns["crossed"] / 1e9,
+            "locked_episodes": self.episodes["locked"],
+            "locked_seconds": self.episode_ns["locked"] / 1e9,
+            "longest_silence_seconds": self.longest_silence_ns / 1e9,
+            "longest_silence_from": _iso(self.silence_from_ns),
+            "skipped": dict(self.skipped),
+        }
+
+    def to_text(self) -> str:
+        span = (
+            f"{_iso(self.first_ns)} to {_iso(self.last_ns)} "
+            f"({_duration((self.last_ns or 0) - (self.first_ns or 0))})"
+            if self.first_ns is not None
+            else "no records"
+        )
+        text = (
+            f"{self.product_id}: {span}; {self.frames:,} frames "
+            f"({self.snapshots:,} snapshot{'' if self.snapshots == 1 else 's'}, "
+            f"{self.changes:,} level changes)"
+        )
+        resets = sum(self.resets.values())
+        text += f"; {_counts(self.resets, 'reset', 'resets') if resets else 'no reset'}"
+        for kind in ("crossed", "locked"):
+            n = self.episodes[kind]
+            if n:
+                text += (
+                    f"; {kind} {n:,} time{'s' if n != 1 else ''} "
+                    f"({_duration(self.episode_ns[kind])} in all)"
+                )
+            else:
+                text += f"; never {kind}"
+        if self.silence_from_ns is not None:
+            text += (
+                f"; longest silence {_duration(self.longest_silence_ns)} from "
+                f"{_iso(self.silence_from_ns)}"
+            )
+        if self.skipped:
+            text += f"; skipped {_counts(self.skipped)}"
+        return text + "."
+
+
+@dataclass
+class QualityReport:
+    products: list[ProductQuality]
+    skipped: Counter
+    """What no product can be charged with (unreadable lines...)."""
+    ignored: Counter
+    """Frames left out on purpose (other channels), by type."""
+    ended_early: list[tuple[str, str]]
+    """``(file, why)`` of each file that ended before its data did."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "products": [p.to_dict() for p in self.products],
+            "skipped": dict(self.skipped),
+            "ignored_frames": dict(self.ignored),
+            "ended_early": [{"file": f, "why": why} for f, why in self.ended_early],
+        }
+
+    def to_text(self) -> str:
+        lines = [p.to_text() for p in self.products] or ["no product has any record."]
+        if self.skipped:
+            lines.append(f"skipped (no product): {_counts(self.skipped)}.")
+        if self.ignored:
+            lines.append(f"left out (not book data): {_counts(self.ignored)}.")
+        for name, why in self.ended_early:
+            lines.append(f"{name} ends early ({why}): read up to where its data ends.")
+        return "\n".join(lines)
+
+
+class QualityTracker:
+    """Fed every written :class:`~importers.stream.Item` in order; :meth:`report` at
+    the end."""
+
+    def __init__(self) -> None:
+        self.products: dict[str, ProductQuality] = {}
+        self._books: dict[str, OrderBook] = {}
+        self._episode: dict[str, tuple[str, int]] = {}
+        self.skipped: Counter = Counter()
+        self.ignored: Counter = Counter()
+        self.ended_early: list[tuple[str, str]] = []
+
+    def _product(self, product_id: str) -> ProductQuality:
+        quality = self.products.get(product_id)
+        if quality is None:
+            quality = self.products[product_id] = ProductQuality(product_id)
+            self._books[product_id] = OrderBook(product_id)
+        return quality
+
+    def add(self, item: Item) -> None:
+        product = item.product_id
+        quality = self.products.get(product) or self._product(product)
+        t = item.t_ns
+        last = quality.last_ns
+        if last is None:
+            quality.first_ns = t
+        elif t - last > quality.longest_silence_ns:
+            quality.longest_silence_ns = t - last
+            quality.silence_from_ns = last
+        quality.last_ns = t
+        book = self._books[product]
+        event = item.event
+        kind = type(event)
+        try:
+            if kind is BookChanges:
+                quality.frames += 1
+                quality.changes += len(event.changes)
+                book.apply_changes(event.changes)
+            elif kind is BookSnapshot:
+                quality.frames += 1
+                quality.snapshots += 1
+                book.apply_snapshot(event.bids, event.asks)
+            elif kind is BookReset:
+                if event.reason != START:
+                    quality.resets[event.reason] += 1
+                book.clear()
+        except InvalidChange:
+            quality.skipped["changes the book refused"] += 1
+        self._condition(product, quality, book.condition, t)
+
+    def _condition(self, product, quality, condition, t: int) -> None:
+        name = _EPISODES.get(condition)
+        open_episode = self._episode.get(product)
+        if open_episode is not None:
+            if open_episode[0] == name:
+                return
+            quality.episode_ns[open_episode[0]] += t - open_episode[1]
+            del self._episode[product]
+        if name is not None:
+            quality.episodes[name] += 1
+            self._episode[product] = (name, t)
+
+    def skip(self, product: str | None, why: str, n: int = 1) -> None:
+        if product is None:
+            self.skipped[why] += n
+        else:
+            self._product(product).skipped[why] += n
+
+    def report(self) -> QualityReport:
+        """The report; an episode still open ends at its product's last record."""
+        for product, (name, start) in list(self._episode.items()):
+            quality = self.products[product]
+            quality.episode_ns[name] += (quality.last_ns or start) - start
+            self._episode[product] = (name, quality.last_ns or start)
+        return QualityReport(
+            [self.products[p] for p in sorted(self.products)],
+            Counter(self.skipped),
+            Counter(self.ignored),
+            list(self.ended_early),
+        )
+
+
+def _iso(t_ns: int | None) -> str | None:
+    if t_ns is None:
+        return None
+    seconds, ns = divmod(t_ns, 1_000_000_000)
+    stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{ns // 1000:06d}Z"
+
+
+def _duration(ns: int) -> str:
+    seconds = ns / 1e9
+    if seconds < 60:
+        return f"{seconds:.3g} s"
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {seconds:02d} s"
+
+
+def _counts(counts: Counter, one: str = "", many: str = "") -> str:
+    parts = ", ".join(f"{n:,} {why}" for why, n in counts.most_common())
+    if not one:
+        return parts
+    total = sum(counts.values())
+    return f"{total:,} {one if total == 1 else many} ({parts})"

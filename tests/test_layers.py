@@ -16,7 +16,14 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 NOT_PROJECT = {"tests", "bench", "docs", "deploy", "samples", ".venv", ".git"}
 COMMON = "common"
-EDGES = ("coinbase", "coinbase_source", "recording", "local_exchange", "views")
+EDGES = (
+    "coinbase",
+    "coinbase_source",
+    "recording",
+    "local_exchange",
+    "views",
+    "importers",
+)
 DOMAIN = ("events", "orderbook", "records", "book_step", "resync")
 
 

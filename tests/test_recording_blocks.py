@@ -407,3 +407,24 @@ def test_a_version_1_line_longer_than_the_bound_is_skipped_in_bounded_memory(tmp
     assert got["skipped"] == {"lines longer than 64 MiB": 1}, got
     assert sum(got["items"].values()) == len(records)  # every line but the long one
     assert got["max_rss_mb"] < 250, got
+
+
+def test_the_writer_never_writes_a_block_longer_than_a_reader_accepts(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(writer_module, "MAX_BLOCK_TEXT", 4096)
+    path = tmp_path / "bounded.jsonl.gz"
+    writer = RecordingWriter(path, {**HEADER, "products": ["BTC-USD"]})
+    for n in range(20):
+        writer.frame("BTC-USD", "x" * 1500, n)
+    writer.frame("BTC-USD", "y" * 5000, 99)  # alone longer than a block: not written
+    writer.close()
+    assert writer.too_large == 1 and writer.frames == 20
+    data = path.read_bytes()
+    blocks = blocks_of(path)
+    assert len(blocks) > 1
+    for at, _, records in blocks:
+        size = parse_block_header(data[at : at + 300]).size
+        text = zlib.decompress(data[at : at + size], 16 + zlib.MAX_WBITS)
+        assert len(text) <= 4096 and text.count(b"\n") == records
+    assert sum(r for _, _, r in blocks) == 20

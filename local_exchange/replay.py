@@ -15,8 +15,10 @@ to its end (a client reconnecting after the close) is closed normally at once, w
 nothing sent. Start a new exchange to serve the recording again.
 
 The recording reader (:mod:`recording.format`) yields whatever JSON a line holds; a record
-that is not an object with a text ``frame``, a ``product_id`` and an integer ``t_ns`` is
-skipped, counted (``stats["replay_records_skipped"]``) and logged at most once a second.
+that is not an object with a text ``frame``, a ``product_id`` of a product id's shape
+(:func:`common.domain.is_product_id`: a served product's name reaches clients and logs)
+and an integer ``t_ns`` is skipped, counted (``stats["replay_records_skipped"]``) and
+logged at most once a second.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from coinbase.feeds import ADVANCED_TRADE
+from common.domain import is_product_id
 from common.logs import RateLimitedLog
 from local_exchange.connections import CLOSE, Connection, Stats
 from local_exchange.protocol import ADVANCED_TRADE_PATH, MARKER_FIELD, dumps
@@ -125,6 +128,9 @@ class ReplayServer:
             or not isinstance(t_ns, int)
         ):
             self._skip(index, "no text frame, product_id and integer t_ns")
+            return
+        if not is_product_id(pid):
+            self._skip(index, "its product_id is not a product id")
             return
         if self._announce:
             frame = _marked(frame)

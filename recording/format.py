@@ -38,6 +38,9 @@ from typing import Any
 
 import orjson
 
+from common.domain import is_product_id
+from common.text import shown
+
 FORMAT = "coinbase-l2-recording"
 VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -47,6 +50,31 @@ PROTOCOLS = ("exchange", "advanced-trade")
 
 class RecordingError(ValueError):
     """The file is not a recording this version can read."""
+
+
+# --- bounds ------------------------------------------------------------------------------
+
+MAX_BLOCK_TEXT = 64 * 2**20
+"""Decompressed bytes one block may hold; a block that inflates to more is damaged (a gzip
+bomb: 306 KB of file inflated to 650 MB of memory before this bound).
+
+The writer closes a block once it holds 256 KiB, so a real block is 256 KiB plus its last
+record; the largest real record is a full-depth BTC-USD snapshot, about 5 MB of frame and
+5.8 MB as its JSON-escaped line: the largest real block is about 6 MB, and this bound is
+ten times that. The recorder takes frames of up to :data:`MAX_RECORDED_FRAME` bytes so
+that every block it writes is read back."""
+MAX_LINE_BYTES = MAX_BLOCK_TEXT
+"""The longest record line read from a version 1 stream (no block bounds it): a longer one
+is skipped and counted, and reading goes on at the next line."""
+MAX_RECORDED_FRAME = 48 * 2**20
+"""The largest frame the recorder accepts: its line (JSON escaping adds about 16% to a
+snapshot's text) still fits in a block of :data:`MAX_BLOCK_TEXT`."""
+MAX_HEADER_BYTES = 1 << 20
+"""The header line's bound: a header of 10,000 products is about 150 KB."""
+MIN_RECORD_BYTES = 40
+"""No line the writer writes is shorter (a ``connected`` record is 50 bytes or more): a
+block whose marker claims more than ``MAX_BLOCK_TEXT // MIN_RECORD_BYTES`` records, or
+that holds more lines than its marker says, is damaged."""
 
 
 # --- the header --------------------------------------------------------------------------
@@ -63,14 +91,24 @@ def check_header(header: Any, name: str) -> dict[str, Any]:
         raise RecordingError(f"{name}: first line is not a {FORMAT} header")
     if header.get("version") not in READABLE_VERSIONS:
         raise RecordingError(
-            f"{name}: version {header.get('version')!r}, this version reads "
+            f"{name}: version {shown(repr(header.get('version')))}, this version reads "
             f"{' and '.join(map(str, READABLE_VERSIONS))}"
         )
     if header.get("protocol") not in PROTOCOLS:
-        raise RecordingError(f"{name}: unknown protocol {header.get('protocol')!r}")
+        raise RecordingError(
+            f"{name}: unknown protocol {shown(repr(header.get('protocol')))}"
+        )
     products = header.get("products", [])
     if not isinstance(products, list) or not all(isinstance(p, str) for p in products):
         raise RecordingError(f"{name}: header 'products' is not a list of ids")
+    bad = [p for p in products if not is_product_id(p)]
+    if bad:
+        # A product id names output files and directories and reaches logs and pages:
+        # '../../x' or an ANSI escape in a header must stop here.
+        raise RecordingError(
+            f"{name}: the header's products include {shown(repr(bad[0]))}, not a "
+            "product id such as BTC-USD"
+        )
     return header
 
 
@@ -119,6 +157,35 @@ def parse_record(line: bytes) -> tuple[dict[str, Any] | None, str]:
     return record, ""
 
 
+def frame_of(item: bytes | dict[str, Any]) -> str | None:
+    """The frame text of a record (its line, or the record parsed), else None."""
+    record = parse_record(item)[0] if isinstance(item, bytes) else item
+    frame = record.get("frame") if record is not None else None
+    return frame if isinstance(frame, str) else None
+
+
+def protocol_of_frame(frame: str | bytes) -> str | None:
+    """The protocol a frame's shape belongs to, or None (not JSON, an error reply, neither).
+
+    Exchange frames say ``"type"`` and no ``"channel"``; Advanced Trade frames say
+    ``"channel"`` and no ``"type"`` (its error replies say ``"type": "error"``, like the
+    Exchange's, so those give None). Used to tell a frame of the other protocol from a
+    damaged one: a header naming the wrong protocol makes every frame unreadable.
+    """
+    try:
+        message = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        return None
+    if type(message) is not dict:
+        return None
+    kind, channel = message.get("type"), message.get("channel")
+    if type(kind) is str and channel is None and kind != "error":
+        return "exchange"
+    if type(channel) is str and kind is None:
+        return "advanced-trade"
+    return None
+
+
 # --- blocks ------------------------------------------------------------------------------
 
 GZIP_MAGIC = b"\x1f\x8b\x08"
@@ -137,6 +204,12 @@ BLOCK_SIGNATURE = re.compile(
 """Where a block may start: found to go on reading after a damaged member."""
 
 
+MAX_BLOCK_BYTES = MAX_BLOCK_TEXT + MAX_BLOCK_TEXT // 1000 + 1024
+"""The longest block a marker may claim: :data:`MAX_BLOCK_TEXT` stored uncompressed
+(deflate adds 5 bytes per 64 KiB to data it cannot compress), its header and trailer."""
+MAX_BLOCK_RECORDS = MAX_BLOCK_TEXT // MIN_RECORD_BYTES
+
+
 @dataclass(frozen=True, slots=True)
 class BlockMarker:
     """What a block's gzip header says about it."""
@@ -145,6 +218,23 @@ class BlockMarker:
     """The whole member's length in bytes, header to trailer: where the next one starts."""
     records: int
     product: bytes
+
+    def implausible(self) -> str | None:
+        """Why no writer wrote this marker (its header CRC matched: a forged or
+        recomputed one), or None. Such a block is damage, skipped like a damaged one."""
+        if self.size > MAX_BLOCK_BYTES:
+            return (
+                f"claims {self.size:,} bytes (a block has at most {MAX_BLOCK_BYTES:,})"
+            )
+        if self.records > MAX_BLOCK_RECORDS:
+            return f"claims {self.records:,} records (a block has at most {MAX_BLOCK_RECORDS:,})"
+        return None
+
+    @property
+    def product_id(self) -> str | None:
+        """The product id it names, or None when that is not a product id."""
+        text = self.product.decode("ascii", "replace")
+        return text if is_product_id(text) else None
 
 
 def encode_block(product: str, lines: bytes, records: int, level: int = 6) -> bytes:

@@ -8,7 +8,19 @@ as a ``connected`` record, where a replay resets the product's book.
 
 The command refuses, with one line and exit status 2 before connecting: an output
 directory that does not exist, and an existing file unless ``--overwrite`` (replace it)
-or ``--append`` (add to that recording: same protocol, products among its header's).
+or ``--append`` (add to that recording: same protocol, products among its header's), and
+a ``--duration`` that is not a finite number of seconds > 0.
+
+It stops, with one line (``recording: error: ...``) and exit status 1, when recording
+can never succeed (:class:`RecorderError`); what was written stays readable:
+
+* the feed refuses a subscription for good (an unknown product, refused credentials:
+  a permanent error reply; another error reply reconnects);
+* no connection was ever made after :data:`CONNECT_ATTEMPTS` attempts (an unreachable
+  URL, about 4 s of backoff; a feed that answered once is reconnected for as long as it
+  takes, as before);
+* the file cannot be written (a full disk, a file-size limit, a read-only place): a
+  write error is not a network error, reconnecting cannot help.
 """
 
 from __future__ import annotations
@@ -25,52 +37,126 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from coinbase.connection import Connection
+from coinbase.decode import FeedError, FrameDecoder
 from coinbase.feeds import FEEDS, subscribe_messages
 from common import validation
+from common.text import redact_url, shown
 from common.validation import ConfigError
-from recording.format import RecordingError
+from recording.format import MAX_RECORDED_FRAME, RecordingError
 from recording.reader import Recording
 from recording.writer import RecordingWriter
 
 log = logging.getLogger(__name__)
 
 MODES = ("new", "overwrite", "append")
+CONNECT_ATTEMPTS = 5
+"""Connection attempts before a recorder that never connected gives up. The backoff
+between them (0.25 s doubling, jittered) makes about 2 to 4 s in all, plus each attempt's
+own time (a refused port answers at once; a silent host takes the 10 s open timeout)."""
+
+
+class RecorderError(Exception):
+    """Recording cannot go on; the message is one line for the user."""
+
+
+class _Run:
+    """What the product recorders share: the writer and the first fatal failure."""
+
+    def __init__(self, writer: RecordingWriter, stop: asyncio.Event) -> None:
+        self.writer = writer
+        self.stop = stop
+        self.failure: str | None = None
+
+    def fail(self, message: str) -> None:
+        if self.failure is None:
+            self.failure = message
+        self.stop.set()
+
+    def write_failed(self, exc: OSError) -> str:
+        self.fail(write_error(self.writer.path, exc))
+        return "the recording cannot be written"
+
+
+def write_error(path: str | os.PathLike, exc: OSError, started: bool = True) -> str:
+    """One line naming the file and the error (``started``: the file holds a readable
+    beginning)."""
+    kept = "; what was written before is kept" if started else ""
+    return f"cannot write {str(path)!r}: {exc.strerror or exc}{kept}"
 
 
 class _ProductRecorder:
     """A Connection handler that writes one product's frames as they arrive."""
 
     def __init__(
-        self, writer: RecordingWriter, feed: str, product_id: str, credentials
+        self, run: _Run, feed: str, product_id: str, credentials, url: str
     ) -> None:
-        self._writer = writer
+        self._run = run
+        self._writer = run.writer
         self._feed = feed
+        self._protocol = FEEDS[feed].protocol
         self._product_id = product_id
         self._credentials = credentials
+        self._url = url
+        self._connected = False
+        self._failed_connects = 0
         self.settled = False
         """A snapshot arrived on this connection (what proves it healthy)."""
 
     def opened(self) -> list[dict]:
         self.settled = False
-        self._writer.connected(self._product_id)
+        self._connected = True
+        try:
+            self._writer.connected(self._product_id)
+        except OSError as exc:
+            self._run.write_failed(exc)
+            return []
         return subscribe_messages(
             self._feed, self._product_id, self._credentials, time.time()
         )
 
     def received(self, frame: str | bytes, received_ns: int) -> str | None:
-        self._writer.frame(self._product_id, frame, received_ns)
+        try:
+            self._writer.frame(self._product_id, frame, received_ns)
+        except OSError as exc:
+            return self._run.write_failed(exc)
+        head = frame[:400] if isinstance(frame, bytes) else frame[:400].encode()
+        if b'"error"' in head:
+            verdict = self._error_reply(frame)
+            if verdict is not None:
+                return verdict
         if not self.settled:  # both protocols say "snapshot" in a frame's first bytes
-            self.settled = b'"snapshot"' in (
-                frame[:400] if isinstance(frame, bytes) else frame[:400].encode()
-            )
+            self.settled = b'"snapshot"' in head
+        return None
+
+    def _error_reply(self, frame: str | bytes) -> str | None:
+        """An error reply ends a recording that cannot succeed (a permanent one: an
+        unknown product, refused credentials) and reconnects for the others."""
+        try:
+            FrameDecoder(self._protocol, "recorder").decode(frame)
+        except FeedError as exc:
+            message = shown(str(exc), 300)
+            if exc.permanent:
+                named = self._product_id in message
+                self._run.fail(message if named else f"{self._product_id}: {message}")
+                return "refused by the feed"
+            return f"error reply: {message}"
+        except Exception:  # not an error reply after all: only recorded
+            return None
         return None
 
     def closed(self, reason: str, close_code: int | None) -> bool:
+        if self._run.failure is not None:
+            return False
         log.warning("%s: %s; reconnecting", self._product_id, reason)
         return True
 
     def connect_failed(self, reason: str) -> None:
-        pass  # the connection logs it
+        self._failed_connects += 1
+        if not self._connected and self._failed_connects >= CONNECT_ATTEMPTS:
+            self._run.fail(
+                f"cannot connect to {redact_url(self._url)} after "
+                f"{self._failed_connects} attempts ({shown(reason, 200)})"
+            )
 
     def retrying(self) -> None:
         pass
@@ -113,6 +199,24 @@ def check_output(
     return None
 
 
+def _open_writer(
+    path: str | os.PathLike, mode: str, feed: str, url: str, products: list[str]
+) -> RecordingWriter:
+    try:
+        if mode == "append" and Path(path).exists():
+            return RecordingWriter(path, None, append=True)
+        header = {
+            "protocol": FEEDS[feed].protocol,
+            "feed": feed,
+            "url": url,
+            "products": list(products),
+            "started": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        }
+        return RecordingWriter(path, header)
+    except OSError as exc:
+        raise RecorderError(write_error(path, exc, started=False)) from None
+
+
 async def record(
     path: str | os.PathLike,
     products: list[str],
@@ -130,31 +234,30 @@ async def record(
 
     ``mode``: ``new`` refuses an existing file (FileExistsError), ``overwrite`` replaces
     it, ``append`` adds to an existing recording (products must be among its header's).
+    ``duration``: None (until ``stop``) or a finite number of seconds > 0 (else
+    :class:`~common.validation.ConfigError`). Raises :class:`RecorderError` when
+    recording cannot succeed (see the module's docstring), after closing the file.
     """
     spec = FEEDS[feed]
     url = url or spec.url
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if duration is not None:
+        duration = validation.number("duration", duration)
     problem = check_output(path, mode, spec.protocol, products)
     if problem is not None:
         raise FileExistsError(problem)
     stop = stop or asyncio.Event()
-    if mode == "append" and Path(path).exists():
-        writer = RecordingWriter(path, None, append=True)
-    else:
-        header = {
-            "protocol": spec.protocol,
-            "feed": feed,
-            "url": url,
-            "products": list(products),
-            "started": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        }
-        writer = RecordingWriter(path, header)
+    writer = _open_writer(path, mode, feed, url, products)
+    run = _Run(writer, stop)
     tasks = [
         asyncio.create_task(
-            Connection(url, name=p, watchdog_seconds=watchdog_seconds).run(
-                _ProductRecorder(writer, feed, p, credentials)
-            )
+            Connection(
+                url,
+                name=p,
+                watchdog_seconds=watchdog_seconds,
+                max_size=MAX_RECORDED_FRAME,
+            ).run(_ProductRecorder(run, feed, p, credentials, url))
         )
         for p in products
     ]
@@ -178,15 +281,21 @@ async def record(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        writer.close()
+        try:
+            writer.close()
+        except OSError as exc:  # the last records could not be written
+            run.fail(write_error(path, exc))
         if progress is not None:
             progress.write("\n")
+    if run.failure is not None:
+        raise RecorderError(run.failure)
     return {"frames": writer.frames, "bytes": writer.frame_bytes}
 
 
-def _refuse(message: str) -> int:
+def _refuse(message: str, status: int = 2) -> int:
     sys.stderr.write(f"recording: error: {message}\n")
-    return 2
+    sys.stderr.flush()
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,7 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--url", help="override the feed URL (e.g. the local exchange)")
     parser.add_argument(
-        "--duration", type=float, help="seconds to record (default: until Ctrl-C)"
+        "--duration",
+        type=validation.argparse_type("--duration", validation.number),
+        help="seconds to record, a number > 0 (default: until Ctrl-C)",
     )
     existing = parser.add_mutually_exclusive_group()
     existing.add_argument(
@@ -218,8 +329,6 @@ def main(argv: list[str] | None = None) -> int:
         url = validation.ws_url("--url", args.url)
     except ConfigError as exc:
         parser.error(str(exc))
-    if args.duration is not None and args.duration <= 0:
-        parser.error(f"--duration must be > 0, got {args.duration}")
     mode = "overwrite" if args.overwrite else "append" if args.append else "new"
     problem = check_output(args.output, mode, FEEDS[args.feed].protocol, products)
     if problem is not None:
@@ -253,7 +362,10 @@ def main(argv: list[str] | None = None) -> int:
             mode=mode,
         )
 
-    totals = asyncio.run(run())
+    try:
+        totals = asyncio.run(run())
+    except RecorderError as exc:
+        return _refuse(str(exc), 1)
     print(f"wrote {totals['frames']} frames ({totals['bytes']} bytes) to {args.output}")
     return 0
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from local_exchange.connections import Stats
+from local_exchange.replay import ReplayServer
 from local_exchange.server import LocalExchange
 from recording.reader import Recording
 from recording.writer import RecordingWriter
@@ -192,3 +194,20 @@ def test_a_client_reconnecting_after_the_end_does_not_read_the_recording_twice(
         with open_ws(ex) as ws:  # a product not played yet is still served
             ws.send(text(exchange_subscribe_root(["ETH-USD"], ["level2_batch"])))
             assert "ETH-USD" in ws.recv(timeout=5)
+
+
+def test_replay_skips_and_counts_records_whose_product_id_is_malformed(
+    tmp_path: Path,
+) -> None:
+    """Issue 17, finding 11: a served product's name reaches clients and logs."""
+    update = text(exchange_l2update("BTC-USD", [], time="x"))
+    lines = [
+        json.dumps({"t_ns": 1, "product_id": "BTC-USD", "frame": update}),
+        json.dumps({"t_ns": 2, "product_id": "../../../etc", "frame": update}),
+        json.dumps({"t_ns": 3, "product_id": "\x1b[31mX-Y\nZ", "frame": update}),
+    ]
+    path = _raw_recording(tmp_path / "ids.jsonl.gz", "exchange", lines)
+    stats = Stats()
+    served = ReplayServer(path, None, stats)
+    assert served.products == ("BTC-USD",)
+    assert stats.snapshot()["replay_records_skipped"] == 2

@@ -18,7 +18,7 @@ from bytewax.testing import TestingSink, cluster_main, run_main
 import recording.replay as replay_module
 from dataflow import get_flow
 from local_exchange.market import Market
-from recording.format import product_of_line
+from recording.format import RecordingError, product_of_line
 from recording.reader import Recording
 from recording.replay import ReplaySource
 from recording.writer import RecordingWriter
@@ -478,3 +478,115 @@ def test_a_resume_state_of_an_older_version_replays_the_product_from_its_start(
     assert "does not understand" in caplog.text and "BTC-USD" in caplog.text
     assert part.next_batch() == fresh  # from the start, a reset first
     assert part.snapshot()["counted"] == "per product"
+
+
+# -- 6. replays that could never produce anything, hostile ids (issue 17: 11, 27) ----------
+
+
+def _at_records(products=PRODUCTS) -> list[dict]:
+    """Advanced Trade frames (a snapshot each, then updates), in the writer's shape."""
+    out: list[dict] = []
+    for n, pid in enumerate(products * 3):
+        kind = "snapshot" if n < len(products) else "update"
+        frame = {
+            "channel": "l2_data",
+            "timestamp": "2026-01-01T00:00:00.000001Z",
+            "sequence_num": n,
+            "events": [
+                {
+                    "type": kind,
+                    "product_id": pid,
+                    "updates": [
+                        {
+                            "side": "bid",
+                            "price_level": f"{100 + n}",
+                            "new_quantity": "1",
+                        }
+                    ],
+                }
+            ],
+        }
+        out.append({"t_ns": T0_NS + n, "product_id": pid, "frame": json.dumps(frame)})
+    return out
+
+
+@pytest.mark.parametrize(
+    ("header", "frames", "other"),
+    [("advanced-trade", "exchange", "exchange"), ("exchange", "at", "advanced-trade")],
+)
+def test_a_replay_whose_header_names_the_other_protocol_is_refused_at_start(
+    tmp_path, header, frames, other
+):
+    records = session_records() if frames == "exchange" else _at_records()
+    path = write_recording(tmp_path / "other.jsonl.gz", records, protocol=header)
+    with pytest.raises(RecordingError) as refused:
+        ReplaySource(path)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert f"the header says protocol {header}" in message, message
+    assert f"are {other} frames" in message and "BTC-USD" in message, message
+
+
+def test_a_replay_whose_header_lists_no_products_is_refused_at_start(tmp_path):
+    path = write_recording(tmp_path / "none.jsonl.gz", session_records(), products=[])
+    with pytest.raises(RecordingError, match="lists no products: nothing to replay"):
+        ReplaySource(path)
+
+
+def test_frames_of_the_other_protocol_past_the_first_look_are_counted_and_reported(
+    tmp_path, capsys, monkeypatch
+):
+    """The look at start covers each product's first frames; a product whose frames
+    start later in a big file is caught as it is replayed, and the report says so."""
+    monkeypatch.setattr(replay_module, "SNIFF_FRAMES", 0)  # as if beyond the look
+    path = write_recording(
+        tmp_path / "late.jsonl.gz", _at_records(["BTC-USD"]), products=["BTC-USD"]
+    )
+    assert replay(path, products=["BTC-USD"]) == {}
+    report = report_of(capsys.readouterr().err, path)
+    assert "skipped 3: 3 frames of the advanced-trade protocol (the header says " in (
+        report
+    ), report
+    assert "every frame of BTC-USD is of the advanced-trade protocol" in report, report
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ["../../../tmp/x", "\x1b[31mBTC-USD", "BTC-USD\nERROR forged line"],
+    ids=["path", "ansi", "newline"],
+)
+def test_a_recording_whose_header_has_a_malformed_product_id_is_refused_in_one_line(
+    tmp_path, hostile
+):
+    path = write_recording(
+        tmp_path / "hostile.jsonl.gz", session_records(), [*PRODUCTS, hostile]
+    )
+    for open_it in (Recording.open, ReplaySource):
+        with pytest.raises(RecordingError) as refused:
+            open_it(path)
+        message = str(refused.value)
+        assert "not a product id" in message, message
+        assert "\n" not in message and "\x1b" not in message, message
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["no products", "other protocol", "hostile id"])
+def test_the_service_ends_a_replay_that_could_never_produce_anything_in_one_line(
+    tmp_path, case
+):
+    path = tmp_path / "never.jsonl.gz"
+    if case == "no products":
+        write_recording(path, session_records(), products=[])
+    elif case == "other protocol":
+        write_recording(path, session_records(), protocol="advanced-trade")
+    else:
+        write_recording(path, session_records(), [*PRODUCTS, "../../x\x1b[2J"])
+    flow = FlowProcess(
+        ["bytewax.run", "dataflow:flow"],
+        flow_env(ORDERBOOK_REPLAY=str(path), ORDERBOOK_SPREAD_THRESHOLD="0"),
+    )
+    assert flow.finish(timeout=120) != 0, flow.stderr[-3000:]
+    lines = flow.stderr.strip().splitlines()
+    assert len(lines) == 1, flow.stderr[-3000:]
+    assert lines[0].startswith("orderbook: ORDERBOOK_REPLAY: "), lines
+    assert "\x1b" not in flow.stderr and flow.stdout == ""

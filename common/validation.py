@@ -27,6 +27,9 @@ from common.domain import PRODUCT_ID
 T = TypeVar("T")
 
 _WS_URL = re.compile(r"^wss?://[^/\s]+")
+_ORIGIN = re.compile(
+    r"(https?)://([a-z0-9]([a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\])(:(\d{1,5}))?/?"
+)
 
 
 class ConfigError(ValueError):
@@ -201,3 +204,28 @@ def host_port(
     if not 0 <= port <= 65535:
         raise refuse(name, value, expected)
     return host, port
+
+
+def origins(name: str, value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Web origins such as ``http://192.168.1.5:8050`` (scheme, host, optional port, no
+    path), comma-separated or a sequence; None or empty: none. Returned lower-cased,
+    without a trailing ``/`` or a default port (``:80``, ``:443``): the form browsers
+    send in an ``Origin`` header."""
+    if value is None:
+        return ()
+    expected = "comma-separated origins such as http://192.168.1.5:8050"
+    if isinstance(value, str):
+        items = [o.strip().lower() for o in value.split(",") if o.strip()]
+    elif isinstance(value, Sequence) and all(isinstance(o, str) for o in value):
+        items = [o.lower() for o in value]
+    else:
+        raise refuse(name, value, expected, "not a list of origins")
+    found = []
+    for item in items:
+        match = _ORIGIN.fullmatch(item)
+        if match is None or (match.group(5) and not 0 < int(match.group(5)) < 65536):
+            raise refuse(name, value, expected, f"{item!r} is not an origin")
+        scheme, port = match.group(1), match.group(5)
+        default = (scheme, port) in (("http", "80"), ("https", "443"))
+        found.append(f"{scheme}://{match.group(2)}" if default else item.rstrip("/"))
+    return tuple(dict.fromkeys(found))

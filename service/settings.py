@@ -47,6 +47,10 @@ SETTINGS_HELP = {
         f"(when {METRICS_API_ENABLED} is set)"
     ),
     "ORDERBOOK_DASHBOARD": "HOST:PORT or PORT (loopback) of the web dashboard; unset: off",
+    "ORDERBOOK_DASHBOARD_ORIGINS": (
+        "comma-separated web origins (http://HOST:PORT) the dashboard answers besides "
+        "its own address; unset: its own only"
+    ),
 }
 
 IGNORED_BY_REPLAY = (
@@ -90,6 +94,8 @@ class Settings:
     """What the settings ignore or suspect (misspelled names); logged once at start."""
     dashboard: tuple[str, int] | None = None
     """(host, port) of the web dashboard (views.dashboard); None: no dashboard."""
+    dashboard_origins: tuple[str, ...] = ()
+    """Web origins the dashboard answers besides its own address."""
     # depth records and outputs
     outputs: tuple = ()
     """``OutputSpec`` of every ``ORDERBOOK_OUTPUT`` entry; empty: ``output``/``output_path``."""
@@ -148,6 +154,9 @@ class Settings:
             warnings=settings_warnings(env),
             dashboard=validation.host_port(
                 "ORDERBOOK_DASHBOARD", env.get("ORDERBOOK_DASHBOARD")
+            ),
+            dashboard_origins=validation.origins(
+                "ORDERBOOK_DASHBOARD_ORIGINS", env.get("ORDERBOOK_DASHBOARD_ORIGINS")
             ),
             outputs=outputs,
             **depth,

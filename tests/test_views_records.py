@@ -150,3 +150,53 @@ def test_settings_read_the_view_settings():
     assert [spec.kind for spec in s.outputs] == ["live"]
     assert s.dashboard == ("127.0.0.1", 9000)
     assert Settings.from_env({}).dashboard is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "*",
+        "null",
+        "http://a/path",
+        "ftp://a",
+        "http://a:0",
+        "http://a:99999",
+        "http://u@a",
+    ],
+)
+def test_bad_dashboard_origins_are_refused_with_their_name(raw):
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"ORDERBOOK_DASHBOARD_ORIGINS": raw})
+    assert str(refused.value).startswith(f"ORDERBOOK_DASHBOARD_ORIGINS={raw!r}")
+    assert "is not an origin" in str(refused.value)
+
+
+def test_dashboard_origins_take_the_form_browsers_send():
+    s = Settings.from_env(
+        {"ORDERBOOK_DASHBOARD_ORIGINS": " HTTP://LAN.example:80/,https://[::1]:8443"}
+    )
+    assert s.dashboard_origins == ("http://lan.example", "https://[::1]:8443")
+    assert Settings.from_env({}).dashboard_origins == ()
+
+
+def test_numbers_and_times_outside_their_domain_are_missing_values():
+    """Finding 29's inputs at the views' one entry point: never inf, NaN or a time
+    datetime cannot hold, whatever the record's origin."""
+    for bad in ("inf", "-Infinity", "NaN", "1e999", 10**400, float("nan"), [], True):
+        assert records.num(bad) is None, bad
+    assert records.num("1.5") == 1.5
+    for bad in (1e300, float("nan"), -1.0, 10**400, "0001-01-01T00:00:00Z", "x", [1]):
+        assert records.epoch_seconds(bad) is None, bad
+    assert records.epoch_seconds("2026-11-01T00:00:00Z") == 1_793_491_200.0
+    assert records.spread_bps({"spread_pct": "1e307"}) is None  # x 100 overflows
+    depth = {"bids": [["1", "2"], ["inf", "1"], ["2", "nan"], "x", [3]], "asks": 5}
+    assert records.levels(depth, "bids") == [(1.0, 2.0)]
+    assert records.levels(depth, "asks") == []
+
+
+def test_board_ignores_records_without_a_real_product_id():
+    board = MarketBoard()
+    crafted = ["\x1b[2J[red]x[/]", "../x", ["BTC-USD"], ""]
+    rows = [{**_summary().to_dict(), "product_id": p} for p in crafted]
+    assert board.update(rows + [_summary()]) == ["BTC-USD"]
+    assert board.products() == ["BTC-USD"]

@@ -1,9 +1,10 @@
 """``ORDERBOOK_DASHBOARD=HOST:PORT``: a web page of every product of this process, live.
 
-One server per process, started by the first sink partition: every worker thread of the
-process feeds it (``-w N``), so the page shows every product this process holds. Under
-``-p``/``-i`` each process serves its own page (its log says where; a port in use makes
-it try the next ones).
+One server per process, started when the dataflow is built (:func:`views.wiring.attach`,
+so an address it cannot listen on is a one-line error at start, not a traceback from a
+worker): every worker thread of the process feeds it (``-w N``), so the page shows every
+product this process holds. Under ``-p``/``-i`` each process serves its own page (its
+log says where; a port in use makes it try the next ones).
 
 The page (``views/static/dashboard.html``, with uPlot vendored beside it, nothing from
 the network) shows per product a depth chart (cumulative size against price, both
@@ -15,26 +16,48 @@ per product (:class:`views.state.MarketBoard`) and a bounded history. Each clien
 sender wakes every ``PUSH_INTERVAL`` and sends what changed since its last message,
 built fresh from the latest state; a slow or closed tab only delays its own sender, and
 what it missed is conflated, never queued.
+
+Only the dashboard's own address is answered (same origin): a request whose ``Host``
+is not one of the names the server was bound as (``127.0.0.1:PORT``, ``localhost:PORT``
+for loopback, the configured host) or whose ``Origin``, when present, is not one of those
+as ``http://`` origins gets a 403 and no data, so a web page elsewhere can neither read
+the WebSocket (cross-site WebSocket hijacking) nor reach the server through a name of
+its own that resolves to this machine (DNS rebinding). ``ORDERBOOK_DASHBOARD_ORIGINS``
+allows more (a LAN address, a reverse proxy).
+
+At most ``MAX_CONNECTIONS`` connections are open at once, and one that has not sent
+its request after ``HANDSHAKE_TIMEOUT`` seconds is closed: a client that opens
+connections and never writes cannot take the process's file descriptors (which the
+outputs need to open their files). When the cap is reached, the oldest connection that
+has not sent its request yet makes room for the new one; when every connection is a
+live page, the new one gets a 503.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import functools
+import ipaddress
 import json
 import logging
 import mimetypes
+import socket
 import threading
 import time
 from collections import deque
 from pathlib import Path
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from websockets.asyncio.server import ServerConnection
 
+from common.logs import RateLimitedLog
+from common.text import shown
 from views.records import SUMMARY, as_record, epoch_seconds, kind, num, spread_bps
 from views.state import REPLAY, MarketBoard
 
 log = logging.getLogger(__name__)
+_refusals = RateLimitedLog(log, 10.0)
 
 STATIC = Path(__file__).resolve().parent / "static"
 PUSH_INTERVAL = 0.25
@@ -47,6 +70,37 @@ RESET_AFTER = 5.0
 DEPTH_LEVELS = 50
 PORT_ATTEMPTS = 16
 """Ports tried from the configured one when it is in use (other local processes)."""
+MAX_CONNECTIONS = 64
+"""Open connections at most. A tab holds one WebSocket, and opens up to 6 more for a
+moment while it loads the page (Chromium's limit per host): 64 serve about ten tabs
+loading at once. A flood then holds at most about 128 descriptors (see
+``ACCEPT_BACKLOG``), an eighth of the 1024 a process gets by default (``ulimit -n``):
+the rest stays free for the outputs' files and sockets (before the cap, 200 half-open
+connections under a low limit made the Parquet output's open fail with EMFILE)."""
+HANDSHAKE_TIMEOUT = 5.0
+"""Seconds a connection may take to send its request (page or WebSocket handshake);
+a browser on this machine or a LAN sends it within milliseconds. An open WebSocket
+whose peer stops answering pings is closed after 20 + 20 s (websockets' keepalive)."""
+ACCEPT_BACKLOG = 32
+"""Connections the kernel queues before the server accepts them, which is also how many
+asyncio accepts in one go: while a flood is turned away, a batch just accepted and the
+batch it evicts are open for a moment, so the server's descriptors peak under
+``MAX_CONNECTIONS`` + 2 x 32 (measured: 88 to 127 under floods of 200 to 800
+connections; 16 made a loopback client wait out 1 s SYN retries)."""
+REFUSED_LINGER = 1.0
+"""Seconds a refused connection (503 at the cap) is kept for its client to read the 503
+and close; at most ``ACCEPT_BACKLOG`` of them at once, beyond that they are reset."""
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+"""The names a loopback (or every-interface) dashboard answers to besides its own."""
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 32\r\nConnection: close\r\n\r\ntoo many connections, try later\n"
+)
+_FORBIDDEN = (
+    "forbidden: this dashboard answers its own address only "
+    "(ORDERBOOK_DASHBOARD_ORIGINS allows more)\n"
+)
 FILES = {
     "/": "dashboard.html",
     "/index.html": "dashboard.html",
@@ -107,8 +161,67 @@ class History:
             return [p for p in points if p[0] > seq]
 
 
+def _netloc(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _is_local(host: str) -> bool:
+    if host in WILDCARD_HOSTS or host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Connection(ServerConnection):
+    """A connection counted against the dashboard's cap (see :meth:`DashboardServer._admit`)."""
+
+    def __init__(self, *args, dashboard: DashboardServer, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._dashboard = dashboard
+        self._admitted = False
+        self._lingering = False
+
+    def connection_made(self, transport) -> None:
+        if self._dashboard._admit(self):
+            self._admitted = True
+            super().connection_made(transport)
+            return
+        # refused: a 503, then the client's request is read and dropped until it
+        # closes (closing first would reset the connection, and the 503 with it)
+        transport.write(_BUSY)  # a few bytes: the socket buffer takes them at once
+        if self._dashboard._linger(self):
+            self._lingering = True
+            transport.write_eof()
+            self.loop.call_later(REFUSED_LINGER, transport.abort)
+        else:
+            transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self._admitted:
+            super().data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if self._admitted:
+            return super().eof_received()
+        return None  # a refused connection: closed
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._admitted:
+            self._dashboard._release(self)
+            super().connection_lost(exc)
+        elif self._lingering:
+            self._dashboard._lingering -= 1
+
+
 class DashboardServer:
-    """The WebSocket + HTTP server, on its own thread and event loop."""
+    """The WebSocket + HTTP server, on its own thread and event loop.
+
+    ``origins``: web origins allowed besides the server's own (``http://host:port``);
+    ``max_connections`` and ``handshake_timeout``: see ``MAX_CONNECTIONS`` and
+    ``HANDSHAKE_TIMEOUT``.
+    """
 
     def __init__(
         self,
@@ -116,11 +229,37 @@ class DashboardServer:
         port: int,
         board: MarketBoard,
         history: History | None = None,
+        *,
+        origins: tuple[str, ...] = (),
+        max_connections: int = MAX_CONNECTIONS,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
         self.host = host
         self.port = port
         self.board = board
         self.history = history or History()
+        self.origins = tuple(o.lower().rstrip("/") for o in origins)
+        self.max_connections = max_connections
+        self.handshake_timeout = handshake_timeout
+        self._open: dict[_Connection, None] = {}
+        """Open connections, oldest first (the loop's thread only)."""
+        self._lingering = 0
+        """Refused connections waiting for their client to close (``REFUSED_LINGER``)."""
+        self.accepted = 0
+        """Connections accepted so far (each then served, closed or refused)."""
+        self.peak_connections = 0
+        """The most connections open at once so far."""
+        self.evicted = 0
+        """Connections closed before their request to make room for a new one."""
+        self.expired = 0
+        """Connections closed before their request otherwise: the handshake timeout, or
+        the client gave up."""
+        self.refused = 0
+        """Connections refused (503) at the cap, every one a live page."""
+        self.forbidden = 0
+        """Requests refused (403) for a foreign Host or Origin."""
+        self._allowed_hosts: frozenset[str] = frozenset()
+        self._allowed_origins: frozenset[str] = frozenset()
         self.clients = 0
         self.local_workers = 0
         self.worker_count = 1
@@ -135,8 +274,12 @@ class DashboardServer:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/"
+        return f"http://{_netloc(self.host, self.port)}/"
+
+    @property
+    def connections(self) -> int:
+        """Connections open now (pages, WebSockets, requests not yet sent)."""
+        return len(self._open)
 
     def start(self, timeout: float = 10.0) -> DashboardServer:
         self._thread.start()
@@ -165,7 +308,7 @@ class DashboardServer:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         first = self.port
-        attempts = 1 if first == 0 else PORT_ATTEMPTS
+        attempts = 1 if first == 0 else min(PORT_ATTEMPTS, 65536 - first)
         for attempt in range(attempts):
             try:
                 server = await serve(
@@ -175,17 +318,93 @@ class DashboardServer:
                     process_request=self._http,
                     max_size=2**16,
                     compression=None,
+                    open_timeout=self.handshake_timeout,
+                    create_connection=functools.partial(_Connection, dashboard=self),
+                    backlog=ACCEPT_BACKLOG,
                 )
                 break
             except OSError as exc:
-                if exc.errno != errno.EADDRINUSE or attempt == attempts - 1:
+                if exc.errno != errno.EADDRINUSE:
                     raise
+                if attempt == attempts - 1:
+                    last = first + attempts - 1
+                    ports = f"{first}..{last}" if last > first else str(first)
+                    raise OSError(
+                        errno.EADDRINUSE, f"ports {ports} are all in use"
+                    ) from None
         async with server:
             self.port = next(iter(server.sockets)).getsockname()[1]
+            self._allow()
             self._ready.set()
             await self._stop.wait()
 
+    def _allow(self) -> None:
+        """The ``Host`` values and origins this server answers, now that its port is
+        known: its own address, the loopback names when it listens on loopback or on
+        every interface (plus the machine's name then), and ``origins``."""
+        names = {self.host.lower()}
+        if _is_local(self.host):
+            names.update(LOOPBACK_NAMES)
+        if self.host in WILDCARD_HOSTS:
+            names.add(socket.gethostname().lower())
+        names.discard("")
+        hosts = {_netloc(n, self.port) for n in names}
+        if self.port == 80:  # browsers leave the default port out
+            hosts |= {f"[{n}]" if ":" in n else n for n in names}
+        origins = {f"http://{h}" for h in hosts} | set(self.origins)
+        hosts |= {o.partition("://")[2] for o in self.origins}  # a proxy keeping Host
+        self._allowed_hosts = frozenset(hosts)
+        self._allowed_origins = frozenset(origins)
+
+    def _admit(self, connection: _Connection) -> bool:
+        """Count a new connection; at the cap, close the oldest that has not sent its
+        request yet, or refuse the new one when every connection is a live page."""
+        self.accepted += 1
+        if len(self._open) >= self.max_connections:
+            waiting = next((c for c in self._open if c.request is None), None)
+            if waiting is None:
+                self.refused += 1
+                return False
+            del self._open[waiting]
+            waiting.transport.abort()
+            self.evicted += 1
+        self._open[connection] = None
+        self.peak_connections = max(self.peak_connections, len(self._open))
+        return True
+
+    def _linger(self, connection: _Connection) -> bool:
+        """Room for one more refused connection to linger (see ``REFUSED_LINGER``)?"""
+        if self._lingering >= ACCEPT_BACKLOG:
+            return False
+        self._lingering += 1
+        return True
+
+    def _release(self, connection: _Connection) -> None:
+        if connection in self._open:  # not evicted
+            del self._open[connection]
+            if connection.request is None:
+                self.expired += 1
+
+    def _foreign(self, request) -> bool:
+        """A request for another name than this server's, or from another site's page."""
+        hosts = request.headers.get_all("Host")
+        if len(hosts) != 1 or hosts[0].lower() not in self._allowed_hosts:
+            return True
+        origins = request.headers.get_all("Origin")
+        return len(origins) > 1 or any(
+            o.lower() not in self._allowed_origins for o in origins
+        )
+
     def _http(self, connection, request):
+        if self._foreign(request):
+            self.forbidden += 1
+            _refusals.warning(
+                "dashboard: refused a request for Host %s from Origin %s "
+                "(ORDERBOOK_DASHBOARD_ORIGINS allows more origins)",
+                shown(", ".join(request.headers.get_all("Host")) or "-"),
+                shown(", ".join(request.headers.get_all("Origin")) or "-"),
+            )
+            return connection.respond(403, _FORBIDDEN)
         path = request.path.split("?", 1)[0]
         if path == "/ws":
             return None  # the WebSocket handshake goes on
@@ -230,7 +449,11 @@ class DashboardServer:
                 message = self._changes(seen_version, seen_seq)
                 if message is not None:
                     await ws.send(message)  # a slow tab waits here, alone
-                await asyncio.sleep(PUSH_INTERVAL)
+                try:  # a closed tab ends its sender even when there is nothing to send
+                    await asyncio.wait_for(ws.wait_closed(), PUSH_INTERVAL)
+                    return
+                except TimeoutError:
+                    pass
         except Exception:  # closed tab, network gone: nothing to clean up
             pass
         finally:
@@ -268,14 +491,17 @@ _servers_lock = threading.Lock()
 
 
 def shared_server(
-    host: str, port: int, threshold_pct: float, products=()
+    host: str, port: int, threshold_pct: float, products=(), origins=()
 ) -> DashboardServer:
-    """This process's server for (host, port), started on first use."""
+    """This process's server for (host, port), started on first use.
+
+    Raises :class:`OSError` when it cannot listen (a host name that does not resolve,
+    an address of another machine, ports in use, a port below 1024 without the right)."""
     with _servers_lock:
         server = _servers.get((host, port))
         if server is None:
             board = MarketBoard(products, threshold_pct=threshold_pct)
-            server = DashboardServer(host, port, board).start()
+            server = DashboardServer(host, port, board, origins=tuple(origins)).start()
             _servers[(host, port)] = server
             log.warning("dashboard: %s (the products of this process)", server.url)
         server.board.add_products(products)
@@ -320,17 +546,25 @@ class DashboardSink(DynamicSink):
     """Summaries and depth records (dicts or objects) into the process's dashboard."""
 
     def __init__(
-        self, host: str, port: int, threshold_pct: float = 0.1, products=()
+        self,
+        host: str,
+        port: int,
+        threshold_pct: float = 0.1,
+        products=(),
+        origins=(),
     ) -> None:
         self.host = host
         self.port = port
         self.threshold_pct = float(threshold_pct)
         self.products = tuple(products)
+        self.origins = tuple(origins)
 
     def build(
         self, step_id: str, worker_index: int, worker_count: int
     ) -> StatelessSinkPartition:
-        server = shared_server(self.host, self.port, self.threshold_pct, self.products)
+        server = shared_server(
+            self.host, self.port, self.threshold_pct, self.products, self.origins
+        )
         with _servers_lock:
             server.local_workers += 1
             server.worker_count = worker_count

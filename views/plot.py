@@ -10,18 +10,39 @@ Parquet file or directory of them) and writes, per product:
   self-contained: the chart library (uPlot, vendored under ``views/static``) and the
   data are inlined, nothing is fetched from the network.
 
-Depth records and anything else that is not a summary are ignored.
+Depth records and anything else that is not a summary are ignored. Every summary is
+checked where it enters (:meth:`Series.add`): a product id of Coinbase's shape (so a
+file name is always ``<PRODUCT>.png`` inside ``--out``, and a page title holds no
+markup), a time between 1970 and 9999, a finite mid; others are skipped and counted,
+and the count is printed in one line. A file that cannot be read (not gzip, truncated,
+a corrupt Parquet file) is named in one line; what was read before the damage is still
+plotted, and the exit status is 1. Every text in a page is HTML-escaped, and the page's
+JSON never holds ``Infinity`` or ``NaN`` (missing values are ``null``).
 """
 
 from __future__ import annotations
 
 import argparse
+import html
 import json
+import math
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from views.records import SUMMARY, epoch_seconds, kind, num, read_records, spread_bps
+from common import validation
+from common.domain import is_product_id
+from common.text import shown
+from views.records import (
+    SUMMARY,
+    ReadReport,
+    epoch_seconds,
+    kind,
+    num,
+    read_records,
+    spread_bps,
+)
 
 STATIC = Path(__file__).resolve().parent / "static"
 PANELS = ("mid and microprice", "spread (bps of ask)", "imbalance")
@@ -32,6 +53,10 @@ STEP = {"drawstyle": "steps-post"}
 """A top of book holds until the next change: every series is drawn as steps."""
 HTML_MAX_POINTS = 20_000
 """Points per product in the HTML (evenly thinned beyond that); the PNG gets them all."""
+THRESHOLD_MAX = 100.0
+"""A spread is always under 100% of the ask: a larger threshold is a typo."""
+FEED_LIMIT = 24
+"""Characters of a record's feed name kept for titles (``exchange``, ``replay``...)."""
 
 
 @dataclass
@@ -46,11 +71,14 @@ class Series:
     spread_bps: list[float] = field(default_factory=list)
     imbalance: list[float] = field(default_factory=list)
 
-    def add(self, record: dict) -> None:
+    def add(self, record: dict) -> str | None:
+        """Take one summary of this product; or say why not (it is then skipped)."""
         t = epoch_seconds(record.get("time"))
+        if t is None:
+            return "without a time from 1970 to 9999"
         mid = num(record.get("mid"))
-        if t is None or mid is None:
-            return
+        if mid is None:
+            return "without a finite mid"
         self.t.append(t)
         self.mid.append(mid)
         micro = num(record.get("microprice"))
@@ -59,7 +87,10 @@ class Series:
         self.spread_bps.append(float("nan") if bps is None else bps)
         imbalance = num(record.get("imbalance"))
         self.imbalance.append(float("nan") if imbalance is None else imbalance)
-        self.feed = record.get("feed") or self.feed
+        feed = record.get("feed")
+        if isinstance(feed, str) and feed:
+            self.feed = shown(feed, FEED_LIMIT)
+        return None
 
     def sort(self) -> None:
         order = sorted(range(len(self.t)), key=self.t.__getitem__)
@@ -68,14 +99,23 @@ class Series:
             setattr(self, name, [column[i] for i in order])
 
 
-def load(path: str | Path) -> dict[str, Series]:
-    """Summaries per product, time-ordered (several workers may interleave a file)."""
+def load(path: str | Path, report: ReadReport | None = None) -> dict[str, Series]:
+    """Summaries per product, time-ordered (several workers may interleave a file).
+
+    What is skipped, and files that cannot be read, go into ``report`` (without one, an
+    unreadable file raises :class:`views.records.UnreadableFile`)."""
+    skipped = report.skipped if report is not None else Counter()
     series: dict[str, Series] = {}
-    for record in read_records(path):
-        if kind(record) != SUMMARY or not record.get("product_id"):
+    for record in read_records(path, report):
+        if kind(record) != SUMMARY:
             continue
-        product = record["product_id"]
-        series.setdefault(product, Series(product)).add(record)
+        product = record.get("product_id")
+        if not is_product_id(product):
+            skipped["summaries without a product id like BTC-USD"] += 1
+            continue
+        why = series.setdefault(product, Series(product)).add(record)
+        if why is not None:
+            skipped[f"summaries {why}"] += 1
     for one in series.values():
         one.sort()
     return {p: s for p, s in sorted(series.items()) if s.t}
@@ -145,8 +185,9 @@ def figure(series: Series, threshold_pct: float):
     imbalance.xaxis.set_major_locator(locator)
     imbalance.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
     imbalance.set_xlabel("time (UTC)")
-    fig.suptitle(
-        f"{series.product_id}  [{series.feed or '?'}]  {len(series.t):,} summaries"
+    fig.suptitle(  # no mathtext: a feed name with "$" is text, not a formula
+        f"{series.product_id}  [{series.feed or '?'}]  {len(series.t):,} summaries",
+        parse_math=False,
     )
     fig.tight_layout()
     return fig
@@ -166,7 +207,7 @@ def html_page(series: Series, threshold_pct: float) -> str:
     step = max(1, -(-len(series.t) // HTML_MAX_POINTS))
 
     def thin(column: list[float]) -> list[float | None]:
-        return [None if v != v else round(v, 10) for v in column[::step]]
+        return [round(v, 10) if math.isfinite(v) else None for v in column[::step]]
 
     data = {
         "product": series.product_id,
@@ -182,8 +223,15 @@ def html_page(series: Series, threshold_pct: float) -> str:
     uplot_js = (STATIC / "uplot" / "uPlot.iife.min.js").read_text(encoding="utf-8")
     uplot_css = (STATIC / "uplot" / "uPlot.min.css").read_text(encoding="utf-8")
     script = (STATIC / "plot.js").read_text(encoding="utf-8")
-    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
-    title = f"{series.product_id} order book summaries"
+    # strict JSON (no Infinity/NaN: JSON.parse refuses them and the page stays blank),
+    # and no "<", ">" or "&" that could end the script element early
+    payload = (
+        json.dumps(data, separators=(",", ":"), allow_nan=False)
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+    )
+    title = html.escape(shown(f"{series.product_id} order book summaries"))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>{uplot_css}
@@ -204,19 +252,33 @@ h1 {{ font-size: 16px; margin: 4px 0 2px; }} h2 {{ font-size: 13px; margin: 14px
 # -- command line ---------------------------------------------------------------------
 
 
-def render(path: str | Path, out: str | Path, threshold_pct: float = 0.1) -> list[Path]:
+def render(
+    path: str | Path,
+    out: str | Path,
+    threshold_pct: float = 0.1,
+    report: ReadReport | None = None,
+) -> list[Path]:
     """Write every product's PNG and HTML into ``out``; returns the files written."""
+    threshold_pct = validation.number(
+        "threshold_pct", threshold_pct, low=0.0, low_open=False, high=THRESHOLD_MAX
+    )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for product, series in load(path).items():
+    for product, series in load(path, report).items():
+        if not is_product_id(product):  # load() checked it; a file name depends on it
+            raise ValueError(f"not a product id: {shown(product)}")
         fig = figure(series, threshold_pct)
         png = out / f"{product}.png"
         fig.savefig(png)
-        html = out / f"{product}.html"
-        html.write_text(html_page(series, threshold_pct), encoding="utf-8")
-        written += [png, html]
+        html_file = out / f"{product}.html"
+        html_file.write_text(html_page(series, threshold_pct), encoding="utf-8")
+        written += [png, html_file]
     return written
+
+
+def _threshold(name: str, text: str) -> float:
+    return validation.number(name, text, low=0.0, low_open=False, high=THRESHOLD_MAX)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,23 +291,34 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--threshold",
-        type=float,
+        type=validation.argparse_type("--threshold", _threshold),
         default=0.1,
-        help="spread threshold in percent of the ask, drawn on the spread panel (default 0.1)",
+        help="spread threshold in percent of the ask, 0 to 100, drawn on the spread "
+        "panel (default 0.1)",
     )
     parser.add_argument("--out", required=True, help="directory to write into")
     args = parser.parse_args(argv)
     if not Path(args.input).exists():
-        parser.error(f"{args.input}: no such file or directory")
-    if not args.threshold >= 0:
-        parser.error("--threshold must be a percentage >= 0")
-    written = render(args.input, args.out, args.threshold)
+        parser.error(f"{shown(args.input)}: no such file or directory")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {shown(args.out)}: not a directory")
+    report = ReadReport()
+    try:
+        written = render(args.input, args.out, args.threshold, report)
+    except OSError as exc:  # --out not writable, a full disk
+        print(f"--out {shown(args.out)}: cannot write ({shown(exc)})", file=sys.stderr)
+        return 1
+    for line in report.errors:  # each names its file
+        print(line, file=sys.stderr)
+    skipped = report.skipped_line()
+    if skipped:
+        print(f"{shown(args.input)}: {skipped}", file=sys.stderr)
     if not written:
-        print(f"{args.input}: no summaries found", file=sys.stderr)
+        print(f"{shown(args.input)}: no summaries found", file=sys.stderr)
         return 1
     for path in written:
         print(path)
-    return 0
+    return 1 if report.errors else 0
 
 
 if __name__ == "__main__":

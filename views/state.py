@@ -25,6 +25,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from common.domain import is_product_id
 from views.records import (
     DEPTH,
     SUMMARY,
@@ -134,8 +135,8 @@ class MarketBoard:
                     continue
                 what = kind(record)
                 product = record.get("product_id")
-                if what is None or not product:
-                    continue
+                if what is None or not is_product_id(product):
+                    continue  # a row, a terminal cell and a page show only real ids
                 view = self._products.get(product)
                 if view is None:
                     view = self._products[product] = ProductView(product)

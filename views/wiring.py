@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import bytewax.operators as op
 
+from common.text import shown
+from common.validation import refuse
+
 VIEW_DEPTH_LEVELS = 20
 """Levels a side the views draw when the user asked for no depth records."""
 VIEW_DEPTH_INTERVAL = 0.1
@@ -58,4 +61,27 @@ def attach(books, settings, products) -> None:
         from views.dashboard import DashboardSink
 
         host, port = settings.dashboard
-        op.output("dashboard", records, DashboardSink(host, port, threshold, products))
+        origins = settings.dashboard_origins
+        start_dashboard(host, port, threshold, products, origins)
+        sink = DashboardSink(host, port, threshold, products, origins)
+        op.output("dashboard", records, sink)
+
+
+def start_dashboard(host: str, port: int, threshold: float, products, origins) -> None:
+    """Start this process's dashboard now, while the dataflow is built: an address it
+    cannot listen on (a name that does not resolve, another machine's address, ports in
+    use, a port below 1024 without the right) is a one-line
+    :class:`~common.validation.ConfigError` the service prints before it exits, instead
+    of a hundred lines of traceback out of a Bytewax worker."""
+    from views.dashboard import shared_server
+
+    try:
+        shared_server(host, port, threshold, products, origins)
+    except OSError as exc:
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise refuse(
+            "ORDERBOOK_DASHBOARD",
+            address,
+            "HOST:PORT of this machine with a free port",
+            f"cannot listen on {shown(address)}: {shown(exc, 200)}",
+        ) from None

@@ -23,6 +23,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
 from common.domain import PRODUCT_ID
+from common.text import redact_url
 
 T = TypeVar("T")
 
@@ -76,11 +77,14 @@ def product_id(name: str, value: Any) -> str:
 
 
 def ws_url(name: str, value: str | None) -> str | None:
-    """A ``ws://`` or ``wss://`` URL, or None for the default (empty text counts as None)."""
+    """A ``ws://`` or ``wss://`` URL, or None for the default (empty text counts as None).
+    A refused URL is shown redacted (:func:`common.text.redact_url`): it may carry
+    credentials."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if not isinstance(value, str) or not _WS_URL.match(value.strip()):
-        raise refuse(name, value, "a ws:// or wss:// URL")
+        shown = redact_url(value) if isinstance(value, str) else value
+        raise refuse(name, shown, "a ws:// or wss:// URL")
     return value.strip()
 
 

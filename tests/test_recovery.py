@@ -169,3 +169,67 @@ def test_killed_and_resumed_run_rebuilds_books_from_fresh_snapshots(tmp_path):
         )
     for r in records:
         assert Decimal(r["bid_price"]) < Decimal(r["ask_price"])
+
+
+# -- a damaged recovery store is refused in one line (issue 17, finding 25) ----------------
+
+
+def _damage(db: Path, kind: str) -> Path:
+    """A store from ``python -m bytewax.recovery DB 2``, then damaged; the file to name."""
+    db.mkdir()
+    from bytewax.recovery import init_db_dir
+
+    init_db_dir(db, 2)
+    part = db / "part-1.sqlite3"
+    if kind == "truncated":
+        part.write_bytes(part.read_bytes()[:1000])
+    elif kind == "overwritten":
+        part.write_bytes(b"\x00garbage" * 4096)
+    elif kind == "not bytewax's":
+        part.unlink()
+        with sqlite3.connect(part) as conn:
+            conn.execute("CREATE TABLE notes (text TEXT)")
+        conn.close()
+    elif kind == "no partition row":
+        with sqlite3.connect(part) as conn:
+            conn.execute("DELETE FROM parts")
+        conn.close()
+    elif kind == "empty directory":
+        for file in db.iterdir():
+            file.unlink()
+        return db
+    elif kind == "missing directory":
+        for file in db.iterdir():
+            file.unlink()
+        db.rmdir()
+        return db
+    return part
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "truncated",
+        "overwritten",
+        "not bytewax's",
+        "no partition row",
+        "empty directory",
+        "missing directory",
+    ],
+)
+def test_a_damaged_recovery_store_is_refused_in_one_line(tmp_path, kind):
+    """Before, Bytewax unwrapped the SQLite error in Rust: a 66- to 75-line panic."""
+    db = tmp_path / "recovery"
+    named = _damage(db, kind)
+    env = flow_env(
+        ORDERBOOK_REPLAY=str(REPO / "samples" / "sample.jsonl.gz"),
+        ORDERBOOK_OUTPUT=f"jsonl:{tmp_path / 'out.jsonl'}",
+    )
+    args = ["bytewax.run", "dataflow:flow", "-r", str(db), "-s", "1", "-b", "0"]
+    flow = FlowProcess(args, env)
+    assert flow.finish(timeout=60) != 0
+    lines = flow.stderr.strip().splitlines()
+    assert len(lines) == 1, flow.stderr[-3000:]
+    assert lines[0].startswith("orderbook: recovery store") and str(named) in lines[0]
+    assert "python -m bytewax.recovery" in lines[0]
+    assert "panicked" not in flow.stderr and "Traceback" not in flow.stderr

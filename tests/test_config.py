@@ -216,7 +216,9 @@ def test_a_watchdog_shorter_than_coinbases_heartbeat_is_refused(value):
     assert Settings.from_env({"ORDERBOOK_WATCHDOG_SECONDS": "1"}).watchdog_seconds == 1
 
 
-@pytest.mark.parametrize("value", [" 3031", "3031 ", "３０３１", "٣٠٣١", "+3031", "3_031"])
+@pytest.mark.parametrize(
+    "value", [" 3031", "3031 ", "３０３１", "٣٠٣١", "+3031", "3_031"]
+)
 def test_a_metrics_port_that_bytewax_cannot_parse_is_refused(value):
     """Python's int() reads these; Bytewax's Rust parser panicked on them and the run
     went on without the /metrics it had announced."""
@@ -225,7 +227,9 @@ def test_a_metrics_port_that_bytewax_cannot_parse_is_refused(value):
         Settings.from_env({"BYTEWAX_DATAFLOW_API_PORT": value})
     message = str(err.value)
     assert "BYTEWAX_DATAFLOW_API_PORT" in message and "ASCII digits" in message
-    assert Settings.from_env({"BYTEWAX_DATAFLOW_API_PORT": "03031"}).metrics_port == 3031
+    assert (
+        Settings.from_env({"BYTEWAX_DATAFLOW_API_PORT": "03031"}).metrics_port == 3031
+    )
 
 
 def test_a_refused_ws_url_never_shows_its_credentials():

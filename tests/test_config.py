@@ -242,6 +242,10 @@ def test_a_refused_ws_url_never_shows_its_credentials():
     assert "s3cr3t" not in message and "depth=2" in message
     accepted = Settings.from_env({"ORDERBOOK_WS_URL": "ws://alice:hunter2@feed/"})
     assert "hunter2" not in repr(accepted)
+    # A port that is not one was refused only by each connect, for ever.
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"ORDERBOOK_WS_URL": "ws://alice:hunter2@127.0.0.1:99999/"})
+    assert "Port out of range" in str(err.value) and "hunter2" not in str(err.value)
 
 
 def test_the_largest_message_is_a_setting_whose_default_is_the_sources():

@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
@@ -97,7 +98,16 @@ def run_closers(report: bool = True) -> None:
                 sys.stderr.write(f"orderbook: closing an output failed: {exc}\n")
 
 
+_exiting = threading.Lock()
+"""Held by whichever of the handler and the relay (below) ends the process first."""
+RELAY_GRACE_SECONDS = 0.5
+"""How long the signal relay waits for the main thread's handler before acting itself."""
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def _exit_cleanly(signum: int, _frame: object) -> None:
+    if not _exiting.acquire(blocking=False):
+        return  # the other path is already closing and leaving
     name = signal.Signals(signum).name
     try:
         run_closers()
@@ -112,12 +122,48 @@ def _exit_cleanly(signum: int, _frame: object) -> None:
 
 
 def install_clean_exit() -> bool:
-    """Install the handlers; only possible (and only wanted) on the main thread."""
+    """Install the handlers and the relay; only possible (and only wanted) on the main
+    thread."""
     if threading.current_thread() is not threading.main_thread():
         return False
     signal.signal(signal.SIGINT, _exit_cleanly)
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    _start_relay()
     return True
+
+
+_relay: threading.Thread | None = None
+
+
+def _start_relay() -> None:
+    """A Python signal handler runs on the main thread between two bytecodes: never
+    while that thread is blocked in C. At start the output probe asks a Kafka broker
+    inside librdkafka for up to 10 s, and a SIGTERM then took effect 9.7 s late (a
+    container runtime kills with SIGKILL after 10 s). So the C-level handler also
+    writes the signal's number to a pipe (``signal.set_wakeup_fd``), and a daemon
+    thread that reads it ends the process itself when the main thread has not done so
+    within :data:`RELAY_GRACE_SECONDS`."""
+    global _relay
+    if _relay is not None:
+        return
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    try:
+        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    except ValueError:  # pragma: no cover - not the main thread, checked above
+        return
+    _relay = threading.Thread(
+        target=_relay_signals, args=(read_end,), name="signal-relay", daemon=True
+    )
+    _relay.start()
+
+
+def _relay_signals(read_end: int) -> None:
+    while True:
+        for signum in os.read(read_end, 64):
+            if signum in _STOP_SIGNALS:  # not e.g. a SIGWINCH handler's signal
+                time.sleep(RELAY_GRACE_SECONDS)  # the handler normally exits first
+                _exit_cleanly(signum, None)
 
 
 def started_by_bytewax_run() -> bool:

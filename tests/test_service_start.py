@@ -3,20 +3,21 @@ partitions, signals before the flow is built."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import socket
+import threading
+import time
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from bytewax.recovery import init_db_dir
 
 from service.inputs import ResumeLoggingSource, log_resumes
-from service.recovery_store import check_recovery_store, recovery_directory
 from service.runtime import announce_settings
-from service.settings import METRICS_API_ENABLED, ConfigError, Settings
+from service.settings import METRICS_API_ENABLED, Settings
 from tests.support.flow import FlowProcess, flow_env, wait_until
 
 
@@ -131,32 +132,36 @@ def test_a_signal_during_start_up_ends_the_run_cleanly(moment, sig):
     assert flow.stdout == ""
 
 
-# -- the recovery store, checked before Bytewax opens it (issue 17, finding 25) -----------
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_a_kafka_broker_is_asked_at_start_ends_the_run_at_once(
+    tmp_path, sig
+):
+    """The output probe waits up to 10 s for a broker inside librdkafka, where no
+    Python handler can run: the signal relay ends the run anyway, within a second.
+    The "broker" accepts the connection and never answers."""
+    accepted = threading.Event()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        held: list[socket.socket] = []
 
+        def accept() -> None:
+            with contextlib.suppress(OSError):
+                held.append(listener.accept()[0])
+                accepted.set()
 
-@pytest.mark.parametrize(
-    "argv, env",
-    [
-        (["dataflow:flow", "-r", "DB", "-s", "1"], {}),
-        (["dataflow:flow", "-rDB"], {}),
-        (["dataflow:flow", "--recovery-directory=DB", "-w", "2"], {}),
-        (["dataflow:flow"], {"BYTEWAX_RECOVERY_DIRECTORY": "DB"}),
-    ],
-)
-def test_the_recovery_directory_is_read_as_bytewax_run_reads_it(argv, env):
-    assert recovery_directory(argv, env) == Path("DB")
-    assert recovery_directory(["dataflow:flow", "-s", "1"], {}) is None
-
-
-def test_an_intact_recovery_store_passes_the_check(tmp_path):
-    init_db_dir(tmp_path, 2)
-    argv = ["dataflow:flow", "-r", str(tmp_path)]
-    assert check_recovery_store(argv, {}) == tmp_path
-    assert check_recovery_store(["dataflow:flow"], {}) is None
-    # Under -i/-a a process may hold none of the partitions: an empty store is fine.
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    cluster = ["dataflow:flow", "-r", str(empty), "-i", "1", "-a", "h:1;h:2"]
-    assert check_recovery_store(cluster, {}) == empty
-    with pytest.raises(ConfigError, match="no partition files"):
-        check_recovery_store(["dataflow:flow", "-r", str(empty)], {})
+        threading.Thread(target=accept, daemon=True).start()
+        env = flow_env(
+            ORDERBOOK_FEED="sim", ORDERBOOK_OUTPUT=f"kafka:127.0.0.1:{port}/books"
+        )
+        flow = FlowProcess(["bytewax.run", "dataflow:flow"], env)
+        wait_until(accepted.is_set, 30, "the output probe to reach the broker")
+        signalled = time.monotonic()
+        status = flow.stop(sig, timeout=30)
+        took = time.monotonic() - signalled
+        for conn in held:
+            conn.close()
+    assert status == 0, flow.stderr[-2000:]
+    assert took < 5.0, f"{took:.1f} s"  # the probe's own timeout is 10 s
+    assert "Traceback" not in flow.stderr
+    assert f"{signal.Signals(sig).name} received, stopping" in flow.stderr

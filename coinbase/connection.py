@@ -86,9 +86,9 @@ limit); 5xx are the server's own trouble, retried too."""
 
 def permanent_error(exc: BaseException) -> bool:
     """True when connecting failed in a way no retry can cure: the URL is not a
-    WebSocket URI (or its port is not a port), the server answered the upgrade with an HTTP status that says this
-    is not (or not for us) a WebSocket endpoint (e.g. 200, 301, 400, 401, 403, 404),
-    or the server's certificate does not verify."""
+    WebSocket URI (or its port is not a port), the server answered the upgrade with an
+    HTTP status that says this is not (or not for us) a WebSocket endpoint (e.g. 200,
+    301, 400, 401, 403, 404), or the server's certificate does not verify."""
     if isinstance(exc, (InvalidURI, ValueError)):  # e.g. "Port out of range 0-65535"
         return True
     if isinstance(exc, InvalidStatus):

@@ -77,8 +77,9 @@ _closers: list[Callable[[], None]] = []
 def register_closer(closer: Callable[[], None]) -> None:
     """Have ``closer`` run before the process exits on a signal (e.g. finish files).
 
-    Closers run on the main thread, from the signal handler, most recent first; one
-    that raises is logged and the others still run.
+    Closers run on the main thread, from the signal handler, most recent first (or on
+    the signal relay's thread when the main thread is stuck in C, see
+    :func:`_start_relay`); one that raises is logged and the others still run.
     """
     _closers.append(closer)
 

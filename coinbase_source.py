@@ -31,7 +31,8 @@ items wait and a 1 ms poll otherwise, 8 ms once the product has been quiet for 1
 Said out loud: every resync with its reason; at most every 5 s per partition, how far
 behind the dataflow is when it is (queue depth, age of the oldest queued event); and when
 EVERY partition of the process has failed permanently (unknown products, refused
-credentials) one line, then the process exits with status 1 instead of idling forever.
+credentials, a feed that never delivered a book: see ``_Group.hopeless``) one line,
+then the process exits with status 1 instead of idling forever.
 That is per process (a process knows only its own partitions): under ``-p``/``-i`` a
 process whose products all failed leaves, and its peers end with Bytewax's
 communication error; a process with one working product keeps running.
@@ -52,7 +53,12 @@ from datetime import UTC, datetime, timedelta
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from coinbase.auth import Credentials
-from coinbase.connection import MAX_FRAME_BYTES, SNAPSHOT_GRACE_FACTOR, Connection
+from coinbase.connection import (
+    GIVE_UP_AFTER,
+    MAX_FRAME_BYTES,
+    SNAPSHOT_GRACE_FACTOR,
+    Connection,
+)
 from coinbase.errors import FeedError
 from coinbase.feeds import FEEDS, FeedSpec, subscribe_messages
 from coinbase.multiplex import (
@@ -112,6 +118,9 @@ GATHER_SECONDS = 0.05
 ALL_FAILED_GRACE_SECONDS = 2.0
 """With fewer partitions built than products (other processes own the rest, or a
 worker is still building), wait this long before concluding that all have failed."""
+MAX_WATCHDOG_SECONDS = 3600.0
+"""An hour of silence: beyond it a watchdog watches nothing (and 1e300 s overflowed the
+snapshot deadline's nanoseconds at start)."""
 
 _sources_lock = threading.Lock()
 _close_deadline = 0.0
@@ -317,6 +326,8 @@ class _Group:
             name=self.name,
             watchdog_seconds=source.watchdog_seconds,
             backoff=Backoff(source.backoff_initial, source.backoff_max),
+            max_size=source.max_message_bytes,
+            give_up_after=source.give_up_after,
         )
         self.parts: dict[str, _CoinbasePartition] = {}
         self.assigned = 0
@@ -444,6 +455,25 @@ class _Group:
     def connect_failed(self, reason: str) -> None:
         self.session.connect_failed(reason)
 
+    def hopeless(self, reason: str) -> bool:
+        """The connection never settled and asks whether to stop (see
+        ``Connection._hopeless``). Yes, unless some product of this source in this
+        process ever got a snapshot: then the feed works and this is an outage, retried.
+        Stopping fails every product of the connection with ``reason`` (the path of an
+        unknown product): when every partition of the process has failed, the source
+        says so in one line and the process ends with status 1."""
+        if self.source._delivered_any():
+            return False
+        error = FeedError(reason, permanent=True)
+        step = ConnectionStep()
+        for session in self.session.active:
+            events = session.fail(error)
+            if events:
+                step.events.append((session.product_id, events))
+            step.stopped.append(session.product_id)
+        self._apply(step)
+        return True
+
     def retrying(self) -> None:
         self.session.retrying()
 
@@ -457,6 +487,11 @@ class CoinbaseSource(FixedPartitionedSource[tuple[str, BookEvent], str]):
     line and exits the process with status 1. ``on_stats``, if given, is called with
     ``(product_id, origin, stats)`` at most every :data:`STATS_INTERVAL` seconds per
     partition, from the worker thread (the service publishes them as metrics).
+    ``max_message_bytes`` bounds one received message (a connection that gets a bigger
+    one is dropped; see :data:`coinbase.connection.MAX_FRAME_BYTES`);
+    ``give_up_after`` connections in a row without a book, before any product of the
+    process ever got one, end the source like permanent failures do
+    (:data:`coinbase.connection.GIVE_UP_AFTER`).
     """
 
     def __init__(
@@ -472,6 +507,8 @@ class CoinbaseSource(FixedPartitionedSource[tuple[str, BookEvent], str]):
         backoff_max: float = 30.0,
         on_all_failed: Callable[[str], None] = exit_process,
         on_stats: Callable[[str, str, SessionStats], None] | None = None,
+        max_message_bytes: int = MAX_FRAME_BYTES,
+        give_up_after: int = GIVE_UP_AFTER,
     ) -> None:
         if isinstance(products, str):
             raise validation.refuse(
@@ -494,10 +531,18 @@ class CoinbaseSource(FixedPartitionedSource[tuple[str, BookEvent], str]):
             raise validation.refuse("origin", origin, "a non-empty label such as 'sim'")
         self.credentials = credentials
         self.origin = origin or self.feed
-        self.watchdog_seconds = validation.number("watchdog_seconds", watchdog_seconds)
+        self.watchdog_seconds = validation.number(
+            "watchdog_seconds", watchdog_seconds, high=MAX_WATCHDOG_SECONDS
+        )
         self.backoff_initial = validation.number("backoff_initial", backoff_initial)
         self.backoff_max = validation.number(
             "backoff_max", backoff_max, low=self.backoff_initial, low_open=False
+        )
+        self.max_message_bytes = validation.integer(
+            "max_message_bytes", max_message_bytes, 1, 2**31
+        )
+        self.give_up_after = validation.integer(
+            "give_up_after", give_up_after, 1, 1_000_000
         )
         self._on_all_failed = on_all_failed
         self.on_stats = on_stats
@@ -530,6 +575,12 @@ class CoinbaseSource(FixedPartitionedSource[tuple[str, BookEvent], str]):
 
     # -- every partition failed: say so and stop -------------------------------------------
 
+    def _delivered_any(self) -> bool:
+        """Whether any partition of this source in this process ever got a snapshot."""
+        with _sources_lock:
+            parts = list(self._parts)
+        return any(p.stats.snapshots for p in parts)
+
     def _partition_failed(self, *, recheck: bool = False) -> None:
         """On the loop thread, when a partition stops for good."""
         with _sources_lock:
@@ -545,9 +596,19 @@ class CoinbaseSource(FixedPartitionedSource[tuple[str, BookEvent], str]):
             if self._all_failed_said:
                 return
             self._all_failed_said = True
-        shown = "; ".join(f"{p.product_id}: {p.error}" for p in parts[:3])
-        more = f"; and {len(parts) - 3} more" if len(parts) > 3 else ""
         self._on_all_failed(
             f"every Coinbase product of this process failed permanently, stopping "
-            f"({len(parts)} of {len(self.products)}): {shown}{more}"
+            f"({len(parts)} of {len(self.products)}): {_failures(parts)}"
         )
+
+
+def _failures(parts: list[_CoinbasePartition]) -> str:
+    """``A: error; B: other error; and N more``, or, when they failed for one reason
+    (a connection's products), ``A, B, C and N more: error`` once."""
+    errors = {str(p.error) for p in parts}
+    if len(errors) == 1 and len(parts) > 1:
+        names = ", ".join(p.product_id for p in parts[:3])
+        more = f" and {len(parts) - 3} more" if len(parts) > 3 else ""
+        return f"{names}{more}: {errors.pop()}"
+    shown = "; ".join(f"{p.product_id}: {p.error}" for p in parts[:3])
+    return shown + (f"; and {len(parts) - 3} more" if len(parts) > 3 else "")

@@ -6,6 +6,14 @@ environment variables, see the README), or build variants with :func:`get_flow`.
 
 from __future__ import annotations
 
+from service import runtime
+
+# First of all, under `python -m bytewax.run`: Ctrl-C and SIGTERM end the run with status
+# 0 from here on, during the imports below and the whole start-up too (settings, outputs
+# probed, a deep sim book built), not only once the flow is built.
+if runtime.started_by_bytewax_run():
+    runtime.install_clean_exit()
+
 import sys
 
 import bytewax.operators as op
@@ -18,6 +26,7 @@ from service import cluster
 from service.inputs import build_source, log_resumes
 from service.outputs import FanOutSink, OutputSpec
 from service.placement import RouteByProduct
+from service.recovery_store import check_recovery_store
 from service.runtime import (
     announce_settings,
     configure_logging,
@@ -84,15 +93,16 @@ def _output_specs(settings: Settings) -> tuple[OutputSpec, ...]:
 
 
 def _flow_from_environment() -> Dataflow:
+    install_clean_exit()  # again: a program that imported this module builds `flow`
     separate_records_from_stdout()
     configure_logging()
     try:
+        check_recovery_store()  # before Bytewax panics on a damaged one
         settings = Settings.from_env()
         built = get_flow(settings)
     except ConfigError as exc:
         sys.exit(f"orderbook: {exc}")
     announce_settings(settings)
-    install_clean_exit()
     tune_garbage_collector()
     cluster.await_lower_processes()  # Timely's first connect to a peer succeeds
     return built

@@ -15,7 +15,16 @@ file). Shared by the source and the recorder, so both get the same behaviour:
   settles only a longer grace (``SNAPSHOT_GRACE_FACTOR`` periods) applies, so that a
   multi-MB snapshot on a slow link is waited for, while heartbeats alone cannot keep a
   book-less connection alive. Once settled, any frame feeds it, even while one product
-  waits for a new snapshot (its own deadline is the handler's business).
+  waits for a new snapshot (its own deadline is the handler's business);
+* bounded memory: a message over ``max_size`` bytes drops the connection as soon as its
+  header says so, and at most :data:`MAX_QUEUE_FRAMES` received frames wait to be read
+  (see :class:`_BoundedConnection`);
+* a feed that cannot work is given up: a definitely permanent error before the feed ever
+  settled (:func:`permanent_error`), or :data:`GIVE_UP_AFTER` connections in a row that
+  never settled, asks the handler's optional ``hopeless(reason)`` whether to stop.
+
+URLs are logged and put in reasons only through :func:`common.text.redact_url`: user info
+and secret-looking query parameters never reach a log.
 """
 
 from __future__ import annotations
@@ -23,19 +32,108 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import time
 from typing import Any, Protocol
 
 import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import InvalidStatus, InvalidURI
+from websockets.protocol import State
 
 from coinbase.pacing import CONNECTION_PACER, MESSAGE_PACER, Backoff, ConnectionPacer
+from common.text import redact_url, shown
 
-__all__ = ["MAX_FRAME_BYTES", "SNAPSHOT_GRACE_FACTOR", "Connection", "Handler"]
+__all__ = [
+    "GIVE_UP_AFTER",
+    "MAX_FRAME_BYTES",
+    "MAX_QUEUE_FRAMES",
+    "SNAPSHOT_GRACE_FACTOR",
+    "Connection",
+    "Handler",
+    "permanent_error",
+]
 
 log = logging.getLogger(__name__)
 
-MAX_FRAME_BYTES = 64 * 2**20
-"""Live full-depth snapshots are 5+ MB; websockets' 1 MiB default would drop them."""
+MAX_FRAME_BYTES = 16 * 2**20
+"""The default limit of one received message (16 MiB). Coinbase's largest messages are
+full-depth snapshots: 5.08 MB measured for BTC-USD on Advanced Trade, about as much on
+the Exchange feed, so websockets' 1 MiB default would drop them; 16 MiB leaves three
+times that. The limit is also the unit of the worst case of memory a hostile or broken
+server can make a connection hold (see :data:`MAX_QUEUE_FRAMES`): before, with 64 MiB
+and websockets' queue of 16 frames, a server sending 64 MB frames faster than they were
+parsed grew a client by about 64 MB a second, to 1.3 GB measured."""
+MAX_QUEUE_FRAMES = 4
+"""Received frames websockets queues before it stops reading the socket (its default is
+16). Memory held by one connection is at most about ``(MAX_QUEUE_FRAMES + 2) *
+max_size``: the queue, the frame being read and its decoded copy; 96 MiB at the default
+limit instead of 1 GiB+. Frames are read on the same loop that parses them, so a shorter
+queue costs nothing measurable: 300,000 small frames from another process read at
+80,000-125,000 a second with a queue of 16, 4, 2 or 1 alike."""
+GIVE_UP_AFTER = 10
+"""Connections in a row that end before the feed delivered anything useful (before the
+handler settled) after which a feed that never worked in this process is declared
+unusable: with the default backoff (0.25 s doubling to 30 s) about one minute of trying.
+Long enough for a network that is still coming up when the service starts; short enough
+that a wrong URL, a server speaking the other protocol or a limit no snapshot fits under
+ends the run instead of retrying forever."""
+_NEVER_WORKS_STATUS = range(200, 500)
+_RETRYABLE_STATUS = (408, 425, 429)
+"""HTTP statuses of a refused upgrade that retrying may cure (timeout, too early, rate
+limit); 5xx are the server's own trouble, retried too."""
+
+
+def permanent_error(exc: BaseException) -> bool:
+    """True when connecting failed in a way no retry can cure: the URL is not a
+    WebSocket URI (or its port is not a port), the server answered the upgrade with an
+    HTTP status that says this is not (or not for us) a WebSocket endpoint (e.g. 200,
+    301, 400, 401, 403, 404), or the server's certificate does not verify."""
+    if isinstance(exc, (InvalidURI, ValueError)):  # e.g. "Port out of range 0-65535"
+        return True
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        return status in _NEVER_WORKS_STATUS and status not in _RETRYABLE_STATUS
+    return isinstance(exc, ssl.SSLCertVerificationError)
+
+
+class _BoundedConnection(ClientConnection):
+    """websockets' client connection, which lets go of a server it failed.
+
+    On a frame over ``max_size`` (or any frame it cannot parse) websockets sends a close
+    (1009 "message too big") and discards what follows without keeping it, but then waits
+    for the server to close the TCP connection, and nothing enforces ``close_timeout`` on
+    that path: a server that keeps streaming holds the connection (and a reader blocked
+    in ``recv()``) until the watchdog fires. Here the transport is aborted
+    ``close_timeout`` seconds after such a failure, as websockets does for closes it
+    starts itself.
+    """
+
+    _abort_scheduled = False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        # The parser's exception (EOF, a frame too big...) holds, through its traceback,
+        # the parser's generator frame, whose local is the LAST frame received: a cycle
+        # through the protocol, freed only by a full garbage collection (rare here, see
+        # service.runtime.tune_garbage_collector). Measured: a server sending 16 MB junk
+        # frames grew a client by about 15 MB per reconnect (310 MB after 11 of them).
+        failure = self.protocol.parser_exc
+        if failure is not None:
+            failure.__traceback__ = None
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        protocol = self.protocol
+        if (
+            protocol.parser_exc is not None
+            and protocol.state is State.CLOSING
+            and not self._abort_scheduled
+        ):
+            self._abort_scheduled = True
+            self.loop.call_later(self.close_timeout or 0.0, self.transport.abort)
+
+
 SNAPSHOT_GRACE_FACTOR = 3.0
 """A connection must settle (deliver its snapshot) within this many watchdog periods of
 connecting; after that, any frame feeds the watchdog."""
@@ -65,6 +163,8 @@ class Handler(Protocol):
 
     # Optional: ``outgoing()`` returns the messages to send on the live connection; the
     # handler calls :meth:`Connection.wake` when there are some (see ``_write``).
+    # Optional: ``hopeless(reason) -> bool``: the feed never worked and ``reason`` says
+    # why it seems it never will (see ``Connection._hopeless``); True stops the loop.
 
     def retrying(self) -> None:
         """About to wait (backoff) and connect again."""
@@ -84,16 +184,26 @@ class Connection:
         pacer: ConnectionPacer = CONNECTION_PACER,
         message_pacer: ConnectionPacer = MESSAGE_PACER,
         max_size: int = MAX_FRAME_BYTES,
+        give_up_after: int = GIVE_UP_AFTER,
     ) -> None:
         self.url = url
+        self.shown_url = redact_url(url)
+        """The URL as logs and reasons show it: user info and secrets redacted."""
         self.name = name
         self.watchdog = watchdog_seconds
         self.backoff = backoff or Backoff()
         self._pacer = pacer
         self._message_pacer = message_pacer
         self._max_size = max_size
+        self._give_up_after = give_up_after
         self._wakeup: asyncio.Event | None = None
         self._live = False
+        self.ever_settled = False
+        """Whether any connection of this object delivered what settles the handler."""
+        self.failures = 0
+        """Connections in a row that ended (or failed to open) before settling."""
+        self._permanent = False
+        self.last_failure = ""
 
     def wake(self) -> None:
         """Messages are waiting (``handler.outgoing()``); call on the loop thread."""
@@ -116,6 +226,36 @@ class Connection:
                 raise
             except Exception:  # a bug must not end the connection's life
                 log.exception("%s: unexpected error in the connection loop", self.name)
+            if self._hopeless(handler):
+                return
+
+    def _hopeless(self, handler: Handler) -> bool:
+        """After a failed connection: True if the handler agrees to stop trying. Asked
+        on a definitely permanent error or after ``give_up_after`` failures in a row,
+        and only while no connection of this object ever settled (a feed that worked
+        once is retried for ever: an outage ends)."""
+        if self.ever_settled or not hasattr(handler, "hopeless"):
+            return False
+        if self._permanent:
+            why = f"cannot be used: {self.last_failure}"
+        elif self.failures >= self._give_up_after:
+            why = (
+                f"never sent a book: {self.failures} connections in a row failed; "
+                f"the last: {self.last_failure}"
+            )
+        else:
+            return False
+        return bool(handler.hopeless(f"the feed at {self.shown_url} {why}"))
+
+    def _failed(self, reason: str, permanent: bool = False) -> None:
+        self.failures += 1
+        self.last_failure = reason
+        self._permanent = permanent
+
+    def _describe(self, exc: BaseException) -> str:
+        """An exception as one safe line: the URL redacted, foreign text escaped."""
+        text = str(exc).replace(self.url, self.shown_url)
+        return shown(f"{type(exc).__name__}: {text}", limit=300)
 
     async def _once(self, handler: Handler) -> bool:
         """One connection's life; returns whether to reconnect."""
@@ -123,14 +263,23 @@ class Connection:
             ws = await websockets.connect(
                 self.url,
                 max_size=self._max_size,
+                max_queue=MAX_QUEUE_FRAMES,
                 open_timeout=max(10.0, self.watchdog),
                 close_timeout=1.0,
+                create_connection=_BoundedConnection,
             )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            handler.connect_failed(f"connect failed: {type(exc).__name__}: {exc}")
-            log.warning("%s: cannot connect to %s: %s", self.name, self.url, exc)
+            described = self._describe(exc)
+            permanent = permanent_error(exc)
+            self._failed(
+                described if permanent else f"cannot connect: {described}", permanent
+            )
+            handler.connect_failed(f"connect failed: {described}")
+            log.warning(
+                "%s: cannot connect to %s: %s", self.name, self.shown_url, described
+            )
             return True
         reason = "connection closed"
         writer: asyncio.Task | None = None
@@ -145,7 +294,7 @@ class Connection:
                 writer = asyncio.create_task(self._write(ws, handler))
             reason = await self._read(ws, handler)
         except websockets.ConnectionClosed as exc:
-            reason = f"connection closed ({exc})"
+            reason = self._closed_reason(exc)
         except TimeoutError:
             if self._live:
                 reason = f"watchdog: no message for {self.watchdog:g} s"
@@ -160,8 +309,21 @@ class Connection:
             self._wakeup = None
             if self._live or handler.settled:
                 self.backoff.reset()  # this connection proved healthy
+                self.ever_settled = True
+                self.failures = 0
+            else:
+                self._failed(reason)
             await ws.close()
         return handler.closed(reason, ws.close_code)
+
+    def _closed_reason(self, exc: websockets.ConnectionClosed) -> str:
+        sent = exc.sent
+        if sent is not None and sent.code == 1009:  # we refused a message too big
+            return (
+                f"message too big: {shown(sent.reason, limit=120)} "
+                "(ORDERBOOK_MAX_MESSAGE_BYTES); connection dropped"
+            )
+        return f"connection closed ({shown(exc, limit=300)})"
 
     async def _write(self, ws: Any, handler: Any) -> None:
         """Send what the handler has for the live connection, paced like the rest."""

@@ -21,8 +21,10 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from common.domain import PRODUCT_ID
+from common.text import redact_url
 
 T = TypeVar("T")
 
@@ -79,11 +81,23 @@ def product_id(name: str, value: Any) -> str:
 
 
 def ws_url(name: str, value: str | None) -> str | None:
-    """A ``ws://`` or ``wss://`` URL, or None for the default (empty text counts as None)."""
+    """A ``ws://`` or ``wss://`` URL, or None for the default (empty text counts as None).
+    A refused URL is shown redacted (:func:`common.text.redact_url`): it may carry
+    credentials."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if not isinstance(value, str) or not _WS_URL.match(value.strip()):
-        raise refuse(name, value, "a ws:// or wss:// URL")
+        shown = redact_url(value) if isinstance(value, str) else value
+        raise refuse(name, shown, "a ws:// or wss:// URL")
+    try:
+        parts = urlsplit(value.strip())
+        parts.port  # noqa: B018 - raises ValueError when not a port number in 0..65535
+    except ValueError as exc:
+        raise refuse(
+            name, redact_url(value), "a ws:// or wss:// URL", str(exc)
+        ) from None
+    if not parts.hostname:
+        raise refuse(name, redact_url(value), "a ws:// or wss:// URL", "no host")
     return value.strip()
 
 

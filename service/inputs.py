@@ -44,6 +44,7 @@ def build_source(settings: Settings) -> tuple[FixedPartitionedSource, list[str]]
             origin="sim",
             watchdog_seconds=settings.watchdog_seconds,
             on_stats=_stats_observer(settings),
+            max_message_bytes=settings.max_message_bytes,
         )
         return source, products
     credentials = None
@@ -59,6 +60,7 @@ def build_source(settings: Settings) -> tuple[FixedPartitionedSource, list[str]]
         credentials=credentials,
         watchdog_seconds=settings.watchdog_seconds,
         on_stats=_stats_observer(settings),
+        max_message_bytes=settings.max_message_bytes,
     )
     return source, products
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
@@ -25,6 +26,7 @@ METRICS_ADDRESSES = ("127.0.0.1", "0.0.0.0")
 METRICS_API_ENABLED = "BYTEWAX_DATAFLOW_API_ENABLED"
 METRICS_API_PORT = "BYTEWAX_DATAFLOW_API_PORT"
 _FALSE = ("", "0", "false", "no", "off")
+_ASCII_DIGITS = re.compile(r"[0-9]+")
 
 SETTINGS_HELP = {
     "ORDERBOOK_PRODUCTS": "comma-separated product ids, e.g. BTC-USD,ETH-USD",
@@ -39,7 +41,7 @@ SETTINGS_HELP = {
         "kafka:HOST:PORT/TOPIC, live"
     ),
     "ORDERBOOK_REPLAY": "path of a recording made by python -m recording",
-    "ORDERBOOK_WATCHDOG_SECONDS": "seconds of silence before a connection counts as dead (> 0)",
+    "ORDERBOOK_WATCHDOG_SECONDS": "seconds of silence before a connection counts as dead (1 to 3600)",
     "ORDERBOOK_SIM_DEPTH": "levels per side of the local exchange's books (1 to 50000)",
     "ORDERBOOK_SIM_RATE": "update batches per second per product on the local exchange (0 to 10000)",
     "ORDERBOOK_METRICS_ADDRESS": (
@@ -61,6 +63,22 @@ IGNORED_BY_REPLAY = (
     "ORDERBOOK_SIM_RATE",
 )
 """Settings of a live input, which a replay does not use."""
+# -- the live connection (coinbase/connection.py) ---------------------------------------
+WATCHDOG_MIN = 1.0
+"""Coinbase sends a heartbeat every second (per product on the Exchange feed, per
+connection on Advanced Trade): a shorter watchdog would end healthy quiet connections
+between two heartbeats (and 1e-9 s ended every connection before its snapshot)."""
+WATCHDOG_MAX = 3600.0
+"""An hour of silence; 1e300 passed validation and overflowed at start."""
+MESSAGE_BYTES_DEFAULT = 16 * 2**20
+"""coinbase.connection.MAX_FRAME_BYTES (not imported: the settings of a replay do not
+load the live feed's modules); a test checks that they agree."""
+MESSAGE_BYTES_MIN, MESSAGE_BYTES_MAX = 2**20, 256 * 2**20
+SETTINGS_HELP["ORDERBOOK_MAX_MESSAGE_BYTES"] = (
+    f"largest WebSocket message accepted, in bytes ({MESSAGE_BYTES_MIN} to "
+    f"{MESSAGE_BYTES_MAX}; default {MESSAGE_BYTES_DEFAULT}, 16 MiB)"
+)
+IGNORED_BY_REPLAY += ("ORDERBOOK_MAX_MESSAGE_BYTES",)
 # -- depth records and outputs (service/outputs) ----------------------------------------
 DEPTH_LEVELS_MAX = 1000
 SETTINGS_HELP.update(
@@ -78,7 +96,8 @@ class Settings:
     products: tuple[str, ...] | None = None
     """None: the defaults, or when replaying, every product of the recording."""
     feed: str = "exchange"
-    ws_url: str | None = None
+    ws_url: str | None = field(default=None, repr=False)
+    """May carry credentials (user info, a token): kept out of the repr."""
     spread_threshold_pct: Decimal = Decimal("0.1")
     output: str = "text"
     output_path: Path | None = None
@@ -101,6 +120,8 @@ class Settings:
     """``OutputSpec`` of every ``ORDERBOOK_OUTPUT`` entry; empty: ``output``/``output_path``."""
     depth_levels: int = 0
     depth_interval: float = 1.0
+    # the live connection
+    max_message_bytes: int = MESSAGE_BYTES_DEFAULT
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -138,7 +159,11 @@ class Settings:
             output_path=output_path,
             replay=parse_replay(env.get("ORDERBOOK_REPLAY")),
             watchdog_seconds=validation.number(
-                "ORDERBOOK_WATCHDOG_SECONDS", env.get("ORDERBOOK_WATCHDOG_SECONDS", "5")
+                "ORDERBOOK_WATCHDOG_SECONDS",
+                env.get("ORDERBOOK_WATCHDOG_SECONDS", "5"),
+                low=WATCHDOG_MIN,
+                low_open=False,
+                high=WATCHDOG_MAX,
             ),
             sim_depth=validation.integer(
                 "ORDERBOOK_SIM_DEPTH", env.get("ORDERBOOK_SIM_DEPTH", "1000"), 1, 50_000
@@ -160,6 +185,12 @@ class Settings:
             ),
             outputs=outputs,
             **depth,
+            max_message_bytes=validation.integer(
+                "ORDERBOOK_MAX_MESSAGE_BYTES",
+                env.get("ORDERBOOK_MAX_MESSAGE_BYTES", str(MESSAGE_BYTES_DEFAULT)),
+                MESSAGE_BYTES_MIN,
+                MESSAGE_BYTES_MAX,
+            ),
         )
 
 
@@ -207,9 +238,17 @@ def parse_metrics(env: Mapping[str, str]) -> tuple[bool, str, int]:
         env.get("ORDERBOOK_METRICS_ADDRESS", "127.0.0.1"),
         METRICS_ADDRESSES,
     )
-    port = validation.integer(
-        METRICS_API_PORT, env.get(METRICS_API_PORT, "3030"), 1, 65_535
-    )
+    raw_port = env.get(METRICS_API_PORT, "3030")
+    if not _ASCII_DIGITS.fullmatch(raw_port):
+        # Python's int() takes " 3031" and "３０３１"; Bytewax's Rust parser panics on them
+        # and the run went on without the API it had announced.
+        raise refuse(
+            METRICS_API_PORT,
+            raw_port,
+            "a whole number in 1..65535",
+            "ASCII digits only, without spaces or signs: Bytewax reads it as is",
+        )
+    port = validation.integer(METRICS_API_PORT, raw_port, 1, 65_535)
     if enabled and address != "0.0.0.0":
         raise refuse(
             METRICS_API_ENABLED,

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
+import http.server
+import logging
 import pickle
 import threading
 import time
@@ -25,11 +28,13 @@ from coinbase_source import (
     POLL_INTERVAL,
     QUIET_POLL_INTERVAL,
     QUIET_POLLS,
+    CoinbaseSource,
     _CoinbasePartition,
 )
 from events import BookReset
 from tests.coinbase_helpers import (
     CREDS,
+    FAST,
     SECRET,
     at_frame,
     build,
@@ -41,6 +46,7 @@ from tests.coinbase_helpers import (
     update_frame,
     wait_until,
 )
+from tests.support.flow import free_port
 from tests.support.scripted_server import ScriptedConnection, ScriptedServer
 
 pytestmark = pytest.mark.slow  # every test here opens sockets or threads
@@ -461,3 +467,140 @@ def test_a_quiet_product_is_polled_less_often_until_its_next_event(
         go.set()  # an event: the product is busy again
         collect(part, count("changes", 1))
         assert poll_empty()[0] <= busy
+
+
+# -- feeds that can never work, and secrets in URLs (issue 17: findings 10, 20) ----------
+
+
+class _NotWebSocket(http.server.BaseHTTPRequestHandler):
+    """An HTTP server that is not a WebSocket endpoint: every request gets a 404."""
+
+    protocol_version = "HTTP/1.1"  # what a web server of today answers with
+    requests: list[str] = []
+
+    def do_GET(self) -> None:
+        self.requests.append(self.path)
+        self.send_error(404, "no WebSocket here")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _not_websocket_server() -> Iterator[tuple[str, list[str]]]:
+    requests: list[str] = []
+    handler = type("Handler", (_NotWebSocket,), {"requests": requests})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"ws://127.0.0.1:{server.server_address[1]}/feed", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_server_that_is_not_websocket_ends_the_source_at_once(
+    partitions: list,
+) -> None:
+    """A 404 to the upgrade can never turn into a feed: before, it was retried for
+    ever (a run that never produced anything and never ended)."""
+    gave_up: list[str] = []
+    with _not_websocket_server() as (url, requests):
+        source = CoinbaseSource(
+            ["BTC-USD", "ETH-USD"], url=url, on_all_failed=gave_up.append, **FAST
+        )
+        parts = [source.build_part("input", p, None) for p in source.products]
+        partitions.extend(parts)
+        wait_until(lambda: bool(gave_up))
+        wait_until(lambda: not any(part.running for part in parts))
+    [line] = gave_up
+    assert "every Coinbase product of this process failed permanently" in line
+    assert "BTC-USD" in line and "HTTP 404" in line and url in line
+    assert len(requests) == 1  # permanent: not retried
+    assert all(part.stats.state == "failed" for part in parts)
+
+
+def test_a_feed_answering_in_the_other_protocol_ends_the_source_with_its_reason(
+    partitions: list,
+) -> None:
+    """Advanced Trade subscribes sent to the Exchange feed get an error reply, every
+    time: after GIVE_UP_AFTER connections without a book the source gives up."""
+    from coinbase.connection import GIVE_UP_AFTER
+    from local_exchange.server import LocalExchange
+
+    gave_up: list[str] = []
+    with LocalExchange(["BTC-USD"], depth=10, rate=20) as exchange:
+        part = build(
+            partitions,
+            ["BTC-USD"],
+            exchange.url("exchange"),
+            feed="advanced-trade",
+            on_all_failed=gave_up.append,
+        )
+        wait_until(lambda: bool(gave_up), timeout=30)
+        wait_until(lambda: not part.running)
+        connections = exchange.stats["connections_accepted"]
+    [line] = gave_up
+    assert f"{GIVE_UP_AFTER} connections in a row failed" in line
+    assert "No channels provided" in line  # the feed's own reason
+    assert connections == GIVE_UP_AFTER
+    assert part.stats.state == "failed"
+
+
+def test_a_watchdog_too_short_for_any_snapshot_ends_the_source(
+    partitions: list,
+) -> None:
+    from local_exchange.server import LocalExchange
+
+    gave_up: list[str] = []
+    with LocalExchange(["BTC-USD"], depth=10, rate=20) as exchange:
+        build(
+            partitions,
+            ["BTC-USD"],
+            exchange.url(),
+            watchdog_seconds=1e-9,
+            on_all_failed=gave_up.append,
+        )
+        wait_until(lambda: bool(gave_up), timeout=30)
+    assert "watchdog: no snapshot within" in gave_up[0]
+
+
+def test_a_feed_that_delivered_a_book_once_is_retried_for_ever(
+    partitions: list,
+) -> None:
+    """An outage after the feed worked is not a wrong setting: never given up."""
+
+    async def script(conn: ScriptedConnection) -> None:
+        await conn.recv_json()
+        if conn.index == 0:
+            await conn.send(snapshot_frame())
+        # returning closes the connection: later ones end before any book
+
+    gave_up: list[str] = []
+    with ScriptedServer(script) as server:
+        part = build(
+            partitions,
+            ["BTC-USD"],
+            server.url,
+            give_up_after=2,
+            on_all_failed=gave_up.append,
+        )
+        collect(part, count("snapshot", 1))
+        wait_until(lambda: server.connections >= 6)
+        assert part.running
+    assert gave_up == [] and part.stats.state != "failed"
+
+
+def test_connect_failures_never_show_the_urls_credentials(
+    partitions: list, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()  # nobody listens: every connect is refused
+    url = f"ws://alice:hunter2@127.0.0.1:{port}/feed?token=s3cr3t&depth=2"
+    with caplog.at_level(logging.WARNING, logger="coinbase"):
+        part = build(partitions, ["BTC-USD"], url)
+        wait_until(lambda: part.stats.reconnects >= 2)
+    logged = caplog.text + str(part.stats)
+    assert "cannot connect to ws://***@127.0.0.1" in caplog.text
+    assert "hunter2" not in logged and "alice" not in logged
+    assert "s3cr3t" not in logged and "token=***" in caplog.text

@@ -49,7 +49,7 @@ def test_every_setting_is_read(tmp_path):
         ("ORDERBOOK_OUTPUT", "csv", "text[:PATH], jsonl[:PATH]"),
         ("ORDERBOOK_OUTPUT", "jsonl:/no/such/dir/x", "does not exist"),
         ("ORDERBOOK_REPLAY", "/no/such/file", "no such file"),
-        ("ORDERBOOK_WATCHDOG_SECONDS", "0", "> 0"),
+        ("ORDERBOOK_WATCHDOG_SECONDS", "0", "[1, 3600]"),
         ("ORDERBOOK_SIM_DEPTH", "100000", "1..50000"),
         ("ORDERBOOK_SIM_RATE", "20000", "(0, 10000]"),
     ],
@@ -187,3 +187,75 @@ def test_manifest_that_serves_metrics_says_so_for_every_interface():
 def test_recovery_stores_are_ignored_by_git():
     lines = (REPO / ".gitignore").read_text().splitlines()
     assert "recovery/" in lines
+
+
+# -- the live connection's settings (issue 17: findings 5, 10, 20, 22, 4) ---------------
+
+
+@pytest.mark.parametrize("value", ["1e300", "3601", "inf", "1e309"])
+def test_a_watchdog_beyond_an_hour_is_refused_instead_of_overflowing_at_start(value):
+    """1e300 passed validation, then the snapshot deadline's nanoseconds overflowed."""
+    from coinbase_source import CoinbaseSource
+
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"ORDERBOOK_WATCHDOG_SECONDS": value})
+    message = str(err.value)
+    assert "ORDERBOOK_WATCHDOG_SECONDS" in message and "[1, 3600]" in message
+    assert "\n" not in message
+    assert Settings.from_env({"ORDERBOOK_WATCHDOG_SECONDS": "3600"}).watchdog_seconds
+    with pytest.raises(ConfigError, match="watchdog_seconds"):
+        CoinbaseSource(["BTC-USD"], watchdog_seconds=float(value))
+
+
+@pytest.mark.parametrize("value", ["1e-9", "0.5", "0.999"])
+def test_a_watchdog_shorter_than_coinbases_heartbeat_is_refused(value):
+    """1e-9 s ended every connection before its snapshot: a run that never produced."""
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"ORDERBOOK_WATCHDOG_SECONDS": value})
+    assert "ORDERBOOK_WATCHDOG_SECONDS" in str(err.value)
+    assert Settings.from_env({"ORDERBOOK_WATCHDOG_SECONDS": "1"}).watchdog_seconds == 1
+
+
+@pytest.mark.parametrize(
+    "value", [" 3031", "3031 ", "３０３１", "٣٠٣١", "+3031", "3_031"]
+)
+def test_a_metrics_port_that_bytewax_cannot_parse_is_refused(value):
+    """Python's int() reads these; Bytewax's Rust parser panicked on them and the run
+    went on without the /metrics it had announced."""
+    assert int(value.replace("_", "")) == 3031  # what the old check relied on
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"BYTEWAX_DATAFLOW_API_PORT": value})
+    message = str(err.value)
+    assert "BYTEWAX_DATAFLOW_API_PORT" in message and "ASCII digits" in message
+    assert (
+        Settings.from_env({"BYTEWAX_DATAFLOW_API_PORT": "03031"}).metrics_port == 3031
+    )
+
+
+def test_a_refused_ws_url_never_shows_its_credentials():
+    url = "http://alice:hunter2@feed.example/path?token=s3cr3t&depth=2"
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"ORDERBOOK_WS_URL": url})
+    message = str(err.value)
+    assert "ORDERBOOK_WS_URL" in message and "ws://" in message
+    assert "hunter2" not in message and "alice" not in message
+    assert "s3cr3t" not in message and "depth=2" in message
+    accepted = Settings.from_env({"ORDERBOOK_WS_URL": "ws://alice:hunter2@feed/"})
+    assert "hunter2" not in repr(accepted)
+    # A port that is not one was refused only by each connect, for ever.
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"ORDERBOOK_WS_URL": "ws://alice:hunter2@127.0.0.1:99999/"})
+    assert "Port out of range" in str(err.value) and "hunter2" not in str(err.value)
+
+
+def test_the_largest_message_is_a_setting_whose_default_is_the_sources():
+    from coinbase.connection import MAX_FRAME_BYTES
+
+    assert Settings.from_env({}).max_message_bytes == MAX_FRAME_BYTES == 16 * 2**20
+    assert (
+        Settings.from_env({"ORDERBOOK_MAX_MESSAGE_BYTES": "8388608"}).max_message_bytes
+        == 8 * 2**20
+    )
+    for bad in ("1000", "1e9", "16MiB", "1073741824"):
+        with pytest.raises(ConfigError, match="ORDERBOOK_MAX_MESSAGE_BYTES"):
+            Settings.from_env({"ORDERBOOK_MAX_MESSAGE_BYTES": bad})

@@ -25,8 +25,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from bytewax.recovery import init_db_dir
 
 from local_exchange.server import LocalExchange
+from service.recovery_store import check_recovery_store, recovery_directory
+from service.settings import ConfigError
 from tests.support.flow import (
     REPO,
     FlowProcess,
@@ -169,3 +172,96 @@ def test_killed_and_resumed_run_rebuilds_books_from_fresh_snapshots(tmp_path):
         )
     for r in records:
         assert Decimal(r["bid_price"]) < Decimal(r["ask_price"])
+
+
+# -- a damaged recovery store is refused in one line (issue 17, finding 25) ----------------
+
+
+def _damage(db: Path, kind: str) -> Path:
+    """A store from ``python -m bytewax.recovery DB 2``, then damaged; the file to name."""
+    db.mkdir()
+    init_db_dir(db, 2)
+    part = db / "part-1.sqlite3"
+    if kind == "truncated":
+        part.write_bytes(part.read_bytes()[:1000])
+    elif kind == "overwritten":
+        part.write_bytes(b"\x00garbage" * 4096)
+    elif kind == "not bytewax's":
+        part.unlink()
+        with sqlite3.connect(part) as conn:
+            conn.execute("CREATE TABLE notes (text TEXT)")
+        conn.close()
+    elif kind == "no partition row":
+        with sqlite3.connect(part) as conn:
+            conn.execute("DELETE FROM parts")
+        conn.close()
+    elif kind == "empty directory":
+        for file in db.iterdir():
+            file.unlink()
+        return db
+    elif kind == "missing directory":
+        for file in db.iterdir():
+            file.unlink()
+        db.rmdir()
+        return db
+    return part
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "truncated",
+        "overwritten",
+        "not bytewax's",
+        "no partition row",
+        "empty directory",
+        "missing directory",
+    ],
+)
+def test_a_damaged_recovery_store_is_refused_in_one_line(tmp_path, kind):
+    """Before, Bytewax unwrapped the SQLite error in Rust: a 66- to 75-line panic."""
+    db = tmp_path / "recovery"
+    named = _damage(db, kind)
+    env = flow_env(
+        ORDERBOOK_REPLAY=str(REPO / "samples" / "sample.jsonl.gz"),
+        ORDERBOOK_OUTPUT=f"jsonl:{tmp_path / 'out.jsonl'}",
+    )
+    args = ["bytewax.run", "dataflow:flow", "-r", str(db), "-s", "1", "-b", "0"]
+    flow = FlowProcess(args, env)
+    assert flow.finish(timeout=60) != 0
+    lines = flow.stderr.strip().splitlines()
+    assert len(lines) == 1, flow.stderr[-3000:]
+    assert lines[0].startswith("orderbook: recovery store") and str(named) in lines[0]
+    assert "python -m bytewax.recovery" in lines[0]
+    assert "panicked" not in flow.stderr and "Traceback" not in flow.stderr
+
+
+# -- the recovery store, checked before Bytewax opens it (issue 17, finding 25) -----------
+
+
+@pytest.mark.parametrize(
+    "argv, env",
+    [
+        (["dataflow:flow", "-r", "DB", "-s", "1"], {}),
+        (["dataflow:flow", "-rDB"], {}),
+        (["dataflow:flow", "--recovery-directory=DB", "-w", "2"], {}),
+        (["dataflow:flow"], {"BYTEWAX_RECOVERY_DIRECTORY": "DB"}),
+    ],
+)
+def test_the_recovery_directory_is_read_as_bytewax_run_reads_it(argv, env):
+    assert recovery_directory(argv, env) == Path("DB")
+    assert recovery_directory(["dataflow:flow", "-s", "1"], {}) is None
+
+
+def test_an_intact_recovery_store_passes_the_check(tmp_path):
+    init_db_dir(tmp_path, 2)
+    argv = ["dataflow:flow", "-r", str(tmp_path)]
+    assert check_recovery_store(argv, {}) == tmp_path
+    assert check_recovery_store(["dataflow:flow"], {}) is None
+    # Under -i/-a a process may hold none of the partitions: an empty store is fine.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cluster = ["dataflow:flow", "-r", str(empty), "-i", "1", "-a", "h:1;h:2"]
+    assert check_recovery_store(cluster, {}) == empty
+    with pytest.raises(ConfigError, match="no partition files"):
+        check_recovery_store(["dataflow:flow", "-r", str(empty)], {})

@@ -1,16 +1,24 @@
-"""What the service says at start: threshold, ignored settings, resumed partitions."""
+"""What the service says and does at start: threshold, ignored settings, resumed
+partitions, signals before the flow is built."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import socket
+import threading
+import time
 from decimal import Decimal
 
+import pytest
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from service.inputs import ResumeLoggingSource, log_resumes
 from service.runtime import announce_settings
 from service.settings import METRICS_API_ENABLED, Settings
+from tests.support.flow import FlowProcess, flow_env, wait_until
 
 
 def test_threshold_is_announced_in_plain_notation(caplog):
@@ -67,3 +75,93 @@ def test_a_resumed_partition_says_so_and_a_fresh_one_does_not(caplog):
         assert isinstance(source.build_part("s", "ETH-USD", "saved"), _Part)
     assert "ETH-USD: resuming from recovery state" in caplog.text
     assert "BTC-USD" not in caplog.text
+
+
+# -- signals during start-up (issue 17, finding 24) ---------------------------------------
+
+DEEP_BOOKS = {
+    "ORDERBOOK_FEED": "sim",
+    "ORDERBOOK_SIM_DEPTH": "50000",  # about 0.15 s of start-up per product
+    "ORDERBOOK_PRODUCTS": "BTC-USD,ETH-USD,BTC-EUR,ETH-EUR,SOL-USD,LTC-USD",
+    "ORDERBOOK_SPREAD_THRESHOLD": "0",
+}
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (its SigCgt mask)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    except FileNotFoundError:  # exited
+        pass
+    return False
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["as soon as it can", "while deep books build"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_start_up_ends_the_run_cleanly(moment, sig):
+    """Before, the handlers came once the flow was built: Ctrl-C or SIGTERM during the
+    start-up (0.3 s; 0.8 s with a deep sim book) left a traceback and status 130/143.
+    Now they are in place from the import of ``dataflow``; the test waits for that
+    (the process catches SIGTERM), or for the books' build to be under way (0.2 s of CPU
+    later), and signals then: the start-up must not have finished."""
+    flow = FlowProcess(["bytewax.run", "dataflow:flow"], flow_env(**DEEP_BOOKS))
+    pid = flow.proc.pid
+    wait_until(
+        lambda: _catches(pid, signal.SIGTERM) or flow.proc.poll() is not None,
+        30,
+        "the process to install its signal handlers",
+    )
+    if moment == "while deep books build":
+        cpu = _cpu_seconds(pid)
+        wait_until(lambda: _cpu_seconds(pid) >= cpu + 0.2, 30, "0.2 s of start-up")
+    status = flow.stop(sig, timeout=30)
+    assert status == 0, flow.stderr[-2000:]
+    assert "Traceback" not in flow.stderr
+    assert f"{signal.Signals(sig).name} received, stopping" in flow.stderr
+    assert "emitting summaries" not in flow.stderr  # it was still starting
+    assert flow.stdout == ""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_a_kafka_broker_is_asked_at_start_ends_the_run_at_once(
+    tmp_path, sig
+):
+    """The output probe waits up to 10 s for a broker inside librdkafka, where no
+    Python handler can run: the signal relay ends the run anyway, within a second.
+    The "broker" accepts the connection and never answers."""
+    accepted = threading.Event()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        held: list[socket.socket] = []
+
+        def accept() -> None:
+            with contextlib.suppress(OSError):
+                held.append(listener.accept()[0])
+                accepted.set()
+
+        threading.Thread(target=accept, daemon=True).start()
+        env = flow_env(
+            ORDERBOOK_FEED="sim", ORDERBOOK_OUTPUT=f"kafka:127.0.0.1:{port}/books"
+        )
+        flow = FlowProcess(["bytewax.run", "dataflow:flow"], env)
+        wait_until(accepted.is_set, 30, "the output probe to reach the broker")
+        signalled = time.monotonic()
+        status = flow.stop(sig, timeout=30)
+        took = time.monotonic() - signalled
+        for conn in held:
+            conn.close()
+    assert status == 0, flow.stderr[-2000:]
+    assert took < 5.0, f"{took:.1f} s"  # the probe's own timeout is 10 s
+    assert "Traceback" not in flow.stderr
+    assert f"{signal.Signals(sig).name} received, stopping" in flow.stderr

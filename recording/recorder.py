@@ -208,7 +208,7 @@ def _open_writer(
         header = {
             "protocol": FEEDS[feed].protocol,
             "feed": feed,
-            "url": url,
+            "url": redact_url(url),  # a file is shared: never its credentials
             "products": list(products),
             "started": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         }

@@ -185,6 +185,21 @@ def test_the_recorder_ends_in_one_line_when_the_url_is_unreachable(
 
 
 @pytest.mark.slow
+def test_the_recorders_file_and_log_never_show_the_urls_credentials(
+    tmp_path: pathlib.Path,
+) -> None:
+    out = tmp_path / "secret.jsonl.gz"
+    port = free_port()
+    url = f"ws://alice:hunter2@127.0.0.1:{port}/?token=s3cret"
+    cmd = FlowProcess(_recorder(out, "--duration", "60", url=url), flow_env())
+    line = _ended_in_one_line(cmd, 1)
+    header = Recording.open(out).header
+    assert header["url"] == f"ws://***@127.0.0.1:{port}/?token=***", header
+    for text in (line, cmd.stderr, str(header)):
+        assert "hunter2" not in text and "s3cret" not in text, text
+
+
+@pytest.mark.slow
 def test_the_recorder_ends_in_one_line_on_a_full_disk(tmp_path: pathlib.Path) -> None:
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full here")

@@ -102,3 +102,15 @@ def test_a_fifo_without_a_reader_is_refused_naming_it(tmp_path):
     message = _refusal(f"jsonl:{fifo}")
     assert "a FIFO with no reader" in message and str(fifo) in message
     assert "Errno" not in message
+
+
+def test_redact_text_takes_secret_values_out_of_a_client_message():
+    """A client's error text may quote the value it refused (finding 9's last path)."""
+    from common.text import redact_text
+
+    settings = {"sasl.password": "hunter2", "acks": "all", "ssl.key.password": ""}
+    text = 'Invalid value "hunter2" for "sasl.password"; acks=all'
+    assert (
+        redact_text(text, settings)
+        == 'Invalid value "***" for "sasl.password"; acks=all'
+    )

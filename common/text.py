@@ -10,7 +10,9 @@ Two rules, each written once here and used by every log line, terminal row and p
   (``html.escape``), since a page has its own special characters.
 * :func:`redact_url` and :func:`redact_settings`: user info in a URL, and the value of any
   query parameter or client setting whose name looks secret (``*password*``,
-  ``*secret*``, ``*token*``, keys, credentials, signatures) become ``***``.
+  ``*secret*``, ``*token*``, keys, credentials, signatures) become ``***``;
+  :func:`redact_text`: those values taken out of a message a library wrote about the
+  settings (a client's error text may quote the value it refused).
 """
 
 from __future__ import annotations
@@ -76,3 +78,14 @@ def redact_url(url: str) -> str:
 def redact_settings(settings: Mapping[str, object]) -> dict[str, object]:
     """A copy of ``settings`` with every secret-looking key's value replaced by ``***``."""
     return {k: REDACTED if is_secret_name(str(k)) else v for k, v in settings.items()}
+
+
+def redact_text(text: str, settings: Mapping[str, object]) -> str:
+    """``text`` with the value of every secret-looking setting of ``settings`` replaced
+    by ``***`` wherever it occurs (a short value may also hide innocent text: a
+    message made uglier is the price of never showing a secret)."""
+    for key, value in settings.items():
+        value = str(value)
+        if value and is_secret_name(str(key)):
+            text = text.replace(value, REDACTED)
+    return text

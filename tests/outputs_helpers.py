@@ -26,6 +26,26 @@ def _iso(t: datetime | None) -> str | None:
     return t.isoformat(timespec="microseconds") + "Z"
 
 
+def _json_shape(rel, hive: dict[str, str]) -> list[dict]:
+    """The rows of a DuckDB relation as the records' JSON shape."""
+    out = []
+    names = rel.columns
+    for row in rel.fetchall():
+        data = {**dict(zip(names, row, strict=True)), **hive}
+        data.pop("date", None)
+        record = {}
+        for key, value in data.items():
+            if isinstance(value, Decimal):
+                value = _plain(value)
+            elif isinstance(value, datetime):
+                value = _iso(value)
+            elif isinstance(value, list):
+                value = [[_plain(lv["price"]), _plain(lv["size"])] for lv in value]
+            record[key] = value
+        out.append(record)
+    return out
+
+
 def parquet_records(root: Path) -> list[dict]:
     """Every record of a ``parquet:DIR`` output, read with DuckDB, as the JSON shape."""
     import duckdb
@@ -39,20 +59,35 @@ def parquet_records(root: Path) -> list[dict]:
             f"select * from read_parquet('{root}/type={kind}/**/*.parquet', "
             "hive_partitioning = true)"
         )
-        names = rel.columns
-        for row in rel.fetchall():
-            data = dict(zip(names, row, strict=True))
-            data.pop("date")
-            record = {}
-            for key, value in data.items():
-                if isinstance(value, Decimal):
-                    value = _plain(value)
-                elif isinstance(value, datetime):
-                    value = _iso(value)
-                elif isinstance(value, list):
-                    value = [[_plain(lv["price"]), _plain(lv["size"])] for lv in value]
-                record[key] = value
-            out.append(record)
+        out += _json_shape(rel, {})
+    return out
+
+
+def journal_records(root: Path) -> list[dict]:
+    """The rows of the journals of files still open (``.part-*.arrows``, Arrow IPC
+    stream format) up to their last complete batch, as the JSON shape: what a hard
+    kill at this moment would leave to recover."""
+    import duckdb
+    import pyarrow as pa
+
+    out = []
+    for journal in root.glob("type=*/product_id=*/date=*/.part-*.arrows"):
+        try:
+            data = journal.read_bytes()
+            reader = pa.ipc.open_stream(pa.BufferReader(data))
+        except (OSError, pa.ArrowInvalid):
+            continue  # converted meanwhile, or not even its schema written yet
+        batches = []
+        while True:
+            try:
+                batches.append(reader.read_next_batch())
+            except StopIteration:
+                break
+            except (OSError, pa.ArrowInvalid):
+                break  # a batch being written
+        table = pa.Table.from_batches(batches, reader.schema)
+        hive = dict(part.split("=", 1) for part in journal.parent.parts[-3:])
+        out += _json_shape(duckdb.from_arrow(table), hive)
     return out
 
 

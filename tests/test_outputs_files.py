@@ -34,7 +34,7 @@ def test_a_list_of_outputs_is_parsed_in_order(tmp_path):
     [
         ("text,csv", "'csv'"),
         ("text,,jsonl", "empty entry"),
-        ("text:", ""),
+        ("text:", "the path is empty"),
         ("parquet", "parquet:DIR needs its argument"),
         ("kafka:localhost/topic", "'localhost' is not HOST:PORT"),
         ("kafka:localhost:9092", "kafka:HOST:PORT/TOPIC"),
@@ -96,7 +96,7 @@ def test_one_replay_to_stdout_jsonl_and_parquet_gives_the_same_records(tmp_path)
     kinds = {r["type"] for r in records}
     assert kinds == {"summary", "depth"}
     assert {r["feed"] for r in records} == {"replay"}
-    assert not list(pq.rglob("*.inprogress"))
+    assert not list(pq.rglob(".part-*"))  # every journal converted
     assert canonical(parquet_records(pq)) == canonical(records)
     files = list(pq.rglob("*.parquet"))
     assert {f.parent.parent.parent.name for f in files} == {
@@ -119,7 +119,7 @@ def test_parquet_files_are_finished_on_sigterm(tmp_path):
     flow = FlowProcess(["bytewax.run", "dataflow:flow", "-w", "2"], env)
     flow.wait_for(lambda: len(read_jsonl(out)) >= 200, 60, "200 records")
     assert flow.stop(signal.SIGTERM) == 0
-    assert not list(pq.rglob("*.inprogress"))
+    assert not list(pq.rglob(".part-*"))  # every journal converted
     # Every Parquet file is readable and holds only records of the run. A batch that a
     # worker wrote to the JSON lines just as the signal came may be missing from it.
     written, kept = canonical(read_jsonl(out)), canonical(parquet_records(pq))
@@ -173,5 +173,5 @@ def test_an_output_failing_mid_run_stops_it_with_one_line(tmp_path, kind):
     assert "File too large" in failed[0]
     assert os.path.exists(target)
     assert "closing an output failed" not in proc.stderr
-    if kind == "parquet":  # what could be finished is readable; the rest .inprogress
+    if kind == "parquet":  # what could be finished is readable; the rest journals
         parquet_records(target)

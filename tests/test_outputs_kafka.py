@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import uuid
 
@@ -14,7 +16,7 @@ from orderbook import OrderBook
 from service.outputs import OutputFailed, parse_outputs
 from service.outputs.kafka import KafkaRecordSink
 from tests.outputs_helpers import small_recording
-from tests.support.flow import FlowProcess, by_product, flow_env, read_jsonl
+from tests.support.flow import REPO, FlowProcess, by_product, flow_env, read_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -120,3 +122,65 @@ def test_a_broker_that_goes_away_mid_run_stops_the_run_in_one_line(tmp_path):
     failed = [ln for ln in flow.stderr.splitlines() if "failed, stopping" in ln]
     assert len(failed) == 1 and "Kafka deliveries failed" in failed[0], flow.stderr
     assert "Traceback" not in flow.stderr
+
+
+def test_the_same_kafka_topic_twice_is_refused(mock_cluster):
+    """Finding 7: two entries writing to one topic of one cluster wrote every record
+    twice (here they differ only by a client setting)."""
+    raw = f"kafka:{mock_cluster}/orderbook,kafka:{mock_cluster}/orderbook?acks=all"
+    with pytest.raises(ConfigError, match="same Kafka topic"):
+        parse_outputs(raw)
+    assert len(parse_outputs(f"kafka:{mock_cluster}/a,kafka:{mock_cluster}/b")) == 2
+
+
+def test_an_unreachable_broker_is_refused_in_one_line_without_librdkafka_logs(capfd):
+    """Finding 23: the start check printed ~196 librdkafka lines on stderr before its
+    one-line error. (Finding 9: the password given stays out of the line.)"""
+    import service.outputs.kafka as kafka
+
+    old, kafka.START_TIMEOUT_S = kafka.START_TIMEOUT_S, 2.0
+    try:
+        with pytest.raises(ConfigError) as err:
+            parse_outputs("kafka:127.0.0.1:1/orderbook?sasl.password=hunter2")
+    finally:
+        kafka.START_TIMEOUT_S = old
+    message = str(err.value)
+    assert "did not answer" in message and "\n" not in message
+    assert "hunter2" not in message and "sasl.password=***" in message
+    captured = capfd.readouterr()
+    assert "rdkafka" not in captured.err + captured.out, captured.err[:2000]
+
+
+def test_a_kafka_password_never_reaches_the_failure_line(tmp_path):
+    """Finding 9: a delivery failure mid-run printed the output's spec, password and
+    all. The fan-out is driven in a process of its own (its failure path ends the
+    process), against a mock cluster destroyed under it."""
+    script = """
+import sys
+from confluent_kafka import Producer
+from orderbook import OrderBook
+from service.outputs import FanOutSink, parse_outputs
+
+holder = Producer({"test.mock.num.brokers": 1})
+brokers = holder.list_topics(timeout=10).orig_broker_name.split("/")[0]
+raw = f"kafka:{brokers}/orderbook?delivery.timeout.ms=1000&sasl.password=hunter2"
+part = FanOutSink.from_specs(parse_outputs(raw)).build("out", 0, 1)
+book = OrderBook("BTC-USD")
+book.apply_snapshot([("100", "1")], [("101", "1")])
+del holder  # the broker is gone
+part.write_batch([book.summary(feed="sim")])
+print("not stopped")
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env=flow_env(PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    failed = [ln for ln in proc.stderr.splitlines() if "failed, stopping" in ln]
+    assert len(failed) == 1 and "Kafka deliveries failed" in failed[0], proc.stderr
+    assert "sasl.password=***" in failed[0]
+    assert "hunter2" not in proc.stderr + proc.stdout

@@ -6,10 +6,13 @@ partition gets the whole batch in turn; when they are all written, the batch is 
 in the metrics.
 
 An output that fails mid-run (a full disk, a file size limit, Kafka deliveries that
-failed after librdkafka's retries) stops the run: one line on stderr naming the output
-and the error, the other outputs closed (Parquet files finished), exit status 1.
-Nothing is dropped silently and no traceback buries the cause. A reader closing stdout
-(``| head``) is not a failure: the run ends quietly with status 0.
+failed after librdkafka's retries, a record Parquet cannot store) stops the run: one line
+on stderr naming the output (secrets redacted) and the error, the other outputs closed
+(Parquet files finished), exit status 1. *Any* exception an output raises while it is
+built, written or closed takes this path, not only ``OSError``: in a Bytewax sink any
+other exception is a Rust panic that aborts the process (SIGABRT) without closing
+anything. Nothing is dropped silently and no traceback buries the cause. A reader
+closing stdout (``| head``) is not a failure: the run ends quietly with status 0.
 """
 
 from __future__ import annotations
@@ -20,21 +23,31 @@ import threading
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from common.text import shown
 from service.outputs.registry import OutputSpec, build_sink
 from service.runtime import run_closers
 
 _failing = threading.Lock()
 
 
+FAILURE_DETAIL_LIMIT = 1000
+"""Characters of an error's text kept in the failure line."""
+
+
 class OutputFailed(Exception):
-    """Raised by an output partition for a failure that must stop the run."""
+    """Raised by an output partition for a failure that must stop the run; its text is
+    the whole explanation (no type name is added)."""
 
 
 def output_failed(label: str, exc: BaseException) -> None:
     """Stop the process: one line, the other outputs closed, status 1."""
     with _failing:  # one worker reports; the others wait for the exit
         try:
-            detail = str(exc) or type(exc).__name__
+            if isinstance(exc, (OSError, OutputFailed)):
+                detail = str(exc) or type(exc).__name__
+            else:  # a bug or a library's surprise: its type says what it was
+                detail = f"{type(exc).__name__}: {exc}"
+            detail = shown(detail, FAILURE_DETAIL_LIMIT)  # one line, whatever it holds
             sys.stderr.write(f"orderbook: output {label} failed, stopping: {detail}\n")
             sys.stderr.flush()
             run_closers(report=False)  # the failed one fails again: said already
@@ -61,7 +74,7 @@ class _FanOutPartition(StatelessSinkPartition):
         for label, part in self._parts:
             try:
                 part.write_batch(records)
-            except (OSError, OutputFailed) as exc:
+            except Exception as exc:  # any: see the module's docstring
                 output_failed(label, exc)
         if self._observe is not None:
             self._observe(items if timed else [(0, r) for r in items])
@@ -70,7 +83,7 @@ class _FanOutPartition(StatelessSinkPartition):
         for label, part in self._parts:
             try:
                 part.close()
-            except (OSError, OutputFailed) as exc:
+            except Exception as exc:
                 output_failed(label, exc)
 
 
@@ -88,15 +101,15 @@ class FanOutSink(DynamicSink):
     def from_specs(
         cls, specs: tuple[OutputSpec, ...], metrics: bool = False
     ) -> FanOutSink:
-        return cls([(str(spec), build_sink(spec)) for spec in specs], metrics)
+        return cls([(spec.shown, build_sink(spec)) for spec in specs], metrics)
 
     def build(
         self, step_id: str, worker_index: int, worker_count: int
     ) -> StatelessSinkPartition:
-        return _FanOutPartition(
-            [
-                (label, sink.build(step_id, worker_index, worker_count))
-                for label, sink in self.outputs
-            ],
-            self.metrics,
-        )
+        parts = []
+        for label, sink in self.outputs:
+            try:  # opening a file, a FIFO, a client
+                parts.append((label, sink.build(step_id, worker_index, worker_count)))
+            except Exception as exc:
+                output_failed(label, exc)
+        return _FanOutPartition(parts, self.metrics)

@@ -8,15 +8,24 @@ sink. Adding a kind is one module that calls :func:`register`, imported by
 ``service/outputs/__init__.py``::
 
     register(OutputKind("live", build=build_live, arg="optional", help="live[:PORT]"))
+
+Two entries that write to one place (``jsonl:F,jsonl:./F``, ``text`` and ``jsonl`` both on
+stdout, one Parquet directory, one Kafka topic of one cluster) are refused: every record
+would be written twice. Each kind says where an entry writes with ``targets``.
+
+Secrets never reach a message: an entry shown in a refusal or a failure line has the
+values of secret-looking settings after its ``?`` replaced by ``***``
+(:func:`common.text.redact_url`), as does the whole list when a refusal repeats it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from bytewax.outputs import DynamicSink
 
+from common.text import redact_url
 from common.validation import ConfigError, refuse
 
 SETTING = "ORDERBOOK_OUTPUT"
@@ -32,6 +41,22 @@ class OutputSpec:
     def __str__(self) -> str:
         return self.kind if self.arg is None else f"{self.kind}:{self.arg}"
 
+    @property
+    def shown(self) -> str:
+        """The entry as messages show it: secrets redacted."""
+        return shown_entry(str(self))
+
+
+def shown_entry(entry: str) -> str:
+    """An entry (or a whole list) safe for a message: the value of every secret-looking
+    setting after a ``?`` replaced by ``***`` (``kafka:h:9092/t?sasl.password=***``)."""
+    if "?" not in entry and "@" not in entry:
+        return entry
+    return ",".join(
+        redact_url(part.strip()) if "?" in part or "@" in part else part
+        for part in entry.split(",")
+    )
+
 
 @dataclass(frozen=True)
 class OutputKind:
@@ -39,7 +64,9 @@ class OutputKind:
 
     ``arg``: "none", "optional" or "required". ``check(arg)`` runs at start and raises
     ``ValueError`` (or ``OSError``) saying why the entry cannot work; it returns the
-    argument in canonical form. ``build(arg)`` returns a ``DynamicSink`` of records
+    argument in canonical form. ``targets(arg)`` (after the check) names where the entry
+    writes, as tuples whose first item says what it is ("the same file"): two entries
+    sharing one are refused. ``build(arg)`` returns a ``DynamicSink`` of records
     (``OrderBookSummary``/``OrderBookDepth``) and is called once per process.
     """
 
@@ -50,6 +77,8 @@ class OutputKind:
     check: Callable[[str | None], str | None] = field(default=lambda arg: arg)
     rank: int = 50
     """Place in the list of kinds that error messages show."""
+    targets: Callable[[str | None], Iterable[tuple]] | None = None
+    """None: the entry itself is its only target."""
 
 
 KINDS: dict[str, OutputKind] = {}
@@ -69,32 +98,49 @@ def expected() -> str:
 
 def parse_outputs(raw: str, name: str = SETTING) -> tuple[OutputSpec, ...]:
     """Parse and check every entry; raises :class:`ConfigError` naming the bad one."""
+    shown_raw = shown_entry(raw)
     entries = [e.strip() for e in raw.split(",")]
     if not any(entries):
-        raise refuse(name, raw, expected(), "no output given")
-    specs = []
+        raise refuse(name, shown_raw, expected(), "no output given")
+    specs: list[OutputSpec] = []
+    taken: dict[tuple, str] = {}
+    """Every target of the entries so far -> the entry, as shown."""
     for entry in entries:
         if not entry:
-            raise refuse(name, raw, expected(), "an empty entry")
+            raise refuse(name, shown_raw, expected(), "an empty entry")
+        shown = shown_entry(entry)
         kind_name, colon, arg = entry.partition(":")
         kind = KINDS.get(kind_name.strip().lower())
         why = ""
         if kind is None:
-            why = f"{entry!r}: unknown output {kind_name.strip()!r}"
+            why = f"{shown!r}: unknown output {shown.partition(':')[0].strip()!r}"
         elif colon and kind.arg == "none":
-            why = f"{entry!r}: {kind.name} takes no argument"
+            why = f"{shown!r}: {kind.name} takes no argument"
         elif not arg.strip() and kind.arg == "required":
-            why = f"{entry!r}: {kind.help or kind.name} needs its argument"
+            why = f"{shown!r}: {kind.help or kind.name} needs its argument"
         if why:
-            raise refuse(name, raw, expected(), why)
+            raise refuse(name, shown_raw, expected(), why)
         arg = arg.strip() if colon else None
         try:
             arg = kind.check(arg)
         except (ValueError, OSError) as exc:
-            raise ConfigError(f"{name}: output {entry!r} cannot work: {exc}") from None
+            raise ConfigError(f"{name}: output {shown!r} cannot work: {exc}") from None
         spec = OutputSpec(kind.name, arg)
         if spec in specs:
-            raise refuse(name, raw, expected(), f"{entry!r} given twice")
+            raise refuse(name, shown_raw, expected(), f"{shown!r} given twice")
+        targets = (
+            [(kind.name, arg)] if kind.targets is None else list(kind.targets(arg))
+        )
+        for target in targets:
+            if target in taken:
+                raise refuse(
+                    name,
+                    shown_raw,
+                    expected(),
+                    f"{taken[target]!r} and {shown!r} write to {target[0]}: every "
+                    "record would be written twice",
+                )
+        taken.update((target, shown) for target in targets)
         specs.append(spec)
     return tuple(specs)
 

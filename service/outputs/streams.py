@@ -2,13 +2,21 @@
 
 Every batch is written with one ``write`` and flushed at once, so a downstream reader sees
 each record within milliseconds and lines from several workers never interleave.
+
+A FIFO (named pipe) works as a file: the start check opens it without blocking and keeps
+that descriptor for the sink, so a reader already waiting (``cat FIFO``) never sees an
+end of file between the check and the run; a FIFO nobody reads is refused at start in
+one line. Two entries naming one file (``jsonl:F,text:./F``, a link to it) or both stdout
+(``text,jsonl``) are refused: every record would be written twice.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import sys
+import threading
 from pathlib import Path
 from typing import TextIO
 
@@ -63,7 +71,7 @@ class _AppendFilePartition(StatelessSinkPartition):
     """Appends with O_APPEND so that workers of several processes can share one file."""
 
     def __init__(self, path: Path, formatter) -> None:
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = _open_for_append(path)
         self._format = formatter
 
     def write_batch(self, items: list) -> None:
@@ -100,22 +108,68 @@ SummarySink = StreamSink
 """The former name."""
 
 
-def check_file(arg: str | None) -> str | None:
+_FIFOS: dict[tuple[int, int], int] = {}
+"""FIFOs opened by the start check, by (device, inode): the descriptor kept for the sink."""
+_FIFOS_LOCK = threading.Lock()
+
+
+def _open_for_append(path: Path | str) -> int:
+    """A descriptor appending to ``path``, without ever blocking: a FIFO is opened
+    non-blocking (its kept descriptor reused when the start check opened it), and
+    one with no reader fails with a clear OSError instead of waiting forever."""
+    try:
+        fd = os.open(
+            path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644
+        )
+    except OSError as exc:
+        if exc.errno == errno.ENXIO and _is_fifo(path):
+            raise OSError(exc.errno, f"{path} is a FIFO with no reader") from None
+        raise
+    info = os.fstat(fd)
+    if stat.S_ISFIFO(info.st_mode):
+        with _FIFOS_LOCK:
+            kept = _FIFOS.get((info.st_dev, info.st_ino))
+            if kept is None:  # this descriptor is the process's kept one from now on
+                _FIFOS[(info.st_dev, info.st_ino)] = fd
+                fd = os.dup(fd)
+            else:
+                os.close(fd)
+                fd = os.dup(kept)
+    os.set_blocking(fd, True)  # a slow reader slows the run down; nothing is dropped
+    return fd
+
+
+def _is_fifo(path: Path | str) -> bool:
+    try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def check_file(kind: str, arg: str | None) -> str | None:
     """A file that records can be appended to, tried at start.
 
-    Refused: a directory, a missing parent directory, a file that cannot be opened for
-    appending, a file system with no free space, and a device that fails a write of one
-    empty line (``/dev/full``). A regular file is not written to here, so that an
-    existing file stays byte for byte what it was.
+    Refused: an empty path, a directory, a missing parent directory, a file that
+    cannot be opened for appending, a FIFO with no reader, a file system with no free
+    space, and a device that fails a write of one empty line (``/dev/full``). A regular
+    file is not written to here, so that an existing file stays byte for byte what it
+    was; a FIFO is opened once and kept open for the sink (see the module docstring).
     """
     if arg is None:
         return None
+    if not arg:
+        raise ValueError(f"the path is empty: write {kind!r} alone for stdout")
     path = Path(arg)
     if path.is_dir():
         raise ValueError(f"{arg} is a directory")
     if not path.parent.is_dir():
         raise ValueError(f"directory {str(path.parent)!r} does not exist")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
+    try:
+        fd = _open_for_append(path)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO and _is_fifo(path):  # not "No such device"
+            raise ValueError(exc.strerror) from None
+        raise
     try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISREG(mode):
@@ -123,10 +177,20 @@ def check_file(arg: str | None) -> str | None:
             if fs.f_bavail == 0 and fs.f_blocks:
                 raise ValueError(f"{arg}: no space left on its file system")
         elif stat.S_ISCHR(mode):
+            os.set_blocking(fd, False)
             os.write(fd, b"\n")
     finally:
-        os.close(fd)
+        os.close(fd)  # a FIFO's kept descriptor stays open
     return arg
+
+
+def file_targets(arg: str | None) -> list[tuple]:
+    """Where an entry writes: stdout, or a file by device and inode (after the check
+    created it), so that a second name for it (``./F``, a link) is the same target."""
+    if arg is None:
+        return [("the same stream (stdout)",)]
+    info = os.stat(arg)
+    return [("the same file", info.st_dev, info.st_ino)]
 
 
 def _build(fmt: str):
@@ -143,7 +207,8 @@ for _rank, _name in enumerate(("text", "jsonl")):
             build=_build(_name),
             arg="optional",
             help=f"{_name}[:PATH]",
-            check=check_file,
+            check=lambda arg, kind=_name: check_file(kind, arg),
             rank=_rank,
+            targets=file_targets,
         )
     )

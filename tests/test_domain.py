@@ -141,7 +141,7 @@ any_decimal = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(any_decimal, max_size=12))
 def test_bulk_checks_agree_with_value_checks(values: list[Decimal]) -> None:
     assert all_prices(values) == all(map(is_price, values))
@@ -181,12 +181,12 @@ def _fits_parquet(values: list[Decimal]) -> None:
     pa.array(values, type=pa.decimal128(*DECIMAL))  # raises ArrowInvalid otherwise
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    prices=st.lists(in_domain(), min_size=2, max_size=24, unique=True),
-    sizes=st.lists(in_domain(), min_size=24, max_size=24),
-    split=st.integers(1, 23),
-    levels=st.integers(1, 30),
+    prices=st.lists(in_domain(), min_size=2, max_size=12, unique=True),
+    sizes=st.lists(in_domain(), min_size=12, max_size=12),
+    split=st.integers(1, 11),
+    levels=st.integers(1, 15),
     fill=in_domain(),
 )
 def test_any_book_of_domain_values_yields_its_records_without_exception(

@@ -36,12 +36,17 @@ summary (34 digits are not enough for its microprice), a ``1e-999999999`` size d
 zero (two of them add up to 0 in the default context), and a ``1e-40`` size or ``1e25``
 price made Parquet refuse its whole batch.
 
-Speed: the checks cost about 100 ns per value (:func:`is_price`); a 46,000-level
-snapshot is checked in bulk (:func:`all_prices`, :func:`all_sizes`: a ``min`` and a
-``sum`` per list, the same number of C-level passes as the range checks they replace).
-The exponent test is context-free: ``value.remainder_near(QUANTUM, CTX)`` is a zero of
-exponent exactly -14 iff the value has at most 14 decimals (for a value below 1e14, whose
-quotient fits CTX's 34 digits), whatever ``decimal.getcontext()`` says.
+Speed: :func:`is_price` costs about 0.2 µs a value; the decoders' hot loops inline a
+cheaper sufficient test first (every digit of a coefficient is a character of its text,
+so ``value.adjusted() - len(text) >= -15`` already proves at most 14 decimals: +30 ns a
+size) and fall back to the exact one. A 46,000-level snapshot is checked in bulk
+(:func:`all_prices`, :func:`all_sizes`: a ``min`` and a ``sum`` per list where the
+range check they replace took a ``min`` and a ``max``: +3%, 30.3 -> 31.3 ms for the
+Exchange form). The exact exponent test is context-free: ``value.remainder_near(
+QUANTUM, CTX)`` is a zero of exponent exactly -14 iff the value has at most 14 decimals
+(for a value below 1e14, whose quotient fits CTX's 34 digits; ``%`` would not do: in 28
+digits the remainder of ``1.99...9E-14`` with 40 nines rounds up to ``1E-14``), whatever
+``decimal.getcontext()`` says.
 """
 
 from __future__ import annotations
@@ -99,7 +104,7 @@ def _decimals_ok(value: Decimal) -> bool:
 def is_price(value: Decimal) -> bool:
     """True for a Decimal in the price domain (finite, 0 < value < 1e14, <= 14 decimals).
 
-    About 100 ns; never raises for a Decimal (NaN is simply not a price)."""
+    About 0.2 µs; never raises for a Decimal (NaN is simply not a price)."""
     try:
         return _ZERO < value < LIMIT and _decimals_ok(value)
     except InvalidOperation:  # NaN compared

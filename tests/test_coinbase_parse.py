@@ -595,3 +595,26 @@ def test_an_error_reply_naming_a_hostile_product_names_none() -> None:
     with pytest.raises(UnknownProduct) as info:
         exchange().decode(reply)
     assert info.value.product_id is None and "\x1b" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "size, ok",
+    [
+        ("0.20371215", True),  # the cheap test proves it
+        ("0.00000100", True),  # the cheap test cannot tell; the exact one accepts
+        ("12.34000000", True),
+        ("99999999999999.99999999999999", True),
+        ("0E-40", True),  # a zero, written any way
+        ("1.5E-14", False),
+        ("1." + "9" * 40 + "E-14", False),  # a plain % would round it into the domain
+        ("0.000000000000001", False),
+    ],
+)
+def test_update_sizes_are_checked_exactly_on_the_fast_loop(size, ok) -> None:
+    frame = text(exchange_l2update("BTC-USD", [("buy", "100", size)]))
+    if ok:
+        [event] = exchange().decode(frame)
+        assert event.changes[0][2] == D(size)
+    else:
+        with pytest.raises(MalformedFrame, match="more than 14 decimals"):
+            exchange().decode(frame)

@@ -148,6 +148,16 @@ def test_bulk_checks_agree_with_value_checks(values: list[Decimal]) -> None:
     assert all_sizes(values) == all(map(is_size, values))
 
 
+def test_the_exponent_test_is_exact_where_a_plain_remainder_rounds() -> None:
+    """In the default 28 digits, ``x % 1E-14`` of this 41-digit value rounds up to a
+    zero-looking 1E-14; the domain's test does not depend on the thread's context."""
+    tricky = D("1." + "9" * 40 + "E-14")
+    assert (tricky % D("1E-14")).adjusted() == -14  # the trap the domain avoids
+    assert not is_size(tricky) and not all_sizes([tricky])
+    with localcontext(HOSTILE):
+        assert not is_price(tricky) and is_price(D("65083.66"))
+
+
 def test_a_total_rounded_in_the_sum_still_shows_a_bad_exponent() -> None:
     """The bulk check sums with 60 digits: a tiny bad value beside big ones is kept."""
     values = [D("99999999999999.99999999999999")] * 50 + [D("1.000000000000001")]

@@ -191,7 +191,7 @@ def _fits_parquet(values: list[Decimal]) -> None:
     pa.array(values, type=pa.decimal128(*DECIMAL))  # raises ArrowInvalid otherwise
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     prices=st.lists(in_domain(), min_size=2, max_size=12, unique=True),
     sizes=st.lists(in_domain(), min_size=12, max_size=12),

@@ -24,17 +24,17 @@ DivisionByZero and Overflow) and fit every output, the tightest being Parquet's
 * ``spread`` (``< 1e14``, 14 decimals) and ``mid`` (15 decimals) are exact;
 * ``microprice`` and a fill's ``vwap`` carry the prices' scale + 4 digits: at most 18
   decimals, 32 digits with the integer part (< 34: ``quantize`` cannot fail);
-* ``spread_pct`` is in (0, 100) and the imbalances in [0, 1], both quantized to 1e-10;
+* ``spread_pct`` is in [0, 100] and the imbalances in [0, 1], both quantized to 1e-10;
 * a size sum (liquidity bands, depth totals) keeps at most 14 decimals and stays below
-  Parquet's 1e20 for any band of fewer than a million levels at the size bound (a
-  book of that many levels holds over 100 MB of prices); beyond,
+  Parquet's 1e20 for any band of fewer than a million levels at the size bound (such
+  a band alone would take some 200 MB of book); beyond,
   :func:`check_output` refuses it like any other out-of-domain value.
 
 What falls outside (``1e20``, ``1e-40``, ``1e-999999999``, ``NaN``, ``-1``) is refused
 where it enters; before this module a ``1e20`` price with an 8-decimal spread crashed the
-summary (34 digits are not enough for its microprice), a ``1e-999999999`` size divided by
-zero (two of them add up to 0 in the default context), and a ``1e-40`` size or ``1e25``
-price made Parquet refuse its whole batch.
+summary (its microprice needs 33 digits, the summary ran in the default 28), a
+``1e-999999999`` size divided by zero (two of them add up to 0 below the smallest
+exponent), and a ``1e-40`` size or ``1e25`` price made Parquet refuse its whole batch.
 
 Speed: :func:`is_price` costs about 0.2 µs a value; the decoders' hot loops inline a
 cheaper sufficient test first (every digit of a coefficient is a character of its text,
@@ -65,7 +65,7 @@ DECIMALS = 14
 """Digits after the point a price or a size may carry (Coinbase: 8, 10 for tiny prices)."""
 LIMIT = Decimal("1E+14")
 """Exclusive upper bound of a price and of a size."""
-QUANTUM = Decimal(1).scaleb(-DECIMALS)
+QUANTUM = Decimal(f"1E-{DECIMALS}")
 """``1E-14``: the finest step of a price or a size."""
 OUTPUT_LIMIT = Decimal("1E+20")
 """Exclusive bound of any value written out: Parquet's decimal(38, 18) has 20 integer

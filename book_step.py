@@ -6,7 +6,10 @@ that it can be tested and benchmarked on its own. Rules, each a way a book goes 
 * a reset drops the book; changes are then ignored until the next snapshot;
 * a snapshot replaces the book (never merges);
 * a message that cannot be applied drops the book too: a book that missed a message is
-  wrong in a way nobody can see, so it waits for the feed's next snapshot;
+  wrong in a way nobody can see, so it asks its source partition for a fresh snapshot
+  (``resync``) and waits for it. Everything the step does for one event (applying it,
+  the summary, the depth record, the metrics) runs under one guard: any exception
+  becomes that, logged in one line at most once a second, and never leaves the step;
 * a summary is emitted only when the top of book changed, and never for an empty-sided,
   locked or crossed book;
 * a book crossed or locked for ``RESYNC_AFTER_SECONDS`` of feed time asks its source
@@ -21,14 +24,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from common.decimals import plain
+from common.decimals import CTX, plain
 from common.logs import RateLimitedLog
+from common.text import shown
 from events import BookChanges, BookEvent, BookReset, BookSnapshot
 from orderbook import BookCondition, OrderBook, OrderBookDepth, OrderBookSummary
 from resync import request_resync
 
 log = logging.getLogger(__name__)
 _bad_book_log = RateLimitedLog(log, interval_seconds=1.0)
+_failure_log = RateLimitedLog(log, interval_seconds=1.0)
+"""Failed events of every product: at most one line a second, with a count of the rest."""
 STATUS_INTERVAL = 10.0
 RESYNC_AFTER_SECONDS = 3.0
 """Feed time a book may stay crossed or locked before it asks for a fresh snapshot."""
@@ -69,39 +75,50 @@ class BookState:
 
 def update_book(
     state: BookState | None, event: BookEvent
-) -> tuple[BookState, OrderBookSummary | None]:
-    """Apply one event; return the new state and a summary if the top of book changed."""
-    if state is None:
-        state = BookState(event.product_id, event.feed)
-    state.feed = event.feed
+) -> tuple[BookState | None, OrderBookSummary | None]:
+    """Apply one event; return the new state and a summary if the top of book changed.
+
+    Never raises: whatever goes wrong with one event (a change the book refuses, a
+    value outside the number domain that a source let through, a bug) drops that
+    product's book, asks its source for a fresh snapshot and logs one line (at most
+    one a second over all products), so that one product's bad data can neither stop
+    the dataflow nor lose the records other events produced before it.
+    """
     try:
-        if isinstance(event, BookChanges):
-            if state.book is None:
-                return state, None
-            state.book.apply_changes(event.changes)
-        elif isinstance(event, BookSnapshot):
-            book = OrderBook(event.product_id)
-            book.apply_snapshot(event.bids, event.asks)
-            state.book = book
-            state.last_top = None
-        elif isinstance(event, BookReset):
-            if event.reason == "resume":
-                log.info(
-                    "%s: book reset (resume): waiting for a fresh snapshot",
-                    state.product_id,
-                )
-            _drop(state, f"reset: {event.reason}")
-            return state, None
-        else:
-            log.error(
-                "%s: ignoring an event of unknown type %s",
-                state.product_id,
-                type(event),
-            )
-            return state, None
+        if state is None:
+            state = BookState(event.product_id, event.feed)
+        return _update_book(state, event)
     except Exception as exc:
-        log.error("%s: book dropped until the next snapshot: %s", state.product_id, exc)
-        _drop(state, "unappliable message")
+        return _failed(state, exc, "unappliable event"), None
+
+
+def _update_book(
+    state: BookState, event: BookEvent
+) -> tuple[BookState, OrderBookSummary | None]:
+    state.feed = event.feed
+    if isinstance(event, BookChanges):
+        if state.book is None:
+            return state, None
+        state.book.apply_changes(event.changes)
+    elif isinstance(event, BookSnapshot):
+        book = OrderBook(event.product_id)
+        book.apply_snapshot(event.bids, event.asks)
+        state.book = book
+        state.last_top = None
+    elif isinstance(event, BookReset):
+        if event.reason == "resume":
+            log.info(
+                "%s: book reset (resume): waiting for a fresh snapshot",
+                state.product_id,
+            )
+        _drop(state, f"reset: {event.reason}")
+        return state, None
+    else:
+        _failure_log.error(
+            "%s: ignoring an event of unknown type %s",
+            state.product_id,
+            shown(type(event).__name__),
+        )
         return state, None
     state.updates += 1
     summary = _summary_if_changed(state, event)
@@ -110,12 +127,35 @@ def update_book(
     return state, summary
 
 
+def _failed(state: BookState | None, exc: Exception, what: str) -> BookState | None:
+    """One product's step failed: drop its book, ask for a fresh snapshot, say so once.
+
+    Guarded itself: a state or an error that cannot even be logged costs the book,
+    never the dataflow."""
+    try:
+        reason = f"{what}: {type(exc).__name__}: {shown(exc, 200)}"
+        if state is None:
+            _failure_log.error("book step: %s", reason)
+            return None
+        _drop(state, reason)
+        if isinstance(state.product_id, str) and state.product_id:
+            request_resync(state.product_id, reason)
+        _failure_log.error(
+            "%s: book dropped, asking for a fresh snapshot (%s)",
+            shown(state.product_id),
+            reason,
+        )
+    except Exception:  # pragma: no cover - the last line of defence
+        log.debug("book step: cannot report a failure", exc_info=True)
+    return state
+
+
 def _log_status(state: BookState) -> None:
     """Every STATUS_INTERVAL: a sign of life even when the spread filter passes nothing."""
     book = state.book
     top = book.top() if book is not None else None
     if top is not None and state.condition == "ok":
-        spread_pct = (top[2] - top[0]) * 100 / top[2]
+        spread_pct = CTX.divide(CTX.multiply(CTX.subtract(top[2], top[0]), 100), top[2])
         detail = f"bid {plain(top[0])} ask {plain(top[2])} spread {spread_pct:.6f}%"
     else:
         detail = state.condition
@@ -137,7 +177,7 @@ def _drop(state: BookState, why: str) -> None:
     state.condition = "awaiting-snapshot"
     state.invalid_since_ns = None
     state.resync_requested = False
-    log.debug("%s: book dropped (%s)", state.product_id, why)
+    log.debug("%s: book dropped (%s)", state.product_id, shown(why, 400))
 
 
 def _summary_if_changed(
@@ -236,23 +276,38 @@ class BookStep:
 
     def __call__(
         self, state: BookState | None, event: BookEvent
-    ) -> tuple[BookState, tuple[int, OrderBookSummary | None, Record | None] | None]:
-        state, summary = update_book(state, event)
+    ) -> tuple[
+        BookState | None, tuple[int, OrderBookSummary | None, Record | None] | None
+    ]:
+        state, summary = update_book(state, event)  # guarded itself
+        if state is None:
+            return None, None
         depth = None
-        if (
-            self.levels
-            and state.condition == BookCondition.OK
-            and state.book is not None
-        ):
-            t = event_time(event)
-            due = state.next_depth_at
-            if type(event) is BookSnapshot or (
-                t is not None and (due is None or t >= due)
+        try:
+            if (
+                self.levels
+                and state.condition == BookCondition.OK
+                and state.book is not None
             ):
-                state.next_depth_at = None if t is None else t + self.interval
-                depth = OrderBookDepth.from_book(state.book, self.levels, t, event.feed)
+                t = event_time(event)
+                due = state.next_depth_at
+                if type(event) is BookSnapshot or (
+                    t is not None and (due is None or t >= due)
+                ):
+                    state.next_depth_at = None if t is None else t + self.interval
+                    depth = OrderBookDepth.from_book(
+                        state.book, self.levels, t, event.feed
+                    )
+        except Exception as exc:
+            # the summary, if any, came from a valid top: it is kept
+            _failed(state, exc, "depth record")
         if self.metrics is not None:
-            self.metrics.observe(state, event)
+            try:
+                self.metrics.observe(state, event)
+            except Exception as exc:
+                _failure_log.error(
+                    "%s: metrics: %s", shown(state.product_id), shown(exc, 200)
+                )
         if summary is None and depth is None:
             return state, None
         return state, (event.received_ns, summary, depth)

@@ -17,6 +17,9 @@ Rules the book enforces (they come from what the Coinbase feeds really send):
 
 Decimal arithmetic uses a private context (34 digits, half-even), never the caller's
 thread-local one, so results do not depend on who changed ``decimal.getcontext()``.
+The book checks only what keeps it consistent (finite, price > 0, size >= 0); the
+number domain (:mod:`common.domain`: bounds that every derived value and every output
+can hold) is enforced where values enter, by the decoders and readers.
 Exact results stay exact (``spread``, ``mid``: exact while prices have at most 33
 significant digits); divisions are quantized so records stay
 readable: ``spread_pct`` and ``imbalance`` to 1e-10, ``microprice`` and fill ``vwap`` to
@@ -31,6 +34,7 @@ from datetime import datetime
 from decimal import (
     Decimal,
     InvalidOperation,
+    localcontext,
 )
 from enum import StrEnum
 from itertools import islice
@@ -421,8 +425,9 @@ class OrderBook:
         offset = ctx.divide(ctx.multiply(mid, bps), _TEN_THOUSAND)
         bids, asks = self._bids, self._asks
         low, high = ctx.subtract(mid, offset), ctx.add(mid, offset)
-        bid_total = sum(map(bids.__getitem__, bids.irange(minimum=low)), _ZERO)
-        ask_total = sum(map(asks.__getitem__, asks.irange(maximum=high)), _ZERO)
+        with localcontext(ctx):  # sums in CTX too, whatever the thread's context
+            bid_total = sum(map(bids.__getitem__, bids.irange(minimum=low)), _ZERO)
+            ask_total = sum(map(asks.__getitem__, asks.irange(maximum=high)), _ZERO)
         return bid_total, ask_total
 
     def vwap_for_size(self, side: str, size: Decimal | int | str) -> Fill:

@@ -17,10 +17,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Decimal, getcontext, localcontext, setcontext
 from typing import TYPE_CHECKING, Any
 
 from common.decimals import CTX, plain
+from common.domain import check_output
 from events import ASK, BID, Level
 
 if TYPE_CHECKING:
@@ -74,29 +75,39 @@ class OrderBookSummary:
     ) -> OrderBookSummary:
         """Compute every derived field from a valid (uncrossed, non-empty) top.
 
-        Plain operators, in the calling thread's decimal context (28 digits unless
-        someone changed it), are three times cheaper than ``Context`` method calls;
-        every derived value needs far fewer digits than that before it is quantized.
+        In :data:`common.decimals.CTX`, never the calling thread's context: with prices
+        and sizes of the domain (:mod:`common.domain`) every field is exact or quantized
+        within its 34 digits, so this cannot raise (tests/test_domain.py proves it
+        on random books); outside the domain it may, and the book step's guard turns
+        that into a resync of the product. CTX is made the thread's context for the
+        duration (``setcontext``, restored after), so plain operators can be used:
+        measured, a summary costs 2.5 µs this way (2.3 µs in the thread's context),
+        ``CTX.method`` calls would add 0.8 µs and ``localcontext`` 0.25 µs.
         """
-        spread = ask_price - bid_price
-        depth = bid_size + ask_size
-        # quantum from the normalised spread, so that "65000.04" and "65000.04000000"
-        # give the same microprice text
-        finer = spread.normalize().scaleb(-_EXTRA_PRICE_DIGITS)
-        return cls(
-            product_id,
-            time,
-            bid_price,
-            bid_size,
-            ask_price,
-            ask_size,
-            spread,
-            (spread * _HUNDRED / ask_price).quantize(_RATIO_EXP),
-            (bid_price + ask_price) / 2,
-            (bid_size / depth).quantize(_RATIO_EXP),
-            ((bid_price * ask_size + ask_price * bid_size) / depth).quantize(finer),
-            feed,
-        )
+        saved = getcontext()
+        setcontext(CTX)
+        try:
+            spread = ask_price - bid_price
+            depth = bid_size + ask_size
+            # quantum from the normalised spread, so that "65000.04" and
+            # "65000.04000000" give the same microprice text
+            finer = spread.normalize().scaleb(-_EXTRA_PRICE_DIGITS)
+            return cls(
+                product_id,
+                time,
+                bid_price,
+                bid_size,
+                ask_price,
+                ask_size,
+                spread,
+                (spread * _HUNDRED / ask_price).quantize(_RATIO_EXP),
+                (bid_price + ask_price) / 2,
+                (bid_size / depth).quantize(_RATIO_EXP),
+                ((bid_price * ask_size + ask_price * bid_size) / depth).quantize(finer),
+                feed,
+            )
+        finally:
+            setcontext(saved)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: decimals as fixed-point strings, time ISO-8601 UTC 'Z'."""
@@ -186,26 +197,28 @@ class OrderBookDepth:
         time: datetime | None = None,
         feed: str = "",
     ) -> OrderBookDepth | None:
-        """The record of a valid book (None for an empty-sided, locked or crossed one)."""
+        """The record of a valid book (None for an empty-sided, locked or crossed one).
+
+        All in :data:`common.decimals.CTX`. Raises :class:`common.domain.DomainError`
+        when a liquidity band adds up to more than an output can hold (1e20: only a
+        band of a million levels at the size bound gets there, see
+        :mod:`common.domain`); the book step turns that into a resync.
+        """
         top = book.top()
         if top is None or top[0] >= top[2]:
             return None
         bids = tuple(book.depth(BID, levels))
         asks = tuple(book.depth(ASK, levels))
-        bid_total = sum([size for _, size in bids], _ZERO)
-        ask_total = sum([size for _, size in asks], _ZERO)
-        return cls(
-            book.product_id,
-            time,
-            bids,
-            asks,
-            CTX.divide(CTX.add(top[0], top[2]), 2),
-            tuple(book.liquidity_within(bps) for bps in _DEPTH_BANDS),
-            CTX.divide(bid_total, CTX.add(bid_total, ask_total)).quantize(
-                _RATIO_EXP, context=CTX
-            ),
-            feed,
-        )
+        with localcontext(CTX):
+            bid_total = sum([size for _, size in bids], _ZERO)
+            ask_total = sum([size for _, size in asks], _ZERO)
+            mid = (top[0] + top[2]) / 2
+            imbalance = (bid_total / (bid_total + ask_total)).quantize(_RATIO_EXP)
+        liquidity = tuple(book.liquidity_within(bps) for bps in _DEPTH_BANDS)
+        for bid, ask in liquidity:
+            check_output(bid, "bid liquidity")
+            check_output(ask, "ask liquidity")
+        return cls(book.product_id, time, bids, asks, mid, liquidity, imbalance, feed)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape (a fixed contract): decimals as canonical strings."""

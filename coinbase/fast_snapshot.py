@@ -4,9 +4,14 @@ A BTC-USD snapshot is 46,000 levels (1.3 MB on the Exchange feed, 5 MB on Advanc
 Trade). Decoding it into generic dicts and lists and then walking them in Python took
 60 ms on Advanced Trade; decoding into typed structs and building the Decimals with
 ``map`` takes about half. Only well-formed snapshots take this path: anything it does not
-accept (a number instead of a string, a bad side, a non-positive price, NaN...) returns
-None, and the caller's generic parser decodes the frame again to say precisely what is
-wrong. Both paths accept exactly the same frames.
+accept (a number instead of a string, a bad side, a value outside the number domain of
+:mod:`common.domain`, a badly shaped product id...) returns None, and the caller's
+generic parser decodes the frame again to say precisely what is wrong. Both paths accept
+exactly the same frames.
+
+The domain is checked in bulk (:func:`common.domain.all_prices`/``all_sizes``: a
+``min`` and a ``sum`` per list, where the range check it replaced took a ``min`` and a
+``max``), so the check of a 46,000-level snapshot costs about as much as before.
 """
 
 from __future__ import annotations
@@ -16,13 +21,11 @@ from typing import NamedTuple
 
 import msgspec
 
+from common.domain import all_prices, all_sizes, is_product_id
 from events import Level
 
 MIN_FRAME_BYTES = 64 * 1024
 """Smaller frames are not worth a second decoder: the generic path is fast enough."""
-
-_ZERO = Decimal(0)
-_ABSURD = Decimal("1e30")
 
 
 class _ExchangeSnapshot(msgspec.Struct):
@@ -65,18 +68,13 @@ class FastSnapshot(NamedTuple):
 
 
 def _levels(prices: list[str], sizes: list[str]) -> list[Level] | None:
-    """Decimal ``(price, size)`` pairs, or None unless every price > 0 and size >= 0."""
+    """Decimal ``(price, size)`` pairs, or None unless all are in the number domain."""
     try:
         price_values = list(map(Decimal, prices))
         size_values = list(map(Decimal, sizes))
-        if price_values and not (
-            _ZERO < min(price_values)
-            and max(price_values) < _ABSURD
-            and _ZERO <= min(size_values)
-            and max(size_values) < _ABSURD
-        ):
-            return None
-    except (InvalidOperation, ValueError):  # "abc", or NaN met by a comparison
+    except (InvalidOperation, ValueError):  # "abc"
+        return None
+    if not (all_prices(price_values) and all_sizes(size_values)):
         return None
     return list(zip(price_values, size_values, strict=True))
 
@@ -93,7 +91,7 @@ def decode_exchange_snapshot(frame: str | bytes) -> FastSnapshot | None:
         msg = _EXCHANGE.decode(frame)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    if msg.type != "snapshot" or not msg.product_id:
+    if msg.type != "snapshot" or not is_product_id(msg.product_id):
         return None
     bids = _levels([p for p, _ in msg.bids], [s for _, s in msg.bids])
     asks = _levels([p for p, _ in msg.asks], [s for _, s in msg.asks])
@@ -113,7 +111,7 @@ def decode_advanced_trade_snapshot(frame: str | bytes) -> FastSnapshot | None:
     if msg.channel != "l2_data" or len(msg.events) != 1:
         return None
     event = msg.events[0]
-    if event.type != "snapshot" or not event.product_id:
+    if event.type != "snapshot" or not is_product_id(event.product_id):
         return None
     sides = {"bid": ([], []), "offer": ([], [])}
     try:

@@ -29,7 +29,9 @@ from coinbase.feeds import (
     _check_product,
     subscribe_messages,
 )
+from common.domain import is_product_id
 from common.logs import RateLimitedLog
+from common.text import shown
 from events import BookEvent
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
 
 from coinbase.session import (
     LOCAL_EXCHANGE_MARKER,
+    LOGGED_CHARS,
     Action,
     Session,
 )
@@ -139,6 +142,9 @@ class ConnectionSession:
       refused credentials stop all (they are the connection's);
     * products that join a live connection are subscribed in one more message.
 
+    Malformed frames and whole-connection resyncs are each logged at most once a second
+    per connection, the feed text they quote escaped and cut (:func:`common.text.shown`).
+
     Messages to send on the live connection are collected and handed out by
     :meth:`outgoing`, batched: one unsubscribe and one subscribe however many products.
     """
@@ -167,6 +173,9 @@ class ConnectionSession:
         self._origin: str | None = None
         """The local exchange's marker, once a subscriptions reply said it."""
         self._log = RateLimitedLog(log)
+        """Malformed frames of the connection: at most one line a second."""
+        self._resync_log = RateLimitedLog(log)
+        """Whole-connection resyncs: at most one line a second."""
 
     # -- membership -----------------------------------------------------------------------
 
@@ -398,8 +407,10 @@ class ConnectionSession:
     def _resync_all(self, reason: str) -> ConnectionStep:
         for session in self.active:
             session.stats.resyncs += 1
-        log.warning(
-            "%s: resync of every product of the connection: %s", self.name, reason
+        self._resync_log.warning(
+            "%s: resync of every product of the connection: %s",
+            self.name,
+            shown(reason, LOGGED_CHARS),
         )
         return ConnectionStep(action=Action.RESYNC, reason=reason)
 
@@ -410,7 +421,9 @@ class ConnectionSession:
         victims = [self.sessions[p] for p in named] if named else self.active
         for session in victims:
             session.stats.malformed += 1
-        self._log.warning(f"{self.name}: skipped malformed frame: {exc}")
+        self._log.warning(
+            "%s: skipped malformed frame: %s", self.name, shown(exc, LOGGED_CHARS)
+        )
         if not exc.resync:
             return ConnectionStep()
         reason = f"malformed book frame ({exc.reason})"
@@ -423,7 +436,8 @@ class ConnectionSession:
 
         Exchange frames carry one product each: its ``product_id``, read from the JSON or,
         when the JSON is cut, from the text. Advanced Trade frames may carry several: every
-        event must name a known product, and unreadable JSON names none.
+        event must name a known product, and unreadable JSON names none. An id not of
+        Coinbase's shape names no product of ours and is left out.
         """
         try:
             payload = _loads(frame)
@@ -456,7 +470,8 @@ class ConnectionSession:
                 return []
         else:
             return []
-        named = list(dict.fromkeys(found))
+        # a badly shaped id is nobody's (ours are checked at start-up): not a suspect
+        named = [p for p in dict.fromkeys(found) if is_product_id(p)]
         if not all(p in self.sessions and not self.sessions[p].done for p in named):
             return []
         return named

@@ -32,6 +32,10 @@ So every freshness rule is testable with hand-built frames, no socket
   wins over ``sim``, since a replayed recording of the sim carries the sim's marker).
   A served replay ends with a normal close (code 1000): that is the end of the data, not
   a fault, so the session ends instead of reconnecting.
+* Log lines: a malformed frame and a resync are logged at most once a second per
+  product (a count of the lines held back comes with the next one), and any feed text
+  they quote (a reason, an error reply, a close reason) goes through
+  :func:`common.text.shown`, escaped and cut to :data:`LOGGED_CHARS`.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from coinbase.feeds import (
     subscribe_messages,
 )
 from common.logs import RateLimitedLog
+from common.text import shown
 from events import BookChanges, BookEvent, BookReset, BookSnapshot
 
 __all__ = [
@@ -72,6 +77,9 @@ LOCAL_EXCHANGE_MARKER = "local_exchange"
 """Field of the local exchange's subscriptions reply naming what it serves."""
 LOCAL_ORIGINS = ("sim", "replay")
 NORMAL_CLOSURE = 1000
+LOGGED_CHARS = 400
+"""Characters of a reason or an error quoting feed text kept in one log line (a
+malformed frame's reason and 160-character excerpt fit; a 1 MB product id does not)."""
 
 
 class Action(Enum):
@@ -152,6 +160,9 @@ class Session:
         self._decoder: FrameDecoder | None = None
         self._bad_times_before = 0
         self._malformed_log = RateLimitedLog(log)
+        self._resync_log = RateLimitedLog(log)
+        """Resync lines: at most one a second for this product (5,000 malformed updates
+        in a second used to log 5,000), with a count of the ones it held back."""
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -191,7 +202,11 @@ class Session:
         """This product alone needs a fresh snapshot on a live shared connection: a
         reset now; the caller unsubscribes and subscribes it again."""
         self.stats.resyncs += 1
-        log.warning("%s: resync (resubscribing it alone): %s", self.product_id, reason)
+        self._resync_log.warning(
+            "%s: resync (resubscribing it alone): %s",
+            self.product_id,
+            shown(reason, LOGGED_CHARS),
+        )
         return self._reset(reason)
 
     def fail(self, exc: FeedError) -> list[BookEvent]:
@@ -233,7 +248,7 @@ class Session:
             log.info("%s: the served replay is over", self.product_id)
             return Step(events, Action.END, "end of the served replay")
         self.stats.state = "reconnecting"
-        log.info("%s: disconnected: %s", self.product_id, reason)
+        log.info("%s: disconnected: %s", self.product_id, shown(reason, LOGGED_CHARS))
         return Step(events, Action.CONTINUE, reason)
 
     def close(self) -> None:
@@ -254,7 +269,9 @@ class Session:
         except MalformedFrame as exc:
             stats.malformed += 1
             self._malformed_log.warning(
-                f"{self.product_id}: skipped malformed frame: {exc}"
+                "%s: skipped malformed frame: %s",
+                self.product_id,
+                shown(exc, LOGGED_CHARS),
             )
             if exc.resync:
                 return self._resync(f"malformed book frame ({exc.reason})")
@@ -332,7 +349,9 @@ class Session:
 
     def _resync(self, reason: str) -> Step:
         self.stats.resyncs += 1
-        log.warning("%s: resync: %s", self.product_id, reason)
+        self._resync_log.warning(
+            "%s: resync: %s", self.product_id, shown(reason, LOGGED_CHARS)
+        )
         return Step([], Action.RESYNC, reason)
 
     def _feed_error(self, exc: FeedError) -> Step:
@@ -349,10 +368,11 @@ class Session:
             )
         else:
             message = f"{self.product_id}: {exc}"
+        message = shown(message, LOGGED_CHARS)
         self.stats.last_error = message
         if exc.permanent:
             self.error = exc
-            log.error(message)
+            log.error("%s", message)
             return Step([], Action.STOP, message)
-        log.warning("%s; reconnecting", message)
+        self._resync_log.warning("%s; reconnecting", message)
         return Step([], Action.RESYNC, message)

@@ -1,18 +1,27 @@
 import copy
+import json
 import logging
 import pickle
+import time
 from datetime import UTC, datetime
 from decimal import Decimal as D
 
 import pytest
+from bytewax.testing import TestingSink, TestingSource, run_main
 
-from book_step import RESYNC_AFTER_SECONDS, BookState, update_book
+import book_step
+from book_step import RESYNC_AFTER_SECONDS, BookState, BookStep, update_book
+from coinbase.session import Action, Session
+from common.logs import RateLimitedLog
+from dataflow import get_flow
 from events import ASK, BID, BookChanges, BookReset, BookSnapshot
+from records import OrderBookSummary
 from resync import (
     clear_resync_requests,
     pending_resyncs,
     take_resync_request,
 )
+from service.settings import Settings
 
 T = datetime(2026, 8, 25, 3, 35, 57, tzinfo=UTC)
 
@@ -164,3 +173,176 @@ def test_status_line_prints_canonical_prices(caplog):
         state, _ = run([padded])
     [line] = [r.getMessage() for r in caplog.records if "levels" in r.getMessage()]
     assert "bid 65000.2 ask 65000.3 " in line, line
+
+
+# -- the guard: one product's bad event never escapes the step (issue 17) -----------------
+
+
+@pytest.fixture(autouse=True)
+def fresh_failure_log(monkeypatch):
+    """The failure log is rate-limited per process: each test starts with a fresh one;
+    and no test leaves a resync request behind for another module's products."""
+    monkeypatch.setattr(
+        book_step, "_failure_log", RateLimitedLog(book_step.log), raising=False
+    )
+    yield
+    clear_resync_requests()
+
+
+def _good_snapshot(mid: int, received_ns: int = 0) -> BookSnapshot:
+    return snap(
+        bids=[(D(mid - 1), D(1))], asks=[(D(mid + 1), D(2))], received_ns=received_ns
+    )
+
+
+POISON = {
+    # finding 1: a 1e20 top with an 8-decimal spread; 1e30 with a 1e-14 one needs 49
+    # digits even in CTX (a source that skipped the domain check lets it through)
+    "huge prices": snap(
+        bids=[(D("1E+30"), D(1))], asks=[(D("1" + "0" * 30 + ".00000000000001"), D(1))]
+    ),
+    # finding 2: two 1e-999999999 sizes add up to 0 below CTX's smallest exponent
+    "vanishing sizes": snap(
+        bids=[(D(100), D("1E-999999999"))], asks=[(D(101), D("1E-999999999"))]
+    ),
+}
+
+
+@pytest.mark.parametrize("poison", POISON, ids=list(POISON))
+@pytest.mark.parametrize("levels", [0, 5])
+def test_a_poisoned_event_drops_its_book_and_resyncs_and_never_escapes(
+    registry, caplog, poison, levels
+):
+    step = BookStep(levels=levels, interval=0) if levels else update_book
+    state, first = step(None, _good_snapshot(100))
+    assert first is not None  # the earlier record exists
+    with caplog.at_level(logging.ERROR, logger="book_step"):
+        state, out = step(state, POISON[poison])  # raised before the guard
+    assert out is None and state.book is None and state.condition != "ok"
+    assert take_resync_request("BTC-USD") is not None
+    lines = [r.getMessage() for r in caplog.records if r.name == "book_step"]
+    assert len(lines) == 1 and "asking for a fresh snapshot" in lines[0]
+    assert "\n" not in lines[0]
+    state, again = step(state, _good_snapshot(200))  # the product comes back
+    assert again is not None
+
+
+def test_a_poisoned_event_asks_its_source_for_a_fresh_snapshot(registry):
+    state, _ = update_book(None, _good_snapshot(100))
+    update_book(state, POISON["huge prices"])
+    reason = take_resync_request("BTC-USD")
+    assert reason is not None and "InvalidOperation" in reason
+
+
+def test_failures_of_many_events_log_one_line_a_second(registry, caplog):
+    state, _ = update_book(None, _good_snapshot(100))
+    with caplog.at_level(logging.ERROR, logger="book_step"):
+        start = time.monotonic()
+        for _ in range(500):
+            state, _ = update_book(state, POISON["vanishing sizes"])
+        elapsed = time.monotonic() - start
+    lines = [r for r in caplog.records if r.name == "book_step"]
+    assert 1 <= len(lines) <= 2 + elapsed  # at most one a second, not 500
+
+
+def test_a_depth_record_that_cannot_be_built_keeps_the_summary(registry, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ArithmeticError("boom\nFORGED LINE")
+
+    monkeypatch.setattr(book_step.OrderBookDepth, "from_book", broken)
+    state, out = BookStep(levels=5, interval=0)(None, _good_snapshot(100))
+    _, summary, depth = out
+    assert summary is not None and depth is None and state.book is None
+    assert "boom" in take_resync_request("BTC-USD")
+
+
+def test_a_failing_metrics_observer_costs_nothing_but_a_line(caplog):
+    class Broken:
+        def observe(self, state, event):
+            raise RuntimeError("metrics down")
+
+    with caplog.at_level(logging.ERROR, logger="book_step"):
+        state, out = BookStep(levels=0, metrics=Broken())(None, _good_snapshot(100))
+    assert out is not None and state.book is not None
+    assert any("metrics down" in r.getMessage() for r in caplog.records)
+
+
+# -- end to end: frames -> the real decoder and session -> the real dataflow -------------
+
+
+def _events_from_frames(frames: list[str]) -> list:
+    """What CoinbaseSource emits for these frames, sans socket: the real Session, and a
+    reconnect (a reset, then the next snapshot) whenever it asks for a resync."""
+    session = Session("BTC-USD", "exchange")
+    events = list(session.start())
+    session.connect(now=1_700_000_000)
+    for n, frame in enumerate(frames, 1):
+        result = session.receive(frame, 1_700_000_000_000_000_000 + n)
+        events += result.events
+        if result.action is Action.RESYNC:
+            events += session.disconnect(result.reason).events
+            session.connect(now=1_700_000_000)
+    return events
+
+
+def _exchange_snapshot(bid: str, ask: str) -> str:
+    return json.dumps(
+        {
+            "type": "snapshot",
+            "product_id": "BTC-USD",
+            "bids": [[bid, "1.5"]],
+            "asks": [[ask, "2.5"]],
+        }
+    )
+
+
+def _run_flow(events: list, levels: int) -> list:
+    out: list = []
+    settings = Settings(spread_threshold_pct=D(0), depth_levels=levels)
+    flow = get_flow(
+        settings,
+        source=TestingSource([(e.product_id, e) for e in events]),
+        products=["BTC-USD"],
+        sink=TestingSink(out),
+    )
+    run_main(flow)  # an exception in any step would raise here and lose `out`
+    return [item[1] if isinstance(item, tuple) else item for item in out]
+
+
+@pytest.mark.parametrize("levels", [0, 5])
+@pytest.mark.parametrize(
+    "bad_frame",
+    [
+        # finding 1: 1e20 with an 8-decimal spread (34 digits for the microprice)
+        _exchange_snapshot("1e20", "100000000000000000000.00000001"),
+        # finding 2: sizes the decoder used to accept
+        _exchange_snapshot("100", "101")
+        .replace('"1.5"', '"1e-999999999"')
+        .replace('"2.5"', '"1e-999999999"'),
+    ],
+    ids=["finding_01_1e20_prices", "finding_02_1e-999999999_sizes"],
+)
+def test_finding_01_02_the_run_goes_on_and_keeps_the_earlier_summary(
+    registry, levels, bad_frame
+):
+    events = _events_from_frames(
+        [_exchange_snapshot("100", "101"), bad_frame, _exchange_snapshot("200", "201")]
+    )
+    records = _run_flow(events, levels)
+    summaries = [r for r in records if isinstance(r, OrderBookSummary)]
+    assert [s.bid_price for s in summaries] == [D(100), D(200)]
+
+
+@pytest.mark.parametrize("levels", [0, 5])
+def test_poisoned_events_in_the_dataflow_cost_their_book_not_the_run(registry, levels):
+    """Events no decoder checked (a source that skipped the domain) cannot stop it."""
+    events = [
+        _good_snapshot(100, 1),
+        POISON["huge prices"],
+        _good_snapshot(150, 2),
+        POISON["vanishing sizes"],
+        _good_snapshot(200, 3),
+    ]
+    records = _run_flow(events, levels)
+    summaries = [r for r in records if isinstance(r, OrderBookSummary)]
+    assert [s.bid_price for s in summaries] == [D(99), D(149), D(199)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -24,8 +25,11 @@ from tests.support.frames import (
     at_error,
     at_l2_data,
     at_level,
+    at_snapshot,
+    at_update,
     exchange_error,
     exchange_l2update,
+    exchange_snapshot,
     text,
 )
 
@@ -450,3 +454,167 @@ def test_price_caches_share_one_budget_per_process(
     crowded = coinbase_parse.price_cache_limit()
     assert crowded <= 1_000 // 10 < alone
     assert decoders[-1]._price_limit <= 1_000 // 10
+
+
+# -- issue 17: the number and name domain is enforced where a frame enters ----------------
+
+
+def _frames_with(bid: str, ask: str, bid_size: str = "1.5", ask_size: str = "2.5"):
+    """The four book frame kinds, each carrying these values."""
+    return {
+        "exchange snapshot": (
+            "exchange",
+            text(exchange_snapshot("BTC-USD", [(bid, bid_size)], [(ask, ask_size)])),
+        ),
+        "exchange l2update": (
+            "exchange",
+            text(
+                exchange_l2update(
+                    "BTC-USD", [("buy", bid, bid_size), ("sell", ask, ask_size)]
+                )
+            ),
+        ),
+        "advanced-trade snapshot": (
+            "advanced-trade",
+            text(at_snapshot(0, "BTC-USD", [(bid, bid_size)], [(ask, ask_size)])),
+        ),
+        "advanced-trade update": (
+            "advanced-trade",
+            text(
+                at_update(
+                    0, "BTC-USD", [("bid", bid, bid_size), ("offer", ask, ask_size)]
+                )
+            ),
+        ),
+    }
+
+
+KINDS = list(_frames_with("1", "2"))
+
+
+def _refused(kind: str, frame_values: dict) -> MalformedFrame:
+    protocol, frame = frame_values[kind]
+    with pytest.raises(MalformedFrame) as info:
+        FrameDecoder(protocol, "x").decode(frame)
+    assert info.value.resync is True  # a skipped book frame: the book must be rebuilt
+    assert "\n" not in str(info.value)
+    return info.value
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_finding_01_a_1e20_book_with_an_8_decimal_spread_is_malformed(kind) -> None:
+    """It used to decode, then kill the dataflow in the summary (InvalidOperation)."""
+    frames = _frames_with("1e20", "100000000000000000000.00000001")
+    assert "not below 1E+14" in _refused(kind, frames).reason
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_finding_02_a_size_of_1e_minus_999999999_is_malformed(kind) -> None:
+    """It used to decode, then divide by zero in the summary (DivisionByZero)."""
+    frames = _frames_with("100", "101", "1e-999999999", "1e-999999999")
+    assert "more than 14 decimals" in _refused(kind, frames).reason
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    "values, why",
+    [
+        (("100", "101", "1e-40", "1"), "bad size '1E-40': more than 14 decimals"),
+        (("1e25", "2e25", "1", "1"), "bad price '1E+25': not below 1E+14"),
+        (("100", "101.000000000000001", "1", "1"), "more than 14 decimals"),
+        (("100", "101", "1", "100000000000000"), "not below 1E+14"),
+    ],
+    ids=["size 1e-40", "price 1e25", "15 decimals", "size 1e14"],
+)
+def test_finding_03_values_decimal_38_18_cannot_hold_are_malformed(
+    kind, values, why
+) -> None:
+    """Parquet (decimal(38, 18)) refused a whole batch for one of these."""
+    assert why in _refused(kind, _frames_with(*values)).reason
+
+
+def test_values_of_the_domain_edges_still_decode() -> None:
+    frames = _frames_with(
+        "0.00000000000001", "99999999999999.99999999999999", "0E-40", "1E-14"
+    )
+    for protocol, frame in frames.values():
+        events = FrameDecoder(protocol, "x").decode(frame)
+        assert len(events) == 1
+
+
+BAD_IDS = {
+    "path": "../../..",
+    "newline": "BTC-USD\nINFO forged log line",
+    "ansi": "\x1b[2J\x1b[31mBTC-USD",
+    "1 MB": "A" * 1_000_000,
+    "lower case": "btc-usd",
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("bad_id", BAD_IDS.values(), ids=list(BAD_IDS))
+def test_finding_11_a_product_id_not_of_coinbase_shape_is_malformed(
+    kind, bad_id
+) -> None:
+    protocol, frame = _frames_with("100", "101")[kind]
+    frame = frame.replace('"BTC-USD"', json.dumps(bad_id))
+    with pytest.raises(MalformedFrame) as info:
+        FrameDecoder(protocol, "x").decode(frame)
+    message = str(info.value)
+    # shown: escaped and cut, one short line
+    assert "bad product id" in message and len(message) < 500
+    assert "\n" not in message and "\x1b" not in message
+    # an id of no product of ours: nothing of ours was lost, no resync
+    assert info.value.resync is False
+
+
+def test_finding_11_a_bad_id_beside_a_good_one_resyncs() -> None:
+    """An Advanced Trade frame is dropped whole: the good event's book needs a resync."""
+    good = at_update(0, "BTC-USD")["events"][0]
+    bad = dict(good, product_id="../../..")
+    frame = text(at_l2_data(0, [good, bad]))
+    with pytest.raises(MalformedFrame) as info:
+        FrameDecoder("advanced-trade", "x").decode(frame)
+    assert info.value.resync is True
+
+
+def test_finding_13_feed_text_in_a_reason_is_escaped_and_cut() -> None:
+    """Every piece of a frame quoted in an error is shown(): no forged or 1 MB lines."""
+    event = {"type": "\n" + "x" * 1_000_000, "product_id": "BTC-USD", "updates": []}
+    with pytest.raises(MalformedFrame) as info:
+        FrameDecoder("advanced-trade", "x").decode(text(at_l2_data(0, [event])))
+    assert "\n" not in info.value.reason and len(info.value.reason) < 300
+    side = text(exchange_l2update("BTC-USD", [("\x1b[31m" + "b" * 10_000, "1", "1")]))
+    with pytest.raises(MalformedFrame) as info:
+        FrameDecoder("exchange", "x").decode(side)
+    assert "\x1b" not in info.value.reason and len(info.value.reason) < 300
+
+
+def test_an_error_reply_naming_a_hostile_product_names_none() -> None:
+    reply = text(exchange_error("Failed", "\x1b[2J../x is not a valid product"))
+    with pytest.raises(UnknownProduct) as info:
+        exchange().decode(reply)
+    assert info.value.product_id is None and "\x1b" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "size, ok",
+    [
+        ("0.20371215", True),  # the cheap test proves it
+        ("0.00000100", True),  # the cheap test cannot tell; the exact one accepts
+        ("12.34000000", True),
+        ("99999999999999.99999999999999", True),
+        ("0E-40", True),  # a zero, written any way
+        ("1.5E-14", False),
+        ("1." + "9" * 40 + "E-14", False),  # a plain % would round it into the domain
+        ("0.000000000000001", False),
+    ],
+)
+def test_update_sizes_are_checked_exactly_on_the_fast_loop(size, ok) -> None:
+    frame = text(exchange_l2update("BTC-USD", [("buy", "100", size)]))
+    if ok:
+        [event] = exchange().decode(frame)
+        assert event.changes[0][2] == D(size)
+    else:
+        with pytest.raises(MalformedFrame, match="more than 14 decimals"):
+            exchange().decode(frame)

@@ -15,7 +15,7 @@ from coinbase.multiplex import (
     ConnectionStep,
     group_messages,
 )
-from coinbase.session import Action, Session, SessionStats
+from coinbase.session import Action, Session, SessionStats, Step
 from events import BookChanges, BookReset, BookSnapshot
 from tests.support.frames import (
     EXCHANGE_TIME,
@@ -490,3 +490,96 @@ def test_behind_a_served_replay_one_product_resyncs_the_connection() -> None:
     step = conn.overflow("ETH-USD", 9)
     assert step.action is Action.RESYNC and "ETH-USD" in step.reason
     assert conn.outgoing(now=0) == []
+
+
+# -- issue 17: feed text never reaches a log raw; resync lines are rate-limited -----------
+
+HOSTILE_FRAMES = [
+    # a product id with a newline, in a book frame that cannot be applied
+    text(exchange_l2update("BTC-USD\nERROR forged line", [("buy", "99", "x")])),
+    # a 1 MB product id in a malformed frame
+    json.dumps({"type": "l2update", "product_id": "A" * 1_000_000}),
+    # terminal escapes and a newline in a frame that is not even JSON
+    "\x1b[2J\x1b[31m{not json\nCRITICAL forged" + "y" * 1_000_000,
+    # an error reply quoting hostile text
+    text(exchange_error("\x1b[31mboom\nforged", "x" * 100_000)),
+    # a good frame of a product id of the wrong shape
+    text(exchange_snapshot("../../../etc", [("99", "1")], [("101", "1")])),
+]
+
+
+def _safe(records) -> list[str]:
+    lines = [r.getMessage() for r in records]
+    for line in lines:
+        assert "\n" not in line and "\x1b" not in line, line[:200]
+        assert len(line) < 2_000, len(line)
+    return lines
+
+
+def test_finding_13_feed_text_reaches_the_logs_escaped_and_cut(caplog) -> None:
+    with caplog.at_level("DEBUG"):
+        for frame in HOSTILE_FRAMES:
+            session = connected()
+            step = session.receive(frame, 1)
+            if step.action is not Action.CONTINUE:
+                session.disconnect(step.reason)
+            conn = live()
+            step = conn.receive(frame, 2)
+            if step.action is not Action.CONTINUE:
+                conn.disconnect(step.reason)
+    lines = _safe(caplog.records)
+    assert any("skipped malformed frame" in line for line in lines)
+
+
+def test_finding_13_a_server_close_reason_is_logged_escaped(caplog) -> None:
+    with caplog.at_level("INFO", logger="coinbase.session"):
+        connected().disconnect("connection closed (1000 \x1b[2J" + "z" * 10**6 + ")")
+    assert [line for line in _safe(caplog.records) if "disconnected" in line]
+
+
+def test_finding_11_a_bad_product_id_is_counted_skipped_and_resyncs_nothing() -> None:
+    session = connected()
+    session.receive(snapshot(), 1)
+    step = session.receive(HOSTILE_FRAMES[-1], 2)
+    assert step == Step() and session.stats.malformed == 1
+    conn = live()
+    step = conn.receive(HOSTILE_FRAMES[-1], 2)
+    assert step.action is Action.CONTINUE and not step.events and not step.send
+    assert all(s.settled for s in conn.sessions.values())
+
+
+def _resync_lines(records) -> list[str]:
+    return [line for line in _safe(records) if "resync" in line]
+
+
+def test_finding_14_many_malformed_updates_log_one_resync_line_a_second(
+    caplog,
+) -> None:
+    session = connected()
+    session.receive(snapshot(), 1)
+    bad = update(size="x")
+    with caplog.at_level("WARNING", logger="coinbase.session"):
+        start = time.monotonic()
+        for n in range(5_000):
+            step = session.receive(bad, n)
+            assert step.action is Action.RESYNC
+        elapsed = time.monotonic() - start
+    assert session.stats.malformed == session.stats.resyncs == 5_000
+    lines = _resync_lines(caplog.records)
+    assert 1 <= len(lines) <= 2 + elapsed  # not 5,000
+    assert session.stats.malformed == 5_000
+
+
+def test_finding_14_on_a_shared_connection_too(caplog) -> None:
+    conn = live()
+    bad = update("ETH-USD", size="x")
+    with caplog.at_level("WARNING"):
+        start = time.monotonic()
+        for n in range(5_000):
+            conn.receive(bad, n)
+        elapsed = time.monotonic() - start
+    assert conn.sessions["ETH-USD"].stats.resyncs == 5_000
+    lines = _resync_lines(caplog.records)
+    assert 1 <= len(lines) <= 2 + elapsed
+    later = [line for line in lines[1:] if "suppressed" in line]
+    assert len(later) == len(lines) - 1  # each later line counts what it held back

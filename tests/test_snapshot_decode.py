@@ -82,6 +82,12 @@ def test_fast_and_generic_paths_give_the_same_snapshot(make, monkeypatch):
         (["0", "1"], "bad price"),
         (["NaN", "1"], "NaN|not a decimal"),
         ([60000.0, "1"], "JSON strings"),
+        # issue 17: the number domain (findings 1, 2, 3) on the typed fast path too
+        (["1e20", "1"], "not below 1E"),
+        (["60000.00", "1e-999999999"], "more than 14 decimals"),
+        (["60000.00", "1e-40"], "more than 14 decimals"),
+        (["1e25", "1"], "not below 1E"),
+        (["60000.000000000000001", "1"], "more than 14 decimals"),
     ],
 )
 @pytest.mark.parametrize("make", [exchange_frame, at_frame])
@@ -99,3 +105,29 @@ def test_the_fast_path_checks_advanced_trade_sequence_numbers():
     decoder.decode(at_frame(sequence=0))
     with pytest.raises(SequenceGap):
         decoder.decode(at_frame(sequence=5))
+
+
+@pytest.mark.parametrize("make", [exchange_frame, at_frame])
+@pytest.mark.parametrize("bad_id", ["../../..", "BTC-USD\nforged", "\x1b[2JBTC-USD"])
+def test_finding_11_a_big_snapshot_of_a_bad_product_id_is_malformed(make, bad_id):
+    protocol = "exchange" if make is exchange_frame else "advanced-trade"
+    frame = make().replace('"BTC-USD"', json.dumps(bad_id))
+    assert len(frame) > snapshot_decode.MIN_FRAME_BYTES
+    assert snapshot_decode.decode_exchange_snapshot(frame) is None
+    assert snapshot_decode.decode_advanced_trade_snapshot(frame) is None
+    with pytest.raises(MalformedFrame, match="bad product id") as info:
+        FrameDecoder(protocol, "t").decode(frame)
+    assert "\n" not in str(info.value) and "\x1b" not in str(info.value)
+
+
+def test_the_fast_path_takes_the_domain_edges_like_the_generic_one(monkeypatch):
+    """Values at the domain's edges (and zeros written any way) stay on the fast path."""
+    edges = [["99999999999999.99999999999999", "0E-40"], ["1E-14", "1E+13"]]
+    for make, protocol in ((exchange_frame, "exchange"), (at_frame, "advanced-trade")):
+        frame = make(bids=[*BIDS[:-2], *edges])
+        assert (
+            snapshot_decode.decode_exchange_snapshot(frame)
+            or snapshot_decode.decode_advanced_trade_snapshot(frame)
+        ) is not None
+        fast, generic = _decode_both(protocol, frame, monkeypatch)
+        assert fast == generic

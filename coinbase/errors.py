@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from common.text import shown
+
 __all__ = [
     "AuthError",
     "CoinbaseError",
@@ -28,14 +30,15 @@ _SNIPPET = 160
 
 
 def _snippet(frame: Any) -> str:
-    """At most ``_SNIPPET`` characters of a frame: a 5 MB snapshot must never reach a log."""
+    """At most ``_SNIPPET`` characters of a frame, escaped (:func:`common.text.shown`): a
+    5 MB snapshot must never reach a log, nor a newline or escape sequence a feed sent."""
     if isinstance(frame, (bytes, bytearray, memoryview)):
-        text = bytes(frame[: _SNIPPET + 1]).decode("utf-8", "replace")
-    elif isinstance(frame, str):
-        text = frame[: _SNIPPET + 1]
-    else:
-        text = repr(frame)[: _SNIPPET + 1]
-    return text if len(text) <= _SNIPPET else text[:_SNIPPET] + "..."
+        cut = len(frame) - _SNIPPET
+        text = shown(bytes(frame[:_SNIPPET]).decode("utf-8", "replace"), _SNIPPET)
+        return text + (f"...(+{cut} bytes)" if cut > 0 else "")
+    if not isinstance(frame, str):
+        frame = repr(frame)[: _SNIPPET + 1]
+    return shown(frame, _SNIPPET)
 
 
 class CoinbaseError(Exception):

@@ -19,6 +19,7 @@ from coinbase.decode import (
     UnknownProduct,
     parse_time,
 )
+from coinbase.errors import MalformedFrame
 from events import ASK, BID, BookChanges, BookSnapshot
 from tests.support.frames import (
     EXCHANGE_TIME,
@@ -618,3 +619,17 @@ def test_update_sizes_are_checked_exactly_on_the_fast_loop(size, ok) -> None:
     else:
         with pytest.raises(MalformedFrame, match="more than 14 decimals"):
             exchange().decode(frame)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"product_id": "BTC-USD\\n2026-01-01 ERROR forged", "x": "\x1b[2J' + "A" * 5000,
+        b'{"product_id": "\x1b[31m\n' + b"B" * 5000,
+    ],
+    ids=["text", "bytes"],
+)
+def test_a_malformed_frames_excerpt_is_escaped_and_cut(frame):
+    message = str(MalformedFrame("bad", frame))
+    assert "\n" not in message and "\x1b" not in message
+    assert len(message) < 260 and message.endswith(("chars)", "bytes)"))

@@ -19,7 +19,6 @@ from coinbase.decode import (
     UnknownProduct,
     parse_time,
 )
-from coinbase.errors import MalformedFrame
 from events import ASK, BID, BookChanges, BookSnapshot
 from tests.support.frames import (
     EXCHANGE_TIME,

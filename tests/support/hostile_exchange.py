@@ -5,7 +5,7 @@ a *script* of attacks drawn from :data:`ATTACKS` by a seeded :class:`random.Rand
 (extreme numbers, forged product ids, binary frames, frames over the client's size limit,
 floods of malformed updates, invalid and deeply nested JSON, wrong types), and at its end
 a *sentinel*: a fresh valid snapshot of every product whose best bid names the connection
-(``9{index}.5``), so a test can tell that the client read past the attacks and its books
+(``99.{index}5``, above the ladder's other bids), so a test can tell that the client read past the attacks and its books
 are right again (an attack that makes the client hang up cuts its script short). Every
 connection after the scripts is clean: snapshots whose best bid is
 ``sentinel_bid(len(scripts))``, then heartbeats. A subscribe the client sends later (a
@@ -183,12 +183,12 @@ class HostileExchange:
     @staticmethod
     def sentinel_bid(index: int) -> str:
         """The best bid of every product after connection ``index``'s script."""
-        return f"9{index}.5"
+        return f"99.{index}5"
 
     def _set_sentinel(self, index: int) -> None:
         for product in self.products:
             bids, asks = ladder(100, 5)
-            bids[0] = [self.sentinel_bid(index), "1.25"]
+            bids[0] = [self.sentinel_bid(index), "1.25"]  # replaces 99
             self._books[product] = (bids, asks)
 
     async def _snapshots(self, ws: ServerConnection, products: list[str]) -> None:

@@ -112,9 +112,12 @@ def test_page_draws_every_product_and_keeps_changing(tmp_path):
                 return v.length >= n && v.every(p => p.depthDraws > 0 && p.seriesPoints >= 2);
             }"""
             page.wait_for_function(ready, arg=len(PRODUCTS), timeout=30_000)
-            before = page.evaluate("JSON.parse(JSON.stringify(window.dashboardStats))")
-            pixels = page.evaluate(
-                "[...document.querySelectorAll('.depth canvas')].map(c => c.toDataURL())"
+            # the stats and the pixels in one evaluation: the page cannot draw between
+            # them (two evaluations let a draw slip in, and the pixels then matched the
+            # "after" picture: 2 failures in 20 loaded runs)
+            before, pixels = page.evaluate(
+                """() => [JSON.parse(JSON.stringify(window.dashboardStats)),
+                    [...document.querySelectorAll('.depth canvas')].map(c => c.toDataURL())]"""
             )
             changed = """(before) => Object.entries(before).every(([p, b]) => {
                 const s = window.dashboardStats[p];

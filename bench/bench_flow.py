@@ -21,12 +21,10 @@ Parquet output against text output to a file, each beside its baseline with the 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -38,54 +36,14 @@ from bytewax.testing import run_main
 from book_step import SpreadFilter, update_book
 from coinbase.decode import FrameDecoder
 from dataflow import get_flow
-from local_exchange.market import Market
 from recording.reader import Recording
 from recording.replay import ReplaySource
-from recording.writer import RecordingWriter
 from service.outputs import OutputSpec
 from service.runtime import tune_garbage_collector
 from service.settings import Settings
+from tests.support.recordings import PRODUCTS, write_session
 
-PRODUCTS = ["BTC-USD", "ETH-USD", "BTC-EUR", "ETH-EUR"]
 THRESHOLD = Decimal(0)  # keep every summary: the most output work
-
-
-def write_session(path: Path, messages: int, changes_per_batch: int) -> tuple[int, int]:
-    market = Market(PRODUCTS, depth=1000, changes_per_batch=changes_per_batch, seed=1)
-    writer = RecordingWriter(
-        path,
-        {
-            "protocol": "exchange",
-            "feed": "exchange",
-            "url": "sim",
-            "products": PRODUCTS,
-            "started": "bench",
-        },
-    )
-    t = datetime(2026, 1, 1, tzinfo=UTC)
-    t_ns = 1_767_225_600_000_000_000
-    for pid in PRODUCTS:
-        writer.connected(pid, t_ns)
-        bids, asks = market.snapshot(pid)
-        frame = {"type": "snapshot", "product_id": pid, "asks": asks, "bids": bids}
-        writer.frame(pid, json.dumps(frame), t_ns)
-    sides = {"bid": "buy", "ask": "sell"}
-    changes = 0
-    for i in range(messages):
-        pid = PRODUCTS[i % len(PRODUCTS)]
-        batch = market.next_batch(pid)
-        t += timedelta(microseconds=1000)
-        t_ns += 1_000_000
-        frame = {
-            "type": "l2update",
-            "product_id": pid,
-            "changes": [[sides[s], p, q] for s, p, q in batch],
-            "time": t.isoformat().replace("+00:00", "Z"),
-        }
-        writer.frame(pid, json.dumps(frame), t_ns)
-        changes += len(batch)
-    writer.close()
-    return messages + len(PRODUCTS), changes
 
 
 class _CountingSink(DynamicSink):

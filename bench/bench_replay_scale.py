@@ -1,7 +1,7 @@
 """Replay throughput by layout: one worker, two worker threads, two processes.
 
-Builds a recording the way ``bench_flow.py`` does (four products, a snapshot each, then
-``--messages`` l2update frames), then runs the real command as a user does, in a
+Builds a recording as ``bench_flow.py`` does (``tests.support.recordings.write_session``:
+four products, a snapshot each, then ``--messages`` l2update frames), then runs the real command as a user does, in a
 subprocess, for each layout:
 
     python -m bytewax.run dataflow:flow -w 1             (the baseline)
@@ -41,11 +41,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-from bench_flow import write_session  # noqa: E402
 
 from tests.support.flow import flow_env  # noqa: E402
+from tests.support.recordings import write_session  # noqa: E402
 
 LAYOUTS = {
     "-w 1": ["bytewax.run", "dataflow:flow", "-w", "1"],

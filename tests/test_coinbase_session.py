@@ -472,7 +472,7 @@ def test_the_local_exchange_marker_labels_every_product_of_the_connection() -> N
 
 
 def test_signed_group_messages_carry_every_product() -> None:
-    from tests.coinbase_helpers import CREDS
+    from tests.support.source_partitions import CREDS
 
     [message] = group_messages("exchange-auth", PRODUCTS, CREDS, now=1_700_000_000)
     assert message["channels"][0] == {"name": "level2", "product_ids": PRODUCTS}

@@ -32,7 +32,9 @@ from coinbase_source import (
     _CoinbasePartition,
 )
 from events import BookReset
-from tests.coinbase_helpers import (
+from tests.support.flow import free_port
+from tests.support.scripted_server import ScriptedConnection, ScriptedServer
+from tests.support.source_partitions import (
     CREDS,
     FAST,
     SECRET,
@@ -46,8 +48,6 @@ from tests.coinbase_helpers import (
     update_frame,
     wait_until,
 )
-from tests.support.flow import free_port
-from tests.support.scripted_server import ScriptedConnection, ScriptedServer
 
 pytestmark = pytest.mark.slow  # every test here opens sockets or threads
 

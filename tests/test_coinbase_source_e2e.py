@@ -24,7 +24,8 @@ from coinbase.errors import AuthError, UnknownProduct
 from coinbase_source import CoinbaseSource, _CoinbasePartition, subscribe_messages
 from events import BookChanges, BookReset
 from local_exchange.server import LocalExchange
-from tests.coinbase_helpers import (
+from tests.support.scripted_server import ScriptedConnection, ScriptedServer
+from tests.support.source_partitions import (
     CREDS,
     FAST,
     SECRET,
@@ -43,7 +44,6 @@ from tests.coinbase_helpers import (
     update_frame,
     wait_until,
 )
-from tests.support.scripted_server import ScriptedConnection, ScriptedServer
 
 pytestmark = pytest.mark.slow  # every test here opens sockets, threads or processes
 

@@ -19,7 +19,7 @@ from coinbase.multiplex import PRODUCTS_PER_CONNECTION
 from coinbase_source import CoinbaseSource, _CoinbasePartition
 from events import BookReset
 from local_exchange.server import LocalExchange
-from tests.coinbase_helpers import (
+from tests.support.source_partitions import (
     ALL_FAILED,
     FAST,
     Book,

@@ -15,8 +15,8 @@ from websockets.sync.client import connect
 from local_exchange.advanced_trade_protocol import TOO_MANY_L2_STREAMS
 from local_exchange.auth import LEVEL2_AUTH_REASON
 from local_exchange.server import LocalExchange
-from tests import local_exchange_client
-from tests.local_exchange_client import (
+from tests.support import exchange_client
+from tests.support.exchange_client import (
     AT_TIMESTAMP,
     EX_TIME,
     PASSPHRASE,
@@ -40,7 +40,7 @@ from tests.support.frames import (
 from tests.support.reference_book import ReferenceBooks
 
 pytestmark = pytest.mark.slow
-exchange = local_exchange_client.exchange  # the fixture: a started exchange with auth
+exchange = exchange_client.exchange  # the fixture: a started exchange with auth
 
 
 # --------------------------------------------------------------------------- Exchange feed

@@ -15,7 +15,7 @@ from websockets.sync.client import connect
 
 from local_exchange import embedded
 from local_exchange.server import LocalExchange
-from tests.local_exchange_client import (
+from tests.support.exchange_client import (
     open_ws,
     recv,
 )

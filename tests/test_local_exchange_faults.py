@@ -11,8 +11,8 @@ from websockets.exceptions import ConnectionClosed
 import local_exchange.connections
 from local_exchange.faults import MALFORMED_KINDS
 from local_exchange.server import LocalExchange
-from tests import local_exchange_client
-from tests.local_exchange_client import (
+from tests.support import exchange_client
+from tests.support.exchange_client import (
     open_ws,
     recv,
     recv_until,
@@ -27,7 +27,7 @@ from tests.support.frames import (
 from tests.support.reference_book import ReferenceBooks
 
 pytestmark = pytest.mark.slow
-exchange = local_exchange_client.exchange  # the fixture: a started exchange with auth
+exchange = exchange_client.exchange  # the fixture: a started exchange with auth
 
 
 # --------------------------------------------------------------------------- faults

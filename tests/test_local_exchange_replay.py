@@ -17,7 +17,7 @@ from local_exchange.replay import ReplayServer
 from local_exchange.server import LocalExchange
 from recording.reader import Recording
 from recording.writer import RecordingWriter
-from tests.local_exchange_client import (
+from tests.support.exchange_client import (
     open_ws,
     recv,
 )

@@ -14,8 +14,8 @@ import threading
 
 import pytest
 
-from tests.outputs_helpers import canonical, parquet_records, small_recording
 from tests.support.flow import REPO, FlowProcess, flow_env, read_jsonl
+from tests.support.outputs import canonical, parquet_records, small_recording
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,8 @@ import pytest
 
 from service.outputs import OutputSpec, parse_outputs
 from service.settings import ConfigError, Settings
-from tests.outputs_helpers import canonical, parquet_records, small_recording
 from tests.support.flow import REPO, FlowProcess, flow_env, read_jsonl
+from tests.support.outputs import canonical, parquet_records, small_recording
 
 
 def test_a_list_of_outputs_is_parsed_in_order(tmp_path):

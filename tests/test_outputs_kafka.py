@@ -15,8 +15,8 @@ from common.validation import ConfigError
 from orderbook import OrderBook
 from service.outputs import OutputFailed, parse_outputs
 from service.outputs.kafka import KafkaRecordSink
-from tests.outputs_helpers import small_recording
 from tests.support.flow import REPO, FlowProcess, by_product, flow_env, read_jsonl
+from tests.support.outputs import small_recording
 
 pytestmark = pytest.mark.slow
 

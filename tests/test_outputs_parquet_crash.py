@@ -16,13 +16,13 @@ from decimal import Decimal
 
 import pytest
 
-from tests.outputs_helpers import (
+from tests.support.flow import FlowProcess, flow_env, read_jsonl
+from tests.support.outputs import (
     canonical,
     journal_records,
     parquet_records,
     small_recording,
 )
-from tests.support.flow import FlowProcess, flow_env, read_jsonl
 
 
 @pytest.mark.slow

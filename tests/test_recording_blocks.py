@@ -32,11 +32,11 @@ from recording.format import (
 )
 from recording.reader import Recording
 from recording.writer import RecordingWriter
-from tests.test_recording_fuzz import _replay_by_hand
-from tests.test_recording_replay import (
+from tests.support.recordings import (
     HEADER,
     PRODUCTS,
     replay,
+    replay_by_hand,
     report_of,
     session_records,
     write_blocks,
@@ -223,7 +223,7 @@ def test_damage_anywhere_in_a_version_2_recording_never_raises(blocked, flips):
         list(Recording.open(damaged).records())
         for product in PRODUCTS:
             read_product(damaged, product)
-        _replay_by_hand(damaged)
+        replay_by_hand(damaged)
 
 
 # -- markers and blocks that lie (issue 17: findings 6, 11, 17) ----------------------------

@@ -15,11 +15,14 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from book_step import update_book
 from recording.format import parse_record, product_of_line
 from recording.reader import Recording
-from recording.replay import ReplaySource
-from tests.test_recording_replay import T0_NS, session_records, write_recording
+from tests.support.recordings import (
+    T0_NS,
+    replay_by_hand,
+    session_records,
+    write_recording,
+)
 
 PRODUCTS = ["BTC-USD", "ETH-USD"]
 EXCHANGE_LINES = [
@@ -126,29 +129,6 @@ def fuzzed_lines(lines: list[bytes]):
     return st.lists(one, min_size=1, max_size=30)
 
 
-def _replay_by_hand(path: Path) -> int:
-    """Drive every partition of a replay to its end; apply every event; return events."""
-    source = ReplaySource(path, progress=False)
-    parts = [source.build_part("fuzz", p, None) for p in source.list_parts()]
-    states: dict = {}
-    events = 0
-    live = list(parts)
-    for _ in range(10_000):
-        if not live:
-            return events
-        for part in list(live):
-            try:
-                batch = part.next_batch()
-            except StopIteration:
-                live.remove(part)
-                continue
-            for product, event in batch:
-                states[product], _ = update_book(states.get(product), event)
-                events += 1
-            part.snapshot()
-    raise AssertionError("the replay never ended")
-
-
 FUZZ = settings(
     max_examples=40,  # each example writes and replays a file; the fast subset has 10 s
     deadline=None,
@@ -170,7 +150,7 @@ def test_exchange_replay_survives_any_lines(lines):
     with tempfile.TemporaryDirectory() as tmp:
         path = write_recording(Path(tmp) / "f.jsonl.gz", lines, PRODUCTS)
         list(Recording.open(path).records())
-        _replay_by_hand(path)
+        replay_by_hand(path)
 
 
 @FUZZ
@@ -181,7 +161,7 @@ def test_advanced_trade_replay_survives_any_lines(lines):
             Path(tmp) / "f.jsonl.gz", lines, PRODUCTS, protocol="advanced-trade"
         )
         list(Recording.open(path).records())
-        _replay_by_hand(path)
+        replay_by_hand(path)
 
 
 @FUZZ
@@ -198,4 +178,4 @@ def test_damaged_compressed_data_never_raises(garbage, cut):
         except ValueError:
             return  # refused at open, with a RecordingError: fine
         list(Recording.open(damaged).records())
-        _replay_by_hand(damaged)
+        replay_by_hand(damaged)

@@ -1,15 +1,14 @@
 """Replay of recordings: per-product partitions, bad lines and frames, resume, report.
 
 Recordings here are synthetic (the local exchange's market model, Exchange-feed frames,
-written line by line), so each test can damage exactly the line it is about.
+written line by line by ``tests.support.recordings``), so each test can damage exactly the
+line it is about.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 
 import pytest
 from bytewax.recovery import RecoveryConfig, init_db_dir
@@ -17,114 +16,21 @@ from bytewax.testing import TestingSink, cluster_main, run_main
 
 import recording.replay as replay_module
 from dataflow import get_flow
-from local_exchange.market import Market
 from recording.format import RecordingError, product_of_line
 from recording.reader import Recording
 from recording.replay import ReplaySource
-from recording.writer import RecordingWriter
 from service.placement import bytewax_worker_for_key, routing_keys
 from service.settings import Settings
 from tests.support.flow import FlowProcess, by_product, flow_env, read_jsonl
-
-PRODUCTS = ["BTC-USD", "ETH-USD", "BTC-EUR", "ETH-EUR"]
-T0_NS = 1_767_225_600_000_000_000
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def session_records(
-    products=PRODUCTS, messages: int = 400, changes: int = 3, seed: int = 1
-) -> list[dict]:
-    """A session in the writer's record shape: connected + snapshot per product, updates."""
-    market = Market(products, depth=60, changes_per_batch=changes, seed=seed)
-    out: list[dict] = []
-    for pid in products:
-        out.append({"t_ns": T0_NS, "product_id": pid, "event": "connected"})
-        bids, asks = market.snapshot(pid)
-        frame = {"type": "snapshot", "product_id": pid, "asks": asks, "bids": bids}
-        out.append({"t_ns": T0_NS, "product_id": pid, "frame": json.dumps(frame)})
-    sides = {"bid": "buy", "ask": "sell"}
-    for i in range(messages):
-        pid = products[i % len(products)]
-        t = T0 + timedelta(milliseconds=i + 1)
-        frame = {
-            "type": "l2update",
-            "product_id": pid,
-            "changes": [[sides[s], p, q] for s, p, q in market.next_batch(pid)],
-            "time": t.isoformat().replace("+00:00", "Z"),
-        }
-        out.append(
-            {
-                "t_ns": T0_NS + (i + 1) * 1_000_000,
-                "product_id": pid,
-                "frame": json.dumps(frame),
-            }
-        )
-    return out
-
-
-def write_recording(path: Path, lines: list, products=PRODUCTS, protocol="exchange"):
-    """Header, then each line: a dict as the writer writes it, str/bytes verbatim."""
-    header = {
-        "format": "coinbase-l2-recording",
-        "version": 1,
-        "protocol": protocol,
-        "feed": protocol,
-        "url": "test",
-        "products": list(products),
-        "started": "test",
-    }
-    with gzip.open(path, "wb") as f:
-        f.write(json.dumps(header).encode() + b"\n")
-        for line in lines:
-            if isinstance(line, dict):
-                line = json.dumps(line, separators=(",", ":"))
-            if isinstance(line, str):
-                line = line.encode()
-            f.write(line + b"\n")
-    return path
-
-
-HEADER = {"protocol": "exchange", "feed": "exchange", "url": "test", "started": "test"}
-
-
-def write_blocks(path: Path, records: list[dict], products=PRODUCTS, **limits) -> Path:
-    """``records`` through the writer (version 2), with ``limits`` set on it."""
-    writer = RecordingWriter(path, {**HEADER, "products": list(products)})
-    for name, value in limits.items():
-        setattr(writer, name, value)
-    for r in records:
-        if r.get("event") == "connected":
-            writer.connected(r["product_id"], r["t_ns"])
-        else:
-            writer.frame(r["product_id"], r["frame"], r["t_ns"])
-    writer.close()
-    return path
-
-
-def replay(
-    path, runner=run_main, products=PRODUCTS, products_arg=None, **source_args
-) -> dict:
-    """Summaries by product of a replay; ``products_arg`` None replays every product."""
-    out: list = []
-    flow = get_flow(
-        Settings(spread_threshold_pct=0),
-        source=ReplaySource(
-            path, products if products_arg is None else products_arg, **source_args
-        ),
-        products=products,
-        sink=TestingSink(out),
-    )
-    runner(flow)
-    return by_product([s.to_dict() for s in out])
-
-
-def report_of(stderr: str, path: Path) -> str:
-    """The replay report of ``path`` in ``stderr`` (the last one)."""
-    reports = [
-        x for x in stderr.splitlines() if x.startswith(f"replay of {path.name} ")
-    ]
-    assert reports, stderr[-2000:]
-    return reports[-1]
+from tests.support.recordings import (
+    PRODUCTS,
+    T0_NS,
+    replay,
+    report_of,
+    session_records,
+    write_blocks,
+    write_recording,
+)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from bench.bench_flow import write_session
+from tests.support.recordings import write_session
 
 
 def small_recording(path: Path, messages: int = 2000) -> Path:

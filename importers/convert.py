@@ -30,7 +30,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,13 +73,14 @@ class Conversion:
     report: QualityReport
     readers: list[Reader]
 
-    def summary(self) -> str:
+    def summary(self, target: str | None = None) -> str:
+        """One line; ``target`` names the output (default: its path)."""
         formats = sorted({r.format for r in self.readers})
         files = sum(len(lines_of(r)) for r in self.readers)
         rate = self.frames / self.seconds if self.seconds else 0.0
         text = (
             f"converted {files} file{'s' if files != 1 else ''} "
-            f"({', '.join(formats)}) to {shown(self.output)}: {self.frames:,} "
+            f"({', '.join(formats)}) to {target or shown(self.output)}: {self.frames:,} "
             f"{self.protocol} frames of {len(self.products)} "
             f"product{'s' if len(self.products) != 1 else ''}, {self.resets:,} resets, "
             f"in {self.seconds:.2f} s ({rate:,.0f} frames/s)"
@@ -100,9 +101,11 @@ def convert(
     *,
     overwrite: bool = False,
     progress: bool | None = None,
+    products: Collection[str] | None = None,
 ) -> Conversion:
     """Convert ``sources`` to the recording ``output``; :class:`ConvertError` when it
-    cannot start or finds nothing to write."""
+    cannot start or finds nothing to write. ``products``: only these (the replay's
+    ``ORDERBOOK_PRODUCTS``); None: every product the sources hold."""
     output = Path(output)
     readers, problems = open_sources(list(sources))
     if not problems and not readers:
@@ -120,7 +123,7 @@ def convert(
         writer = RecordingWriter(body, None, append=True)
         try:
             frames, resets, first_ns = _write(
-                readers, router, tracker, writer, progress
+                readers, router, tracker, writer, progress, products
             )
         finally:
             writer.close()
@@ -135,16 +138,7 @@ def convert(
         _join(output, _header(router.protocol, products, first_ns, readers), body)
     finally:
         body.unlink(missing_ok=True)
-    for reader in readers:
-        for (product, why), n in reader.skipped.items():
-            tracker.skip(product, why, n)
-        for kind, n in getattr(reader, "ignored", {}).items():
-            tracker.ignored[kind] += n
-        for lines in lines_of(reader):
-            if lines.ended_early:
-                tracker.ended_early.append((shown(lines.path.name), lines.ended_early))
-    for (product, why), n in router.skipped.items():
-        tracker.skip(product, why, n)
+    _gather(tracker, readers, router, products)
     return Conversion(
         output,
         router.protocol or "exchange",
@@ -158,13 +152,37 @@ def convert(
     )
 
 
-def _write(readers, router, tracker, writer, progress) -> tuple[int, int, int | None]:
+def _gather(tracker, readers, router, products) -> None:
+    """What the readers and the router skipped, ignored and found cut off, into the
+    report (skips of products left out by ``products`` left out)."""
+    wanted = (lambda product: True) if products is None else products.__contains__
+    for reader in readers:
+        for (product, why), n in reader.skipped.items():
+            if product is None or wanted(product):
+                tracker.skip(product, why, n)
+        for kind, n in getattr(reader, "ignored", {}).items():
+            tracker.ignored[kind] += n
+        for lines in lines_of(reader):
+            if lines.ended_early:
+                tracker.ended_early.append((shown(lines.path.name), lines.ended_early))
+    for (product, why), n in router.skipped.items():
+        if product is None or wanted(product):
+            tracker.skip(product, why, n)
+
+
+def _write(
+    readers, router, tracker, writer, progress, products=None
+) -> tuple[int, int, int | None]:
     frames = resets = 0
     first_ns = None
     bar = _Progress(readers) if _show_progress(progress) else None
     add = tracker.add
+    items = read_items(readers, router)
+    if products is not None:
+        wanted = frozenset(products)
+        items = (item for item in items if item.product_id in wanted)
     try:
-        for n, item in enumerate(read_items(readers, router), 1):
+        for n, item in enumerate(items, 1):
             if first_ns is None:
                 first_ns = item.t_ns
             if item.text is None and item.is_reset:
@@ -268,9 +286,11 @@ class _Progress:
         self.progress.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(
+    argv: list[str] | None = None, prog: str = "python -m importers convert"
+) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m importers convert",
+        prog=prog,
         description=(
             "Convert tardis.dev incremental_book_L2 CSV files and cryptofeed captures "
             "(2.x raw files, v3 .jsonl.zst) of Coinbase to one recording that "

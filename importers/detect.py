@@ -64,8 +64,17 @@ _ACCEPTS = (
 )
 
 
+OWN_RECORDING = "already a recording of this project (replay it as it is)"
+"""What :func:`classify` says of a recording made by ``python -m recording``."""
+
+
 class ImportFormatError(ValueError):
-    """A file no importer reads; the message is one line naming what it looked like."""
+    """A file no importer reads; the message is one line naming what it looked like,
+    ``why`` that look alone (:data:`OWN_RECORDING` for this project's recording)."""
+
+    def __init__(self, message: str, why: str = "") -> None:
+        super().__init__(message)
+        self.why = why
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,13 +98,15 @@ def detect(path: str | os.PathLike) -> Detected:
     compression = compression_of(head)
     text, problem = _decompressed_start(head, compression)
     if problem:
-        raise ImportFormatError(f"{shown(path)}: not importable: {problem}; {_ACCEPTS}")
+        raise ImportFormatError(
+            f"{shown(path)}: not importable: {problem}; {_ACCEPTS}", problem
+        )
     line = _first_line(text)
     kind, why = (None, "binary data") if _is_binary(text) else classify(line)
     if kind is None:
         where = "" if compression == PLAIN else f"{compression}-compressed "
         raise ImportFormatError(
-            f"{shown(path)}: not importable: {where}{why}; {_ACCEPTS}"
+            f"{shown(path)}: not importable: {where}{why}; {_ACCEPTS}", why
         )
     return Detected(path, kind, compression, line)
 
@@ -181,6 +192,6 @@ def _classify_json(line: str) -> tuple[str | None, str]:
             f"version reads format {CAPTURE_FORMAT}"
         )
     if value.get("format") == "coinbase-l2-recording":
-        return None, "already a recording of this project (replay it as it is)"
+        return None, OWN_RECORDING
     keys = ", ".join(shown(k, 20) for k in list(value)[:6])
     return None, f"JSON lines of another kind (keys {keys})"

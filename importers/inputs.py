@@ -134,7 +134,12 @@ def expand(patterns: list[str]) -> tuple[list[Path], list[str]]:
         else:
             matches = [Path(pattern)] if Path(pattern).is_file() else []
         if not matches:
-            what = "matches no file" if glob.has_magic(pattern) else "is not a file"
+            if glob.has_magic(pattern):
+                what = "matches no file"
+            elif os.path.exists(pattern):
+                what = "is not a file"
+            else:
+                what = "names no such file"
             missing.append(f"'{shown(pattern)}' {what}")
         for match in matches:
             found.setdefault(match, None)

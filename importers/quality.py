@@ -65,6 +65,27 @@ class ProductQuality:
             "skipped": dict(self.skipped),
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProductQuality:
+        """The inverse of :meth:`to_dict` (a report read back from its JSON)."""
+        quality = cls(
+            data["product_id"],
+            data.get("first_ns"),
+            data.get("last_ns"),
+            int(data.get("frames", 0)),
+            int(data.get("snapshots", 0)),
+            int(data.get("changes", 0)),
+            Counter(data.get("resets", {})),
+            longest_silence_ns=round(data.get("longest_silence_seconds", 0) * 1e9),
+            silence_from_ns=_ns_of(data.get("longest_silence_from")),
+            skipped=Counter(data.get("skipped", {})),
+        )
+        for kind in ("crossed", "locked"):
+            if data.get(f"{kind}_episodes"):
+                quality.episodes[kind] = int(data[f"{kind}_episodes"])
+                quality.episode_ns[kind] = round(data.get(f"{kind}_seconds", 0) * 1e9)
+        return quality
+
     def to_text(self) -> str:
         span = (
             f"{_iso(self.first_ns)} to {_iso(self.last_ns)} "
@@ -115,6 +136,16 @@ class QualityReport:
             "ignored_frames": dict(self.ignored),
             "ended_early": [{"file": f, "why": why} for f, why in self.ended_early],
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QualityReport:
+        """The inverse of :meth:`to_dict`."""
+        return cls(
+            [ProductQuality.from_dict(p) for p in data.get("products", [])],
+            Counter(data.get("skipped", {})),
+            Counter(data.get("ignored_frames", {})),
+            [(e["file"], e["why"]) for e in data.get("ended_early", [])],
+        )
 
     def to_text(self) -> str:
         lines = [p.to_text() for p in self.products] or ["no product has any record."]
@@ -215,6 +246,15 @@ def _iso(t_ns: int | None) -> str | None:
     seconds, ns = divmod(t_ns, 1_000_000_000)
     stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{stamp}.{ns // 1000:06d}Z"
+
+
+def _ns_of(iso: str | None) -> int | None:
+    """ns since the epoch of an :func:`_iso` text (µs precision, as written)."""
+    if iso is None:
+        return None
+    stamp = datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    seconds = int(stamp.replace(microsecond=0).timestamp())
+    return seconds * 1_000_000_000 + stamp.microsecond * 1000
 
 
 def _duration(ns: int) -> str:

@@ -36,20 +36,26 @@ from typing import Union
 import orjson
 
 from coinbase.feeds import ADVANCED_TRADE, EXCHANGE
+from common.text import shown
 from events import BookReset, BookSnapshot
 from importers.cryptofeed import CaptureReader, RawCaptureReader
 from importers.detect import (
     CRYPTOFEED_CAPTURE,
     CRYPTOFEED_RAW,
+    OWN_RECORDING,
     TARDIS_L2,
+    Detected,
     ImportFormatError,
     detect,
 )
 from importers.inputs import Lines, expand
+from importers.recordings import RECORDING, RecordingReader
 from importers.stream import CONNECTION, NEW_SNAPSHOT, NEXT_FILE, START, Item, t_ns_of
 from importers.tardis import TardisReader
+from recording.format import RecordingError
+from recording.reader import Recording
 
-Reader = Union[TardisReader, CaptureReader, RawCaptureReader]  # noqa: UP007
+Reader = Union[TardisReader, CaptureReader, RawCaptureReader, RecordingReader]  # noqa: UP007
 _ROTATION = re.compile(r"(.+)\.(\d{1,9})")
 _ENVELOPE = re.compile(
     r'\{\s*"channel"\s*:\s*"[a-z0-9_]{1,40}"\s*,\s*"client_id"\s*:\s*"[^"\\]{0,200}"'
@@ -70,7 +76,15 @@ def open_sources(patterns: list[str]) -> tuple[list[Reader], list[str]]:
         try:
             detected.append(detect(path))
         except ImportFormatError as exc:
-            problems.append(str(exc))
+            if exc.why != OWN_RECORDING:
+                problems.append(str(exc))
+                continue
+            try:  # this project's own recording: merged with the others
+                Recording.open(path)
+            except RecordingError as bad:
+                problems.append(shown(bad))
+                continue
+            detected.append(Detected(path, RECORDING, "gzip", ""))
     specs: list[tuple[str, list[Path]]] = []
     chains: dict[tuple[Path, str], list[Path]] = {}
     for found in detected:
@@ -90,6 +104,8 @@ def open_sources(patterns: list[str]) -> tuple[list[Reader], list[str]]:
             readers.append(TardisReader(files[0], source))
         elif kind == CRYPTOFEED_CAPTURE:
             readers.append(CaptureReader(files[0], source))
+        elif kind == RECORDING:
+            readers.append(RecordingReader(files[0], source))
         else:
             readers.append(
                 RawCaptureReader(sorted(files, key=_rotation_number), source)

@@ -37,7 +37,7 @@ from common.domain import is_product_id
 from common.text import shown
 from importers.stream import time_of_us
 
-_INTERVAL = re.compile(r"[1-9]\d{0,6}(ms|s|m)")
+_INTERVAL = re.compile(r"0ms|[1-9]\d{0,8}(ms|s|m)")
 _EXCHANGE = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 MAX_LEVELS = 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -49,6 +49,24 @@ class UnwritableRecord(ValueError):
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+
+
+def interval_name(seconds: float) -> str:
+    """tardis.dev's name of a snapshot cadence: ``1s``, ``100ms``, ``1m``; ``0ms`` for
+    a snapshot at every change. ValueError for a cadence of no whole milliseconds."""
+    ms = round(seconds * 1000)
+    if not 0 <= ms < 10**9 or abs(seconds * 1000 - ms) > 1e-6:
+        raise ValueError(
+            f"a depth interval of {seconds:g} s has no tardis.dev name: it takes whole "
+            "milliseconds (0.1, 1, 60...)"
+        )
+    if ms == 0:
+        return "0ms"
+    if ms % 60_000 == 0:
+        return f"{ms // 60_000}m"
+    if ms % 1000 == 0:
+        return f"{ms // 1000}s"
+    return f"{ms}ms"
 
 
 def header(levels: int) -> str:
@@ -197,6 +215,12 @@ class TardisSnapshotWriter:
             self.files.append(path)
         self._open[product] = (day, handle)
         return handle
+
+    def flush(self) -> None:
+        """What was written so far readable by any gzip reader (a sync flush of each
+        open file: a killed process loses only what followed)."""
+        for _, handle in self._open.values():
+            handle.flush()
 
     def close(self) -> None:
         for _, handle in self._open.values():

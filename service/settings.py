@@ -38,9 +38,17 @@ SETTINGS_HELP = {
     ),
     "ORDERBOOK_OUTPUT": (
         "a comma-separated list of text[:PATH], jsonl[:PATH], parquet:DIR, "
-        "kafka:HOST:PORT/TOPIC, live"
+        "kafka:HOST:PORT/TOPIC, tardis:DIR, live"
     ),
-    "ORDERBOOK_REPLAY": "path of a recording made by python -m recording",
+    "ORDERBOOK_REPLAY": (
+        "comma-separated paths or globs of files to replay: recordings made by "
+        "python -m recording, tardis.dev incremental_book_L2 CSV (.csv, .csv.gz), "
+        "cryptofeed captures (2.x raw files, v3 .jsonl.zst)"
+    ),
+    "ORDERBOOK_REPLAY_REPORT": (
+        "a file to write the replay's data-quality report to, as JSON (its directory "
+        "must exist); unset: the report is only printed"
+    ),
     "ORDERBOOK_WATCHDOG_SECONDS": "seconds of silence before a connection counts as dead (1 to 3600)",
     "ORDERBOOK_SIM_DEPTH": "levels per side of the local exchange's books (1 to 50000)",
     "ORDERBOOK_SIM_RATE": "update batches per second per product on the local exchange (0 to 10000)",
@@ -101,7 +109,9 @@ class Settings:
     spread_threshold_pct: Decimal = Decimal("0.1")
     output: str = "text"
     output_path: Path | None = None
-    replay: Path | None = None
+    replay: tuple[Path, ...] | None = None
+    """The files ``ORDERBOOK_REPLAY`` names (globs expanded); None: a live feed."""
+    replay_report: Path | None = None
     watchdog_seconds: float = 5.0
     sim_depth: int = 1000
     sim_rate: float = 20.0
@@ -141,6 +151,7 @@ class Settings:
         outputs = parse_outputs(env.get("ORDERBOOK_OUTPUT", "text"))
         output, output_path = _first_stream(outputs)
         depth = parse_depth(env)
+        outputs = _with_depth(outputs, depth)
         metrics_enabled, metrics_address, metrics_port = parse_metrics(env)
         return cls(
             products=validation.products(
@@ -158,6 +169,7 @@ class Settings:
             output=output,
             output_path=output_path,
             replay=parse_replay(env.get("ORDERBOOK_REPLAY")),
+            replay_report=parse_replay_report(env.get("ORDERBOOK_REPLAY_REPORT")),
             watchdog_seconds=validation.number(
                 "ORDERBOOK_WATCHDOG_SECONDS",
                 env.get("ORDERBOOK_WATCHDOG_SECONDS", "5"),
@@ -204,6 +216,13 @@ def _did_you_mean(name: str) -> str | None:
 def settings_warnings(env: Mapping[str, str]) -> tuple[str, ...]:
     """Settings that are given but ignored, and names that look like misspelled settings."""
     found = []
+    if (env.get("ORDERBOOK_REPLAY_REPORT") or "").strip() and not (
+        env.get("ORDERBOOK_REPLAY") or ""
+    ).strip():
+        found.append(
+            "ORDERBOOK_REPLAY_REPORT is ignored: a live feed has no replay report "
+            "(set ORDERBOOK_REPLAY)"
+        )
     if (env.get("ORDERBOOK_REPLAY") or "").strip():
         ignored = [k for k in IGNORED_BY_REPLAY if k in env]
         if ignored:
@@ -277,6 +296,14 @@ def parse_outputs(raw: str) -> tuple:
     return parse(raw, "ORDERBOOK_OUTPUT")
 
 
+def _with_depth(outputs: tuple, depth: dict) -> tuple:
+    """Outputs that write depth records (``tardis:DIR``) get their cadence, or are
+    refused when depth records are off."""
+    from service.outputs import with_depth
+
+    return with_depth(outputs, depth["depth_levels"], depth["depth_interval"])
+
+
 def _first_stream(outputs: tuple) -> tuple[str, Path | None]:
     """``output``/``output_path`` as before the list: the first text or jsonl entry."""
     for spec in outputs:
@@ -303,12 +330,38 @@ def parse_depth(env: Mapping[str, str]) -> dict:
     }
 
 
-def parse_replay(raw: str | None) -> Path | None:
+def parse_replay(raw: str | None) -> tuple[Path, ...] | None:
+    """The files named (globs expanded, each once); which format each holds is found
+    from its content when the replay is built (:mod:`importers.replay`)."""
+    if raw is None or not raw.strip():
+        return None
+    from importers.replay import expand_replay
+
+    paths, problems = expand_replay(raw)
+    if problems or not paths:
+        raise refuse(
+            "ORDERBOOK_REPLAY",
+            raw,
+            SETTINGS_HELP["ORDERBOOK_REPLAY"],
+            "; ".join(problems) or "no file given",
+        )
+    return tuple(paths)
+
+
+def parse_replay_report(raw: str | None) -> Path | None:
     if raw is None or not raw.strip():
         return None
     path = Path(raw.strip())
-    if not path.is_file():
+    why = ""
+    if path.is_dir():
+        why = "a directory"
+    elif not path.parent.is_dir():
+        why = f"its directory {str(path.parent)!r} does not exist"
+    if why:
         raise refuse(
-            "ORDERBOOK_REPLAY", raw, SETTINGS_HELP["ORDERBOOK_REPLAY"], "no such file"
+            "ORDERBOOK_REPLAY_REPORT",
+            raw,
+            SETTINGS_HELP["ORDERBOOK_REPLAY_REPORT"],
+            why,
         )
     return path

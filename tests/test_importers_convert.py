@@ -13,10 +13,13 @@ from importers.convert import ConvertError, convert, main, read_items
 from importers.sources import open_sources
 from recording.reader import Recording
 from tests.support.foreign_files import (
+    DAY_NS,
+    MarketSession,
     market_session,
     replayed_books,
     top,
     write_cryptofeed_capture,
+    write_recording,
     write_tardis,
     write_tardis_days,
 )
@@ -197,3 +200,56 @@ def test_python_dash_m_importers_runs_the_command(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert Recording.open(tmp_path / "o.gz").products == ["BTC-USD"]
+
+
+@pytest.mark.slow
+def test_python_dash_m_recording_convert_is_the_same_command(tmp_path):
+    session = market_session(("BTC-USD",), batches=3)
+    source = write_tardis(tmp_path / "a.csv", session)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "recording",
+            "convert",
+            str(source),
+            str(tmp_path / "o.gz"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "converted 1 file (tardis-incremental-l2)" in done.stderr
+    assert Recording.open(tmp_path / "o.gz").products == ["BTC-USD"]
+    usage = subprocess.run(
+        [sys.executable, "-m", "recording", "convert", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert usage.stdout.startswith("usage: python -m recording convert")
+
+
+def test_recordings_of_this_project_are_merged_with_the_other_files(tmp_path):
+    """A recording among the sources is read like the others (its products' blocks
+    merged by receive time), and a tardis.dev file of the next day takes over."""
+    session = market_session(PRODUCTS, batches=150, step_ns=200_000_000)
+    midnight = session.events[-1][0] // DAY_NS * DAY_NS
+    first = MarketSession(PRODUCTS, [e for e in session.events if e[0] < midnight])
+    second = MarketSession(PRODUCTS, [e for e in session.events if e[0] >= midnight])
+    write_recording(tmp_path / "day1.gz", first)
+    write_tardis(tmp_path / "day2.csv", second)
+    result = convert(
+        [str(tmp_path / "day1.gz"), str(tmp_path / "day2.csv")],
+        tmp_path / "out.gz",
+        progress=False,
+    )
+    assert sorted({r.format for r in result.readers}) == [
+        "recording",
+        "tardis-incremental-l2",
+    ]
+    quality = {p.product_id: p for p in result.report.products}
+    assert all(quality[p].resets == {"next file": 1} for p in PRODUCTS)
+    assert sum(q.frames for q in quality.values()) == len(session.events)
+    _assert_truth(tmp_path / "out.gz", session)

@@ -88,3 +88,14 @@ def test_the_report_as_text_and_as_json():
     assert data["ended_early"] == [
         {"file": "a.csv.gz", "why": "the compressed data ends early"}
     ]
+
+
+def test_the_report_read_back_from_its_json_is_the_same_report():
+    """A replay's processes share the conversion's report through its JSON."""
+    from importers.quality import QualityReport
+
+    report = _report()
+    again = QualityReport.from_dict(json.loads(json.dumps(report.to_dict())))
+    assert again.to_dict() == report.to_dict()
+    assert again.to_text() == report.to_text()
+    assert again.products[0].silence_from_ns == T0 + 4 * S

@@ -31,7 +31,7 @@ def test_every_setting_is_read(tmp_path):
     assert s.products == ("BTC-USD", "SOL-USD")
     assert s.feed == "advanced-trade" and s.ws_url.startswith("ws://")
     assert s.spread_threshold_pct == 0 and s.output == "jsonl"
-    assert s.output_path == tmp_path / "o.jsonl" and s.replay == rec
+    assert s.output_path == tmp_path / "o.jsonl" and s.replay == (rec,)
     assert s.watchdog_seconds == 2.5
 
 
@@ -49,6 +49,9 @@ def test_every_setting_is_read(tmp_path):
         ("ORDERBOOK_OUTPUT", "csv", "text[:PATH], jsonl[:PATH]"),
         ("ORDERBOOK_OUTPUT", "jsonl:/no/such/dir/x", "does not exist"),
         ("ORDERBOOK_REPLAY", "/no/such/file", "no such file"),
+        ("ORDERBOOK_REPLAY", "/no/such/dir/*.csv.gz", "matches no file"),
+        ("ORDERBOOK_REPLAY_REPORT", "/no/such/dir/r.json", "does not exist"),
+        ("ORDERBOOK_REPLAY_REPORT", "/", "a directory"),
         ("ORDERBOOK_WATCHDOG_SECONDS", "0", "[1, 3600]"),
         ("ORDERBOOK_SIM_DEPTH", "100000", "1..50000"),
         ("ORDERBOOK_SIM_RATE", "20000", "(0, 10000]"),
@@ -259,3 +262,20 @@ def test_the_largest_message_is_a_setting_whose_default_is_the_sources():
     for bad in ("1000", "1e9", "16MiB", "1073741824"):
         with pytest.raises(ConfigError, match="ORDERBOOK_MAX_MESSAGE_BYTES"):
             Settings.from_env({"ORDERBOOK_MAX_MESSAGE_BYTES": bad})
+
+
+def test_replay_takes_paths_and_globs_and_its_report_needs_a_replay(tmp_path):
+    for name in ("b.csv.gz", "a.csv.gz", "c.gz"):
+        (tmp_path / name).write_bytes(b"x")
+    s = Settings.from_env(
+        {
+            "ORDERBOOK_REPLAY": f" {tmp_path / 'c.gz'} , {tmp_path / '*.csv.gz'},",
+            "ORDERBOOK_REPLAY_REPORT": str(tmp_path / "report.json"),
+        }
+    )
+    assert s.replay == (tmp_path / "c.gz", tmp_path / "a.csv.gz", tmp_path / "b.csv.gz")
+    assert s.replay_report == tmp_path / "report.json" and s.warnings == ()
+    [warning] = Settings.from_env(
+        {"ORDERBOOK_REPLAY_REPORT": str(tmp_path / "report.json")}
+    ).warnings
+    assert "ORDERBOOK_REPLAY_REPORT is ignored" in warning

@@ -1,13 +1,13 @@
 """Where records go: ``ORDERBOOK_OUTPUT``, a comma-separated list of outputs.
 
 One module per kind (``streams``: text and JSON lines on stdout or a file; ``parquet``;
-``kafka``), each registering itself in :mod:`service.outputs.registry`; ``fanout`` is the
+``kafka``; ``tardis``: tardis.dev ``book_snapshot`` CSV files), each registering itself in :mod:`service.outputs.registry`; ``fanout`` is the
 dataflow's one sink, which writes every record to every output.
 """
 
 from __future__ import annotations
 
-from service.outputs import kafka, live, parquet, streams  # noqa: F401 - register the kinds
+from service.outputs import kafka, live, parquet, streams, tardis  # noqa: F401 - register the kinds
 from service.outputs.fanout import FanOutSink, OutputFailed, output_failed
 from service.outputs.registry import (
     KINDS,
@@ -16,6 +16,7 @@ from service.outputs.registry import (
     build_sink,
     parse_outputs,
     register,
+    with_depth,
 )
 from service.outputs.streams import StreamSink, SummarySink, record_stream
 
@@ -32,4 +33,5 @@ __all__ = [
     "parse_outputs",
     "record_stream",
     "register",
+    "with_depth",
 ]

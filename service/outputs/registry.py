@@ -21,7 +21,7 @@ values of secret-looking settings after its ``?`` replaced by ``***``
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from bytewax.outputs import DynamicSink
 
@@ -37,6 +37,9 @@ class OutputSpec:
 
     kind: str
     arg: str | None = None
+    depth: tuple[int, float] | None = field(default=None, compare=False, repr=False)
+    """``(levels, interval)`` of the depth records, for a kind that writes them
+    (:attr:`OutputKind.needs_depth`): set by :func:`with_depth`."""
 
     def __str__(self) -> str:
         return self.kind if self.arg is None else f"{self.kind}:{self.arg}"
@@ -79,6 +82,10 @@ class OutputKind:
     """Place in the list of kinds that error messages show."""
     targets: Callable[[str | None], Iterable[tuple]] | None = None
     """None: the entry itself is its only target."""
+    needs_depth: Callable[[int, float], None] | None = None
+    """A kind that writes depth records: called at start with ``ORDERBOOK_DEPTH_LEVELS``
+    (never 0: refused before) and ``ORDERBOOK_DEPTH_INTERVAL``, raises ``ValueError``
+    when it cannot write them; its ``build`` then takes ``(arg, levels, interval)``."""
 
 
 KINDS: dict[str, OutputKind] = {}
@@ -145,5 +152,35 @@ def parse_outputs(raw: str, name: str = SETTING) -> tuple[OutputSpec, ...]:
     return tuple(specs)
 
 
+def with_depth(
+    specs: tuple[OutputSpec, ...], levels: int, interval: float, name: str = SETTING
+) -> tuple[OutputSpec, ...]:
+    """``specs`` with the depth cadence given to the kinds that write depth records;
+    ConfigError (one line) when depth records are off or the kind cannot write them."""
+    bound = []
+    for spec in specs:
+        check = KINDS[spec.kind].needs_depth
+        if check is not None:
+            why = ""
+            if not levels:
+                why = (
+                    "it writes depth records and ORDERBOOK_DEPTH_LEVELS is 0 (off): set "
+                    "ORDERBOOK_DEPTH_LEVELS to the levels per side wanted"
+                )
+            else:
+                try:
+                    check(levels, interval)
+                except ValueError as exc:
+                    why = str(exc)
+            if why:
+                raise ConfigError(f"{name}: output {spec.shown!r} cannot work: {why}")
+            spec = replace(spec, depth=(levels, interval))
+        bound.append(spec)
+    return tuple(bound)
+
+
 def build_sink(spec: OutputSpec) -> DynamicSink:
-    return KINDS[spec.kind].build(spec.arg)
+    kind = KINDS[spec.kind]
+    if kind.needs_depth is not None:
+        return kind.build(spec.arg, *(spec.depth or (0, 0.0)))
+    return kind.build(spec.arg)

@@ -1,0 +1,308 @@
+"""``ORDERBOOK_REPLAY`` reads every format, one file or many (importers/replay.py): the
+real dataflow replays foreign files as it replays their converted recording, merges
+daily files and products in receive order, writes the quality report, refuses a file of
+no format in one line, and removes its temporary recording at the end."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from bytewax.testing import TestingSink, run_main
+
+from dataflow import get_flow
+from importers.convert import convert
+from importers.replay import (
+    ReplayInputError,
+    cache_key,
+    prepare_replay,
+)
+from service.settings import ConfigError, Settings
+from tests.support.flow import FlowProcess, by_product, flow_env, read_jsonl
+from tests.support.foreign_files import (
+    DAY_NS,
+    MarketSession,
+    market_session,
+    top,
+    write_cryptofeed_capture,
+    write_cryptofeed_raw,
+    write_recording,
+    write_tardis,
+    write_tardis_days,
+)
+
+PRODUCTS = ("BTC-USD", "ETH-USD")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    """The temporary recordings' place: under the test's own directory."""
+    root = tmp_path / "tmp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    return root
+
+
+@pytest.fixture(scope="module")
+def session() -> MarketSession:
+    return market_session(PRODUCTS, batches=80)
+
+
+@pytest.fixture(scope="module")
+def two_days() -> MarketSession:
+    """150 batches per product 200 ms apart from 30 s before midnight: two UTC days."""
+    return market_session(PRODUCTS, batches=150, step_ns=200_000_000)
+
+
+def _summaries(replay: str, **env: str) -> dict[str, list[dict]]:
+    """Every summary of the real dataflow replaying ``replay``, by product."""
+    out: list = []
+    settings = Settings.from_env(
+        {"ORDERBOOK_REPLAY": replay, "ORDERBOOK_SPREAD_THRESHOLD": "0", **env}
+    )
+    run_main(get_flow(settings, sink=TestingSink(out)))
+    return by_product([record.to_dict() for record in out])
+
+
+def _assert_final_tops_are_true(summaries, session: MarketSession) -> None:
+    for product, (bids, asks) in session.truth.items():
+        best_bids, best_asks = top(bids, asks, 1)
+        last = summaries[product][-1]
+        assert Decimal(last["bid_price"]) == best_bids[0][0], product
+        assert Decimal(last["ask_price"]) == best_asks[0][0], product
+
+
+def _leftovers(cache: Path) -> list[str]:
+    return sorted(p.name for p in cache.rglob("*"))
+
+
+@pytest.mark.parametrize("kind", ["tardis", "cryptofeed raw", "cryptofeed v3"])
+def test_each_foreign_format_replays_as_its_converted_recording(
+    tmp_path, cache, session, kind
+):
+    if kind == "tardis":
+        write_tardis(tmp_path / "day.csv.gz", session)
+        replay = str(tmp_path / "day.csv.gz")
+    elif kind == "cryptofeed raw":
+        write_cryptofeed_raw(tmp_path, session)  # rotated into COINBASE.ws.28.0, .1, .2
+        replay = str(tmp_path / "COINBASE.ws.28.*")
+    else:
+        write_cryptofeed_capture(tmp_path / "COINBASE.jsonl.zst", session)
+        replay = str(tmp_path / "COINBASE.jsonl.zst")
+    converted = tmp_path / "converted.gz"
+    convert([replay], converted, progress=False)
+
+    direct = _summaries(replay)
+    assert direct == _summaries(str(converted))
+    assert set(direct) == set(PRODUCTS)
+    assert all(len(v) > 20 for v in direct.values())
+    _assert_final_tops_are_true(direct, session)
+    assert _leftovers(cache) == [f"orderbook-replay-{os.getuid()}"], (
+        "the temporary recording is removed at the end"
+    )
+
+
+def test_daily_files_of_several_products_merge_in_receive_order(
+    tmp_path, cache, two_days
+):
+    paths = write_tardis_days(tmp_path, two_days)
+    assert len(paths) == 4, "a file per product and day"
+    report = tmp_path / "report.json"
+    summaries = _summaries(
+        str(tmp_path / "coinbase_incremental_book_L2_*.csv.gz"),
+        ORDERBOOK_REPLAY_REPORT=str(report),
+    )
+    _assert_final_tops_are_true(summaries, two_days)
+    midnight = two_days.events[-1][0] // DAY_NS * DAY_NS
+    for product in PRODUCTS:
+        # A summary's time is the exchange's: 0.5 ms before the receive time for the
+        # updates of these files, the receive time for snapshots.
+        times = [datetime.fromisoformat(s["time"]) for s in summaries[product]]
+        assert all(
+            later >= earlier - timedelta(milliseconds=0.5)
+            for earlier, later in zip(times, times[1:], strict=False)
+        ), "a product's records in receive order, the first day's file first"
+        assert times[0] < _time(midnight) < times[-1], "both days replayed"
+    data = json.loads(report.read_text())
+    assert [p["product_id"] for p in data["products"]] == list(PRODUCTS)
+    for quality in data["products"]:
+        assert quality["resets"] == {"next file": 1}, "the next day's file takes over"
+        assert quality["snapshots"] == 2
+    assert data["formats"] == ["tardis-incremental-l2"]
+    assert len(data["inputs"]) == 4
+
+
+def _time(t_ns: int) -> datetime:
+    return datetime.fromtimestamp(t_ns // 10**9, UTC)
+
+
+def test_recordings_of_successive_days_are_merged_like_foreign_files(
+    tmp_path, cache, two_days
+):
+    """A recording of this project among several files: read, merged, taken over."""
+    midnight = two_days.events[-1][0] // DAY_NS * DAY_NS
+    first = MarketSession(PRODUCTS, [e for e in two_days.events if e[0] < midnight])
+    second = MarketSession(PRODUCTS, [e for e in two_days.events if e[0] >= midnight])
+    write_recording(tmp_path / "day1.gz", first)
+    write_recording(tmp_path / "day2.gz", second)
+    report = tmp_path / "report.json"
+    summaries = _summaries(
+        f"{tmp_path / 'day1.gz'},{tmp_path / 'day2.gz'}",
+        ORDERBOOK_REPLAY_REPORT=str(report),
+    )
+    _assert_final_tops_are_true(summaries, two_days)
+    data = json.loads(report.read_text())
+    assert [q["resets"] for q in data["products"]] == [{"next file": 1}] * 2
+
+
+def test_the_report_of_a_recording_says_what_the_conversion_of_the_same_data_says(
+    tmp_path, cache, session
+):
+    """One recording of this project is replayed as it is and measured on the way; its
+    report agrees with the report of the same events read from a tardis.dev file."""
+    write_recording(tmp_path / "own.gz", session)
+    write_tardis(tmp_path / "t.csv.gz", session)
+    own, foreign = tmp_path / "own.json", tmp_path / "foreign.json"
+    for path, report in ((tmp_path / "own.gz", own), (tmp_path / "t.csv.gz", foreign)):
+        assert _summaries(str(path), ORDERBOOK_REPLAY_REPORT=str(report))
+    mine, theirs = json.loads(own.read_text()), json.loads(foreign.read_text())
+    assert mine["formats"] == ["recording"] and mine["conversion"] is None
+    fields = (
+        "product_id",
+        "first_ns",
+        "last_ns",
+        "frames",
+        "snapshots",
+        "changes",
+        "crossed_episodes",
+        "locked_episodes",
+        "longest_silence_seconds",
+        "longest_silence_from",
+        "skipped",
+    )
+    assert [{k: q[k] for k in fields} for q in mine["products"]] == [
+        {k: q[k] for k in fields} for q in theirs["products"]
+    ]
+    assert mine["products"][0]["frames"] == 81
+
+
+def test_a_file_of_no_format_is_refused_in_one_line_before_anything_runs(
+    tmp_path, cache, session
+):
+    write_tardis(tmp_path / "day.csv.gz", session)
+    junk = tmp_path / "notes.txt"
+    junk.write_text("hello\x1b[2J there\n")
+    settings = Settings.from_env(
+        {"ORDERBOOK_REPLAY": f"{tmp_path / 'day.csv.gz'},{junk}"}
+    )
+    with pytest.raises(ConfigError) as refused:
+        get_flow(settings)
+    message = str(refused.value)
+    assert "\n" not in message and "\x1b" not in message
+    assert message.startswith("ORDERBOOK_REPLAY: ")
+    assert "notes.txt: not importable: text starting 'hello" in message
+    assert "or a recording made by python -m recording" in message
+    assert _leftovers(cache) == [], "nothing converted"
+
+
+def test_a_cut_off_download_ends_its_replay_cleanly_with_the_count(
+    tmp_path, cache, session, capsys
+):
+    whole = write_tardis(tmp_path / "whole.csv.gz", session).read_bytes()
+    (tmp_path / "cut.csv.gz").write_bytes(whole[: len(whole) * 2 // 3])
+    report = tmp_path / "report.json"
+    summaries = _summaries(
+        str(tmp_path / "cut.csv.gz"), ORDERBOOK_REPLAY_REPORT=str(report)
+    )
+    assert set(summaries) == set(PRODUCTS)
+    data = json.loads(report.read_text())
+    assert [e["file"] for e in data["ended_early"]] == ["cut.csv.gz"]
+    assert data["skipped"], "the partial last row is counted"
+    printed = capsys.readouterr().err
+    assert "quality of the replay:" in printed
+    assert "cut.csv.gz ends early" in printed
+
+
+def test_one_conversion_is_shared_and_the_last_holder_removes_it(
+    tmp_path, session, caplog
+):
+    source = write_tardis(tmp_path / "day.csv.gz", session)
+    root = tmp_path / "cache"
+    with caplog.at_level("INFO", logger="importers.replay"):
+        first = prepare_replay([source], root=root)
+        second = prepare_replay([source], root=root)  # another process's turn
+    converting = [r for r in caplog.records if r.getMessage().startswith("converting")]
+    assert len(converting) == 1
+    assert first.path == second.path and first.path.exists()
+    assert first.report.to_dict() == second.report.to_dict()
+    first.close()
+    assert second.path.exists(), "kept while another holder replays it"
+    second.close()
+    assert not second.path.exists() and list(root.iterdir()) == []
+    # other files, or other products: another conversion
+    assert cache_key([source], None) != cache_key([source], ["BTC-USD"])
+
+
+def test_a_conversion_left_by_a_killed_run_is_removed_by_the_next(tmp_path, session):
+    source = write_tardis(tmp_path / "day.csv.gz", session)
+    root = tmp_path / "cache"
+    root.mkdir()
+    (root / "0123abcd.lock").touch()
+    (root / "0123abcd").mkdir()
+    (root / "0123abcd" / "x.replay.gz").write_bytes(b"left")
+    held = root / "feedbeef.lock"  # a live run's: locked, kept
+    held.touch()
+    (root / "feedbeef").mkdir()
+    fd = os.open(held, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        prepared = prepare_replay([source], root=root)
+        assert not (root / "0123abcd").exists()
+        assert (root / "feedbeef").exists()
+        prepared.close()
+    finally:
+        os.close(fd)
+
+
+def test_products_narrow_what_is_converted(tmp_path, cache, session):
+    write_tardis(tmp_path / "day.csv.gz", session)
+    narrowed = _summaries(str(tmp_path / "day.csv.gz"), ORDERBOOK_PRODUCTS="ETH-USD")
+    assert set(narrowed) == {"ETH-USD"}
+    with pytest.raises(ReplayInputError, match="no book data of SOL-USD in 1 file"):
+        prepare_replay([tmp_path / "day.csv.gz"], ["SOL-USD"], root=cache)
+
+
+@pytest.mark.slow
+def test_two_processes_convert_once_and_report_every_product(tmp_path, two_days):
+    write_tardis_days(tmp_path, two_days)
+    replay = str(tmp_path / "coinbase_incremental_book_L2_*.csv.gz")
+    out, report, cache = tmp_path / "p2.jsonl", tmp_path / "r.json", tmp_path / "tmp"
+    cache.mkdir()
+    env = flow_env(
+        ORDERBOOK_REPLAY=replay,
+        ORDERBOOK_SPREAD_THRESHOLD="0",
+        ORDERBOOK_OUTPUT=f"jsonl:{out}",
+        ORDERBOOK_REPLAY_REPORT=str(report),
+        TMPDIR=str(cache),
+    )
+    flow = FlowProcess(["bytewax.testing", "dataflow:flow", "-p", "2"], env)
+    assert flow.finish(timeout=120) == 0, flow.stderr[-3000:]
+    assert flow.stderr.count("converting 4 files for the replay") == 1, flow.stderr
+    assert "replaying the conversion another process made" in flow.stderr
+    records = by_product(read_jsonl(out))
+    _assert_final_tops_are_true(records, two_days)
+    data = json.loads(report.read_text())
+    assert [q["product_id"] for q in data["products"]] == list(PRODUCTS), (
+        "each process's products merged into the one report"
+    )
+    assert all(q["resets"] == {"next file": 1} for q in data["products"])
+    assert flow.stderr.count("quality of the replay:") == 2
+    assert _leftovers(cache) == [f"orderbook-replay-{os.getuid()}"], (
+        "the temporary recording is removed at the end"
+    )

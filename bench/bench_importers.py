@@ -21,6 +21,11 @@ busy machine hurts them alike:
 * convert: ``python -m importers convert`` into a recording (reading, the quality
   report's books, writing), in process.
 
+Then the whole replay the service runs, ``ORDERBOOK_REPLAY`` through the real dataflow
+(``run_main``, every summary kept): this project's recording as it is, and each foreign
+file directly (converted at start into a temporary recording, then replayed,
+:mod:`importers.replay`).
+
 Each figure is printed beside the baseline's read time. Target: tardis CSV reads within
 1.5x of the recording's read time.
 
@@ -34,6 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
+from decimal import Decimal
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,6 +77,20 @@ def read_foreign(paths: list[Path]) -> int:
     readers, problems = open_sources([str(p) for p in paths])
     assert not problems, problems
     return sum(1 for _ in read_items(readers))
+
+
+def replay_seconds(paths: list[Path]) -> float:
+    """``ORDERBOOK_REPLAY=paths`` through the real dataflow, start to end."""
+    from bytewax.testing import TestingSink, run_main
+
+    from dataflow import get_flow
+    from service.settings import Settings
+
+    out: list = []
+    start = time.perf_counter()
+    settings = Settings(replay=tuple(paths), spread_threshold_pct=Decimal(0))
+    run_main(get_flow(settings, sink=TestingSink(out)))
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -154,6 +174,19 @@ def main() -> None:
                 conv = statistics.median(converts[name])
                 line += f" {conv:>9.2f} {conv / base:>6.2f}x"
             print(line)
+        replays: dict[str, list[float]] = {}
+        for _ in range(args.repeat):
+            for name in (
+                "recording (baseline)",
+                "tardis CSV .gz",
+                "cryptofeed v3 .zst",
+            ):
+                replays.setdefault(name, []).append(replay_seconds(files[name]))
+        replay_base = statistics.median(replays["recording (baseline)"])
+        print(f"{'ORDERBOOK_REPLAY of':<22} {'s':>7} {'x base':>7}")
+        for name, runs in replays.items():
+            seconds = statistics.median(runs)
+            print(f"{name:<22} {seconds:>7.2f} {seconds / replay_base:>6.2f}x")
         tardis = statistics.median(reads["tardis CSV .gz"]) / base
         verdict = "meets" if tardis <= TARGET else "MISSES"
         print(

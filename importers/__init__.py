@@ -10,9 +10,13 @@ time, and resets where a product's book must start afresh. Written with
 * :mod:`importers.inputs`: lines of plain, gzip and zstd files, truncation-safe;
 * :mod:`importers.tardis`: tardis.dev ``incremental_book_L2`` CSV;
 * :mod:`importers.cryptofeed`: cryptofeed 2.x raw captures and v3 ``.jsonl.zst`` captures;
+* :mod:`importers.recordings`: this project's own recordings, to merge with other files;
 * :mod:`importers.sources`: many files merged by receive time, one stream per product;
 * :mod:`importers.quality`: the per-product quality report;
-* :mod:`importers.convert`: ``python -m importers convert SOURCE... OUTPUT``;
+* :mod:`importers.convert`: ``python -m importers convert SOURCE... OUTPUT`` (also
+  ``python -m recording convert``);
+* :mod:`importers.replay`: ``ORDERBOOK_REPLAY`` of any of these files, one or many, and
+  the replay's quality report;
 * :mod:`importers.tardis_snapshots`: depth records to tardis.dev ``book_snapshot_N``
   CSV files (the other direction).
 """

@@ -1,8 +1,9 @@
 """``python -m importers convert SOURCE... OUTPUT``: foreign market data to a recording.
 
 Every SOURCE (a path or a glob) is detected from its content (:mod:`importers.detect`),
-read by its importer, and all are merged by receive time into one version 2 recording
-(:mod:`recording.format`): the same file ``python -m recording`` writes, so
+read by its importer (a recording of this project among them too:
+:mod:`importers.recordings`), and all are merged by receive time into one version 2
+recording (:mod:`recording.format`): the same file ``python -m recording`` writes, so
 ``ORDERBOOK_REPLAY=OUTPUT`` replays it through the same decoder and the local exchange
 serves it (``--replay OUTPUT``).
 
@@ -292,9 +293,10 @@ def main(
     parser = argparse.ArgumentParser(
         prog=prog,
         description=(
-            "Convert tardis.dev incremental_book_L2 CSV files and cryptofeed captures "
-            "(2.x raw files, v3 .jsonl.zst) of Coinbase to one recording that "
-            "ORDERBOOK_REPLAY replays. Formats are detected from content."
+            "Convert tardis.dev incremental_book_L2 CSV files, cryptofeed captures "
+            "(2.x raw files, v3 .jsonl.zst) of Coinbase and recordings of this project "
+            "to one recording that ORDERBOOK_REPLAY replays, merged by receive time. "
+            "Formats are detected from content."
         ),
     )
     parser.add_argument("sources", nargs="+", metavar="SOURCE", help="files or globs")

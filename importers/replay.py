@@ -315,7 +315,7 @@ def _shared_conversion(
             (fd, lock, directory),
         )
     except BaseException:
-        os.close(fd)
+        _release(fd, lock, directory)  # removed, unless another process uses it
         raise
     atexit.register(prepared.close)
     return prepared
@@ -398,6 +398,15 @@ def open_replay(
     :class:`recording.format.RecordingError`."""
     prepared = prepare_replay(paths, products, progress=progress, root=root)
     try:
+        if prepared.converted and products:
+            held = Recording.open(prepared.path).products
+            missing = [p for p in products if p not in held]
+            if missing:
+                raise ReplayInputError(
+                    f"no book data of {', '.join(missing)} in the "
+                    f"{len(prepared.inputs)} file"
+                    f"{'s' if len(prepared.inputs) != 1 else ''} (ORDERBOOK_PRODUCTS)"
+                )
         source = ReplaySource(
             prepared.path,
             list(products) if products else None,

@@ -2,8 +2,9 @@
 
 :func:`open_sources` takes paths and globs, detects each file's format from its content
 (:mod:`importers.detect`) and returns one reader per source: a tardis.dev file, a
-cryptofeed v3 capture, or a cryptofeed 2.x connection (its rotated files ``X.0``,
-``X.1``, ... read in order, as one connection). Any file that cannot be imported is
+cryptofeed v3 capture, a cryptofeed 2.x connection (its rotated files ``X.0``,
+``X.1``, ... read in order, as one connection), or a recording of this project
+(:mod:`importers.recordings`). Any file that cannot be imported is
 refused before anything is read, each in one line: a conversion never silently leaves a
 file out.
 

@@ -23,6 +23,7 @@ from importers.replay import (
     cache_key,
     prepare_replay,
 )
+from recording.reader import Recording
 from service.settings import ConfigError, Settings
 from tests.support.flow import FlowProcess, by_product, flow_env, read_jsonl
 from tests.support.foreign_files import (
@@ -276,6 +277,12 @@ def test_products_narrow_what_is_converted(tmp_path, cache, session):
     assert set(narrowed) == {"ETH-USD"}
     with pytest.raises(ReplayInputError, match="no book data of SOL-USD in 1 file"):
         prepare_replay([tmp_path / "day.csv.gz"], ["SOL-USD"], root=cache)
+    with pytest.raises(ConfigError) as refused:
+        _summaries(str(tmp_path / "day.csv.gz"), ORDERBOOK_PRODUCTS="ETH-USD,SOL-USD")
+    assert str(refused.value) == (
+        "ORDERBOOK_REPLAY: no book data of SOL-USD in the 1 file (ORDERBOOK_PRODUCTS)"
+    )
+    assert _leftovers(cache) == [f"orderbook-replay-{os.getuid()}"]
 
 
 @pytest.mark.slow
@@ -306,3 +313,17 @@ def test_two_processes_convert_once_and_report_every_product(tmp_path, two_days)
     assert _leftovers(cache) == [f"orderbook-replay-{os.getuid()}"], (
         "the temporary recording is removed at the end"
     )
+
+
+def test_a_conversion_made_again_is_the_same_recording(tmp_path, two_days):
+    """Resume states (``-r``) count records: a run resumed after the temporary
+    recording was removed converts again and must find the same records."""
+    paths = write_tardis_days(tmp_path, two_days)
+    made = []
+    for root in ("one", "two"):
+        prepared = prepare_replay(paths, root=tmp_path / root)
+        made.append(list(Recording.open(prepared.path).records()))
+        made.append(Recording.open(prepared.path).header)
+        prepared.close()
+    assert made[0] == made[2] and made[1] == made[3]
+    assert len(made[0]) > 300

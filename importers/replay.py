@@ -21,10 +21,13 @@ recording made again after a restart has the same indexes), the protocol check a
 end-of-replay paragraph are the recording's own. A direct stream would have every
 worker of every process parse every file (a cryptofeed capture holds every product in
 one file) and would need a partition design and resume states of its own. The cost is
-the conversion before the first record, measured on this 2-core machine (100,004
-messages of 4 products, bench/bench_importers.py): 2.8 s for a tardis.dev .csv.gz (the
-replay of the resulting recording then takes about 1.6 s), and the disk space of the
-converted recording (about the size of the .csv.gz).
+the conversion before the first record (reading, the quality report's books, writing)
+and the disk space of the converted recording (about the size of a tardis.dev
+.csv.gz). Measured with bench/bench_importers.py (100,004 messages of 4 products, the
+whole ``ORDERBOOK_REPLAY`` run through the dataflow, two runs on this shared 2-core
+machine): a tardis.dev .csv.gz took 1.9-2.1x the time of the same events replayed from
+this project's recording, a cryptofeed v3 capture (Advanced Trade) 2.5-2.6x. Convert
+once with ``python -m recording convert`` to replay the same files often.
 
 Several processes (``-p N``) convert once. The temporary recording's place is keyed by
 the inputs (each file's real path, size and modification time) and the products asked

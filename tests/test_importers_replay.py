@@ -327,3 +327,19 @@ def test_a_conversion_made_again_is_the_same_recording(tmp_path, two_days):
         prepared.close()
     assert made[0] == made[2] and made[1] == made[3]
     assert len(made[0]) > 300
+
+
+@pytest.mark.slow
+def test_the_service_refuses_a_file_of_no_format_in_one_line(tmp_path):
+    junk = tmp_path / "prices.bin"
+    junk.write_bytes(b"\x00\x01binary\xff" * 10)
+    flow = FlowProcess(
+        ["bytewax.run", "dataflow:flow"],
+        flow_env(ORDERBOOK_REPLAY=str(junk), TMPDIR=str(tmp_path)),
+    )
+    assert flow.finish(timeout=120) != 0
+    lines = flow.stderr.strip().splitlines()
+    assert len(lines) == 1, flow.stderr[-3000:]
+    assert lines[0].startswith("orderbook: ORDERBOOK_REPLAY: ")
+    assert "prices.bin: not importable: binary data" in lines[0]
+    assert flow.stdout == ""

@@ -33,6 +33,7 @@ from collections import Counter
 from collections.abc import Iterator
 from decimal import Decimal, InvalidOperation
 
+from common import domain
 from common.domain import is_product_id
 from events import ASK, BID, BookChanges, BookSnapshot
 from importers.detect import TARDIS_L2, TARDIS_L2_HEADER
@@ -47,8 +48,6 @@ from importers.stream import (
 
 FEED = "tardis"
 _SIDES = {"bid": BID, "ask": ASK}
-_ZERO = Decimal(0)
-_ABSURD = Decimal("1e30")
 _PRICE_CACHE = 65_536
 """Distinct price texts remembered (the same few hundred levels near the top change again
 and again; a cached price skips the parse and its hash)."""
@@ -185,7 +184,7 @@ class TardisReader:
                         prices.clear()
                     prices[row[6]] = price
                 size = Decimal(row[7])
-                ok = _ZERO <= size < _ABSURD
+                ok = domain.is_size(size)
             except (InvalidOperation, ValueError):
                 ok = False
             if ok and side is not None:

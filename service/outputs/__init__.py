@@ -18,7 +18,6 @@ from service.outputs.registry import (
     OutputKind,
     OutputList,
     OutputSpec,
-    ReaderGone,
     expected,
 )
 from service.outputs.registry import parse_outputs as _parse
@@ -64,7 +63,6 @@ __all__ = [
     "OutputKind",
     "OutputList",
     "OutputSpec",
-    "ReaderGone",
     "fan_out",
     "parse_outputs",
 ]

@@ -92,6 +92,17 @@ def update_book(
         return _failed(state, exc, "unappliable event"), None
 
 
+def timed_update_book(
+    state: BookState | None, event: BookEvent
+) -> tuple[BookState | None, tuple[int, OrderBookSummary] | None]:
+    """:func:`update_book` for the dataflow's plain path: the summary as a
+    ``(received_ns, summary)`` pair, the one shape every sink and view gets."""
+    state, summary = update_book(state, event)
+    if summary is None:
+        return state, None
+    return state, (event.received_ns, summary)
+
+
 def _update_book(
     state: BookState, event: BookEvent
 ) -> tuple[BookState, OrderBookSummary | None]:
@@ -332,6 +343,16 @@ class SpreadFilter:
         summary = keyed[1]
         if summary is not None and summary.spread_pct > self.threshold_pct:
             return summary
+        return None
+
+    def timed(
+        self, keyed: tuple[str, tuple[int, OrderBookSummary] | None]
+    ) -> tuple[int, OrderBookSummary] | None:
+        """For :func:`timed_update_book`'s output: the ``(received_ns, summary)`` pair
+        kept, or None."""
+        due = keyed[1]
+        if due is not None and due[1].spread_pct > self.threshold_pct:
+            return due
         return None
 
     def records(self, keyed: tuple[str, tuple | None]) -> tuple | list:

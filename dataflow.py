@@ -1,7 +1,11 @@
 """The order book dataflow: Coinbase feed -> per-product book -> spread filter -> output.
 
 Run it with ``python -m bytewax.run dataflow:flow`` (settings from ``ORDERBOOK_*``
-environment variables, see the README), or build variants with :func:`get_flow`.
+environment variables, see docs/operations.md), or build variants with :func:`get_flow`.
+
+This module composes the service: it is the only one that imports ``service/``, and
+it hands what is process-wide (the :class:`service.runtime.Shutdown` that ends the
+process early, the stdout kept for records) to the outputs and the views.
 """
 
 from __future__ import annotations
@@ -21,16 +25,18 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
-from book_step import BookStep, SpreadFilter, update_book
+from book_step import BookStep, SpreadFilter, timed_update_book
 from service import cluster
 from service.inputs import build_source, log_resumes
-from service.outputs import FanOutSink, OutputSpec
+from service.outputs import fan_out
 from service.placement import RouteByProduct
 from service.recovery_store import check_recovery_store
 from service.runtime import (
+    SHUTDOWN,
     announce_settings,
     configure_logging,
     install_clean_exit,
+    record_stream,
     separate_records_from_stdout,
     tune_garbage_collector,
 )
@@ -45,17 +51,17 @@ def get_flow(
     products: list[str] | None = None,
     sink: Sink | None = None,
 ) -> Dataflow:
-    """Build the dataflow; ``source``/``sink`` override the ones the settings choose."""
+    """Build the dataflow; ``source``/``sink`` override the ones the settings choose.
+
+    Every sink and view gets ``(received_ns, record)`` pairs (``received_ns``: when the
+    frame came off the socket, 0 when unknown), whichever path the book step takes."""
     settings = settings or Settings.from_env()
     if source is None:
-        source, products = build_source(settings)
+        source, products = build_source(settings, SHUTDOWN)
     products = list(products or settings.products or [])
     views_on = views_wiring.wanted(settings)
-    if sink is None:
-        # The live view is fed by views_wiring with every record, before the filter.
-        specs = [s for s in _output_specs(settings) if s.kind != "live"]
-        if specs:
-            sink = FanOutSink.from_specs(tuple(specs), metrics=settings.metrics_enabled)
+    if sink is None and settings.outputs:
+        sink = fan_out(settings.outputs, SHUTDOWN, metrics=settings.metrics_enabled)
 
     flow = Dataflow("orderbook")
     events = op.input("coinbase", flow, log_resumes(source))
@@ -75,21 +81,20 @@ def get_flow(
             "order_book", keyed, BookStep(levels, interval, book_metrics)
         )
         if views_on:  # ORDERBOOK_OUTPUT=live, ORDERBOOK_DASHBOARD: see views/wiring.py
-            views_wiring.attach(books, settings, products)
+            views_wiring.attach(
+                books,
+                settings,
+                products,
+                terminal=record_stream,
+                add_closer=SHUTDOWN.add_closer,
+            )
         records = op.flat_map("spread_filter", books, spread.records)
-    else:  # the plain fast path: a summary or None per event
-        books = op.stateful_map("order_book", keyed, update_book)
-        records = op.filter_map("spread_filter", books, spread)
+    else:  # the plain fast path: a (received_ns, summary) pair or None per event
+        books = op.stateful_map("order_book", keyed, timed_update_book)
+        records = op.filter_map("spread_filter", books, spread.timed)
     if sink is not None:  # None when the live view is the only output
         op.output("output", records, sink)
     return flow
-
-
-def _output_specs(settings: Settings) -> tuple[OutputSpec, ...]:
-    if settings.outputs:
-        return settings.outputs
-    path = None if settings.output_path is None else str(settings.output_path)
-    return (OutputSpec(settings.output, path),)
 
 
 def _flow_from_environment() -> Dataflow:

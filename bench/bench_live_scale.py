@@ -203,7 +203,7 @@ class _Times(DynamicSink):
 
         class Part(StatelessSinkPartition):
             def write_batch(self, items):
-                for s in items:
+                for _, s in items:  # (received_ns, record) pairs
                     by_product.setdefault(s.product_id, []).append(_ns(s.time))
 
         return Part()

@@ -79,6 +79,7 @@ def t_ns_of(item: Item) -> int:
 
 # -- numbers and times --------------------------------------------------------------------
 
+
 def price_of(text: str) -> Decimal:
     """A price in the service's domain (:func:`common.domain.price`): the decoder would
     refuse any other at replay, so an importer skips it where it reads it."""

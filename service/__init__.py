@@ -7,5 +7,9 @@
 * ``cluster.py``: cluster start-up: on one host a process waits for the lower
   processes to listen, so Timely's first connect succeeds;
 * ``runtime.py``: process set-up (records kept apart from stdout noise, signals,
-  garbage collector).
+  garbage collector) and :class:`~service.runtime.Shutdown`, the one way the process
+  ends early (a signal, an output failing, stdout's reader gone).
+
+Only ``dataflow.py`` imports this package; within it, ``runtime`` is at the bottom and
+imports nothing of the rest.
 """

@@ -13,8 +13,8 @@ sim book; up to 10 s while a Kafka broker is asked) still left a traceback and s
 130 or 143. A signal before Python has imported ``dataflow`` (the interpreter and
 Bytewax load in about 0.06 s) still gets Python's defaults: nothing of ours runs yet.
 
-This module imports nothing heavy (the settings are imported where they are used), so
-that :mod:`dataflow` can install the handlers before anything else.
+This module imports nothing heavy and nothing else of the service (it is the bottom of
+``service/``), so that :mod:`dataflow` can install the handlers before anything else.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from common.decimals import plain
 
@@ -36,7 +36,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+METRICS_API_ENABLED = "BYTEWAX_DATAFLOW_API_ENABLED"
+"""Bytewax serves its dataflow API (``/metrics``) when this variable is set at all."""
+METRICS_API_PORT = "BYTEWAX_DATAFLOW_API_PORT"
+
 _records: TextIO | None = None
+"""The process's stdout, kept for records: one per process, as stdout is."""
 _records_lock = threading.Lock()
 
 
@@ -71,55 +76,97 @@ def record_stream() -> TextIO:
     return _records if _records is not None else sys.stdout
 
 
-_closers: list[Callable[[], None]] = []
+class Shutdown:
+    """The one way the process ends early: one line on stderr, every closer run, then
+    ``os._exit`` with a status.
 
+    Three things end a run before its input does: an output that fails (status 1), the
+    reader of stdout going away (``| head``, status 0) and SIGINT/SIGTERM (status 0).
+    Outputs and views never end the process themselves: they raise (the fan-out turns
+    that into :meth:`failed` or :meth:`reader_gone`) or, from a thread of their own,
+    call :meth:`failed`. ``os._exit`` because Bytewax's workers are Rust threads that
+    cannot be asked to stop: output is flushed after every batch, closers finish what
+    needs finishing (Parquet files, the terminal of the live view), and nothing else
+    holds anything worth saving.
 
-def register_closer(closer: Callable[[], None]) -> None:
-    """Have ``closer`` run before the process exits on a signal (e.g. finish files).
-
-    Closers run on the main thread, from the signal handler, most recent first (or on
-    the signal relay's thread when the main thread is stuck in C, see
-    :func:`_start_relay`); one that raises is logged and the others still run.
+    Closers run most recent first; one that raises is reported in one line (except
+    after :meth:`failed`: the output that failed fails again, said already) and the
+    others still run. Whichever path comes first ends the process; another caller
+    waits for the exit (a signal handler returns at once, as it may interrupt the very
+    thread that is ending the process).
     """
-    _closers.append(closer)
 
+    def __init__(self) -> None:
+        self._closers: list[Callable[[], None]] = []
+        self._ending = threading.Lock()
 
-def unregister_closer(closer: Callable[[], None]) -> None:
-    if closer in _closers:
-        _closers.remove(closer)
+    def add_closer(self, closer: Callable[[], None]) -> None:
+        """Have ``closer`` run before the process ends early (e.g. finish files).
 
+        On a signal closers run on the main thread, from the signal handler (or on the
+        signal relay's thread when the main thread is stuck in C, see
+        :func:`_start_relay`)."""
+        self._closers.append(closer)
 
-def run_closers(report: bool = True) -> None:
-    """Run every closer; ``report=False`` when the failure is already reported."""
-    for closer in reversed(list(_closers)):
+    def remove_closer(self, closer: Callable[[], None]) -> None:
+        if closer in self._closers:
+            self._closers.remove(closer)
+
+    def run_closers(self, report: bool = True) -> None:
+        """Run every closer; ``report=False`` when the failure is already reported."""
+        for closer in reversed(list(self._closers)):
+            try:
+                closer()
+            except Exception as exc:
+                if report:
+                    sys.stderr.write(f"orderbook: closing an output failed: {exc}\n")
+
+    def failed(self, line: str) -> NoReturn:
+        """An output failed: ``orderbook: LINE``, the closers, exit status 1."""
+        self._end(line, 1, report=False)
+
+    def reader_gone(self) -> NoReturn:
+        """The reader of stdout went away: stop quietly, like any Unix filter."""
+        self._end("output closed by its reader, stopping", 0, report=True)
+
+    def _end(self, line: str, status: int, report: bool) -> NoReturn:
+        self._ending.acquire()  # never released: the process ends here
         try:
-            closer()
-        except Exception as exc:
-            if report:
-                sys.stderr.write(f"orderbook: closing an output failed: {exc}\n")
+            sys.stderr.write(f"orderbook: {line}\n")
+            sys.stderr.flush()
+            self.run_closers(report)
+        finally:
+            os._exit(status)
+
+    def signalled(self, signum: int) -> None:
+        """SIGINT/SIGTERM: the closers, the records flushed, one line, status 0. Returns
+        at once when another path is already ending the process."""
+        if not self._ending.acquire(blocking=False):
+            return
+        name = signal.Signals(signum).name
+        try:
+            self.run_closers()
+            try:
+                record_stream().flush()
+            except (OSError, ValueError):
+                pass  # a reader that went away cannot get the rest anyway
+            sys.stderr.write(f"orderbook: {name} received, stopping\n")
+            sys.stderr.flush()
+        finally:
+            os._exit(0)
 
 
-_exiting = threading.Lock()
-"""Held by whichever of the handler and the relay (below) ends the process first."""
+SHUTDOWN = Shutdown()
+"""The process's one: a signal or a failed output ends the whole process, so it closes
+what every flow of the process registered (the dataflow hands it to the outputs and
+views)."""
 RELAY_GRACE_SECONDS = 0.5
 """How long the signal relay waits for the main thread's handler before acting itself."""
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _exit_cleanly(signum: int, _frame: object) -> None:
-    if not _exiting.acquire(blocking=False):
-        return  # the other path is already closing and leaving
-    name = signal.Signals(signum).name
-    try:
-        run_closers()
-        try:
-            record_stream().flush()
-        except (OSError, ValueError):
-            pass  # a reader that went away cannot get the rest anyway
-        sys.stderr.write(f"orderbook: {name} received, stopping\n")
-        sys.stderr.flush()
-    finally:
-        os._exit(0)
+    SHUTDOWN.signalled(signum)
 
 
 def install_clean_exit() -> bool:
@@ -186,8 +233,6 @@ def configure_logging() -> None:
 def announce_settings(settings: Settings) -> None:
     """Log at start what the settings warn about and the threshold in use; make an API
     that is off really off (Bytewax serves it when its variable is set at all)."""
-    from service.settings import METRICS_API_ENABLED
-
     for warning in settings.warnings:
         log.warning("%s", warning)
     if not settings.metrics_enabled:

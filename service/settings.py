@@ -18,13 +18,14 @@ from coinbase.feeds import FEEDS
 from common import validation
 from common.validation import ConfigError, refuse
 from local_exchange.config import RATE_MAX
+from service.outputs import HELP as OUTPUT_HELP
+from service.outputs import LIVE_VIEW, OutputSpec, parse_outputs, with_depth
+from service.runtime import METRICS_API_ENABLED, METRICS_API_PORT
 
 FEED_CHOICES = (*FEEDS, "sim")
 """What ``ORDERBOOK_FEED`` may name: a Coinbase feed, or ``sim`` (the local exchange)."""
 METRICS_ADDRESSES = ("127.0.0.1", "0.0.0.0")
 """Where Bytewax's dataflow API (``/metrics``, ``/dataflow``) may be reached from."""
-METRICS_API_ENABLED = "BYTEWAX_DATAFLOW_API_ENABLED"
-METRICS_API_PORT = "BYTEWAX_DATAFLOW_API_PORT"
 _FALSE = ("", "0", "false", "no", "off")
 _ASCII_DIGITS = re.compile(r"[0-9]+")
 
@@ -36,10 +37,7 @@ SETTINGS_HELP = {
         "a percentage of the ask, at least 0 and under 100 (0.1 means 0.1%; "
         "a spread is always under 100% of the ask)"
     ),
-    "ORDERBOOK_OUTPUT": (
-        "a comma-separated list of text[:PATH], jsonl[:PATH], parquet:DIR, "
-        "kafka:HOST:PORT/TOPIC, tardis:DIR, live"
-    ),
+    "ORDERBOOK_OUTPUT": OUTPUT_HELP,
     "ORDERBOOK_REPLAY": (
         "comma-separated paths or globs of files to replay: recordings made by "
         "python -m recording, tardis.dev incremental_book_L2 CSV (.csv, .csv.gz), "
@@ -107,8 +105,6 @@ class Settings:
     ws_url: str | None = field(default=None, repr=False)
     """May carry credentials (user info, a token): kept out of the repr."""
     spread_threshold_pct: Decimal = Decimal("0.1")
-    output: str = "text"
-    output_path: Path | None = None
     replay: tuple[Path, ...] | None = None
     """The files ``ORDERBOOK_REPLAY`` names (globs expanded); None: a live feed."""
     replay_report: Path | None = None
@@ -126,8 +122,12 @@ class Settings:
     dashboard_origins: tuple[str, ...] = ()
     """Web origins the dashboard answers besides its own address."""
     # depth records and outputs
-    outputs: tuple = ()
-    """``OutputSpec`` of every ``ORDERBOOK_OUTPUT`` entry; empty: ``output``/``output_path``."""
+    outputs: tuple[OutputSpec, ...] = ()
+    """Every output ``ORDERBOOK_OUTPUT`` names, in order (``text`` when it is unset);
+    empty: no output but the views (``live`` alone), or a caller passing its own sink."""
+    live_view: bool = False
+    """``ORDERBOOK_OUTPUT`` names ``live``: the full-screen terminal view (a view, fed
+    before the spread filter, not one of the outputs; see :mod:`views.wiring`)."""
     depth_levels: int = 0
     depth_interval: float = 1.0
     # the live connection
@@ -149,9 +149,10 @@ class Settings:
                 + ", ".join(SETTINGS_HELP)
             )
         outputs = parse_outputs(env.get("ORDERBOOK_OUTPUT", "text"))
-        output, output_path = _first_stream(outputs)
         depth = parse_depth(env)
-        outputs = _with_depth(outputs, depth)
+        specs = with_depth(
+            outputs.specs, depth["depth_levels"], depth["depth_interval"]
+        )
         metrics_enabled, metrics_address, metrics_port = parse_metrics(env)
         return cls(
             products=validation.products(
@@ -166,8 +167,6 @@ class Settings:
             spread_threshold_pct=parse_threshold(
                 env.get("ORDERBOOK_SPREAD_THRESHOLD", "0.1")
             ),
-            output=output,
-            output_path=output_path,
             replay=parse_replay(env.get("ORDERBOOK_REPLAY")),
             replay_report=parse_replay_report(env.get("ORDERBOOK_REPLAY_REPORT")),
             watchdog_seconds=validation.number(
@@ -195,7 +194,8 @@ class Settings:
             dashboard_origins=validation.origins(
                 "ORDERBOOK_DASHBOARD_ORIGINS", env.get("ORDERBOOK_DASHBOARD_ORIGINS")
             ),
-            outputs=outputs,
+            outputs=specs,
+            live_view=LIVE_VIEW in outputs.views,
             **depth,
             max_message_bytes=validation.integer(
                 "ORDERBOOK_MAX_MESSAGE_BYTES",
@@ -244,11 +244,8 @@ def settings_warnings(env: Mapping[str, str]) -> tuple[str, ...]:
 def parse_metrics(env: Mapping[str, str]) -> tuple[bool, str, int]:
     """Bytewax's dataflow API: enabled?, the address it may be reached on, its port.
 
-    Bytewax 0.21.1 serves the API when ``BYTEWAX_DATAFLOW_API_ENABLED`` is set to any
-    value (even "false"), on port ``BYTEWAX_DATAFLOW_API_PORT`` (default 3030), and always
-    on every interface (0.0.0.0): the bind address cannot be configured. So a public
-    endpoint must be asked for: with the default ``ORDERBOOK_METRICS_ADDRESS=127.0.0.1``
-    an enabled API is refused rather than silently served to the whole network.
+    Bytewax 0.21.1 always binds it to every interface, so a public endpoint must be
+    asked for (see docs/operations.md, "The metrics endpoint").
     """
     raw_enabled = env.get(METRICS_API_ENABLED)
     enabled = raw_enabled is not None and raw_enabled.strip().lower() not in _FALSE
@@ -287,29 +284,6 @@ def parse_threshold(raw: str) -> Decimal:
         low=Decimal(0),
         high=Decimal(100),
     )
-
-
-def parse_outputs(raw: str) -> tuple:
-    """Every entry parsed and tried (files opened, brokers asked); see service.outputs."""
-    from service.outputs import parse_outputs as parse
-
-    return parse(raw, "ORDERBOOK_OUTPUT")
-
-
-def _with_depth(outputs: tuple, depth: dict) -> tuple:
-    """Outputs that write depth records (``tardis:DIR``) get their cadence, or are
-    refused when depth records are off."""
-    from service.outputs import with_depth
-
-    return with_depth(outputs, depth["depth_levels"], depth["depth_interval"])
-
-
-def _first_stream(outputs: tuple) -> tuple[str, Path | None]:
-    """``output``/``output_path`` as before the list: the first text or jsonl entry."""
-    for spec in outputs:
-        if spec.kind in ("text", "jsonl"):
-            return spec.kind, None if spec.arg is None else Path(spec.arg)
-    return "text", None
 
 
 def parse_depth(env: Mapping[str, str]) -> dict:

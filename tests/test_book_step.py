@@ -306,7 +306,7 @@ def _run_flow(events: list, levels: int) -> list:
         sink=TestingSink(out),
     )
     run_main(flow)  # an exception in any step would raise here and lose `out`
-    return [item[1] if isinstance(item, tuple) else item for item in out]
+    return [record for _, record in out]  # (received_ns, record) pairs
 
 
 @pytest.mark.parametrize("levels", [0, 5])

@@ -128,8 +128,7 @@ def test_replayed_depth_records_are_the_true_top_levels_at_each_pause(
             sink=TestingSink(out),
         )
     )
-    # the sink gets (received_ns, record) pairs when depth records are on
-    records = [item[1] if isinstance(item, tuple) else item for item in out]
+    records = [record for _, record in out]  # the sink gets (received_ns, record) pairs
     depth = [r for r in records if isinstance(r, OrderBookDepth)]
     assert {r.product_id for r in depth} == set(PRODUCTS)
     assert all(r.time is not None for r in depth)

@@ -68,7 +68,7 @@ def _summaries(replay: str, **env: str) -> dict[str, list[dict]]:
         {"ORDERBOOK_REPLAY": replay, "ORDERBOOK_SPREAD_THRESHOLD": "0", **env}
     )
     run_main(get_flow(settings, sink=TestingSink(out)))
-    return by_product([record.to_dict() for record in out])
+    return by_product([record.to_dict() for _, record in out])
 
 
 def _assert_final_tops_are_true(summaries, session: MarketSession) -> None:

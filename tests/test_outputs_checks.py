@@ -46,7 +46,7 @@ def test_different_files_are_still_accepted(tmp_path):
     specs = parse_outputs(
         f"text,jsonl:{tmp_path}/a,text:{tmp_path}/b,parquet:{tmp_path}/p,"
         f"parquet:{tmp_path}/q"
-    )
+    ).specs
     assert len(specs) == 5
 
 

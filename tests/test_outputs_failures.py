@@ -31,7 +31,8 @@ _RECORDS = textwrap.dedent(
     from bytewax.testing import TestingSource, run_main
 
     from records import OrderBookSummary
-    from service.outputs import FanOutSink, parse_outputs
+    from service.outputs import FanOutSink, fan_out, parse_outputs
+    from service.runtime import SHUTDOWN
 
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     good = [
@@ -41,6 +42,7 @@ _RECORDS = textwrap.dedent(
         )
         for i in range(60)
     ]
+    timed = lambda records: [(0, r) for r in records]  # the dataflow's pairs
     """
 )
 
@@ -71,8 +73,8 @@ def test_a_record_parquet_cannot_store_stops_the_run_in_one_line_keeping_earlier
         bad = replace(good[50], **{field: Decimal(value)})
         items = good[:50] + [bad] + good[51:]
         flow = Dataflow("t")
-        records = op.input("in", flow, TestingSource(items, batch_size=10))
-        op.output("out", records, FanOutSink.from_specs(parse_outputs(outputs)))
+        records = op.input("in", flow, TestingSource(timed(items), batch_size=10))
+        op.output("out", records, fan_out(parse_outputs(outputs).specs, SHUTDOWN))
         run_main(flow)
         """
     )
@@ -106,10 +108,11 @@ def test_any_exception_an_output_raises_stops_the_run_in_one_line(tmp_path):
             def build(self, step_id, worker_index, worker_count):
                 return Broken()
 
-        parquet = FanOutSink.from_specs(parse_outputs(sys.argv[1])).outputs
+        parquet = fan_out(parse_outputs(sys.argv[1]).specs, SHUTDOWN).outputs
+        outputs = parquet + [("broken", BrokenSink())]
         flow = Dataflow("t")
-        records = op.input("in", flow, TestingSource(good, batch_size=10))
-        op.output("out", records, FanOutSink(parquet + [("broken", BrokenSink())]))
+        records = op.input("in", flow, TestingSource(timed(good), batch_size=10))
+        op.output("out", records, FanOutSink(outputs, SHUTDOWN))
         run_main(flow)
         """
     )

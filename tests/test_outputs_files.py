@@ -19,7 +19,7 @@ from tests.support.outputs import canonical, parquet_records, small_recording
 
 
 def test_a_list_of_outputs_is_parsed_in_order(tmp_path):
-    specs = parse_outputs(f"text, jsonl:{tmp_path}/a.jsonl,parquet:{tmp_path}/pq")
+    specs = parse_outputs(f"text, jsonl:{tmp_path}/a.jsonl,parquet:{tmp_path}/pq").specs
     assert specs == (
         OutputSpec("text"),
         OutputSpec("jsonl", f"{tmp_path}/a.jsonl"),

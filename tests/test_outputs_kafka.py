@@ -130,7 +130,8 @@ def test_the_same_kafka_topic_twice_is_refused(mock_cluster):
     raw = f"kafka:{mock_cluster}/orderbook,kafka:{mock_cluster}/orderbook?acks=all"
     with pytest.raises(ConfigError, match="same Kafka topic"):
         parse_outputs(raw)
-    assert len(parse_outputs(f"kafka:{mock_cluster}/a,kafka:{mock_cluster}/b")) == 2
+    both = parse_outputs(f"kafka:{mock_cluster}/a,kafka:{mock_cluster}/b").specs
+    assert len(both) == 2
 
 
 def test_an_unreachable_broker_is_refused_in_one_line_without_librdkafka_logs(capfd):
@@ -159,16 +160,17 @@ def test_a_kafka_password_never_reaches_the_failure_line(tmp_path):
 import sys
 from confluent_kafka import Producer
 from orderbook import OrderBook
-from service.outputs import FanOutSink, parse_outputs
+from service.outputs import fan_out, parse_outputs
+from service.runtime import SHUTDOWN
 
 holder = Producer({"test.mock.num.brokers": 1})
 brokers = holder.list_topics(timeout=10).orig_broker_name.split("/")[0]
 raw = f"kafka:{brokers}/orderbook?delivery.timeout.ms=1000&sasl.password=hunter2"
-part = FanOutSink.from_specs(parse_outputs(raw)).build("out", 0, 1)
+part = fan_out(parse_outputs(raw).specs, SHUTDOWN).build("out", 0, 1)
 book = OrderBook("BTC-USD")
 book.apply_snapshot([("100", "1")], [("101", "1")])
 del holder  # the broker is gone
-part.write_batch([book.summary(feed="sim")])
+part.write_batch([(0, book.summary(feed="sim"))])
 print("not stopped")
 """
     proc = subprocess.run(

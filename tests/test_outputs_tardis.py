@@ -17,6 +17,7 @@ from importers.tardis_snapshots import read_book_snapshots
 from orderbook import OrderBook
 from records import OrderBookDepth
 from service.outputs import build_sink
+from service.runtime import Shutdown
 from service.settings import ConfigError, Settings
 from tests.support.flow import read_jsonl
 
@@ -90,7 +91,7 @@ def _tardis_partition(tmp_path: Path, **more: str):
         for s in Settings.from_env(_env(tmp_path, **more)).outputs
         if s.kind == "tardis"
     ]
-    return build_sink(spec).build("output", 0, 1)
+    return build_sink(spec, Shutdown()).build("output", 0, 1)
 
 
 @pytest.mark.parametrize(

@@ -286,8 +286,8 @@ def test_a_resumed_replay_continues_after_the_last_record_it_emitted(
         run(_CrashingSink(first, after=200))
     second: list = []
     run(TestingSink(second))
-    before = by_product([s.to_dict() for s in first])
-    after = by_product([s.to_dict() for s in second])
+    before = by_product([s.to_dict() for _, s in first])
+    after = by_product([s.to_dict() for _, s in second])
     total = sum(len(v) for v in full.values())
     assert 0 < sum(len(v) for v in after.values()) < total - 150
     for product in PRODUCTS:

@@ -51,7 +51,7 @@ def _summaries_in_process(path, runner) -> dict[str, list[dict]]:
         sink=TestingSink(out),
     )
     runner(flow)
-    return by_product([s.to_dict() for s in out])
+    return by_product([s.to_dict() for _, s in out])
 
 
 @pytest.mark.slow
@@ -168,7 +168,7 @@ def test_recorder_command_writes_a_replayable_recording(tmp_path):
             sink=TestingSink(out),
         )
     )
-    assert len(out) > 5 and {s.product_id for s in out} == {"BTC-USD"}
+    assert len(out) > 5 and {s.product_id for _, s in out} == {"BTC-USD"}
 
 
 @pytest.mark.slow

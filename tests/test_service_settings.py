@@ -3,6 +3,7 @@ from decimal import Decimal
 
 import pytest
 
+from service.outputs import OutputSpec
 from service.settings import SETTINGS_HELP, ConfigError, Settings
 from tests.support.flow import REPO
 
@@ -11,7 +12,7 @@ def test_defaults():
     s = Settings.from_env({})
     assert s.products is None and s.feed == "exchange"
     assert s.spread_threshold_pct == Decimal("0.1")
-    assert (s.output, s.output_path) == ("text", None)
+    assert s.outputs == (OutputSpec("text"),) and not s.live_view
 
 
 def test_every_setting_is_read(tmp_path):
@@ -30,8 +31,9 @@ def test_every_setting_is_read(tmp_path):
     )
     assert s.products == ("BTC-USD", "SOL-USD")
     assert s.feed == "advanced-trade" and s.ws_url.startswith("ws://")
-    assert s.spread_threshold_pct == 0 and s.output == "jsonl"
-    assert s.output_path == tmp_path / "o.jsonl" and s.replay == (rec,)
+    assert s.spread_threshold_pct == 0
+    assert s.outputs == (OutputSpec("jsonl", str(tmp_path / "o.jsonl")),)
+    assert s.replay == (rec,)
     assert s.watchdog_seconds == 2.5
 
 
@@ -279,3 +281,33 @@ def test_replay_takes_paths_and_globs_and_its_report_needs_a_replay(tmp_path):
         {"ORDERBOOK_REPLAY_REPORT": str(tmp_path / "report.json")}
     ).warnings
     assert "ORDERBOOK_REPLAY_REPORT is ignored" in warning
+
+
+OUTPUT_FORMS = (
+    "text[:PATH], jsonl[:PATH], kafka:HOST:PORT/TOPIC, parquet:DIR, tardis:DIR, "
+    "live (full-screen terminal view)"
+)
+
+
+@pytest.mark.parametrize(
+    "raw, why",
+    [
+        ("csv", "'csv': unknown output 'csv'"),
+        ("live:3", "'live:3': live takes no argument"),
+        ("live,live", "'live' given twice"),
+        ("text,live,", "an empty entry"),
+    ],
+)
+def test_the_output_list_is_refused_as_one_with_its_live_entry(raw, why):
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"ORDERBOOK_OUTPUT": raw})
+    assert str(err.value) == (
+        f"ORDERBOOK_OUTPUT={raw!r} is not allowed ({why}): expected a "
+        f"comma-separated list of outputs: {OUTPUT_FORMS}"
+    )
+
+
+def test_live_turns_on_a_view_beside_the_outputs(tmp_path):
+    s = Settings.from_env({"ORDERBOOK_OUTPUT": f"LIVE,jsonl:{tmp_path}/a"})
+    assert s.live_view and s.outputs == (OutputSpec("jsonl", f"{tmp_path}/a"),)
+    assert not Settings.from_env({"ORDERBOOK_OUTPUT": "text"}).live_view

@@ -196,7 +196,7 @@ def _slow_client_check(server, sink, stalled, reader) -> None:
     times: list[float] = []
     deadline = time.monotonic() + 3.0
     while time.monotonic() < deadline:  # 3 s of batches; one client never reads
-        batch = [_summary(p, len(times)) for p in PRODUCTS]
+        batch = [(0, _summary(p, len(times))) for p in PRODUCTS]  # the flow's pairs
         started = time.perf_counter()
         sink.write_batch(batch)
         times.append(time.perf_counter() - started)
@@ -209,7 +209,7 @@ def _slow_client_check(server, sink, stalled, reader) -> None:
     p99 = times[int(len(times) * 0.99)]
     assert p99 < 0.02 and times[-1] < 2.0, (p99, times[-1])
     assert len(received) >= 4  # pushes went on, a few a second, to the reading client
-    last_bid = float(batch[0]["bid_price"])
+    last_bid = float(batch[0][1]["bid_price"])
 
     def latest(client):
         def got():
@@ -413,7 +413,7 @@ def test_a_page_on_another_site_cannot_read_the_dashboard_in_a_browser(tmp_path)
     board = MarketBoard(PRODUCTS)
     server = DashboardServer("127.0.0.1", 0, board).start()
     server.local_workers = server.worker_count = 1
-    _DashboardPartition(server).write_batch([_summary(p, 1) for p in PRODUCTS])
+    _DashboardPartition(server).write_batch([(0, _summary(p, 1)) for p in PRODUCTS])
     site = _AttackSite(server.port)
     try:
         with sync_api.sync_playwright() as playwright:

@@ -13,7 +13,7 @@ from orderbook import OrderBook, OrderBookDepth, OrderBookSummary
 from service.settings import Settings
 from views import records
 from views.dashboard import History
-from views.live import text_line
+from views.live import _LivePartition, text_line
 from views.state import (
     AWAITING,
     BEHIND,
@@ -57,12 +57,19 @@ def test_kinds_with_or_without_type():
     assert records.kind({"product_id": "X"}) is None
 
 
-def test_as_record_takes_dicts_objects_and_pairs():
+def test_as_record_takes_dicts_and_objects():
     s = _summary()
     assert records.as_record(s) == s.to_dict()
-    assert records.as_record(("BTC-USD", s)) == s.to_dict()
-    assert records.as_record((123456789, s.to_dict())) == s.to_dict()
+    assert records.as_record(s.to_dict()) == s.to_dict()
     assert records.as_record(None) is None
+    # the dataflow's (received_ns, record) pairs are the sinks' to unpack
+    assert records.as_record((123456789, s)) is None
+
+
+def test_the_live_views_sink_takes_the_dataflows_pairs():
+    board = MarketBoard(["BTC-USD"])
+    _LivePartition(board, view=None).write_batch([(123456789, _summary())])
+    assert board.row("BTC-USD", depth_levels=0)["bid_price"] == 100.0
 
 
 def test_depth_record_has_the_agreed_shape():
@@ -147,7 +154,7 @@ def test_bad_dashboard_address_is_refused_with_its_name(raw):
 
 def test_settings_read_the_view_settings():
     s = Settings.from_env({"ORDERBOOK_OUTPUT": "live", "ORDERBOOK_DASHBOARD": "9000"})
-    assert [spec.kind for spec in s.outputs] == ["live"]
+    assert s.live_view and s.outputs == ()  # a view, not an output
     assert s.dashboard == ("127.0.0.1", 9000)
     assert Settings.from_env({}).dashboard is None
 

@@ -531,8 +531,8 @@ class _DashboardPartition(StatelessSinkPartition):
         self._history = server.history
 
     def write_batch(self, items: list) -> None:
-        if items:
-            records = [r for r in map(as_record, items) if r is not None]
+        if items:  # (received_ns, record) pairs
+            records = [r for _, item in items if (r := as_record(item)) is not None]
             self._board.update(records)
             for record in records:
                 if kind(record) == SUMMARY:
@@ -543,7 +543,7 @@ class _DashboardPartition(StatelessSinkPartition):
 
 
 class DashboardSink(DynamicSink):
-    """Summaries and depth records (dicts or objects) into the process's dashboard."""
+    """``(received_ns, record)`` pairs into the process's dashboard."""
 
     def __init__(
         self,

@@ -1,18 +1,11 @@
-"""``ORDERBOOK_OUTPUT=live``: a full-screen table of every product, refreshed 4 times a second.
+"""``ORDERBOOK_OUTPUT=live``: a full-screen table of every product, refreshed 4 times a
+second (what it shows and when: see docs/views.md, "Live terminal view").
 
-One row per product: best bid and ask with sizes, spread in bps and percent of the ask,
-mid, microprice, imbalance, liquidity within 10 bps of mid (from depth records), updates
-per second, feed state (see :mod:`views.state`) and the age of the last update. Rows
-whose spread exceeds the threshold are highlighted. With depth records, a small ladder
-of the top levels per product sits under the table.
-
-The live view receives **every** change of the top of book, not only what the spread
-filter passes (a view that shows nothing while spreads are narrow would look dead); the
-threshold decides what is highlighted.
-
-When stdout is not a terminal it falls back to text: one line per product and second.
+When its terminal is not one it falls back to text: one line per product and second.
 The screen is restored (alternate screen left, cursor shown) when the run ends, and on
-SIGINT/SIGTERM through :func:`service.runtime.register_closer`.
+SIGINT/SIGTERM through the closer hook the composer passes in (``add_closer``: the
+service's :meth:`service.runtime.Shutdown.add_closer`). Its terminal is the stream the
+composer passes in too (the service's stdout kept for records).
 """
 
 from __future__ import annotations
@@ -23,6 +16,7 @@ import os
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import TextIO
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -95,16 +89,6 @@ def text_line(row: dict) -> str:
     )
 
 
-def _terminal_stream() -> TextIO:
-    """The process's real stdout: the records' stream when the service keeps stdout
-    for records (``service.runtime.record_stream``), else ``sys.stdout``."""
-    try:
-        from service.runtime import record_stream
-    except ImportError:
-        return sys.stdout
-    return record_stream()
-
-
 class _LogTail(logging.Handler):
     """Keeps the last log lines for the screen while the full-screen view owns it."""
 
@@ -120,19 +104,27 @@ class _LogTail(logging.Handler):
             pass
 
 
+Closer = Callable[[], None]
+
+
 class LiveView:
-    """The full-screen view (or the text fallback) of a :class:`MarketBoard`."""
+    """The full-screen view (or the text fallback) of a :class:`MarketBoard`.
+
+    ``stream``: the terminal (default ``sys.stdout``); ``add_closer``: registers a
+    function to run before the process ends on a signal (the terminal restored)."""
 
     def __init__(
         self,
         board: MarketBoard,
         *,
         stream: TextIO | None = None,
+        add_closer: Callable[[Closer], None] | None = None,
         refresh_per_second: float = REFRESH_PER_SECOND,
         force_terminal: bool | None = None,
     ) -> None:
         self.board = board
-        self.stream = stream or _terminal_stream()
+        self.stream = stream or sys.stdout
+        self._add_closer = add_closer
         self.refresh_per_second = refresh_per_second
         is_tty = self.stream.isatty() if force_terminal is None else force_terminal
         self.full_screen = bool(is_tty)
@@ -158,11 +150,8 @@ class LiveView:
                 )
                 self._thread.start()
         atexit.register(self.stop)
-        try:
-            from service.runtime import register_closer
-        except ImportError:  # an older service.runtime without closers
-            return
-        register_closer(self.restore_now)
+        if self._add_closer is not None:
+            self._add_closer(self.restore_now)
 
     def _start_screen(self) -> None:
         from rich.console import Console
@@ -368,13 +357,18 @@ _shared: dict[str, object] = {}
 _shared_lock = threading.Lock()
 
 
-def shared_view(threshold_pct: float, products=()) -> tuple[MarketBoard, LiveView]:
-    """The process's one board and view (created, and started, on first use)."""
+def shared_view(
+    threshold_pct: float,
+    products=(),
+    stream: TextIO | None = None,
+    add_closer: Callable[[Closer], None] | None = None,
+) -> tuple[MarketBoard, LiveView]:
+    """The process's one board and view (created on first use): one terminal."""
     with _shared_lock:
         if "view" not in _shared:
             board = MarketBoard(products, threshold_pct=threshold_pct)
             _shared["board"] = board
-            _shared["view"] = LiveView(board)
+            _shared["view"] = LiveView(board, stream=stream, add_closer=add_closer)
             _shared["open"] = 0
         board, view = _shared["board"], _shared["view"]
         board.add_products(products)
@@ -387,8 +381,8 @@ class _LivePartition(StatelessSinkPartition):
         self._view = view
 
     def write_batch(self, items: list) -> None:
-        if items:
-            self._board.update(items)
+        if items:  # (received_ns, record) pairs
+            self._board.update([record for _, record in items])
 
     def close(self) -> None:
         with _shared_lock:
@@ -399,16 +393,30 @@ class _LivePartition(StatelessSinkPartition):
 
 
 class LiveSink(DynamicSink):
-    """Summaries and depth records (dicts or objects) into the process's live view."""
+    """``(received_ns, record)`` pairs into the process's live view.
 
-    def __init__(self, threshold_pct: float = 0.1, products=()) -> None:
+    ``terminal`` returns the stream to draw on, called when the view starts;
+    ``add_closer``: see :class:`LiveView`."""
+
+    def __init__(
+        self,
+        threshold_pct: float = 0.1,
+        products=(),
+        *,
+        terminal: Callable[[], TextIO] = lambda: sys.stdout,
+        add_closer: Callable[[Closer], None] | None = None,
+    ) -> None:
         self.threshold_pct = float(threshold_pct)
         self.products = tuple(products)
+        self.terminal = terminal
+        self.add_closer = add_closer
 
     def build(
         self, step_id: str, worker_index: int, worker_count: int
     ) -> StatelessSinkPartition:
-        board, view = shared_view(self.threshold_pct, self.products)
+        board, view = shared_view(
+            self.threshold_pct, self.products, self.terminal(), self.add_closer
+        )
         with _shared_lock:
             _shared["open"] = int(_shared.get("open", 0)) + 1
         view.start()

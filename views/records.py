@@ -10,7 +10,8 @@ Two kinds of record, both plain dicts with decimals as strings:
   "ask_liquidity_10bps"`` (and 50, 100), ``"imbalance"}``.
 
 A record without ``type`` is a summary when it has ``bid_price``, depth when it has
-``bids``. Objects with a ``to_dict()`` (an ``OrderBookSummary``) are accepted too.
+``bids``. Objects with a ``to_dict()`` (an ``OrderBookSummary``) are accepted too; the
+dataflow's ``(received_ns, record)`` pairs are unpacked by the views' sinks.
 
 Every value is checked where it enters: :func:`num` gives finite floats only (``inf``,
 ``NaN``, ``1e999`` are missing values, so no ``Infinity`` reaches a page's JSON) and
@@ -43,12 +44,9 @@ EPOCH_MAX = 253_402_300_799.0
 
 
 def as_record(item: Any) -> dict | None:
-    """A dict record from a dict, an object with ``to_dict()``, or a pair whose second
-    item is one (``(key, record)``, ``(received_ns, record)``)."""
+    """A dict record from a dict or an object with ``to_dict()``; None otherwise."""
     if isinstance(item, dict):
         return item
-    if isinstance(item, tuple) and len(item) == 2:
-        return as_record(item[1])
     to_dict = getattr(item, "to_dict", None)
     if callable(to_dict):
         record = to_dict()
@@ -163,7 +161,7 @@ def read_records(path: str | Path, report: ReadReport | None = None) -> Iterator
     UTF-8 are skipped and counted in ``report.skipped``. A file that cannot be read (not
     gzip, a truncated gzip, a corrupt Parquet file) ends its part of the reading with a
     line in ``report.errors`` (the records before the damage are kept), or, without a
-    report, :class:`UnreadableFile`. Parquet needs ``pyarrow``.
+    report, :class:`UnreadableFile`.
     """
     path = Path(path)
     if path.is_dir() or path.suffix == ".parquet":
@@ -221,13 +219,9 @@ def _json_object(raw: bytes, skipped: Counter) -> dict | None:
 
 
 def _read_parquet(path: Path, report: ReadReport | None) -> Iterator[dict]:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise UnreadableFile(
-            f"{shown(path)}: reading Parquet needs pyarrow (pip install pyarrow)"
-        ) from None
+    import pyarrow as pa  # here: reading JSON lines does not load it (0.2 s)
+    import pyarrow.parquet as pq
+
     try:
         files: Iterable[Path] = (
             sorted(path.rglob("*.parquet")) if path.is_dir() else [path]

@@ -1,14 +1,20 @@
 """How the views join the dataflow: ``dataflow.py`` asks :func:`wanted`, then calls
 :func:`depth_cadence` and :func:`attach`.
 
-With ``ORDERBOOK_OUTPUT=live`` or ``ORDERBOOK_DASHBOARD`` set, the book step emits depth
-records even when ``ORDERBOOK_DEPTH_LEVELS`` is 0 (the views draw ladders and depth
-charts; the other outputs still get none), and the views get every summary, before
-the spread filter: a screen of the market shows narrow spreads too and highlights the
-wide ones. Without either, the dataflow is exactly what it was.
+With a view on (``settings.live_view``: ``ORDERBOOK_OUTPUT=live``; or
+``ORDERBOOK_DASHBOARD``), the book step emits depth records even when
+``ORDERBOOK_DEPTH_LEVELS`` is 0, and the views get every summary, before the spread
+filter (see docs/views.md). Without one, the dataflow is exactly what it was.
+
+``settings`` is the service's settings object, read for its attributes only (a view
+never imports the service); what the live view needs of the process (its terminal, a
+way to be closed on a signal) is passed in by the dataflow.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TextIO
 
 import bytewax.operators as op
 
@@ -22,15 +28,9 @@ VIEW_DEPTH_INTERVAL = 0.1
 is as fast as a person reads a chart."""
 
 
-def _live(settings) -> bool:
-    if settings.outputs:
-        return any(spec.kind == "live" for spec in settings.outputs)
-    return settings.output == "live"
-
-
 def wanted(settings) -> bool:
-    """Whether a view is on: the ``live`` output or the web dashboard."""
-    return _live(settings) or settings.dashboard is not None
+    """Whether a view is on: the live view or the web dashboard."""
+    return settings.live_view or settings.dashboard is not None
 
 
 def depth_cadence(settings) -> tuple[int, float]:
@@ -49,14 +49,24 @@ def _every_record(keyed: tuple) -> list:
     return [(received_ns, r) for r in (summary, depth) if r is not None]
 
 
-def attach(books, settings, products) -> None:
-    """The views' sinks on the book step's output (``book_step.BookStep``)."""
+def attach(
+    books,
+    settings,
+    products,
+    *,
+    terminal: Callable[[], TextIO],
+    add_closer: Callable[[Callable[[], None]], None],
+) -> None:
+    """The views' sinks on the book step's output (``book_step.BookStep``); the live
+    view draws on ``terminal()`` and registers its terminal's restoring with
+    ``add_closer``."""
     records = op.flat_map("view_records", books, _every_record)
     threshold = float(settings.spread_threshold_pct)
-    if _live(settings):
+    if settings.live_view:
         from views.live import LiveSink
 
-        op.output("live_view", records, LiveSink(threshold, products))
+        sink = LiveSink(threshold, products, terminal=terminal, add_closer=add_closer)
+        op.output("live_view", records, sink)
     if settings.dashboard is not None:
         from views.dashboard import DashboardSink
 

@@ -1,16 +1,13 @@
-"""``kafka:BOOTSTRAP_SERVERS/TOPIC``: records as JSON values keyed by product id.
+"""``kafka:BOOTSTRAP_SERVERS/TOPIC``: records as JSON values keyed by product id (the
+entry's form, librdkafka settings after the topic, what a failed delivery does: see
+docs/outputs.md, "Kafka").
 
 Written through Bytewax's own connector (``bytewax.connectors.kafka.KafkaSink``, which
-produces a batch then ``flush()``-es it). Several brokers are separated by ``;``
-(``kafka:k1:9092;k2:9092/orderbook``) because ``,`` separates outputs. librdkafka
-settings may follow the topic: ``kafka:k1:9092/orderbook?acks=all&compression.type=zstd``
-(checked by librdkafka at start).
-
-Delivery errors are never dropped: librdkafka retries what can be retried (a broker
-restart, a leader change, a timeout) by itself, for up to :data:`DELIVERY_TIMEOUT_MS`;
-a message that still fails comes back in the delivery report, and the run stops with one
-line naming the error and exit status 1 (so a supervisor restarts it, and the books are
-rebuilt from fresh snapshots) rather than go on with a hole in the topic.
+produces a batch then ``flush()``-es it). Brokers are separated by ``;`` because ``,``
+separates outputs. Delivery errors are never dropped: a message that still fails after
+librdkafka's own retries (:data:`DELIVERY_TIMEOUT_MS`) comes back in the delivery
+report, and the partition raises :class:`~service.outputs.registry.OutputFailed`, which
+stops the run rather than go on with a hole in the topic.
 
 Only plain librdkafka settings may follow the topic: confluent-kafka's Python-level
 options (callbacks such as ``error_cb``/``on_delivery``, ``logger``,
@@ -30,7 +27,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from common.logs import RateLimitedLog
 from common.text import redact_text, shown
-from service.outputs.registry import OutputKind, register
+from service.outputs.registry import OutputFailed, OutputKind
 
 log = logging.getLogger(__name__)
 _client_log = RateLimitedLog(log, interval_seconds=5.0)
@@ -121,8 +118,6 @@ class _KafkaPartition(StatelessSinkPartition):
     def write_batch(self, items: list) -> None:
         from bytewax.connectors.kafka import KafkaSinkMessage
 
-        from service.outputs.fanout import OutputFailed
-
         messages = [
             KafkaSinkMessage(r.product_id.encode(), r.to_json().encode()) for r in items
         ]
@@ -134,8 +129,6 @@ class _KafkaPartition(StatelessSinkPartition):
 
     def _check(self) -> None:
         if self._errors.errors:
-            from service.outputs.fanout import OutputFailed
-
             first = self._errors.errors[0]
             count = len(self._errors.errors)
             raise OutputFailed(f"{count} Kafka deliveries failed, the first: {first}")
@@ -204,13 +197,13 @@ def kafka_targets(arg: str | None) -> list[tuple]:
     return [("the same Kafka topic", topic, broker.lower()) for broker in brokers]
 
 
-register(
-    OutputKind(
-        "kafka",
-        build=lambda arg: KafkaRecordSink(*parse_target(arg)),  # brokers, topic, config
-        arg="required",
-        help="kafka:HOST:PORT/TOPIC",
-        check=check_target,
-        targets=kafka_targets,
-    )
+KAFKA = OutputKind(
+    "kafka",
+    build=lambda arg, shutdown: KafkaRecordSink(
+        *parse_target(arg)
+    ),  # brokers, topic, config
+    arg="required",
+    help="kafka:HOST:PORT/TOPIC",
+    check=check_target,
+    targets=kafka_targets,
 )

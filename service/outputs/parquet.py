@@ -1,14 +1,10 @@
 """``parquet:DIR``: the records as a Hive-partitioned Parquet history that survives a
-hard kill.
+hard kill (layout and column types for readers: see docs/outputs.md, "Parquet history").
 
-Layout::
-
-    DIR/type=summary/product_id=BTC-USD/date=2026-11-29/part-<worker>-<pid>-<id>-<seq>.parquet
-    DIR/type=depth/product_id=BTC-USD/date=2026-11-29/part-...parquet
-
-``date`` is the record's (UTC) date. Every worker of every process writes its own
-files (worker index, process id and a random id in the name), so nothing clashes and
-no locking is needed between writers.
+Files are ``DIR/type=T/product_id=P/date=D/part-<worker>-<pid>-<id>-<seq>.parquet``
+(``D``: the record's UTC date). Every worker of every process writes its own files
+(worker index, process id and a random id in the name), so nothing clashes and no
+locking is needed between writers.
 
 **A hard kill loses at most the last** :data:`LOSS_BOUND_SECONDS` **(2 s) of rows.** A file
 being written is a *journal* beside its future Parquet file, ``.part-...arrows``: its
@@ -28,7 +24,7 @@ files without a footer that no reader can open.
 
 A file is rolled when its journal reaches :data:`ROLL_BYTES` or :data:`ROLL_SECONDS`,
 when its date changes, when the run ends, and on SIGINT/SIGTERM (a closer registered with
-:func:`service.runtime.register_closer`): its journal is converted into the Parquet file
+:meth:`service.runtime.Shutdown.add_closer`): its journal is converted into the Parquet file
 (row groups of :data:`ROW_GROUP_ROWS`), written under a hidden temporary name and renamed,
 so a reader globbing ``*.parquet`` never sees a file without its footer, then the journal
 is removed. Conversions run on the background thread, not the worker's. At the next
@@ -68,8 +64,8 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from common.text import shown
 from records import DEPTH_BANDS_BPS, OrderBookDepth, OrderBookSummary
-from service.outputs.registry import OutputKind, register
-from service.runtime import register_closer, unregister_closer
+from service.outputs.registry import OutputFailed, OutputKind, failure_line
+from service.runtime import Shutdown
 
 log = logging.getLogger(__name__)
 
@@ -320,6 +316,7 @@ class ParquetPartition(StatelessSinkPartition):
         self,
         root: Path,
         worker_index: int,
+        shutdown: Shutdown,
         *,
         label: str = "parquet",
         roll_bytes: int = ROLL_BYTES,
@@ -332,6 +329,7 @@ class ParquetPartition(StatelessSinkPartition):
         self._pa = pa
         self._schemas = schemas()
         self._root = root
+        self._shutdown = shutdown
         self._label = label
         self._prefix = f"{PREFIX}{worker_index}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._seq = 0
@@ -354,7 +352,7 @@ class ParquetPartition(StatelessSinkPartition):
             target=self._background, name=f"parquet-{worker_index}", daemon=True
         )
         self._thread.start()
-        register_closer(self.close)
+        shutdown.add_closer(self.close)
 
     def write_batch(self, items: list) -> None:
         with self._lock:
@@ -384,9 +382,7 @@ class ParquetPartition(StatelessSinkPartition):
                 self._tick()
                 self._convert_rolled()
             except Exception as exc:  # the output-failure path, as for the worker
-                from service.outputs.fanout import output_failed
-
-                output_failed(self._label, exc)
+                self._shutdown.failed(failure_line(self._label, exc))
 
     def _tick(self) -> None:
         with self._lock:
@@ -447,8 +443,6 @@ class ParquetPartition(StatelessSinkPartition):
         """Append the buffered rows to the journal as one batch. Rows Arrow refuses are
         left out and kept in ``_refused``: the caller raises it once the others are
         stored (the rest of a batch, the other files)."""
-        from service.outputs.fanout import OutputFailed
-
         kind = key[0]
         pa, schema = self._pa, self._schemas[kind]
         records, refused = buffer.rows, None
@@ -542,7 +536,7 @@ class ParquetPartition(StatelessSinkPartition):
             self._convert_rolled(timeout=CLOSE_WAIT_SECONDS)
         except Exception as exc:
             failed = failed or exc
-        unregister_closer(self.close)
+        self._shutdown.remove_closer(self.close)
         if failed is not None:
             raise failed
 
@@ -578,8 +572,11 @@ def recover_once(root: Path) -> None:
 
 
 class ParquetSink(DynamicSink):
-    def __init__(self, root: Path, label: str = "parquet", **options) -> None:
+    def __init__(
+        self, root: Path, shutdown: Shutdown, label: str = "parquet", **options
+    ) -> None:
         self.root = Path(root)
+        self.shutdown = shutdown
         self.label = label
         self.options = options
 
@@ -588,7 +585,7 @@ class ParquetSink(DynamicSink):
     ) -> ParquetPartition:
         recover_once(self.root)
         return ParquetPartition(
-            self.root, worker_index, label=self.label, **self.options
+            self.root, worker_index, self.shutdown, label=self.label, **self.options
         )
 
 
@@ -614,13 +611,13 @@ def dir_targets(arg: str | None) -> list[tuple]:
     return [("the same directory", info.st_dev, info.st_ino)]
 
 
-register(
-    OutputKind(
-        "parquet",
-        build=lambda arg: ParquetSink(Path(arg), label=f"parquet:{arg}"),
-        arg="required",
-        help="parquet:DIR",
-        check=check_dir,
-        targets=dir_targets,
-    )
+PARQUET = OutputKind(
+    "parquet",
+    build=lambda arg, shutdown: ParquetSink(
+        Path(arg), shutdown, label=f"parquet:{arg}"
+    ),
+    arg="required",
+    help="parquet:DIR",
+    check=check_dir,
+    targets=dir_targets,
 )

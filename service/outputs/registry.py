@@ -1,32 +1,33 @@
-"""The kinds of output ``ORDERBOOK_OUTPUT`` may name, and how its list is parsed.
+"""What an output kind is, and how ``ORDERBOOK_OUTPUT``'s list is parsed and checked.
 
-``ORDERBOOK_OUTPUT`` is a comma-separated list of entries ``KIND`` or ``KIND:ARGUMENT``
-(``text,parquet:data/``). Each kind registers itself here with :func:`register`: a name,
-whether it takes an argument, a check run at start (it may try opening files or
-brokers: a bad entry is refused before any data flows) and a builder of its Bytewax
-sink. Adding a kind is one module that calls :func:`register`, imported by
-``service/outputs/__init__.py``::
+The list's syntax, its checks and the refusals are described in docs/outputs.md
+("Several outputs"). A kind is an :class:`OutputKind`: a name, whether it takes an
+argument, a check run at start (it may try opening files or brokers: a bad entry is
+refused before any data flows) and a builder of its Bytewax sink. Each kind's module
+exposes its kind; ``service/outputs/__init__.py`` lists them all, in one tuple: adding a
+kind is its module and one line there. Entries that turn on a view instead (``live``)
+are parsed here too, so that the list reads and is refused as one.
 
-    register(OutputKind("live", build=build_live, arg="optional", help="live[:PORT]"))
-
-Two entries that write to one place (``jsonl:F,jsonl:./F``, ``text`` and ``jsonl`` both on
-stdout, one Parquet directory, one Kafka topic of one cluster) are refused: every record
-would be written twice. Each kind says where an entry writes with ``targets``.
-
-Secrets never reach a message: an entry shown in a refusal or a failure line has the
-values of secret-looking settings after its ``?`` replaced by ``***``
-(:func:`common.text.redact_url`), as does the whole list when a refusal repeats it.
+Two entries that write to one place are refused: every record would be written twice.
+Each kind says where an entry writes with ``targets``. Secrets never reach a message: an
+entry shown in a refusal or a failure line has the values of secret-looking settings
+after its ``?`` replaced by ``***`` (:func:`common.text.redact_url`), as does the whole
+list when a refusal repeats it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from bytewax.outputs import DynamicSink
 
-from common.text import redact_url
+from common.text import redact_url, shown
 from common.validation import ConfigError, refuse
+
+if TYPE_CHECKING:
+    from service.runtime import Shutdown
 
 SETTING = "ORDERBOOK_OUTPUT"
 
@@ -69,97 +70,165 @@ class OutputKind:
     ``ValueError`` (or ``OSError``) saying why the entry cannot work; it returns the
     argument in canonical form. ``targets(arg)`` (after the check) names where the entry
     writes, as tuples whose first item says what it is ("the same file"): two entries
-    sharing one are refused. ``build(arg)`` returns a ``DynamicSink`` of records
-    (``OrderBookSummary``/``OrderBookDepth``) and is called once per process.
+    sharing one are refused. ``build(arg, shutdown)`` returns a ``DynamicSink`` of
+    records (``OrderBookSummary``/``OrderBookDepth``) and is called once per process;
+    its partitions raise :class:`OutputFailed` (or any exception) to stop the run, and
+    an output with a thread or files of its own uses ``shutdown``
+    (:class:`service.runtime.Shutdown`) to be closed on a signal or to stop the run.
     """
 
     name: str
-    build: Callable[[str | None], DynamicSink]
+    build: Callable[[str | None, Shutdown], DynamicSink]
     arg: str = "none"
     help: str = ""
+    """The entry's form in messages (``parquet:DIR``); empty: the name."""
     check: Callable[[str | None], str | None] = field(default=lambda arg: arg)
-    rank: int = 50
-    """Place in the list of kinds that error messages show."""
     targets: Callable[[str | None], Iterable[tuple]] | None = None
     """None: the entry itself is its only target."""
     needs_depth: Callable[[int, float], None] | None = None
     """A kind that writes depth records: called at start with ``ORDERBOOK_DEPTH_LEVELS``
     (never 0: refused before) and ``ORDERBOOK_DEPTH_INTERVAL``, raises ``ValueError``
-    when it cannot write them; its ``build`` then takes ``(arg, levels, interval)``."""
+    when it cannot write them; its ``build`` then takes ``(arg, shutdown, levels,
+    interval)``."""
 
 
-KINDS: dict[str, OutputKind] = {}
+class OutputFailed(Exception):
+    """Raised by an output partition for a failure that must stop the run; its text is
+    the whole explanation (no type name is added)."""
 
 
-def register(kind: OutputKind) -> OutputKind:
-    KINDS[kind.name] = kind
-    return kind
+class ReaderGone(Exception):
+    """Raised by an output writing to stdout when its reader went away (``| head``):
+    the run ends quietly, status 0."""
 
 
-def expected() -> str:
-    """What the setting allows, for error messages and the settings help."""
-    kinds = sorted(KINDS.values(), key=lambda k: k.rank)
-    forms = ", ".join(k.help or k.name for k in kinds)
+FAILURE_DETAIL_LIMIT = 1000
+"""Characters of an error's text kept in the failure line."""
+
+
+def failure_line(label: str, exc: BaseException) -> str:
+    """The one line that says output ``label`` failed and why (for
+    :meth:`service.runtime.Shutdown.failed`)."""
+    if isinstance(exc, (OSError, OutputFailed)):
+        detail = str(exc) or type(exc).__name__
+    else:  # a bug or a library's surprise: its type says what it was
+        detail = f"{type(exc).__name__}: {exc}"
+    detail = shown(detail, FAILURE_DETAIL_LIMIT)  # one line, whatever it holds
+    return f"output {label} failed, stopping: {detail}"
+
+
+@dataclass(frozen=True)
+class OutputList:
+    """``ORDERBOOK_OUTPUT`` parsed: the outputs, and the views it turns on."""
+
+    specs: tuple[OutputSpec, ...]
+    views: frozenset[str] = frozenset()
+
+
+def expected(kinds: Mapping[str, OutputKind], views: Mapping[str, str]) -> str:
+    """What the setting allows, for error messages."""
+    forms = ", ".join([*(k.help or k.name for k in kinds.values()), *views.values()])
     return f"a comma-separated list of outputs: {forms}"
 
 
-def parse_outputs(raw: str, name: str = SETTING) -> tuple[OutputSpec, ...]:
-    """Parse and check every entry; raises :class:`ConfigError` naming the bad one."""
+def parse_outputs(
+    raw: str,
+    kinds: Mapping[str, OutputKind],
+    views: Mapping[str, str],
+    name: str = SETTING,
+) -> OutputList:
+    """Parse and check every entry; raises :class:`ConfigError` naming the bad one.
+
+    ``kinds``: the outputs by name, in the order messages list them; ``views``: the
+    names of the entries that turn on a view (they take no argument), and their form
+    in messages."""
     shown_raw = shown_entry(raw)
+    allowed = expected(kinds, views)
+
+    def refused(why: str) -> ConfigError:
+        return refuse(name, shown_raw, allowed, why)
+
     entries = [e.strip() for e in raw.split(",")]
     if not any(entries):
-        raise refuse(name, shown_raw, expected(), "no output given")
+        raise refused("no output given")
     specs: list[OutputSpec] = []
+    named_views: list[str] = []
     taken: dict[tuple, str] = {}
     """Every target of the entries so far -> the entry, as shown."""
     for entry in entries:
         if not entry:
-            raise refuse(name, shown_raw, expected(), "an empty entry")
-        shown = shown_entry(entry)
+            raise refused("an empty entry")
+        as_shown = shown_entry(entry)
         kind_name, colon, arg = entry.partition(":")
-        kind = KINDS.get(kind_name.strip().lower())
-        why = ""
-        if kind is None:
-            why = f"{shown!r}: unknown output {shown.partition(':')[0].strip()!r}"
-        elif colon and kind.arg == "none":
-            why = f"{shown!r}: {kind.name} takes no argument"
-        elif not arg.strip() and kind.arg == "required":
-            why = f"{shown!r}: {kind.help or kind.name} needs its argument"
+        kind_name = kind_name.strip().lower()
+        if kind_name in views:
+            if colon:
+                raise refused(f"{as_shown!r}: {kind_name} takes no argument")
+            if kind_name in named_views:
+                raise refused(f"{as_shown!r} given twice")
+            named_views.append(kind_name)
+            continue
+        kind = kinds.get(kind_name)
+        why = _misused(kind, bool(colon), arg, as_shown)
         if why:
-            raise refuse(name, shown_raw, expected(), why)
-        arg = arg.strip() if colon else None
-        try:
-            arg = kind.check(arg)
-        except (ValueError, OSError) as exc:
-            raise ConfigError(f"{name}: output {shown!r} cannot work: {exc}") from None
-        spec = OutputSpec(kind.name, arg)
+            raise refused(why)
+        spec = _checked(kind, arg.strip() if colon else None, as_shown, name)
         if spec in specs:
-            raise refuse(name, shown_raw, expected(), f"{shown!r} given twice")
-        targets = (
-            [(kind.name, arg)] if kind.targets is None else list(kind.targets(arg))
-        )
-        for target in targets:
-            if target in taken:
-                raise refuse(
-                    name,
-                    shown_raw,
-                    expected(),
-                    f"{taken[target]!r} and {shown!r} write to {target[0]}: every "
-                    "record would be written twice",
-                )
-        taken.update((target, shown) for target in targets)
+            raise refused(f"{as_shown!r} given twice")
+        for target, first in _claim(kind, spec.arg, as_shown, taken):
+            raise refused(
+                f"{first!r} and {as_shown!r} write to {target[0]}: every record "
+                "would be written twice"
+            )
         specs.append(spec)
-    return tuple(specs)
+    return OutputList(tuple(specs), frozenset(named_views))
+
+
+def _misused(kind: OutputKind | None, colon: bool, arg: str, as_shown: str) -> str:
+    """Why the entry is refused before its check (an unknown kind, an argument given
+    or missing), or ""."""
+    if kind is None:
+        return f"{as_shown!r}: unknown output {as_shown.partition(':')[0].strip()!r}"
+    if colon and kind.arg == "none":
+        return f"{as_shown!r}: {kind.name} takes no argument"
+    if not arg.strip() and kind.arg == "required":
+        return f"{as_shown!r}: {kind.help or kind.name} needs its argument"
+    return ""
+
+
+def _checked(kind: OutputKind, arg: str | None, as_shown: str, name: str) -> OutputSpec:
+    """The entry after its kind's check (files opened, brokers asked)."""
+    try:
+        arg = kind.check(arg)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"{name}: output {as_shown!r} cannot work: {exc}") from None
+    return OutputSpec(kind.name, arg)
+
+
+def _claim(
+    kind: OutputKind, arg: str | None, as_shown: str, taken: dict[tuple, str]
+) -> list[tuple[tuple, str]]:
+    """The entry's targets that an earlier entry holds, with that entry; when there
+    are none, the targets are taken for this one."""
+    targets = [(kind.name, arg)] if kind.targets is None else list(kind.targets(arg))
+    clashes = [(target, taken[target]) for target in targets if target in taken]
+    if not clashes:
+        taken.update((target, as_shown) for target in targets)
+    return clashes
 
 
 def with_depth(
-    specs: tuple[OutputSpec, ...], levels: int, interval: float, name: str = SETTING
+    specs: tuple[OutputSpec, ...],
+    kinds: Mapping[str, OutputKind],
+    levels: int,
+    interval: float,
+    name: str = SETTING,
 ) -> tuple[OutputSpec, ...]:
     """``specs`` with the depth cadence given to the kinds that write depth records;
     ConfigError (one line) when depth records are off or the kind cannot write them."""
     bound = []
     for spec in specs:
-        check = KINDS[spec.kind].needs_depth
+        check = kinds[spec.kind].needs_depth
         if check is not None:
             why = ""
             if not levels:
@@ -177,10 +246,3 @@ def with_depth(
             spec = replace(spec, depth=(levels, interval))
         bound.append(spec)
     return tuple(bound)
-
-
-def build_sink(spec: OutputSpec) -> DynamicSink:
-    kind = KINDS[spec.kind]
-    if kind.needs_depth is not None:
-        return kind.build(spec.arg, *(spec.depth or (0, 0.0)))
-    return kind.build(spec.arg)

@@ -15,21 +15,14 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import sys
 import threading
 from pathlib import Path
 from typing import TextIO
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from service import runtime
-from service.outputs.registry import OutputKind, register
-from service.runtime import run_closers
-
-
-def record_stream() -> TextIO:
-    """The stream records go to when an output names no file (the original stdout)."""
-    return runtime.record_stream()
+from service.outputs.registry import OutputKind, ReaderGone
+from service.runtime import record_stream
 
 
 def format_text(record) -> str:
@@ -43,16 +36,6 @@ def format_jsonl(record) -> str:
 FORMATTERS = {"text": format_text, "jsonl": format_jsonl}
 
 
-def _reader_went_away() -> None:
-    """``... | head`` closed our stdout: stop quietly, like any Unix filter."""
-    try:
-        sys.stderr.write("orderbook: output closed by its reader, stopping\n")
-        sys.stderr.flush()
-        run_closers()  # finish the other outputs' files
-    finally:
-        os._exit(0)
-
-
 class _StreamPartition(StatelessSinkPartition):
     def __init__(self, stream: TextIO, formatter) -> None:
         self._stream = stream
@@ -64,7 +47,7 @@ class _StreamPartition(StatelessSinkPartition):
                 self._stream.write("".join(self._format(s) + "\n" for s in items))
                 self._stream.flush()
             except BrokenPipeError:
-                _reader_went_away()
+                raise ReaderGone from None  # ``... | head``: not a failure
 
 
 class _AppendFilePartition(StatelessSinkPartition):
@@ -86,7 +69,8 @@ class _AppendFilePartition(StatelessSinkPartition):
 
 
 class StreamSink(DynamicSink):
-    """``text`` or ``jsonl`` records to :func:`record_stream`, or appended to ``path``."""
+    """``text`` or ``jsonl`` records to the process's stdout kept for records
+    (:func:`service.runtime.record_stream`), or appended to ``path``."""
 
     def __init__(self, fmt: str = "text", path: Path | None = None) -> None:
         if fmt not in FORMATTERS:
@@ -102,10 +86,6 @@ class StreamSink(DynamicSink):
         if self._path is not None:
             return _AppendFilePartition(self._path, self._format)
         return _StreamPartition(record_stream(), self._format)
-
-
-SummarySink = StreamSink
-"""The former name."""
 
 
 _FIFOS: dict[tuple[int, int], int] = {}
@@ -193,22 +173,16 @@ def file_targets(arg: str | None) -> list[tuple]:
     return [("the same file", info.st_dev, info.st_ino)]
 
 
-def _build(fmt: str):
-    def build(arg: str | None) -> DynamicSink:
-        return StreamSink(fmt, None if arg is None else Path(arg))
-
-    return build
-
-
-for _rank, _name in enumerate(("text", "jsonl")):
-    register(
-        OutputKind(
-            _name,
-            build=_build(_name),
-            arg="optional",
-            help=f"{_name}[:PATH]",
-            check=lambda arg, kind=_name: check_file(kind, arg),
-            rank=_rank,
-            targets=file_targets,
-        )
+def _kind(fmt: str, help_form: str) -> OutputKind:
+    return OutputKind(
+        fmt,
+        build=lambda arg, shutdown: StreamSink(fmt, None if arg is None else Path(arg)),
+        arg="optional",
+        help=help_form,
+        check=lambda arg: check_file(fmt, arg),
+        targets=file_targets,
     )
+
+
+TEXT = _kind("text", "text[:PATH]")
+JSONL = _kind("jsonl", "jsonl[:PATH]")

@@ -13,7 +13,7 @@ Each worker writes the products whose books it holds, so no two writers share a 
 Every batch ends with a sync flush of the files it wrote to, so the rows written are
 readable at once and a hard kill loses at most the batch being written (a gzip reader
 stops cleanly at the cut-off member); SIGINT/SIGTERM close the files (a closer of
-:mod:`service.runtime`). A file of the day that exists already (a restarted service) is
+:class:`service.runtime.Shutdown`). A file of the day that exists already (a restarted service) is
 appended to as a new gzip member, its header not repeated. A record that cannot be a row
 (no time) is counted and said once at the end.
 """
@@ -30,19 +30,22 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from importers.tardis_snapshots import TardisSnapshotWriter, interval_name
 from records import OrderBookDepth
-from service.outputs.registry import OutputKind, register
-from service.runtime import register_closer, unregister_closer
+from service.outputs.registry import OutputKind
+from service.runtime import Shutdown
 
 log = logging.getLogger(__name__)
 
 
 class _TardisPartition(StatelessSinkPartition):
-    def __init__(self, directory: Path, levels: int, interval: float) -> None:
+    def __init__(
+        self, directory: Path, levels: int, interval: float, shutdown: Shutdown
+    ) -> None:
         self._writer = TardisSnapshotWriter(directory, levels, interval_name(interval))
+        self._shutdown = shutdown
         self._lock = threading.Lock()
         """The closer runs on the signal handler's thread, writes on the worker's."""
         self._closed = False
-        register_closer(self.close)
+        shutdown.add_closer(self.close)
 
     def write_batch(self, items: list) -> None:
         rows = [r for r in items if type(r) is OrderBookDepth]
@@ -61,7 +64,7 @@ class _TardisPartition(StatelessSinkPartition):
                 return
             self._closed = True
             self._writer.close()
-        unregister_closer(self.close)
+        self._shutdown.remove_closer(self.close)
         skipped = self._writer.skipped
         if skipped:
             log.warning(
@@ -72,15 +75,20 @@ class _TardisPartition(StatelessSinkPartition):
 
 
 class TardisSink(DynamicSink):
-    def __init__(self, directory: Path, levels: int, interval: float) -> None:
+    def __init__(
+        self, directory: Path, levels: int, interval: float, shutdown: Shutdown
+    ) -> None:
         self.directory = Path(directory)
         self.levels = levels
         self.interval = interval
+        self.shutdown = shutdown
 
     def build(
         self, step_id: str, worker_index: int, worker_count: int
     ) -> _TardisPartition:
-        return _TardisPartition(self.directory, self.levels, self.interval)
+        return _TardisPartition(
+            self.directory, self.levels, self.interval, self.shutdown
+        )
 
 
 def check_dir(arg: str | None) -> str:
@@ -106,15 +114,14 @@ def _targets(arg: str | None) -> list[tuple]:
     return [("the same tardis directory", info.st_dev, info.st_ino)]
 
 
-register(
-    OutputKind(
-        "tardis",
-        build=lambda arg, levels, interval: TardisSink(Path(arg), levels, interval),
-        arg="required",
-        help="tardis:DIR",
-        check=check_dir,
-        targets=_targets,
-        needs_depth=_check_depth,
-        rank=60,
-    )
+TARDIS = OutputKind(
+    "tardis",
+    build=lambda arg, shutdown, levels, interval: TardisSink(
+        Path(arg), levels, interval, shutdown
+    ),
+    arg="required",
+    help="tardis:DIR",
+    check=check_dir,
+    targets=_targets,
+    needs_depth=_check_depth,
 )

@@ -159,7 +159,7 @@ def replay(
         sink=TestingSink(out),
     )
     runner(flow)
-    return by_product([s.to_dict() for s in out])
+    return by_product([s.to_dict() for _, s in out])
 
 
 def report_of(stderr: str, path: Path) -> str:

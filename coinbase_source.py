@@ -60,7 +60,14 @@ from coinbase.connection import (
     Connection,
 )
 from coinbase.errors import FeedError
-from coinbase.feeds import FEEDS, FeedSpec, subscribe_messages
+from coinbase.feeds import (
+    FEEDS,
+    LOCAL_FEEDS,
+    PROTOCOLS,
+    FeedSpec,
+    coinbase_feed,
+    subscribe_messages,
+)
 from coinbase.multiplex import (
     PRODUCTS_PER_CONNECTION,
     ConnectionSession,
@@ -176,7 +183,7 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
         self.session = Session(
             product_id,
             source.feed,
-            origin=source.origin,
+            protocol=source.protocol,
             credentials=source.credentials,
             resumed=resumed,
         )
@@ -235,7 +242,7 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
             return
         self._next_stats = now + STATS_INTERVAL
         try:
-            self._source.on_stats(self.product_id, self.session.origin, self.stats)
+            self._source.on_stats(self.product_id, self.session.feed, self.stats)
         except Exception:  # an observer's bug must not stop the flow
             log.exception("%s: cannot report stats", self.product_id)
 
@@ -311,12 +318,12 @@ class _Group:
 
     def __init__(self, source: CoinbaseSource, index: int) -> None:
         self.source = source
-        protocol = FEEDS[source.feed].protocol
-        self.capacity = PRODUCTS_PER_CONNECTION[protocol]
+        self.capacity = PRODUCTS_PER_CONNECTION[source.protocol]
         self.name = f"{source.feed} connection {index}"
         grace = source.watchdog_seconds * SNAPSHOT_GRACE_FACTOR
         self.session = ConnectionSession(
             source.feed,
+            protocol=source.protocol,
             credentials=source.credentials,
             name=self.name,
             snapshot_grace_ns=int(grace * 1e9),
@@ -481,11 +488,14 @@ class _Group:
 class CoinbaseSource(FixedPartitionedSource[tuple[str, BookEvent], str]):
     """Level-2 events of ``products`` from one Coinbase feed, one partition per product.
 
-    ``origin`` labels every event (default: the feed's name; the local exchange's marker
-    overrides it with ``sim`` or ``replay``). ``on_all_failed`` is called with one line
+    ``feed`` is a Coinbase feed (its default URL is used unless ``url`` is given) or a
+    feed of the local exchange, ``sim`` or ``replay`` (``url`` required; it speaks
+    ``protocol``, default ``exchange``). Every event carries its feed; the local
+    exchange's marker overrides it with the feed it says it serves (:mod:`coinbase.feeds`).
+    ``on_all_failed`` is called with one line
     when every partition of the process has failed permanently; by default it logs the
     line and exits the process with status 1. ``on_stats``, if given, is called with
-    ``(product_id, origin, stats)`` at most every :data:`STATS_INTERVAL` seconds per
+    ``(product_id, feed, stats)`` at most every :data:`STATS_INTERVAL` seconds per
     partition, from the worker thread (the service publishes them as metrics).
     ``max_message_bytes`` bounds one received message (a connection that gets a bigger
     one is dropped; see :data:`coinbase.connection.MAX_FRAME_BYTES`);
@@ -501,7 +511,7 @@ class CoinbaseSource(FixedPartitionedSource[tuple[str, BookEvent], str]):
         feed: str = "exchange",
         url: str | None = None,
         credentials: Credentials | None = None,
-        origin: str | None = None,
+        protocol: str | None = None,
         watchdog_seconds: float = 5.0,
         backoff_initial: float = 0.25,
         backoff_max: float = 30.0,
@@ -515,8 +525,24 @@ class CoinbaseSource(FixedPartitionedSource[tuple[str, BookEvent], str]):
                 "products", products, "a list of product ids such as ['BTC-USD']"
             )
         self.products = list(validation.products("products", products))
-        self.feed = validation.choice("feed", feed, tuple(FEEDS))
-        self.url = validation.ws_url("url", url) or FEEDS[self.feed].url
+        self.feed = validation.choice("feed", feed, (*FEEDS, *LOCAL_FEEDS))
+        if protocol is not None:
+            protocol = validation.choice("protocol", protocol, PROTOCOLS)
+            spoken = FEEDS[self.feed].protocol if self.feed in FEEDS else protocol
+            if protocol != spoken:
+                raise validation.refuse(
+                    "protocol",
+                    protocol,
+                    f"{spoken}, the protocol of feed {self.feed!r}",
+                )
+        self.protocol = FEEDS[coinbase_feed(self.feed, protocol)].protocol
+        self.url = validation.ws_url("url", url)
+        if self.url is None:
+            if self.feed in LOCAL_FEEDS:
+                raise validation.refuse(
+                    "url", url, f"the local exchange's URL for feed {self.feed!r}"
+                )
+            self.url = FEEDS[self.feed].url
         if self.feed == "exchange-auth" and not isinstance(credentials, Credentials):
             raise validation.refuse(
                 "credentials",
@@ -527,10 +553,7 @@ class CoinbaseSource(FixedPartitionedSource[tuple[str, BookEvent], str]):
         if self.feed != "exchange-auth" and credentials is not None:
             log.warning("feed %r does not use credentials; ignoring them", feed)
             credentials = None
-        if origin is not None and (not isinstance(origin, str) or not origin):
-            raise validation.refuse("origin", origin, "a non-empty label such as 'sim'")
         self.credentials = credentials
-        self.origin = origin or self.feed
         self.watchdog_seconds = validation.number(
             "watchdog_seconds", watchdog_seconds, high=MAX_WATCHDOG_SECONDS
         )

@@ -3,7 +3,7 @@
 Read in this order:
 
 * ``feeds.py``: the feeds (URLs, channels, subscribe messages), protocols and default
-  products, defined once; what *feed*, *protocol* and *origin* mean;
+  products, defined once; what *feed* and *protocol* mean;
 * ``errors.py``: one error tree under :class:`~coinbase.errors.CoinbaseError`;
 * ``decode.py`` and ``fast_snapshot.py``: frames of both protocols to book events (pure),
   the typed fast path for multi-MB snapshots;

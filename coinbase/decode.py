@@ -234,13 +234,13 @@ def _classify_error(payload: dict) -> FeedError:
 class FrameDecoder:
     """Stateful decoder for ONE connection (AT sequence numbers are per connection)."""
 
-    def __init__(self, protocol: str, feed_label: str) -> None:
+    def __init__(self, protocol: str, feed: str) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(
                 f"protocol must be one of {', '.join(PROTOCOLS)}; got {protocol!r}"
             )
         self.protocol = protocol
-        self.feed_label = feed_label
+        self.feed = feed
         self.next_sequence = 0
         """Advanced Trade ``sequence_num`` expected next on this connection."""
         self.bad_times = 0
@@ -294,7 +294,7 @@ class FrameDecoder:
                 snap.bids,
                 snap.asks,
                 self._time(snap.time),
-                self.feed_label,
+                self.feed,
                 received_ns,
             )
         ]
@@ -379,7 +379,7 @@ class FrameDecoder:
             bids,
             asks,
             self._time(payload.get("time")),
-            self.feed_label,
+            self.feed,
             received_ns,
         )
 
@@ -402,7 +402,7 @@ class FrameDecoder:
             product_id,
             changes,
             self._time(payload.get("time")),
-            self.feed_label,
+            self.feed,
             received_ns,
         )
 
@@ -441,9 +441,7 @@ class FrameDecoder:
                 changes = self._at_changes(product_id, updates, frame)
                 if changes:
                     events.append(
-                        BookChanges(
-                            product_id, changes, time, self.feed_label, received_ns
-                        )
+                        BookChanges(product_id, changes, time, self.feed, received_ns)
                     )
             else:
                 raise MalformedFrame(
@@ -524,4 +522,4 @@ class FrameDecoder:
             raise MalformedFrame(
                 f"snapshot of {product_id}: bad level ({_why(exc)})", frame
             ) from None
-        return BookSnapshot(product_id, bids, asks, time, self.feed_label, received_ns)
+        return BookSnapshot(product_id, bids, asks, time, self.feed, received_ns)

@@ -25,8 +25,10 @@ from coinbase.errors import (
 )
 from coinbase.feeds import (
     ADVANCED_TRADE,
+    FEEDS,
     _check_feed,
     _check_product,
+    coinbase_feed,
     subscribe_messages,
 )
 from common.domain import is_product_id
@@ -153,12 +155,15 @@ class ConnectionSession:
         self,
         feed: str,
         *,
+        protocol: str | None = None,
         credentials: Credentials | None = None,
         name: str = "",
         snapshot_grace_ns: int = SNAPSHOT_GRACE_NS,
     ) -> None:
         self.feed = feed
-        self.protocol = _check_feed(feed).protocol
+        self._subscribe_as = coinbase_feed(feed, protocol)
+        """The Coinbase feed whose subscribe messages go out (:func:`coinbase_feed`)."""
+        self.protocol = FEEDS[self._subscribe_as].protocol
         self.name = name
         self.sessions: dict[str, Session] = {}
         self.frames = 0
@@ -170,8 +175,8 @@ class ConnectionSession:
         self._resubscribing: list[str] = []
         self._deadlines: dict[str, int] = {}
         self._snapshot_grace_ns = snapshot_grace_ns
-        self._origin: str | None = None
-        """The local exchange's marker, once a subscriptions reply said it."""
+        self.local_exchange: str | None = None
+        """The local exchange's feed, once its subscriptions reply said it."""
         self._log = RateLimitedLog(log)
         """Malformed frames of the connection: at most one line a second."""
         self._resync_log = RateLimitedLog(log)
@@ -193,11 +198,11 @@ class ConnectionSession:
         """A product joins; True if it must be subscribed on the live connection now."""
         if session.protocol != self.protocol:
             raise ValueError(
-                f"{session.product_id}: feed {session.feed} != {self.feed}"
+                f"{session.product_id}: protocol {session.protocol} != {self.protocol}"
             )
         self.sessions[session.product_id] = session
-        if self._origin is not None:
-            session.origin = session.local_exchange = self._origin
+        if self.local_exchange is not None:
+            session.feed = session.local_exchange = self.local_exchange
         if not self._connected:
             return False
         session.attach()
@@ -214,18 +219,18 @@ class ConnectionSession:
         self._resubscribing.clear()
         self._deadlines.clear()
         active = self.active
-        self._decoder = FrameDecoder(self.protocol, self._origin or self._label())
+        self._decoder = FrameDecoder(self.protocol, self.local_exchange or self._feed())
         for session in active:
             session.attach()
         if not active:
             return []
         return group_messages(
-            self.feed, [s.product_id for s in active], self._credentials, now
+            self._subscribe_as, [s.product_id for s in active], self._credentials, now
         )
 
-    def _label(self) -> str:
+    def _feed(self) -> str:
         first = next(iter(self.sessions.values()), None)
-        return first.origin if first is not None else self.feed
+        return first.feed if first is not None else self.feed
 
     def outgoing(self, now: float | None = None) -> list[dict]:
         """Messages for the live connection: resubscribes, then products joining."""
@@ -237,7 +242,7 @@ class ConnectionSession:
         messages: list[dict] = []
         if again:
             messages += group_messages(
-                self.feed,
+                self._subscribe_as,
                 again,
                 self._credentials,
                 now,
@@ -245,12 +250,12 @@ class ConnectionSession:
                 heartbeats=False,
             )
             messages += group_messages(
-                self.feed, again, self._credentials, now, heartbeats=False
+                self._subscribe_as, again, self._credentials, now, heartbeats=False
             )
         if joining:
             # Advanced Trade's heartbeats are per connection, already subscribed.
             messages += group_messages(
-                self.feed,
+                self._subscribe_as,
                 joining,
                 self._credentials,
                 now,
@@ -309,7 +314,7 @@ class ConnectionSession:
     def _resubscribe(
         self, product_ids: list[str], reason: str, now_ns: int | None = None
     ) -> ConnectionStep:
-        if self._origin == "replay":
+        if self.local_exchange == "replay":
             # The local exchange's replay serves each product once per connection and
             # ignores unsubscribes: only a new connection starts the data again.
             return self._resync_all(f"{', '.join(product_ids)}: {reason}")
@@ -513,7 +518,7 @@ class ConnectionSession:
         return self._resync_all(str(exc))
 
     def _read_marker(self, frame: str) -> None:
-        """The local exchange's marker: the origin of every product of the connection."""
+        """The local exchange's marker: the feed of every product of the connection."""
         first = next(iter(self.sessions.values()), None)
         if first is None:
             return
@@ -521,8 +526,8 @@ class ConnectionSession:
         marker = first.local_exchange
         if marker is None:
             return
-        self._origin = marker
+        self.local_exchange = self.feed = marker
         for session in self.sessions.values():
-            session.local_exchange = session.origin = marker
+            session.local_exchange = session.feed = marker
         if self._decoder is not None:
-            self._decoder.feed_label = marker
+            self._decoder.feed = marker

@@ -28,7 +28,7 @@ So every freshness rule is testable with hand-built frames, no socket
 * Error replies: unknown products and refused credentials are permanent (the session
   stops); other errors resync.
 * The local exchange marks its subscriptions reply with ``"local_exchange": "sim"`` or
-  ``"replay"``: from then on the data's origin is that, whatever URL led there (``replay``
+  ``"replay"``: from then on the data's feed is that, whatever URL led there (``replay``
   wins over ``sim``, since a replayed recording of the sim carries the sim's marker).
   A served replay ends with a normal close (code 1000): that is the end of the data, not
   a fault, so the session ends instead of reconnecting.
@@ -56,8 +56,10 @@ from coinbase.errors import (
     UnknownProduct,
 )
 from coinbase.feeds import (
-    _check_feed,
+    FEEDS,
+    LOCAL_FEEDS,
     _check_product,
+    coinbase_feed,
     subscribe_messages,
 )
 from common.logs import RateLimitedLog
@@ -74,8 +76,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LOCAL_EXCHANGE_MARKER = "local_exchange"
-"""Field of the local exchange's subscriptions reply naming what it serves."""
-LOCAL_ORIGINS = ("sim", "replay")
+"""Field of the local exchange's subscriptions reply naming its feed."""
 NORMAL_CLOSURE = 1000
 LOGGED_CHARS = 400
 """Characters of a reason or an error quoting feed text kept in one log line (a
@@ -139,15 +140,16 @@ class Session:
         product_id: str,
         feed: str,
         *,
-        origin: str | None = None,
+        protocol: str | None = None,
         credentials: Credentials | None = None,
         resumed: bool = False,
     ) -> None:
-        self.protocol = _check_feed(feed).protocol
+        self._subscribe_as = coinbase_feed(feed, protocol)
+        """The Coinbase feed whose subscribe messages go out (:func:`coinbase_feed`)."""
+        self.protocol = FEEDS[self._subscribe_as].protocol
         self.product_id = _check_product(product_id)
         self.feed = feed
-        self.origin = origin or feed
-        """The label every event carries; the local exchange's marker overrides it."""
+        """The feed every event carries; the local exchange's marker overrides it."""
         self.local_exchange: str | None = None
         """What the local exchange said it serves (``sim``/``replay``), if it is one."""
         self.stats = SessionStats()
@@ -184,9 +186,9 @@ class Session:
         """A new connection is open: the subscribe messages (signed afresh at ``now``)."""
         self.attach()
         self._bad_times_before = self.stats.bad_times
-        self._decoder = FrameDecoder(self.protocol, self.origin)
+        self._decoder = FrameDecoder(self.protocol, self.feed)
         return subscribe_messages(
-            self.feed,
+            self._subscribe_as,
             self.product_id,
             self._credentials,
             time.time() if now is None else now,
@@ -323,19 +325,19 @@ class Session:
         ):
             return
         marker = payload.get(LOCAL_EXCHANGE_MARKER)
-        if marker not in LOCAL_ORIGINS or self.local_exchange == "replay":
+        if marker not in LOCAL_FEEDS or self.local_exchange == "replay":
             return  # a recording of the sim replayed still says "replay"
         if marker != self.local_exchange:
             log.info(
-                "%s: the server is the local exchange serving %s data; origin %r",
+                "%s: the server is the local exchange serving %s data; feed %r",
                 self.product_id,
                 marker,
                 marker,
             )
         self.local_exchange = marker
-        self.origin = marker
+        self.feed = marker
         if self._decoder is not None:
-            self._decoder.feed_label = marker
+            self._decoder.feed = marker
 
     # -- decisions ------------------------------------------------------------------------
 
@@ -345,7 +347,7 @@ class Session:
             return []
         self._last_was_reset = True
         self.stats.resets += 1
-        return [BookReset(self.product_id, reason, self.origin, time.time_ns())]
+        return [BookReset(self.product_id, reason, self.feed, time.time_ns())]
 
     def _resync(self, reason: str) -> Step:
         self.stats.resyncs += 1

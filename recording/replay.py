@@ -228,13 +228,13 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, BookEvent], ResumeState
         reader: _WorkerReader,
         product: str,
         protocol: str,
-        feed_label: str,
+        feed: str,
         resume: ResumeState | None,
     ) -> None:
         self.product = product
         self._protocol = protocol
-        self._feed = feed_label
-        self._decoder = FrameDecoder(protocol, feed_label)
+        self._feed = feed
+        self._decoder = FrameDecoder(protocol, feed)
         self._other_protocol = other_protocol(protocol)
         self._wrong_protocol = wrong_protocol(protocol)
         self._bad = RateLimitedLog(log)
@@ -256,12 +256,12 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, BookEvent], ResumeState
             self._stream = 0
             self._emit_from = 0
             self._shadow: BookState | None = None
-            self._pending = [(product, BookReset(product, "replay start", feed_label))]
+            self._pending = [(product, BookReset(product, "replay start", feed))]
         else:
             self._next = resume["next"]
             self._stream = resume["stream"]
             self._emit_from = resume["next"]
-            self._shadow = BookState(product, feed_label)
+            self._shadow = BookState(product, feed)
             self._pending = []
             self.stats["resumed"] = 1
         self.read_from = self._stream
@@ -577,7 +577,7 @@ class ReplaySource(FixedPartitionedSource[tuple[str, BookEvent], ResumeState]):
         self,
         path: str | os.PathLike,
         products: list[str] | None = None,
-        feed_label: str = "replay",
+        feed: str = "replay",
         progress: bool | None = None,
     ) -> None:
         self.recording = Recording.open(path)
@@ -598,7 +598,7 @@ class ReplaySource(FixedPartitionedSource[tuple[str, BookEvent], ResumeState]):
                 )
             self.products = list(dict.fromkeys(products))
         _check_protocol(self.recording, self.products)
-        self.feed_label = feed_label
+        self.feed = feed
         self.progress = progress
         self._readers: dict[int, _WorkerReader] = {}
         self._readers_lock = threading.Lock()
@@ -638,6 +638,6 @@ class ReplaySource(FixedPartitionedSource[tuple[str, BookEvent], ResumeState]):
             self._reader_for_this_worker(),
             for_part,
             self.recording.protocol,
-            self.feed_label,
+            self.feed,
             resume_state,
         )

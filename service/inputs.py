@@ -21,7 +21,7 @@ def build_source(settings: Settings) -> tuple[FixedPartitionedSource, list[str]]
             source = ReplaySource(
                 settings.replay,
                 list(settings.products) if settings.products else None,
-                feed_label="replay",
+                feed="replay",
             )
         except RecordingError as exc:
             raise ConfigError(f"ORDERBOOK_REPLAY: {exc}") from None
@@ -39,9 +39,8 @@ def build_source(settings: Settings) -> tuple[FixedPartitionedSource, list[str]]
         )
         source = CoinbaseSource(
             products,
-            feed="exchange",
+            feed="sim",
             url=url,
-            origin="sim",
             watchdog_seconds=settings.watchdog_seconds,
             on_stats=_stats_observer(settings),
             max_message_bytes=settings.max_message_bytes,

@@ -623,7 +623,8 @@ def test_update_sizes_are_checked_exactly_on_the_fast_loop(size, ok) -> None:
 @pytest.mark.parametrize(
     "frame",
     [
-        '{"product_id": "BTC-USD\\n2026-01-01 ERROR forged", "x": "\x1b[2J' + "A" * 5000,
+        '{"product_id": "BTC-USD\\n2026-01-01 ERROR forged", "x": "\x1b[2J'
+        + "A" * 5000,
         b'{"product_id": "\x1b[31m\n' + b"B" * 5000,
     ],
     ids=["text", "bytes"],

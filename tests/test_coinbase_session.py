@@ -79,7 +79,7 @@ def test_a_reset_comes_first_fresh_or_resumed() -> None:
     [resumed] = Session("BTC-USD", "exchange", resumed=True).start()
     assert isinstance(fresh, BookReset) and fresh.reason == "start"
     assert resumed.reason == "resume"
-    assert fresh.feed == "exchange"  # the origin defaults to the feed's name
+    assert fresh.feed == "exchange"  # the feed the session was given
 
 
 def test_connect_returns_the_feeds_subscribe_messages() -> None:
@@ -202,10 +202,10 @@ def test_refused_credentials_stop_and_a_transient_error_resyncs() -> None:
 
 @pytest.mark.parametrize("protocol", ["exchange", "advanced-trade"])
 @pytest.mark.parametrize("marker", ["sim", "replay"])
-def test_the_local_exchange_marker_sets_the_origin(protocol: str, marker: str) -> None:
-    session = connected(protocol, origin="exchange")
+def test_the_local_exchange_marker_sets_the_feed(protocol: str, marker: str) -> None:
+    session = connected(protocol)
     session.receive(subscriptions(marker, protocol), 1)
-    assert session.origin == marker and session.local_exchange == marker
+    assert session.feed == marker and session.local_exchange == marker
     frame = snapshot() if protocol == "exchange" else at(1, "snapshot")
     [snap] = session.receive(frame, 2).events
     assert snap.feed == marker
@@ -213,13 +213,13 @@ def test_the_local_exchange_marker_sets_the_origin(protocol: str, marker: str) -
     assert reset.feed == marker
 
 
-def test_without_the_marker_the_origin_stays_and_replay_beats_sim() -> None:
-    session = connected(origin="exchange")
+def test_without_the_marker_the_feed_stays_and_replay_beats_sim() -> None:
+    session = connected()
     session.receive(subscriptions(), 1)
-    assert session.origin == "exchange" and session.local_exchange is None
+    assert session.feed == "exchange" and session.local_exchange is None
     session.receive(subscriptions("replay"), 2)
     session.receive(subscriptions("sim"), 3)  # a replayed recording of the sim
-    assert session.origin == "replay"
+    assert session.feed == "replay"
 
 
 def test_the_end_of_a_served_replay_ends_the_session_without_reconnecting() -> None:
@@ -466,7 +466,7 @@ def test_the_local_exchange_marker_labels_every_product_of_the_connection() -> N
     conn = shared()
     conn.connect(now=0)
     conn.receive(subscriptions("sim"), 1)
-    assert {s.origin for s in conn.sessions.values()} == {"sim"}
+    assert {s.feed for s in conn.sessions.values()} == {"sim"}
     [(_, [snap])] = conn.receive(snapshot("ETH-USD"), 2).events
     assert snap.feed == "sim"
 

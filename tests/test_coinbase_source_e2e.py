@@ -69,7 +69,7 @@ def test_local_exchange_faults_end_with_the_true_book(
         products, depth=40, rate=50, seed=3, heartbeat_interval=0.1
     ) as exchange:
         source = CoinbaseSource(
-            products, feed=feed, url=exchange.url(protocol), origin="sim", **FAST
+            products, feed="sim", protocol=protocol, url=exchange.url(protocol), **FAST
         )
         parts = {p: source.build_part("input", p, None) for p in products}
         partitions.extend(parts.values())
@@ -199,7 +199,7 @@ def test_runs_in_a_bytewax_flow() -> None:
     products = ["BTC-USD", "ETH-USD"]
     with LocalExchange(products, depth=20, rate=50, heartbeat_interval=0.1) as exchange:
         source = CoinbaseSource(
-            products, url=exchange.url("exchange"), origin="sim", **FAST
+            products, url=exchange.url("exchange"), feed="sim", **FAST
         )
         flow = Dataflow("coinbase_source_test")
         stream = op.input("in", flow, _StopAfterSource(source, changes=5))
@@ -325,7 +325,7 @@ def test_the_end_of_a_served_replay_ends_the_partition(partitions: list) -> None
         # returning closes the connection with code 1000: the replay is over
 
     with ScriptedServer(script) as server:
-        part = build(partitions, ["BTC-USD"], server.url, origin="exchange")
+        part = build(partitions, ["BTC-USD"], server.url, feed="exchange")
         items: Items = []
         deadline = time.monotonic() + 8
         with pytest.raises(StopIteration):
@@ -437,7 +437,7 @@ def test_data_from_the_local_exchange_is_labelled_by_its_marker(
     with LocalExchange(["BTC-USD"], depth=20, rate=40) as exchange:
         if not _marks_itself(exchange):
             pytest.skip("this local exchange does not mark its subscriptions reply yet")
-        part = build(partitions, ["BTC-USD"], exchange.url(), origin="exchange")
+        part = build(partitions, ["BTC-USD"], exchange.url(), feed="exchange")
         items = collect(part, count("changes", 2))
     assert part.session.local_exchange == "sim"
     assert {event.feed for _, event in items[1:]} == {"sim"}

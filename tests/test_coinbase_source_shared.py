@@ -55,9 +55,9 @@ def start(
     """A source over ``wanted``, every partition built in order as Bytewax does."""
     source = CoinbaseSource(
         wanted,
-        feed=feed,
+        feed="sim",
+        protocol=feed,
         url=exchange.url(feed),
-        origin="sim",
         on_all_failed=(ALL_FAILED if all_failed is None else all_failed).append,
         # Faults here are sudden (abort, gap, bad frame): a watchdog longer than FAST's
         # keeps a loaded machine's pauses from adding resets the counts do not expect.

@@ -306,7 +306,7 @@ class ConnectionSession:
         """One product's consumer fell ``dropped`` events behind: that product resyncs."""
         session = self.sessions.get(product_id)
         if session is not None:
-            session.stats.overflows += 1
+            session.stats.backlog_drops += 1
         return self._resubscribe(
             [product_id], f"the dataflow fell {dropped} events behind"
         )
@@ -425,7 +425,7 @@ class ConnectionSession:
         named = self._blame(frame)
         victims = [self.sessions[p] for p in named] if named else self.active
         for session in victims:
-            session.stats.malformed += 1
+            session.stats.malformed_frames += 1
         self._log.warning(
             "%s: skipped malformed frame: %s", self.name, shown(exc, LOGGED_CHARS)
         )

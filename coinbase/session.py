@@ -114,7 +114,7 @@ class SessionStats:
     frames: int = 0
     events: int = 0
     snapshots: int = 0
-    malformed: int = 0
+    malformed_frames: int = 0
     bad_times: int = 0
     dropped_before_snapshot: int = 0
     foreign: int = 0
@@ -123,7 +123,7 @@ class SessionStats:
     connections: int = 0
     reconnects: int = 0
     sequence_gaps: int = 0
-    overflows: int = 0
+    backlog_drops: int = 0
     errors: int = 0
     last_error: str | None = None
     last_disconnect: str | None = None
@@ -230,7 +230,7 @@ class Session:
 
     def overflow(self, dropped: int) -> Step:
         """The consumer fell ``dropped`` events behind: drop the backlog and resync."""
-        self.stats.overflows += 1
+        self.stats.backlog_drops += 1
         return self._resync(f"the dataflow fell {dropped} events behind")
 
     def request_resync(self, reason: str) -> Step:
@@ -269,7 +269,7 @@ class Session:
         try:
             decoded = decoder.decode(frame, received_ns)
         except MalformedFrame as exc:
-            stats.malformed += 1
+            stats.malformed_frames += 1
             self._malformed_log.warning(
                 "%s: skipped malformed frame: %s",
                 self.product_id,

@@ -141,7 +141,7 @@ def test_a_malformed_book_frame_resyncs_and_other_junk_is_skipped(
     assert session.receive("[1, 2]", 2).action is Action.CONTINUE  # not a book frame
     step = session.receive(update(size="0.-10000"), 3)
     assert step.action is Action.RESYNC and "malformed book frame" in step.reason
-    assert session.stats.malformed == 2 and session.stats.resyncs == 1
+    assert session.stats.malformed_frames == 2 and session.stats.resyncs == 1
     [said] = [r.getMessage() for r in caplog.records if "resync" in r.getMessage()]
     assert said.startswith("BTC-USD: resync: malformed book frame")  # why, out loud
 
@@ -175,7 +175,7 @@ def test_an_overflow_resyncs_with_its_reason() -> None:
     session = connected()
     step = session.overflow(123)
     assert step.action is Action.RESYNC and "123 events behind" in step.reason
-    assert session.stats.overflows == 1 and session.stats.resyncs == 1
+    assert session.stats.backlog_drops == 1 and session.stats.resyncs == 1
 
 
 def test_an_unknown_product_stops_for_good() -> None:
@@ -244,7 +244,7 @@ def test_stats_are_typed() -> None:
         "frames",
         "events",
         "snapshots",
-        "malformed",
+        "malformed_frames",
         "bad_times",
         "dropped_before_snapshot",
         "foreign",
@@ -253,7 +253,7 @@ def test_stats_are_typed() -> None:
         "connections",
         "reconnects",
         "sequence_gaps",
-        "overflows",
+        "backlog_drops",
         "errors",
         "last_error",
         "last_disconnect",
@@ -354,8 +354,8 @@ def test_a_malformed_book_frame_of_one_product_resubscribes_it_alone(feed: str) 
     assert step.action is Action.CONTINUE and step.send
     assert routed(step) == {"ETH-USD": ["reset"]}
     eth = conn.sessions["ETH-USD"]
-    assert eth.stats.malformed == 1 and eth.stats.resyncs == 1
-    assert conn.sessions["BTC-USD"].stats.malformed == 0
+    assert eth.stats.malformed_frames == 1 and eth.stats.resyncs == 1
+    assert conn.sessions["BTC-USD"].stats.malformed_frames == 0
     messages = conn.outgoing(now=0)
     assert [m["type"] for m in messages] == ["unsubscribe", "subscribe"]
     assert "ETH-USD" in json.dumps(messages) and "BTC-USD" not in json.dumps(messages)
@@ -384,7 +384,7 @@ def test_a_book_frame_that_names_no_product_resyncs_the_connection() -> None:
     conn = live("advanced-trade")
     step = conn.receive('{"channel":"l2_data","sequence_num":', 2)  # unreadable
     assert step.action is Action.RESYNC and "its product is unknown" in step.reason
-    assert all(s.stats.malformed == 1 for s in conn.sessions.values())
+    assert all(s.stats.malformed_frames == 1 for s in conn.sessions.values())
     exchange = live()
     bad = json.dumps({"type": "l2update", "product_id": 12345, "changes": {}})
     assert exchange.receive(bad, 2).action is Action.RESYNC
@@ -398,7 +398,7 @@ def test_a_resync_request_or_overflow_resubscribes_one_product_once() -> None:
     again = conn.overflow("BTC-USD", 5)  # before the fresh snapshot: no new messages
     assert routed(again) == {} and not again.send
     assert len(conn.outgoing(now=0)) == 2
-    assert conn.sessions["BTC-USD"].stats.overflows == 1
+    assert conn.sessions["BTC-USD"].stats.backlog_drops == 1
     step = conn.overflow("ETH-USD", 7)
     assert routed(step) == {"ETH-USD": ["reset"]} and "7 events behind" in (
         step.events[0][1][0].reason
@@ -541,7 +541,7 @@ def test_finding_11_a_bad_product_id_is_counted_skipped_and_resyncs_nothing() ->
     session = connected()
     session.receive(snapshot(), 1)
     step = session.receive(HOSTILE_FRAMES[-1], 2)
-    assert step == Step() and session.stats.malformed == 1
+    assert step == Step() and session.stats.malformed_frames == 1
     conn = live()
     step = conn.receive(HOSTILE_FRAMES[-1], 2)
     assert step.action is Action.CONTINUE and not step.events and not step.send
@@ -564,10 +564,10 @@ def test_finding_14_many_malformed_updates_log_one_resync_line_a_second(
             step = session.receive(bad, n)
             assert step.action is Action.RESYNC
         elapsed = time.monotonic() - start
-    assert session.stats.malformed == session.stats.resyncs == 5_000
+    assert session.stats.malformed_frames == session.stats.resyncs == 5_000
     lines = _resync_lines(caplog.records)
     assert 1 <= len(lines) <= 2 + elapsed  # not 5,000
-    assert session.stats.malformed == 5_000
+    assert session.stats.malformed_frames == 5_000
 
 
 def test_finding_14_on_a_shared_connection_too(caplog) -> None:

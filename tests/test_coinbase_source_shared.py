@@ -148,7 +148,7 @@ def test_a_malformed_frame_of_one_product_resyncs_that_product_alone(
         after = resets(parts)
         assert after[wanted[0]] == before[wanted[0]] + 1
         assert all(after[p] == before[p] for p in wanted[1:]), (before, after)
-        assert victim.stats.malformed == 1 and victim.stats.resyncs == 1
+        assert victim.stats.malformed_frames == 1 and victim.stats.resyncs == 1
         stats = exchange.stats
         assert stats["connections_accepted"] == 1, stats  # no reconnect
         assert stats["unsubscribes"] == 1, stats

@@ -53,7 +53,7 @@ class BookState:
     feed: str = ""
     book: OrderBook | None = None
     last_top: tuple | None = None
-    condition: str = "awaiting-snapshot"
+    condition: BookCondition = BookCondition.AWAITING_SNAPSHOT
     updates: int = 0
     next_status_at: float = 0.0
     invalid_since_ns: int | None = None
@@ -154,7 +154,7 @@ def _log_status(state: BookState) -> None:
     """Every STATUS_INTERVAL: a sign of life even when the spread filter passes nothing."""
     book = state.book
     top = book.top() if book is not None else None
-    if top is not None and state.condition == "ok":
+    if top is not None and state.condition is BookCondition.OK:
         spread_pct = CTX.divide(CTX.multiply(CTX.subtract(top[2], top[0]), 100), top[2])
         detail = f"bid {plain(top[0])} ask {plain(top[2])} spread {spread_pct:.6f}%"
     else:
@@ -174,7 +174,7 @@ def _log_status(state: BookState) -> None:
 def _drop(state: BookState, why: str) -> None:
     state.book = None
     state.last_top = None
-    state.condition = "awaiting-snapshot"
+    state.condition = BookCondition.AWAITING_SNAPSHOT
     state.invalid_since_ns = None
     state.resync_requested = False
     log.debug("%s: book dropped (%s)", state.product_id, shown(why, 400))
@@ -209,7 +209,7 @@ def _summary_if_changed(
 
 
 def _watch_invalid(
-    state: BookState, event: BookSnapshot | BookChanges, condition: str
+    state: BookState, event: BookSnapshot | BookChanges, condition: BookCondition
 ) -> None:
     """Ask for a fresh snapshot once a book stays crossed or locked too long."""
     if condition not in (BookCondition.CROSSED, BookCondition.LOCKED):
@@ -286,7 +286,7 @@ class BookStep:
         try:
             if (
                 self.levels
-                and state.condition == BookCondition.OK
+                and state.condition is BookCondition.OK
                 and state.book is not None
             ):
                 t = event_time(event)

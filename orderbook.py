@@ -80,7 +80,12 @@ class InvalidChange(ValueError):
 
 
 class BookCondition(StrEnum):
-    """Whether the top of the book can be trusted; anything but OK means resync."""
+    """Whether the top of the book can be trusted; anything but OK means resync.
+
+    :attr:`OrderBook.condition` is one of the first six; ``AWAITING_SNAPSHOT`` is the
+    book step's, for a product whose book was dropped (a reset, a failed event) and that
+    waits for the next snapshot (``book_step.BookState.condition``).
+    """
 
     OK = "ok"
     EMPTY = "empty"
@@ -88,6 +93,7 @@ class BookCondition(StrEnum):
     NO_ASKS = "no_asks"
     CROSSED = "crossed"
     LOCKED = "locked"
+    AWAITING_SNAPSHOT = "awaiting-snapshot"
 
 
 def normalise_side(side: str) -> str:

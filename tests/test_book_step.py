@@ -15,6 +15,7 @@ from coinbase.session import Action, Session
 from common.logs import RateLimitedLog
 from dataflow import get_flow
 from events import ASK, BID, BookChanges, BookReset, BookSnapshot
+from orderbook import BookCondition
 from records import OrderBookSummary
 from resync import (
     clear_resync_requests,
@@ -100,6 +101,19 @@ def test_saved_state_carries_no_stale_book():
         assert restored.product_id == "BTC-USD" and restored.book is None
         _, out = run([changes((BID, D(100), D(9)))], restored)
         assert out == [None]
+
+
+def test_the_condition_is_the_enum_fresh_saved_and_restored():
+    fresh = BookState("BTC-USD", "exchange")
+    assert fresh.condition is BookCondition.AWAITING_SNAPSHOT
+    state, _ = run([snap(), changes((BID, D(102), D(1)))])
+    assert state.condition is BookCondition.CROSSED
+    for restored in (pickle.loads(pickle.dumps(state)), copy.deepcopy(state)):
+        assert restored.condition is BookCondition.AWAITING_SNAPSHOT
+        restored, _ = run([snap()], restored)
+        assert restored.condition is BookCondition.OK
+    state, _ = run([BookReset("BTC-USD", "drop", "exchange")], state)
+    assert state.condition is BookCondition.AWAITING_SNAPSHOT
 
 
 # -- a book that stays crossed or locked asks for a fresh snapshot ----------------------

@@ -5,19 +5,15 @@ Three layers, each testable alone:
 
 * :class:`coinbase.session.Session` (sans-IO): one product's freshness rules (reset first,
   resets collapsed, pre-snapshot updates dropped, error policy) and typed stats; and
-  :class:`coinbase.session.ConnectionSession`, the rules of one connection carrying
+  :class:`coinbase.multiplex.ConnectionSession`, the rules of one connection carrying
   several products (which products a frame or a fault concerns);
 * :class:`coinbase.connection.Connection` (asyncio): connect, pacing, backoff, watchdog;
 * here, glue: a :class:`_Group` is one connection's handler and routes its events to the
   products' partitions; each partition queues its events; Bytewax drains the queues.
 
-Grouping: partitions of a source built in this process fill connections in registration
-order, up to ``PRODUCTS_PER_CONNECTION`` (Exchange 32, Advanced Trade 16; the reasons are
-there). A connection opens once its group is full or ``GATHER_SECONDS`` passed without
-another product joining, so one subscribe message carries the whole group; a product
-built later joins the live connection with one more subscribe. A drop, silence or
-sequence gap resets every product of the connection; a malformed frame, an overflow or a
-downstream resync request resubscribes one product alone; an unknown product fails alone.
+Which products share a connection, when it opens, and which faults reset one product or
+every product of its connection: the grouping rules are stated once, in
+:mod:`coinbase.multiplex` (the module that implements them).
 
 Every connection of the process runs on ONE shared event-loop thread
 (:data:`coinbase.runner.LOOP`) instead of a thread and loop each. Measured with the
@@ -306,15 +302,9 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
 
 
 class _Group:
-    """The products of ONE connection and the Connection's handler (loop thread).
-
-    Grouping (see README "The feeds"): a source's partitions built in this process fill
-    connections in registration order, up to ``PRODUCTS_PER_CONNECTION`` each. A group's
-    connection opens once it is full or ``GATHER_SECONDS`` passed without another product
-    joining (Bytewax builds partitions one at a time, within milliseconds of each
-    other), so that one subscribe message carries them all; a product joining later is
-    subscribed on the live connection with one more message.
-    """
+    """The products of ONE connection and the Connection's handler (loop thread): runs
+    a :class:`~coinbase.multiplex.ConnectionSession` by the grouping rules of
+    :mod:`coinbase.multiplex`."""
 
     def __init__(self, source: CoinbaseSource, index: int) -> None:
         self.source = source

@@ -1,11 +1,37 @@
 """Several products on one connection, sans-IO: which faults reset one product, which all.
 
 :class:`ConnectionSession` carries the :class:`~coinbase.session.Session` of each
-product of one WebSocket connection (at most :data:`PRODUCTS_PER_CONNECTION`): it builds
-the grouped subscribe messages, routes each frame to its product, and decides, per fault,
-whether one product resyncs alone (unsubscribe + subscribe on the live connection) or the
-whole connection does (a drop, silence, an Advanced Trade sequence gap: its numbers are
-per connection). Like :mod:`coinbase.session`, it never touches a socket.
+product of one WebSocket connection: it builds the grouped subscribe messages, routes
+each frame to its product, and decides, per fault, which products it concerns. Like
+:mod:`coinbase.session`, it never touches a socket; ``coinbase_source._Group`` is the
+glue that runs it on a :class:`~coinbase.connection.Connection`.
+
+The grouping rules, stated here once (``coinbase_source.py`` and the docs link here):
+
+* Which products share a connection: the partitions of one source built in one process
+  fill connections in the order Bytewax builds them, up to
+  :data:`PRODUCTS_PER_CONNECTION` per connection (Exchange 32, Advanced Trade 16; the
+  reasons are there).
+* When a connection opens: once its group is full, or ``coinbase_source.GATHER_SECONDS``
+  (50 ms) after the last product joined it (Bytewax builds partitions one at a time,
+  within milliseconds of each other), so that one subscribe message per channel carries
+  the whole group. A product that joins a live connection is subscribed with one more
+  message.
+* Which faults reset every product of the connection (action RESYNC: a new connection,
+  a fresh snapshot of each): a drop, silence (the watchdog), an Advanced Trade sequence
+  gap (its numbers are per connection), a malformed book frame whose product cannot be
+  told, a transient error reply, a product joining or resubscribed that gets no snapshot
+  within the snapshot grace (the source's watchdog times
+  ``coinbase.connection.SNAPSHOT_GRACE_FACTOR``), and any per-product resync on a
+  served replay (the local exchange's replay ignores unsubscribes).
+* Which reset ONE product alone (unsubscribed and subscribed again on the live
+  connection, its updates dropped until the new snapshot: both feeds send one on
+  subscribe, and Exchange level2 carries no sequence, so a new subscription is the only
+  way back): a malformed book frame naming it, its queue overflowing (the dataflow fell
+  behind), a resync requested downstream (the book step: a book stuck crossed).
+* Which stop products for good: an error reply naming one product (unknown product)
+  stops that product alone; refused credentials stop every product (they are the
+  connection's).
 """
 
 from __future__ import annotations
@@ -130,19 +156,8 @@ class ConnectionSession:
     fault kind that state would be passed around instead of owned.
 
     The per-product rules stay in each :class:`Session`; this class decides what a frame
-    or fault means for the connection and which products it concerns:
-
-    * a drop, silence, sequence gap (Advanced Trade numbers messages per connection), an
-      unattributable malformed book frame or a transient error reply resets EVERY product
-      of the connection (action RESYNC, then :meth:`disconnect`);
-    * a malformed book frame naming its product(s), a consumer overflow or a resync
-      requested downstream resets THAT product alone: it is unsubscribed and subscribed
-      again on the live connection (both feeds send a fresh snapshot on subscribe; Exchange
-      level2 carries no sequence, so a new subscription is the only way back), and its
-      updates are dropped until that snapshot;
-    * an error reply naming one product (unknown product) stops that product alone;
-      refused credentials stop all (they are the connection's);
-    * products that join a live connection are subscribed in one more message.
+    or fault means for the connection and which products it concerns, by the rules of
+    the module docstring (:mod:`coinbase.multiplex`).
 
     Malformed frames and whole-connection resyncs are each logged at most once a second
     per connection, the feed text they quote escaped and cut (:func:`common.text.shown`).

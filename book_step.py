@@ -28,7 +28,8 @@ from common.decimals import CTX, plain
 from common.logs import RateLimitedLog
 from common.text import shown
 from events import BookChanges, BookEvent, BookReset, BookSnapshot
-from orderbook import BookCondition, OrderBook, OrderBookDepth, OrderBookSummary
+from orderbook import BookCondition, OrderBook
+from records import OrderBookDepth, OrderBookSummary
 from resync import request_resync
 
 log = logging.getLogger(__name__)

@@ -56,14 +56,7 @@ from coinbase.connection import (
     Connection,
 )
 from coinbase.errors import FeedError
-from coinbase.feeds import (
-    FEEDS,
-    LOCAL_FEEDS,
-    PROTOCOLS,
-    FeedSpec,
-    coinbase_feed,
-    subscribe_messages,
-)
+from coinbase.feeds import FEEDS, LOCAL_FEEDS, PROTOCOLS, coinbase_feed
 from coinbase.multiplex import (
     PRODUCTS_PER_CONNECTION,
     ConnectionSession,
@@ -77,13 +70,7 @@ from common.logs import RateLimitedLog
 from events import BookEvent
 from resync import take_resync_request
 
-__all__ = [
-    "FEEDS",
-    "MAX_FRAME_BYTES",
-    "CoinbaseSource",
-    "FeedSpec",
-    "subscribe_messages",
-]
+__all__ = ["CoinbaseSource"]
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +167,6 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
             product_id,
             source.feed,
             protocol=source.protocol,
-            credentials=source.credentials,
             resumed=resumed,
         )
         self._queue: deque[tuple[str, BookEvent]] = deque()

@@ -38,6 +38,9 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+# orjson parses Coinbase frames ~3x faster than json (bench/bench_feed.py); it is pinned.
+from orjson import loads
+
 from coinbase.errors import (
     AuthError,
     FeedError,
@@ -56,23 +59,7 @@ from common.domain import DECIMALS, LIMIT, QUANTUM, all_prices, all_sizes, is_pr
 from common.text import shown
 from events import ASK, BID, BookChanges, BookEvent, BookSnapshot, Change, Level
 
-try:  # orjson parses Coinbase frames ~3x faster than json (see bench/bench_feed.py)
-    from orjson import JSONDecodeError as _JSONDecodeError
-    from orjson import loads as _loads
-except ImportError:  # pragma: no cover - orjson is in requirements.txt
-    from json import JSONDecodeError as _JSONDecodeError
-    from json import loads as _loads
-
-__all__ = [
-    "PROTOCOLS",
-    "AuthError",
-    "FeedError",
-    "FrameDecoder",
-    "MalformedFrame",
-    "SequenceGap",
-    "UnknownProduct",
-    "parse_time",
-]
+__all__ = ["FrameDecoder", "parse_time"]
 
 _EARLIEST_REAL_TIME = datetime(2010, 1, 1, tzinfo=UTC)
 _EXCHANGE_SIDES = {"buy": BID, "sell": ASK}
@@ -264,8 +251,8 @@ class FrameDecoder:
         if fast is not None:
             return fast
         try:
-            payload = _loads(frame)
-        except (_JSONDecodeError, TypeError, ValueError) as exc:
+            payload = loads(frame)
+        except (TypeError, ValueError) as exc:  # orjson.JSONDecodeError is a ValueError
             raise MalformedFrame(f"invalid JSON ({shown(exc, 120)})", frame) from None
         if type(payload) is not dict:
             raise MalformedFrame("frame is not a JSON object", frame, resync=False)

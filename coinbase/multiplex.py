@@ -41,8 +41,10 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from orjson import loads
+
 from coinbase.auth import Credentials
-from coinbase.decode import FrameDecoder, _loads
+from coinbase.decode import FrameDecoder
 from coinbase.errors import (
     FeedError,
     MalformedFrame,
@@ -460,7 +462,7 @@ class ConnectionSession:
         Coinbase's shape names no product of ours and is left out.
         """
         try:
-            payload = _loads(frame)
+            payload = loads(frame)
         except (ValueError, TypeError):
             payload = None
         found: list[str] = []

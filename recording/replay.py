@@ -56,7 +56,8 @@ from typing import Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from book_step import BookState, update_book
-from coinbase.decode import FeedError, FrameDecoder, MalformedFrame, SequenceGap
+from coinbase.decode import FrameDecoder
+from coinbase.errors import FeedError, MalformedFrame, SequenceGap
 from common.logs import RateLimitedLog
 from common.text import shown
 from events import BookChanges, BookEvent, BookReset, BookSnapshot

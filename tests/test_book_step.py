@@ -11,6 +11,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 
 import book_step
 from book_step import RESYNC_AFTER_SECONDS, BookState, BookStep, update_book
+from coinbase.multiplex import ConnectionSession
 from coinbase.session import Action, Session
 from common.logs import RateLimitedLog
 from dataflow import get_flow
@@ -285,17 +286,21 @@ def test_a_failing_metrics_observer_costs_nothing_but_a_line(caplog):
 
 
 def _events_from_frames(frames: list[str]) -> list:
-    """What CoinbaseSource emits for these frames, sans socket: the real Session, and a
-    reconnect (a reset, then the next snapshot) whenever it asks for a resync."""
+    """What CoinbaseSource emits for these frames, sans socket: the real connection
+    session and Session, and a reconnect (a reset, then the next snapshot) whenever it
+    asks for a resync."""
     session = Session("BTC-USD", "exchange")
     events = list(session.start())
-    session.connect(now=1_700_000_000)
+    conn = ConnectionSession("exchange")
+    conn.add(session)
+    conn.connect(now=1_700_000_000)
     for n, frame in enumerate(frames, 1):
-        result = session.receive(frame, 1_700_000_000_000_000_000 + n)
-        events += result.events
+        result = conn.receive(frame, 1_700_000_000_000_000_000 + n)
+        events += [e for _, product_events in result.events for e in product_events]
         if result.action is Action.RESYNC:
-            events += session.disconnect(result.reason).events
-            session.connect(now=1_700_000_000)
+            for _, product_events in conn.disconnect(result.reason).events:
+                events += product_events
+            conn.connect(now=1_700_000_000)
     return events
 
 

@@ -12,9 +12,9 @@ import threading
 import pytest
 
 from coinbase.auth import Credentials
-from coinbase.feeds import FEEDS, coinbase_feed
+from coinbase.feeds import FEEDS, coinbase_feed, subscribe_messages
 from coinbase.pacing import Backoff, ConnectionPacer
-from coinbase_source import CoinbaseSource, subscribe_messages
+from coinbase_source import CoinbaseSource
 from common.validation import ConfigError
 
 SECRET = base64.b64encode(b"loopback secret for the source tests").decode()

@@ -1,4 +1,9 @@
-"""The sans-IO session: every freshness rule with hand-built frames, no socket, no thread."""
+"""The sans-IO session: every freshness rule with hand-built frames, no socket, no thread.
+
+Frames go through the production path: a :class:`ConnectionSession` decodes and routes
+them to each product's :class:`Session` (:class:`OneProduct` is a connection carrying
+one product).
+"""
 
 from __future__ import annotations
 
@@ -62,11 +67,45 @@ def subscriptions(marker: str | None = None, protocol: str = "exchange") -> str:
     return text(frame)
 
 
-def connected(feed: str = "exchange", **kwargs: object) -> Session:
-    session = Session("BTC-USD", feed, **kwargs)  # type: ignore[arg-type]
-    session.start()
-    session.connect(now=1_700_000_000)
-    return session
+class OneProduct:
+    """A connection carrying one product, as production runs it (:class:`ConnectionSession`
+    with one :class:`Session`), its steps told as that product's :class:`Step`; the
+    product's session answers the rest (``stats``, ``feed``, ``settled``...)."""
+
+    def __init__(self, feed: str = "exchange", product: str = "BTC-USD") -> None:
+        self.session = Session(product, feed)
+        self.session.start()
+        self.conn = ConnectionSession(feed, name="test")
+        self.conn.add(self.session)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.session, name)
+
+    def connect(self, now: float) -> list[dict]:
+        return self.conn.connect(now=now)
+
+    def receive(self, frame: str, received_ns: int) -> Step:
+        return self._step(self.conn.receive(frame, received_ns))
+
+    def disconnect(self, reason: str, close_code: int | None = None) -> Step:
+        return self._step(self.conn.disconnect(reason, close_code))
+
+    def overflow(self, dropped: int) -> Step:
+        return self._step(self.conn.overflow(self.session.product_id, dropped))
+
+    def retrying(self) -> None:
+        self.conn.retrying()
+
+    @staticmethod
+    def _step(step: ConnectionStep) -> Step:
+        events = [event for _, events in step.events for event in events]
+        return Step(events, step.action, step.reason)
+
+
+def connected(feed: str = "exchange") -> OneProduct:
+    product = OneProduct(feed)
+    product.connect(now=1_700_000_000)
+    return product
 
 
 def kinds(events: list) -> list[str]:
@@ -83,7 +122,7 @@ def test_a_reset_comes_first_fresh_or_resumed() -> None:
 
 
 def test_connect_returns_the_feeds_subscribe_messages() -> None:
-    session = Session("BTC-USD", "advanced-trade")
+    session = OneProduct("advanced-trade")
     assert session.connect(now=0) == [
         at_subscribe(["BTC-USD"]),
         at_subscribe(channel="heartbeats"),
@@ -130,7 +169,7 @@ def test_consecutive_resets_are_collapsed() -> None:
 def test_foreign_products_are_counted_not_emitted() -> None:
     session = connected()
     assert session.receive(snapshot("ETH-USD"), 1).events == []
-    assert session.stats.foreign == 1
+    assert session.conn.foreign == 1  # counted by the connection that got it
 
 
 def test_a_malformed_book_frame_resyncs_and_other_junk_is_skipped(
@@ -140,10 +179,16 @@ def test_a_malformed_book_frame_resyncs_and_other_junk_is_skipped(
     session.receive(snapshot(), 1)
     assert session.receive("[1, 2]", 2).action is Action.CONTINUE  # not a book frame
     step = session.receive(update(size="0.-10000"), 3)
-    assert step.action is Action.RESYNC and "malformed book frame" in step.reason
+    # the product it names is resubscribed alone: a reset, and a fresh snapshot asked
+    [reset] = step.events
+    assert step.action is Action.CONTINUE and "malformed book frame" in reset.reason
+    assert [m["type"] for m in session.conn.outgoing(now=0)] == [
+        "unsubscribe",
+        "subscribe",
+    ]
     assert session.stats.malformed_frames == 2 and session.stats.resyncs == 1
     [said] = [r.getMessage() for r in caplog.records if "resync" in r.getMessage()]
-    assert said.startswith("BTC-USD: resync: malformed book frame")  # why, out loud
+    assert said.startswith("BTC-USD: resync (resubscribing it alone): malformed book")
 
 
 def test_a_bad_timestamp_keeps_the_data_and_is_counted_across_connections() -> None:
@@ -173,8 +218,9 @@ def test_a_sequence_gap_resyncs() -> None:
 
 def test_an_overflow_resyncs_with_its_reason() -> None:
     session = connected()
-    step = session.overflow(123)
-    assert step.action is Action.RESYNC and "123 events behind" in step.reason
+    session.receive(snapshot(), 1)
+    [reset] = session.overflow(123).events  # resubscribed alone
+    assert "123 events behind" in reset.reason
     assert session.stats.backlog_drops == 1 and session.stats.resyncs == 1
 
 
@@ -562,7 +608,7 @@ def test_finding_14_many_malformed_updates_log_one_resync_line_a_second(
         start = time.monotonic()
         for n in range(5_000):
             step = session.receive(bad, n)
-            assert step.action is Action.RESYNC
+            assert step.action is Action.CONTINUE  # resubscribed alone, each time
         elapsed = time.monotonic() - start
     assert session.stats.malformed_frames == session.stats.resyncs == 5_000
     lines = _resync_lines(caplog.records)

@@ -21,7 +21,8 @@ from bytewax.testing import TestingSink, run_main
 
 from coinbase.auth import Credentials
 from coinbase.errors import AuthError, UnknownProduct
-from coinbase_source import CoinbaseSource, _CoinbasePartition, subscribe_messages
+from coinbase.feeds import subscribe_messages
+from coinbase_source import CoinbaseSource, _CoinbasePartition
 from events import BookChanges, BookReset
 from local_exchange.server import LocalExchange
 from tests.coinbase_helpers import (

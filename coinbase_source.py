@@ -68,7 +68,7 @@ from coinbase.session import Action, Session, SessionStats
 from common import validation
 from common.logs import RateLimitedLog
 from events import BookEvent
-from resync import take_resync_request
+from resync import ResyncRequests
 
 __all__ = ["CoinbaseSource"]
 
@@ -169,6 +169,7 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
             protocol=source.protocol,
             resumed=resumed,
         )
+        self._resync_requests = source.resync_requests
         self._queue: deque[tuple[str, BookEvent]] = deque()
         self._queue.extend((product_id, e) for e in self.session.start())
         self._empty_polls = 0
@@ -208,8 +209,8 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
         else:
             self._empty_polls += 1
         try:
-            reason = take_resync_request(self.product_id)  # one dict check when none
-        except Exception:  # pragma: no cover - a registry bug must not stop the flow
+            reason = self._resync_requests.take(self.product_id)  # a dict check if none
+        except Exception:  # pragma: no cover - a channel bug must not stop the flow
             log.exception("%s: cannot read resync requests", self.product_id)
             reason = None
         if reason is not None:  # this product alone is resubscribed, on the loop
@@ -477,7 +478,9 @@ class CoinbaseSource(FixedPartitionedSource[tuple[str, BookEvent], str]):
     one is dropped; see :data:`coinbase.connection.MAX_FRAME_BYTES`);
     ``give_up_after`` connections in a row without a book, before any product of the
     process ever got one, end the source like permanent failures do
-    (:data:`coinbase.connection.GIVE_UP_AFTER`).
+    (:data:`coinbase.connection.GIVE_UP_AFTER`). ``resync_requests`` is the flow's
+    resync channel (:mod:`resync`; a new one by default): the book step asks it for a
+    product's fresh snapshot, that product's partition takes the request.
     """
 
     def __init__(
@@ -495,6 +498,7 @@ class CoinbaseSource(FixedPartitionedSource[tuple[str, BookEvent], str]):
         on_stats: Callable[[str, str, SessionStats], None] | None = None,
         max_message_bytes: int = MAX_FRAME_BYTES,
         give_up_after: int = GIVE_UP_AFTER,
+        resync_requests: ResyncRequests | None = None,
     ) -> None:
         if isinstance(products, str):
             raise validation.refuse(
@@ -543,6 +547,7 @@ class CoinbaseSource(FixedPartitionedSource[tuple[str, BookEvent], str]):
         self.give_up_after = validation.integer(
             "give_up_after", give_up_after, 1, 1_000_000
         )
+        self.resync_requests = resync_requests or ResyncRequests()
         self._on_all_failed = on_all_failed
         self.on_stats = on_stats
         self._parts: list[_CoinbasePartition] = []

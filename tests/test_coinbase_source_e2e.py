@@ -25,6 +25,7 @@ from coinbase.feeds import subscribe_messages
 from coinbase_source import CoinbaseSource, _CoinbasePartition
 from events import BookChanges, BookReset
 from local_exchange.server import LocalExchange
+from resync import ResyncRequests
 from tests.coinbase_helpers import (
     CREDS,
     FAST,
@@ -402,13 +403,11 @@ def test_a_run_whose_every_product_is_unknown_exits_with_one_line(
 def test_a_resync_request_from_the_book_step_gets_a_fresh_snapshot(
     partitions: list,
 ) -> None:
-    from resync import clear_resync_requests, request_resync
-
-    clear_resync_requests()
+    requests = ResyncRequests()  # the flow's channel, given to the source
     with LocalExchange(["BTC-USD"], depth=20, rate=40, heartbeat_interval=0.1) as ex:
-        part = build(partitions, ["BTC-USD"], ex.url())
+        part = build(partitions, ["BTC-USD"], ex.url(), resync_requests=requests)
         collect(part, count("snapshot", 1))
-        request_resync("BTC-USD", "crossed for 3.0 s of feed time")
+        requests.request("BTC-USD", "crossed for 3.0 s of feed time")
         items = collect(part, count("snapshot", 1))
     resets = [event for _, event in items if isinstance(event, BookReset)]
     assert resets and "requested: crossed for 3.0 s" in resets[0].reason

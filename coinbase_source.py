@@ -5,19 +5,15 @@ Three layers, each testable alone:
 
 * :class:`coinbase.session.Session` (sans-IO): one product's freshness rules (reset first,
   resets collapsed, pre-snapshot updates dropped, error policy) and typed stats; and
-  :class:`coinbase.session.ConnectionSession`, the rules of one connection carrying
+  :class:`coinbase.multiplex.ConnectionSession`, the rules of one connection carrying
   several products (which products a frame or a fault concerns);
 * :class:`coinbase.connection.Connection` (asyncio): connect, pacing, backoff, watchdog;
 * here, glue: a :class:`_Group` is one connection's handler and routes its events to the
   products' partitions; each partition queues its events; Bytewax drains the queues.
 
-Grouping: partitions of a source built in this process fill connections in registration
-order, up to ``PRODUCTS_PER_CONNECTION`` (Exchange 32, Advanced Trade 16; the reasons are
-there). A connection opens once its group is full or ``GATHER_SECONDS`` passed without
-another product joining, so one subscribe message carries the whole group; a product
-built later joins the live connection with one more subscribe. A drop, silence or
-sequence gap resets every product of the connection; a malformed frame, an overflow or a
-downstream resync request resubscribes one product alone; an unknown product fails alone.
+Which products share a connection, when it opens, and which faults reset one product or
+every product of its connection: the grouping rules are stated once, in
+:mod:`coinbase.multiplex` (the module that implements them).
 
 Every connection of the process runs on ONE shared event-loop thread
 (:data:`coinbase.runner.LOOP`) instead of a thread and loop each. Measured with the
@@ -60,7 +56,7 @@ from coinbase.connection import (
     Connection,
 )
 from coinbase.errors import FeedError
-from coinbase.feeds import FEEDS, FeedSpec, subscribe_messages
+from coinbase.feeds import FEEDS, LOCAL_FEEDS, PROTOCOLS, coinbase_feed
 from coinbase.multiplex import (
     PRODUCTS_PER_CONNECTION,
     ConnectionSession,
@@ -72,15 +68,9 @@ from coinbase.session import Action, Session, SessionStats
 from common import validation
 from common.logs import RateLimitedLog
 from events import BookEvent
-from resync import take_resync_request
+from resync import ResyncRequests
 
-__all__ = [
-    "FEEDS",
-    "MAX_FRAME_BYTES",
-    "CoinbaseSource",
-    "FeedSpec",
-    "subscribe_messages",
-]
+__all__ = ["CoinbaseSource"]
 
 log = logging.getLogger(__name__)
 
@@ -176,10 +166,10 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
         self.session = Session(
             product_id,
             source.feed,
-            origin=source.origin,
-            credentials=source.credentials,
+            protocol=source.protocol,
             resumed=resumed,
         )
+        self._resync_requests = source.resync_requests
         self._queue: deque[tuple[str, BookEvent]] = deque()
         self._queue.extend((product_id, e) for e in self.session.start())
         self._empty_polls = 0
@@ -219,8 +209,8 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
         else:
             self._empty_polls += 1
         try:
-            reason = take_resync_request(self.product_id)  # one dict check when none
-        except Exception:  # pragma: no cover - a registry bug must not stop the flow
+            reason = self._resync_requests.take(self.product_id)  # a dict check if none
+        except Exception:  # pragma: no cover - a channel bug must not stop the flow
             log.exception("%s: cannot read resync requests", self.product_id)
             reason = None
         if reason is not None:  # this product alone is resubscribed, on the loop
@@ -235,7 +225,7 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
             return
         self._next_stats = now + STATS_INTERVAL
         try:
-            self._source.on_stats(self.product_id, self.session.origin, self.stats)
+            self._source.on_stats(self.product_id, self.session.feed, self.stats)
         except Exception:  # an observer's bug must not stop the flow
             log.exception("%s: cannot report stats", self.product_id)
 
@@ -299,24 +289,18 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
 
 
 class _Group:
-    """The products of ONE connection and the Connection's handler (loop thread).
-
-    Grouping (see README "The feeds"): a source's partitions built in this process fill
-    connections in registration order, up to ``PRODUCTS_PER_CONNECTION`` each. A group's
-    connection opens once it is full or ``GATHER_SECONDS`` passed without another product
-    joining (Bytewax builds partitions one at a time, within milliseconds of each
-    other), so that one subscribe message carries them all; a product joining later is
-    subscribed on the live connection with one more message.
-    """
+    """The products of ONE connection and the Connection's handler (loop thread): runs
+    a :class:`~coinbase.multiplex.ConnectionSession` by the grouping rules of
+    :mod:`coinbase.multiplex`."""
 
     def __init__(self, source: CoinbaseSource, index: int) -> None:
         self.source = source
-        protocol = FEEDS[source.feed].protocol
-        self.capacity = PRODUCTS_PER_CONNECTION[protocol]
+        self.capacity = PRODUCTS_PER_CONNECTION[source.protocol]
         self.name = f"{source.feed} connection {index}"
         grace = source.watchdog_seconds * SNAPSHOT_GRACE_FACTOR
         self.session = ConnectionSession(
             source.feed,
+            protocol=source.protocol,
             credentials=source.credentials,
             name=self.name,
             snapshot_grace_ns=int(grace * 1e9),
@@ -481,17 +465,22 @@ class _Group:
 class CoinbaseSource(FixedPartitionedSource[tuple[str, BookEvent], str]):
     """Level-2 events of ``products`` from one Coinbase feed, one partition per product.
 
-    ``origin`` labels every event (default: the feed's name; the local exchange's marker
-    overrides it with ``sim`` or ``replay``). ``on_all_failed`` is called with one line
+    ``feed`` is a Coinbase feed (its default URL is used unless ``url`` is given) or a
+    feed of the local exchange, ``sim`` or ``replay`` (``url`` required; it speaks
+    ``protocol``, default ``exchange``). Every event carries its feed; the local
+    exchange's marker overrides it with the feed it says it serves (:mod:`coinbase.feeds`).
+    ``on_all_failed`` is called with one line
     when every partition of the process has failed permanently; by default it logs the
     line and exits the process with status 1. ``on_stats``, if given, is called with
-    ``(product_id, origin, stats)`` at most every :data:`STATS_INTERVAL` seconds per
+    ``(product_id, feed, stats)`` at most every :data:`STATS_INTERVAL` seconds per
     partition, from the worker thread (the service publishes them as metrics).
     ``max_message_bytes`` bounds one received message (a connection that gets a bigger
     one is dropped; see :data:`coinbase.connection.MAX_FRAME_BYTES`);
     ``give_up_after`` connections in a row without a book, before any product of the
     process ever got one, end the source like permanent failures do
-    (:data:`coinbase.connection.GIVE_UP_AFTER`).
+    (:data:`coinbase.connection.GIVE_UP_AFTER`). ``resync_requests`` is the flow's
+    resync channel (:mod:`resync`; a new one by default): the book step asks it for a
+    product's fresh snapshot, that product's partition takes the request.
     """
 
     def __init__(
@@ -501,7 +490,7 @@ class CoinbaseSource(FixedPartitionedSource[tuple[str, BookEvent], str]):
         feed: str = "exchange",
         url: str | None = None,
         credentials: Credentials | None = None,
-        origin: str | None = None,
+        protocol: str | None = None,
         watchdog_seconds: float = 5.0,
         backoff_initial: float = 0.25,
         backoff_max: float = 30.0,
@@ -509,14 +498,31 @@ class CoinbaseSource(FixedPartitionedSource[tuple[str, BookEvent], str]):
         on_stats: Callable[[str, str, SessionStats], None] | None = None,
         max_message_bytes: int = MAX_FRAME_BYTES,
         give_up_after: int = GIVE_UP_AFTER,
+        resync_requests: ResyncRequests | None = None,
     ) -> None:
         if isinstance(products, str):
             raise validation.refuse(
                 "products", products, "a list of product ids such as ['BTC-USD']"
             )
         self.products = list(validation.products("products", products))
-        self.feed = validation.choice("feed", feed, tuple(FEEDS))
-        self.url = validation.ws_url("url", url) or FEEDS[self.feed].url
+        self.feed = validation.choice("feed", feed, (*FEEDS, *LOCAL_FEEDS))
+        if protocol is not None:
+            protocol = validation.choice("protocol", protocol, PROTOCOLS)
+            spoken = FEEDS[self.feed].protocol if self.feed in FEEDS else protocol
+            if protocol != spoken:
+                raise validation.refuse(
+                    "protocol",
+                    protocol,
+                    f"{spoken}, the protocol of feed {self.feed!r}",
+                )
+        self.protocol = FEEDS[coinbase_feed(self.feed, protocol)].protocol
+        self.url = validation.ws_url("url", url)
+        if self.url is None:
+            if self.feed in LOCAL_FEEDS:
+                raise validation.refuse(
+                    "url", url, f"the local exchange's URL for feed {self.feed!r}"
+                )
+            self.url = FEEDS[self.feed].url
         if self.feed == "exchange-auth" and not isinstance(credentials, Credentials):
             raise validation.refuse(
                 "credentials",
@@ -527,10 +533,7 @@ class CoinbaseSource(FixedPartitionedSource[tuple[str, BookEvent], str]):
         if self.feed != "exchange-auth" and credentials is not None:
             log.warning("feed %r does not use credentials; ignoring them", feed)
             credentials = None
-        if origin is not None and (not isinstance(origin, str) or not origin):
-            raise validation.refuse("origin", origin, "a non-empty label such as 'sim'")
         self.credentials = credentials
-        self.origin = origin or self.feed
         self.watchdog_seconds = validation.number(
             "watchdog_seconds", watchdog_seconds, high=MAX_WATCHDOG_SECONDS
         )
@@ -544,6 +547,7 @@ class CoinbaseSource(FixedPartitionedSource[tuple[str, BookEvent], str]):
         self.give_up_after = validation.integer(
             "give_up_after", give_up_after, 1, 1_000_000
         )
+        self.resync_requests = resync_requests or ResyncRequests()
         self._on_all_failed = on_all_failed
         self.on_stats = on_stats
         self._parts: list[_CoinbasePartition] = []

@@ -25,7 +25,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
-from book_step import BookStep, SpreadFilter, timed_update_book
+from book_step import BookStep, SpreadFilter, UpdateBook
 from service import cluster
 from service.inputs import build_source, log_resumes
 from service.outputs import fan_out
@@ -59,6 +59,8 @@ def get_flow(
     if source is None:
         source, products = build_source(settings, SHUTDOWN)
     products = list(products or settings.products or [])
+    # the book step asks the source for fresh snapshots on the source's own channel
+    resync_requests = getattr(source, "resync_requests", None)
     views_on = views_wiring.wanted(settings)
     if sink is None and settings.outputs:
         sink = fan_out(settings.outputs, SHUTDOWN, metrics=settings.metrics_enabled)
@@ -78,7 +80,9 @@ def get_flow(
         # (received_ns, record) pairs: summaries and depth records, timed for metrics
         levels, interval = views_wiring.depth_cadence(settings)
         books = op.stateful_map(
-            "order_book", keyed, BookStep(levels, interval, book_metrics)
+            "order_book",
+            keyed,
+            BookStep(levels, interval, book_metrics, resync_requests),
         )
         if views_on:  # ORDERBOOK_OUTPUT=live, ORDERBOOK_DASHBOARD: see views/wiring.py
             views_wiring.attach(
@@ -90,7 +94,7 @@ def get_flow(
             )
         records = op.flat_map("spread_filter", books, spread.records)
     else:  # the plain fast path: a (received_ns, summary) pair or None per event
-        books = op.stateful_map("order_book", keyed, timed_update_book)
+        books = op.stateful_map("order_book", keyed, UpdateBook(resync_requests))
         records = op.filter_map("spread_filter", books, spread.timed)
     if sink is not None:  # None when the live view is the only output
         op.output("output", records, sink)

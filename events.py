@@ -48,8 +48,9 @@ class BookSnapshot:
     time: datetime | None
     """Exchange event time, if the feed sent one (the Exchange feed's snapshot has none)."""
     feed: str
-    """The origin label the records of this event carry (``exchange``, ``advanced-trade``,
-    ``sim``, ``replay``): see :mod:`coinbase.feeds` for feed, protocol and origin."""
+    """Where the data came from, carried by the records of this event (``exchange``,
+    ``advanced-trade``, ``sim``, ``replay``...): see :mod:`coinbase.feeds` for feed and
+    protocol."""
     received_ns: int = 0
     """``time.time_ns()`` when the frame came off the socket (0 when not from a socket)."""
 

@@ -42,29 +42,16 @@ from itertools import islice
 from sortedcontainers import SortedDict
 from sortedcontainers.sorteddict import SortedItemsView
 
+import records
 from common.decimals import CTX as _CTX
 from events import ASK, BID, Change, Level
-from records import (
-    _EXTRA_PRICE_DIGITS,
-    _TEN_THOUSAND,
-    _ZERO,
-    OrderBookDepth,
-    OrderBookSummary,
-)
+from records import _EXTRA_PRICE_DIGITS, _TEN_THOUSAND, _ZERO
 
-__all__ = [
-    "BookCondition",
-    "Fill",
-    "InvalidChange",
-    "OrderBook",
-    "OrderBookDepth",
-    "OrderBookSummary",
-    "normalise_side",
-]
+__all__ = ["BookCondition", "Fill", "InvalidChange", "OrderBook"]
 
-_SIDE_INDEX: dict[str, int] = {"bid": 0, "buy": 0, "ask": 1, "sell": 1, "offer": 1}
-"""Every spelling of a side in the feeds: Exchange buy/sell, Advanced Trade bid/offer."""
-_SIDE_NAMES = (BID, ASK)
+_SIDE_INDEX: dict[str, int] = {BID.value: 0, ASK.value: 1}
+"""A change's side, an :class:`events.Side` (equal to its value, so keyed by it): the
+decoders map the feeds' spellings (Exchange buy/sell, Advanced Trade bid/offer) once."""
 
 
 class InvalidChange(ValueError):
@@ -80,7 +67,12 @@ class InvalidChange(ValueError):
 
 
 class BookCondition(StrEnum):
-    """Whether the top of the book can be trusted; anything but OK means resync."""
+    """Whether the top of the book can be trusted; anything but OK means resync.
+
+    :attr:`OrderBook.condition` is one of the first six; ``AWAITING_SNAPSHOT`` is the
+    book step's, for a product whose book was dropped (a reset, a failed event) and that
+    waits for the next snapshot (``book_step.BookState.condition``).
+    """
 
     OK = "ok"
     EMPTY = "empty"
@@ -88,16 +80,7 @@ class BookCondition(StrEnum):
     NO_ASKS = "no_asks"
     CROSSED = "crossed"
     LOCKED = "locked"
-
-
-def normalise_side(side: str) -> str:
-    """Map any feed spelling (bid/buy, ask/sell/offer) to ``"bid"``/``"ask"``."""
-    try:
-        return _SIDE_NAMES[_SIDE_INDEX[side]]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown book side {side!r}; expected one of {sorted(_SIDE_INDEX)}"
-        ) from None
+    AWAITING_SNAPSHOT = "awaiting-snapshot"
 
 
 def _analytics_side(side: str) -> int:
@@ -279,7 +262,7 @@ class OrderBook:
     def apply_changes(self, changes: Iterable[Change]) -> None:
         """Apply ``(side, price, new_absolute_size)`` changes, all or none.
 
-        ``side`` is any of bid/buy/ask/sell/offer. Size 0 removes the level; removing
+        ``side`` is an :class:`events.Side` (``"bid"``/``"ask"``). Size 0 removes the level; removing
         an absent level is a no-op. Prices and sizes may be Decimal (fast path), str or
         int; changes apply in order, so a price repeated in one message ends at its last
         size. Raises :class:`InvalidChange` naming the first bad change; nothing is applied.
@@ -385,12 +368,14 @@ class OrderBook:
 
     def summary(
         self, time: datetime | None = None, feed: str = ""
-    ) -> OrderBookSummary | None:
-        """The top as an :class:`OrderBookSummary`, or None unless condition is OK."""
+    ) -> records.OrderBookSummary | None:
+        """The top as an :class:`~records.OrderBookSummary`, or None unless OK."""
         top = self.top()
         if top is None or top[0] >= top[2]:
             return None
-        return OrderBookSummary.from_top(self.product_id, *top, time=time, feed=feed)
+        return records.OrderBookSummary.from_top(
+            self.product_id, *top, time=time, feed=feed
+        )
 
     # -- depth analytics (read-only walks from the top, no copies) -------------------
 

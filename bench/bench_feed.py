@@ -45,7 +45,8 @@ from bytewax.testing import run_main
 
 import coinbase.decode as coinbase_parse
 from coinbase.decode import FrameDecoder
-from coinbase_source import CoinbaseSource, subscribe_messages
+from coinbase.feeds import subscribe_messages
+from coinbase_source import CoinbaseSource
 from events import BookChanges
 
 PRODUCTS = ["BTC-USD", "ETH-USD", "BTC-EUR", "ETH-EUR"]

@@ -3,15 +3,16 @@
 Read in this order:
 
 * ``feeds.py``: the feeds (URLs, channels, subscribe messages), protocols and default
-  products, defined once; what *feed*, *protocol* and *origin* mean;
+  products, defined once; what *feed* and *protocol* mean;
 * ``errors.py``: one error tree under :class:`~coinbase.errors.CoinbaseError`;
 * ``decode.py`` and ``fast_snapshot.py``: frames of both protocols to book events (pure),
   the typed fast path for multi-MB snapshots;
-* ``session.py``: the sans-IO session of one connection: what to subscribe, frames in,
-  events and reset/resync/stop decisions out, typed stats (pure: unit-tested without a
-  socket);
-* ``multiplex.py``: several products' sessions on one connection (sans-IO too): which
-  faults resync one product alone and which the whole connection;
+* ``session.py``: one product's sans-IO session: its freshness rules (reset first,
+  updates before the snapshot dropped, permanent errors stop it) and typed stats;
+* ``multiplex.py``: one connection's sans-IO session, carrying several products'
+  sessions: what to subscribe, frames in, events and reset/resync/stop decisions out;
+  the grouping rules (which faults resync one product alone and which the whole
+  connection), stated once (pure, both: unit-tested without a socket);
 * ``connection.py``: the asyncio connection: connect, pacing, backoff with jitter,
   watchdog; yields raw frames to a handler (a session, or the recorder);
 * ``runner.py``: the one event-loop thread all connections of a process share;

@@ -38,6 +38,9 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+# orjson parses Coinbase frames ~3x faster than json (bench/bench_feed.py); it is pinned.
+from orjson import loads
+
 from coinbase.errors import (
     AuthError,
     FeedError,
@@ -56,23 +59,7 @@ from common.domain import DECIMALS, LIMIT, QUANTUM, all_prices, all_sizes, is_pr
 from common.text import shown
 from events import ASK, BID, BookChanges, BookEvent, BookSnapshot, Change, Level
 
-try:  # orjson parses Coinbase frames ~3x faster than json (see bench/bench_feed.py)
-    from orjson import JSONDecodeError as _JSONDecodeError
-    from orjson import loads as _loads
-except ImportError:  # pragma: no cover - orjson is in requirements.txt
-    from json import JSONDecodeError as _JSONDecodeError
-    from json import loads as _loads
-
-__all__ = [
-    "PROTOCOLS",
-    "AuthError",
-    "FeedError",
-    "FrameDecoder",
-    "MalformedFrame",
-    "SequenceGap",
-    "UnknownProduct",
-    "parse_time",
-]
+__all__ = ["FrameDecoder", "parse_time"]
 
 _EARLIEST_REAL_TIME = datetime(2010, 1, 1, tzinfo=UTC)
 _EXCHANGE_SIDES = {"buy": BID, "sell": ASK}
@@ -234,13 +221,13 @@ def _classify_error(payload: dict) -> FeedError:
 class FrameDecoder:
     """Stateful decoder for ONE connection (AT sequence numbers are per connection)."""
 
-    def __init__(self, protocol: str, feed_label: str) -> None:
+    def __init__(self, protocol: str, feed: str) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(
                 f"protocol must be one of {', '.join(PROTOCOLS)}; got {protocol!r}"
             )
         self.protocol = protocol
-        self.feed_label = feed_label
+        self.feed = feed
         self.next_sequence = 0
         """Advanced Trade ``sequence_num`` expected next on this connection."""
         self.bad_times = 0
@@ -264,8 +251,8 @@ class FrameDecoder:
         if fast is not None:
             return fast
         try:
-            payload = _loads(frame)
-        except (_JSONDecodeError, TypeError, ValueError) as exc:
+            payload = loads(frame)
+        except (TypeError, ValueError) as exc:  # orjson.JSONDecodeError is a ValueError
             raise MalformedFrame(f"invalid JSON ({shown(exc, 120)})", frame) from None
         if type(payload) is not dict:
             raise MalformedFrame("frame is not a JSON object", frame, resync=False)
@@ -294,7 +281,7 @@ class FrameDecoder:
                 snap.bids,
                 snap.asks,
                 self._time(snap.time),
-                self.feed_label,
+                self.feed,
                 received_ns,
             )
         ]
@@ -379,7 +366,7 @@ class FrameDecoder:
             bids,
             asks,
             self._time(payload.get("time")),
-            self.feed_label,
+            self.feed,
             received_ns,
         )
 
@@ -402,7 +389,7 @@ class FrameDecoder:
             product_id,
             changes,
             self._time(payload.get("time")),
-            self.feed_label,
+            self.feed,
             received_ns,
         )
 
@@ -441,9 +428,7 @@ class FrameDecoder:
                 changes = self._at_changes(product_id, updates, frame)
                 if changes:
                     events.append(
-                        BookChanges(
-                            product_id, changes, time, self.feed_label, received_ns
-                        )
+                        BookChanges(product_id, changes, time, self.feed, received_ns)
                     )
             else:
                 raise MalformedFrame(
@@ -524,4 +509,4 @@ class FrameDecoder:
             raise MalformedFrame(
                 f"snapshot of {product_id}: bad level ({_why(exc)})", frame
             ) from None
-        return BookSnapshot(product_id, bids, asks, time, self.feed_label, received_ns)
+        return BookSnapshot(product_id, bids, asks, time, self.feed, received_ns)

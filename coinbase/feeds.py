@@ -1,13 +1,17 @@
 """The Coinbase feeds this service reads, defined once: URLs, channels, subscribe messages.
 
-Three words, one meaning each:
+Two words, one meaning each:
 
-* a **feed** is what a user picks (``ORDERBOOK_FEED``): ``exchange``, ``exchange-auth`` or
-  ``advanced-trade``; the service adds ``sim`` (the local exchange speaking ``exchange``);
+* a **feed** is what a user picks or where data came from: ``exchange``,
+  ``exchange-auth`` and ``advanced-trade`` (Coinbase's, :data:`FEEDS`), ``sim`` (the
+  local exchange's simulated market) and ``replay`` (a recording, replayed by the
+  service or served by the local exchange), :data:`LOCAL_FEEDS`. Every event and record
+  carries its feed (``"feed"`` in the output, the ``feed`` label of the metrics); the
+  local exchange names its feed in its subscriptions reply, and from then on that is the
+  data's feed, whatever URL led there;
 * a **protocol** is a wire dialect: ``exchange`` (ws-feed) or ``advanced-trade``; two
-  feeds share the ``exchange`` protocol;
-* an **origin** is the label a record carries (``"feed"`` in the output): the feed's name
-  for live data, ``sim`` for the local exchange's market, ``replay`` for a recording.
+  Coinbase feeds share the ``exchange`` protocol, and the local exchange speaks both (it
+  is subscribed to as the Coinbase feed of its protocol: :func:`coinbase_feed`).
 """
 
 from __future__ import annotations
@@ -47,6 +51,30 @@ FEEDS: dict[str, FeedSpec] = {
     ),
 }
 """Feed name -> (protocol, default url, book channel)."""
+
+
+LOCAL_FEEDS = ("sim", "replay")
+"""The local exchange's feeds: what its subscriptions reply says it serves."""
+
+
+def coinbase_feed(feed: str, protocol: str | None = None) -> str:
+    """The Coinbase feed whose subscribe messages ``feed`` takes: itself, or for a feed of
+    the local exchange the Coinbase feed of ``protocol`` (default ``exchange``).
+
+    Raises ValueError for an unknown feed or protocol, or a protocol the feed does not
+    speak.
+    """
+    if feed in LOCAL_FEEDS:
+        protocol = EXCHANGE if protocol is None else protocol
+        if protocol not in PROTOCOLS:
+            raise ValueError(
+                f"unknown protocol {protocol!r}; allowed: {', '.join(PROTOCOLS)}"
+            )
+        return protocol  # the Coinbase feed named as its protocol
+    spec = _check_feed(feed)
+    if protocol is not None and protocol != spec.protocol:
+        raise ValueError(f"feed {feed!r} speaks {spec.protocol}, not {protocol!r}")
+    return feed
 
 
 def _check_feed(feed: str) -> FeedSpec:

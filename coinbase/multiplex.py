@@ -1,11 +1,37 @@
 """Several products on one connection, sans-IO: which faults reset one product, which all.
 
 :class:`ConnectionSession` carries the :class:`~coinbase.session.Session` of each
-product of one WebSocket connection (at most :data:`PRODUCTS_PER_CONNECTION`): it builds
-the grouped subscribe messages, routes each frame to its product, and decides, per fault,
-whether one product resyncs alone (unsubscribe + subscribe on the live connection) or the
-whole connection does (a drop, silence, an Advanced Trade sequence gap: its numbers are
-per connection). Like :mod:`coinbase.session`, it never touches a socket.
+product of one WebSocket connection: it builds the grouped subscribe messages, routes
+each frame to its product, and decides, per fault, which products it concerns. Like
+:mod:`coinbase.session`, it never touches a socket; ``coinbase_source._Group`` is the
+glue that runs it on a :class:`~coinbase.connection.Connection`.
+
+The grouping rules, stated here once (``coinbase_source.py`` and the docs link here):
+
+* Which products share a connection: the partitions of one source built in one process
+  fill connections in the order Bytewax builds them, up to
+  :data:`PRODUCTS_PER_CONNECTION` per connection (Exchange 32, Advanced Trade 16; the
+  reasons are there).
+* When a connection opens: once its group is full, or ``coinbase_source.GATHER_SECONDS``
+  (50 ms) after the last product joined it (Bytewax builds partitions one at a time,
+  within milliseconds of each other), so that one subscribe message per channel carries
+  the whole group. A product that joins a live connection is subscribed with one more
+  message.
+* Which faults reset every product of the connection (action RESYNC: a new connection,
+  a fresh snapshot of each): a drop, silence (the watchdog), an Advanced Trade sequence
+  gap (its numbers are per connection), a malformed book frame whose product cannot be
+  told, a transient error reply, a product joining or resubscribed that gets no snapshot
+  within the snapshot grace (the source's watchdog times
+  ``coinbase.connection.SNAPSHOT_GRACE_FACTOR``), and any per-product resync on a
+  served replay (the local exchange's replay ignores unsubscribes).
+* Which reset ONE product alone (unsubscribed and subscribed again on the live
+  connection, its updates dropped until the new snapshot: both feeds send one on
+  subscribe, and Exchange level2 carries no sequence, so a new subscription is the only
+  way back): a malformed book frame naming it, its queue overflowing (the dataflow fell
+  behind), a resync requested downstream (the book step: a book stuck crossed).
+* Which stop products for good: an error reply naming one product (unknown product)
+  stops that product alone; refused credentials stop every product (they are the
+  connection's).
 """
 
 from __future__ import annotations
@@ -15,8 +41,10 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from orjson import loads
+
 from coinbase.auth import Credentials
-from coinbase.decode import FrameDecoder, _loads
+from coinbase.decode import FrameDecoder
 from coinbase.errors import (
     FeedError,
     MalformedFrame,
@@ -25,8 +53,10 @@ from coinbase.errors import (
 )
 from coinbase.feeds import (
     ADVANCED_TRADE,
+    FEEDS,
     _check_feed,
     _check_product,
+    coinbase_feed,
     subscribe_messages,
 )
 from common.domain import is_product_id
@@ -128,19 +158,8 @@ class ConnectionSession:
     fault kind that state would be passed around instead of owned.
 
     The per-product rules stay in each :class:`Session`; this class decides what a frame
-    or fault means for the connection and which products it concerns:
-
-    * a drop, silence, sequence gap (Advanced Trade numbers messages per connection), an
-      unattributable malformed book frame or a transient error reply resets EVERY product
-      of the connection (action RESYNC, then :meth:`disconnect`);
-    * a malformed book frame naming its product(s), a consumer overflow or a resync
-      requested downstream resets THAT product alone: it is unsubscribed and subscribed
-      again on the live connection (both feeds send a fresh snapshot on subscribe; Exchange
-      level2 carries no sequence, so a new subscription is the only way back), and its
-      updates are dropped until that snapshot;
-    * an error reply naming one product (unknown product) stops that product alone;
-      refused credentials stop all (they are the connection's);
-    * products that join a live connection are subscribed in one more message.
+    or fault means for the connection and which products it concerns, by the rules of
+    the module docstring (:mod:`coinbase.multiplex`).
 
     Malformed frames and whole-connection resyncs are each logged at most once a second
     per connection, the feed text they quote escaped and cut (:func:`common.text.shown`).
@@ -153,12 +172,15 @@ class ConnectionSession:
         self,
         feed: str,
         *,
+        protocol: str | None = None,
         credentials: Credentials | None = None,
         name: str = "",
         snapshot_grace_ns: int = SNAPSHOT_GRACE_NS,
     ) -> None:
         self.feed = feed
-        self.protocol = _check_feed(feed).protocol
+        self._subscribe_as = coinbase_feed(feed, protocol)
+        """The Coinbase feed whose subscribe messages go out (:func:`coinbase_feed`)."""
+        self.protocol = FEEDS[self._subscribe_as].protocol
         self.name = name
         self.sessions: dict[str, Session] = {}
         self.frames = 0
@@ -170,8 +192,8 @@ class ConnectionSession:
         self._resubscribing: list[str] = []
         self._deadlines: dict[str, int] = {}
         self._snapshot_grace_ns = snapshot_grace_ns
-        self._origin: str | None = None
-        """The local exchange's marker, once a subscriptions reply said it."""
+        self.local_exchange: str | None = None
+        """The local exchange's feed, once its subscriptions reply said it."""
         self._log = RateLimitedLog(log)
         """Malformed frames of the connection: at most one line a second."""
         self._resync_log = RateLimitedLog(log)
@@ -193,11 +215,11 @@ class ConnectionSession:
         """A product joins; True if it must be subscribed on the live connection now."""
         if session.protocol != self.protocol:
             raise ValueError(
-                f"{session.product_id}: feed {session.feed} != {self.feed}"
+                f"{session.product_id}: protocol {session.protocol} != {self.protocol}"
             )
         self.sessions[session.product_id] = session
-        if self._origin is not None:
-            session.origin = session.local_exchange = self._origin
+        if self.local_exchange is not None:
+            session.feed = session.local_exchange = self.local_exchange
         if not self._connected:
             return False
         session.attach()
@@ -214,18 +236,18 @@ class ConnectionSession:
         self._resubscribing.clear()
         self._deadlines.clear()
         active = self.active
-        self._decoder = FrameDecoder(self.protocol, self._origin or self._label())
+        self._decoder = FrameDecoder(self.protocol, self.local_exchange or self._feed())
         for session in active:
             session.attach()
         if not active:
             return []
         return group_messages(
-            self.feed, [s.product_id for s in active], self._credentials, now
+            self._subscribe_as, [s.product_id for s in active], self._credentials, now
         )
 
-    def _label(self) -> str:
+    def _feed(self) -> str:
         first = next(iter(self.sessions.values()), None)
-        return first.origin if first is not None else self.feed
+        return first.feed if first is not None else self.feed
 
     def outgoing(self, now: float | None = None) -> list[dict]:
         """Messages for the live connection: resubscribes, then products joining."""
@@ -237,7 +259,7 @@ class ConnectionSession:
         messages: list[dict] = []
         if again:
             messages += group_messages(
-                self.feed,
+                self._subscribe_as,
                 again,
                 self._credentials,
                 now,
@@ -245,12 +267,12 @@ class ConnectionSession:
                 heartbeats=False,
             )
             messages += group_messages(
-                self.feed, again, self._credentials, now, heartbeats=False
+                self._subscribe_as, again, self._credentials, now, heartbeats=False
             )
         if joining:
             # Advanced Trade's heartbeats are per connection, already subscribed.
             messages += group_messages(
-                self.feed,
+                self._subscribe_as,
                 joining,
                 self._credentials,
                 now,
@@ -301,7 +323,7 @@ class ConnectionSession:
         """One product's consumer fell ``dropped`` events behind: that product resyncs."""
         session = self.sessions.get(product_id)
         if session is not None:
-            session.stats.overflows += 1
+            session.stats.backlog_drops += 1
         return self._resubscribe(
             [product_id], f"the dataflow fell {dropped} events behind"
         )
@@ -309,7 +331,7 @@ class ConnectionSession:
     def _resubscribe(
         self, product_ids: list[str], reason: str, now_ns: int | None = None
     ) -> ConnectionStep:
-        if self._origin == "replay":
+        if self.local_exchange == "replay":
             # The local exchange's replay serves each product once per connection and
             # ignores unsubscribes: only a new connection starts the data again.
             return self._resync_all(f"{', '.join(product_ids)}: {reason}")
@@ -420,7 +442,7 @@ class ConnectionSession:
         named = self._blame(frame)
         victims = [self.sessions[p] for p in named] if named else self.active
         for session in victims:
-            session.stats.malformed += 1
+            session.stats.malformed_frames += 1
         self._log.warning(
             "%s: skipped malformed frame: %s", self.name, shown(exc, LOGGED_CHARS)
         )
@@ -440,7 +462,7 @@ class ConnectionSession:
         Coinbase's shape names no product of ours and is left out.
         """
         try:
-            payload = _loads(frame)
+            payload = loads(frame)
         except (ValueError, TypeError):
             payload = None
         found: list[str] = []
@@ -513,7 +535,7 @@ class ConnectionSession:
         return self._resync_all(str(exc))
 
     def _read_marker(self, frame: str) -> None:
-        """The local exchange's marker: the origin of every product of the connection."""
+        """The local exchange's marker: the feed of every product of the connection."""
         first = next(iter(self.sessions.values()), None)
         if first is None:
             return
@@ -521,8 +543,8 @@ class ConnectionSession:
         marker = first.local_exchange
         if marker is None:
             return
-        self._origin = marker
+        self.local_exchange = self.feed = marker
         for session in self.sessions.values():
-            session.local_exchange = session.origin = marker
+            session.local_exchange = session.feed = marker
         if self._decoder is not None:
-            self._decoder.feed_label = marker
+            self._decoder.feed = marker

@@ -1,41 +1,36 @@
-"""Feed sessions, sans-IO: frames in, book events and decisions out.
+"""One product's feed session, sans-IO: its freshness rules and typed stats.
 
 :class:`Session` is one product's state; :class:`~coinbase.multiplex.ConnectionSession`
-(in :mod:`coinbase.multiplex`) is one connection carrying several products' sessions.
-
-Following python-websockets' design (a protocol core that never touches a socket, under a
-thin asyncio layer), this module holds every rule about *what the frames mean* for one
-product's book, and nothing about how they arrive. The asyncio side
-(:mod:`coinbase.connection`) opens sockets and calls:
+(in :mod:`coinbase.multiplex`) is one connection carrying several products' sessions: it
+decodes the frames, routes each product's events to its session, and decides which
+faults concern which products. Following python-websockets' design (a protocol core that
+never touches a socket, under a thin asyncio layer), neither knows how frames arrive, so
+every rule is testable with hand-built frames, no socket
+(``tests/test_coinbase_session.py``). The connection session calls:
 
 * :meth:`Session.start` once: the events that open the partition (a reset);
-* :meth:`Session.connect` on each new connection: the subscribe messages to send;
-* :meth:`Session.receive` for each frame: a :class:`Step` with the events to emit and
-  whether to go on, resync (end this connection, start afresh) or stop for good;
-* :meth:`Session.overflow` when the consumer fell too far behind, and
-  :meth:`Session.request_resync` when it asks for a fresh snapshot;
+* :meth:`Session.attach` on each new connection that carries the product;
+* :meth:`Session.offer` with the product's decoded events: those to emit;
+* :meth:`Session.resubscribe` when the product alone needs a fresh snapshot, and
+  :meth:`Session.fail` when a permanent error names it;
 * :meth:`Session.disconnect` when a connection ended: the reset and whether to reconnect.
 
-So every freshness rule is testable with hand-built frames, no socket
-(``tests/test_coinbase_session.py``):
+The rules of one product:
 
 * A :class:`~events.BookReset` comes first (fresh or resumed) and again whenever a
-  connection ends (close, error, silence, sequence gap, malformed book frame, overflow),
-  before anything else of the product; consecutive resets are collapsed into one.
+  connection ends or the product is resubscribed, before anything else of the product;
+  consecutive resets are collapsed into one.
 * Updates before the snapshot that follows a reset are dropped and counted.
-* Resync is always a new connection: Exchange level2 frames carry no sequence, so a
-  fresh subscription (new snapshot) is the only way back to a correct book.
-* Error replies: unknown products and refused credentials are permanent (the session
-  stops); other errors resync.
+* A permanent error reply (unknown product, refused credentials) stops the session.
 * The local exchange marks its subscriptions reply with ``"local_exchange": "sim"`` or
-  ``"replay"``: from then on the data's origin is that, whatever URL led there (``replay``
+  ``"replay"``: from then on the data's feed is that, whatever URL led there (``replay``
   wins over ``sim``, since a replayed recording of the sim carries the sim's marker).
   A served replay ends with a normal close (code 1000): that is the end of the data, not
   a fault, so the session ends instead of reconnecting.
-* Log lines: a malformed frame and a resync are logged at most once a second per
-  product (a count of the lines held back comes with the next one), and any feed text
-  they quote (a reason, an error reply, a close reason) goes through
-  :func:`common.text.shown`, escaped and cut to :data:`LOGGED_CHARS`.
+* Log lines: a resync is logged at most once a second per product (a count of the lines
+  held back comes with the next one), and any feed text a line quotes (a reason, an
+  error reply, a close reason) goes through :func:`common.text.shown`, escaped and cut
+  to :data:`LOGGED_CHARS`.
 """
 
 from __future__ import annotations
@@ -46,20 +41,10 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
-from coinbase.auth import Credentials
-from coinbase.decode import FrameDecoder, _loads
-from coinbase.errors import (
-    AuthError,
-    FeedError,
-    MalformedFrame,
-    SequenceGap,
-    UnknownProduct,
-)
-from coinbase.feeds import (
-    _check_feed,
-    _check_product,
-    subscribe_messages,
-)
+from orjson import loads
+
+from coinbase.errors import AuthError, FeedError, UnknownProduct
+from coinbase.feeds import FEEDS, LOCAL_FEEDS, _check_product, coinbase_feed
 from common.logs import RateLimitedLog
 from common.text import shown
 from events import BookChanges, BookEvent, BookReset, BookSnapshot
@@ -74,8 +59,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LOCAL_EXCHANGE_MARKER = "local_exchange"
-"""Field of the local exchange's subscriptions reply naming what it serves."""
-LOCAL_ORIGINS = ("sim", "replay")
+"""Field of the local exchange's subscriptions reply naming its feed."""
 NORMAL_CLOSURE = 1000
 LOGGED_CHARS = 400
 """Characters of a reason or an error quoting feed text kept in one log line (a
@@ -113,7 +97,7 @@ class SessionStats:
     frames: int = 0
     events: int = 0
     snapshots: int = 0
-    malformed: int = 0
+    malformed_frames: int = 0
     bad_times: int = 0
     dropped_before_snapshot: int = 0
     foreign: int = 0
@@ -122,7 +106,7 @@ class SessionStats:
     connections: int = 0
     reconnects: int = 0
     sequence_gaps: int = 0
-    overflows: int = 0
+    backlog_drops: int = 0
     errors: int = 0
     last_error: str | None = None
     last_disconnect: str | None = None
@@ -139,27 +123,21 @@ class Session:
         product_id: str,
         feed: str,
         *,
-        origin: str | None = None,
-        credentials: Credentials | None = None,
+        protocol: str | None = None,
         resumed: bool = False,
     ) -> None:
-        self.protocol = _check_feed(feed).protocol
+        self.protocol = FEEDS[coinbase_feed(feed, protocol)].protocol
         self.product_id = _check_product(product_id)
         self.feed = feed
-        self.origin = origin or feed
-        """The label every event carries; the local exchange's marker overrides it."""
+        """The feed every event carries; the local exchange's marker overrides it."""
         self.local_exchange: str | None = None
         """What the local exchange said it serves (``sim``/``replay``), if it is one."""
         self.stats = SessionStats()
         self.error: FeedError | None = None
         """The permanent error that stopped this session, if any."""
-        self._credentials = credentials
         self._resumed = resumed
         self._awaiting_snapshot = True
         self._last_was_reset = False
-        self._decoder: FrameDecoder | None = None
-        self._bad_times_before = 0
-        self._malformed_log = RateLimitedLog(log)
         self._resync_log = RateLimitedLog(log)
         """Resync lines: at most one a second for this product (5,000 malformed updates
         in a second used to log 5,000), with a count of the ones it held back."""
@@ -180,18 +158,6 @@ class Session:
         """The partition's first events: a reset, so that no stale book is ever served."""
         return self._reset("resume" if self._resumed else "start")
 
-    def connect(self, now: float | None = None) -> list[dict]:
-        """A new connection is open: the subscribe messages (signed afresh at ``now``)."""
-        self.attach()
-        self._bad_times_before = self.stats.bad_times
-        self._decoder = FrameDecoder(self.protocol, self.origin)
-        return subscribe_messages(
-            self.feed,
-            self.product_id,
-            self._credentials,
-            time.time() if now is None else now,
-        )
-
     def attach(self) -> None:
         """A new connection carries this product (the connection owns the decoder)."""
         self.stats.connections += 1
@@ -211,11 +177,8 @@ class Session:
 
     def fail(self, exc: FeedError) -> list[BookEvent]:
         """A permanent error names this product: a reset, and it stops for good."""
-        step = self._feed_error(exc)
-        if step.action is not Action.STOP:  # pragma: no cover - callers pass permanent
-            return []
         self.stats.state = "failed"
-        return self._reset(step.reason)
+        return self._reset(self._failed(exc))
 
     def connect_failed(self, reason: str) -> None:
         self.stats.state = "connecting"
@@ -226,18 +189,8 @@ class Session:
         self.stats.reconnects += 1
         self.stats.state = "connecting"
 
-    def overflow(self, dropped: int) -> Step:
-        """The consumer fell ``dropped`` events behind: drop the backlog and resync."""
-        self.stats.overflows += 1
-        return self._resync(f"the dataflow fell {dropped} events behind")
-
-    def request_resync(self, reason: str) -> Step:
-        """Someone downstream (the book step: a book stuck crossed) wants a new snapshot."""
-        return self._resync(f"requested: {reason}")
-
     def disconnect(self, reason: str, close_code: int | None = None) -> Step:
         """The connection ended for ``reason``: a reset, then reconnect, stop or end."""
-        self._decoder = None
         self.stats.last_disconnect = reason
         events = self._reset(reason)
         if self.error is not None:
@@ -257,43 +210,8 @@ class Session:
 
     # -- frames ---------------------------------------------------------------------------
 
-    def receive(self, frame: str | bytes, received_ns: int) -> Step:
-        """Decode one frame of the current connection and apply the freshness rules."""
-        decoder = self._decoder
-        if decoder is None:
-            raise RuntimeError("receive() before connect()")
-        stats = self.stats
-        stats.frames += 1
-        try:
-            decoded = decoder.decode(frame, received_ns)
-        except MalformedFrame as exc:
-            stats.malformed += 1
-            self._malformed_log.warning(
-                "%s: skipped malformed frame: %s",
-                self.product_id,
-                shown(exc, LOGGED_CHARS),
-            )
-            if exc.resync:
-                return self._resync(f"malformed book frame ({exc.reason})")
-            return Step()
-        except SequenceGap as exc:
-            stats.sequence_gaps += 1
-            return self._resync(str(exc))
-        except FeedError as exc:
-            return self._feed_error(exc)
-        finally:
-            stats.bad_times = self._bad_times_before + decoder.bad_times
-        if not decoded:
-            if isinstance(frame, str) and LOCAL_EXCHANGE_MARKER in frame:
-                self._read_marker(frame)
-            return Step()
-        return Step(self._offer(decoded))
-
     def offer(self, decoded: list[BookEvent]) -> list[BookEvent]:
         """Events decoded from this product's frames: the freshness rules applied."""
-        return self._offer(decoded)
-
-    def _offer(self, decoded: list[BookEvent]) -> list[BookEvent]:
         stats = self.stats
         out: list[BookEvent] = []
         for event in decoded:
@@ -314,7 +232,7 @@ class Session:
     def _read_marker(self, frame: str) -> None:
         """The local exchange's ``"local_exchange"`` field in its subscriptions reply."""
         try:
-            payload = _loads(frame)
+            payload = loads(frame)
         except ValueError:
             return
         if not isinstance(payload, dict) or "subscriptions" not in (
@@ -323,19 +241,17 @@ class Session:
         ):
             return
         marker = payload.get(LOCAL_EXCHANGE_MARKER)
-        if marker not in LOCAL_ORIGINS or self.local_exchange == "replay":
+        if marker not in LOCAL_FEEDS or self.local_exchange == "replay":
             return  # a recording of the sim replayed still says "replay"
         if marker != self.local_exchange:
             log.info(
-                "%s: the server is the local exchange serving %s data; origin %r",
+                "%s: the server is the local exchange serving %s data; feed %r",
                 self.product_id,
                 marker,
                 marker,
             )
         self.local_exchange = marker
-        self.origin = marker
-        if self._decoder is not None:
-            self._decoder.feed_label = marker
+        self.feed = marker
 
     # -- decisions ------------------------------------------------------------------------
 
@@ -345,17 +261,10 @@ class Session:
             return []
         self._last_was_reset = True
         self.stats.resets += 1
-        return [BookReset(self.product_id, reason, self.origin, time.time_ns())]
+        return [BookReset(self.product_id, reason, self.feed, time.time_ns())]
 
-    def _resync(self, reason: str) -> Step:
-        self.stats.resyncs += 1
-        self._resync_log.warning(
-            "%s: resync: %s", self.product_id, shown(reason, LOGGED_CHARS)
-        )
-        return Step([], Action.RESYNC, reason)
-
-    def _feed_error(self, exc: FeedError) -> Step:
-        """An error reply: stop for good when permanent, else resync."""
+    def _failed(self, exc: FeedError) -> str:
+        """A permanent error reply: counted, kept, said once; its line."""
         self.stats.errors += 1
         if isinstance(exc, UnknownProduct):
             message = (
@@ -370,9 +279,6 @@ class Session:
             message = f"{self.product_id}: {exc}"
         message = shown(message, LOGGED_CHARS)
         self.stats.last_error = message
-        if exc.permanent:
-            self.error = exc
-            log.error("%s", message)
-            return Step([], Action.STOP, message)
-        self._resync_log.warning("%s; reconnecting", message)
-        return Step([], Action.RESYNC, message)
+        self.error = exc
+        log.error("%s", message)
+        return message

@@ -48,12 +48,8 @@ from pathlib import Path
 
 import orjson
 
-from coinbase.decode import (
-    FeedError,
-    FrameDecoder,
-    MalformedFrame,
-    SequenceGap,
-)
+from coinbase.decode import FrameDecoder
+from coinbase.errors import FeedError, MalformedFrame, SequenceGap
 from coinbase.feeds import ADVANCED_TRADE, EXCHANGE
 from common.domain import is_product_id
 from events import BookChanges, BookSnapshot

@@ -86,6 +86,7 @@ from importers.stream import CONNECTION, START, Item
 from recording.format import RecordingError
 from recording.reader import Recording
 from recording.replay import ReplaySource
+from resync import ResyncRequests
 
 log = logging.getLogger(__name__)
 
@@ -391,7 +392,7 @@ def open_replay(
     products: Sequence[str] | None = None,
     *,
     report: os.PathLike | str | None = None,
-    label: str = "replay",
+    feed: str = "replay",
     progress: bool | None = None,
     root: os.PathLike | str | None = None,
 ) -> tuple[FixedPartitionedSource, PreparedReplay]:
@@ -413,7 +414,7 @@ def open_replay(
         source = ReplaySource(
             prepared.path,
             list(products) if products else None,
-            label,
+            feed,
             progress,
         )
     except BaseException:
@@ -454,6 +455,11 @@ class ReportingSource(FixedPartitionedSource):
     @property
     def products(self) -> list[str]:
         return self.inner.products
+
+    @property
+    def resync_requests(self) -> ResyncRequests:
+        """The replay's resync channel, for the flow's book step (never taken)."""
+        return self.inner.resync_requests
 
     def list_parts(self) -> list[str]:
         return self.inner.list_parts()

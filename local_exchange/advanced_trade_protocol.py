@@ -82,9 +82,9 @@ class AdvancedTradeProtocol(Protocol):
     sequenced = True
 
     def __init__(
-        self, registry: Registry, origin: str | None, max_l2_streams: int
+        self, registry: Registry, feed: str | None, max_l2_streams: int
     ) -> None:
-        super().__init__(registry, origin)
+        super().__init__(registry, feed)
         self._max_l2_streams = max_l2_streams
 
     # -- requests ---------------------------------------------------------------------
@@ -145,7 +145,7 @@ class AdvancedTradeProtocol(Protocol):
                 conn.put("error", error(TOO_MANY_L2_STREAMS))
                 return
             current.extend(new)
-            if self.origin and valid:
+            if self.feed and valid:
                 # Coinbase acks after the snapshot; the local exchange says who it is
                 # first, so that a client labels even the snapshot sim or replay.
                 conn.put("subscriptions", self.subscriptions(conn))
@@ -156,7 +156,7 @@ class AdvancedTradeProtocol(Protocol):
                 if pid in current:
                     current.remove(pid)
                     self.registry.unsubscribe_l2(conn, "level2", pid)
-        if valid and not (subscribe and self.origin):
+        if valid and not (subscribe and self.feed):
             conn.put("subscriptions", self.subscriptions(conn))
 
     def subscriptions(self, conn: Connection) -> AtFrame:
@@ -165,7 +165,7 @@ class AdvancedTradeProtocol(Protocol):
             subs["level2"] = list(conn.subs["level2"])
         if conn.at_heartbeats:
             subs["heartbeats"] = ["heartbeats"]
-        marker = f",{dumps(MARKER_FIELD)}:{dumps(self.origin)}" if self.origin else ""
+        marker = f",{dumps(MARKER_FIELD)}:{dumps(self.feed)}" if self.feed else ""
         return AtFrame("subscriptions", dumps([{"subscriptions": subs}]), marker)
 
     # -- encoders ---------------------------------------------------------------------

@@ -104,11 +104,11 @@ class ExchangeProtocol(Protocol):
     def __init__(
         self,
         registry: Registry,
-        origin: str | None,
+        feed: str | None,
         credentials: Credentials | None,
         stats: Stats,
     ) -> None:
-        super().__init__(registry, origin)
+        super().__init__(registry, feed)
         self._credentials = credentials
         self._stats = stats
 
@@ -186,8 +186,8 @@ class ExchangeProtocol(Protocol):
             if pids
         ]
         reply: dict[str, Any] = {"type": "subscriptions", "channels": channels}
-        if self.origin:
-            reply[MARKER_FIELD] = self.origin
+        if self.feed:
+            reply[MARKER_FIELD] = self.feed
         return dumps(reply)
 
     # -- encoders ---------------------------------------------------------------------

@@ -71,11 +71,9 @@ class Protocol(ABC):
     sequenced = False
     """True when frames carry a per-connection sequence number (``skip_sequence``)."""
 
-    def __init__(self, registry: Registry, origin: str | None) -> None:
+    def __init__(self, registry: Registry, feed: str | None) -> None:
         self.registry = registry
-        self.origin = (
-            origin  # "sim", "replay" or None: the subscriptions reply's marker
-        )
+        self.feed = feed  # "sim", "replay" or None: the subscriptions reply's marker
 
     # -- requests ---------------------------------------------------------------------
     @abstractmethod

@@ -37,7 +37,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from coinbase.connection import Connection
-from coinbase.decode import FeedError, FrameDecoder
+from coinbase.decode import FrameDecoder
+from coinbase.errors import FeedError
 from coinbase.feeds import FEEDS, subscribe_messages
 from common import validation
 from common.text import redact_url, shown

@@ -56,7 +56,8 @@ from typing import Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from book_step import BookState, update_book
-from coinbase.decode import FeedError, FrameDecoder, MalformedFrame, SequenceGap
+from coinbase.decode import FrameDecoder
+from coinbase.errors import FeedError, MalformedFrame, SequenceGap
 from common.logs import RateLimitedLog
 from common.text import shown
 from events import BookChanges, BookEvent, BookReset, BookSnapshot
@@ -69,6 +70,7 @@ from recording.format import (
     protocol_of_frame,
 )
 from recording.reader import Chunk, ProductReader, Recording
+from resync import ResyncRequests
 
 log = logging.getLogger(__name__)
 
@@ -228,13 +230,13 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, BookEvent], ResumeState
         reader: _WorkerReader,
         product: str,
         protocol: str,
-        feed_label: str,
+        feed: str,
         resume: ResumeState | None,
     ) -> None:
         self.product = product
         self._protocol = protocol
-        self._feed = feed_label
-        self._decoder = FrameDecoder(protocol, feed_label)
+        self._feed = feed
+        self._decoder = FrameDecoder(protocol, feed)
         self._other_protocol = other_protocol(protocol)
         self._wrong_protocol = wrong_protocol(protocol)
         self._bad = RateLimitedLog(log)
@@ -256,12 +258,13 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, BookEvent], ResumeState
             self._stream = 0
             self._emit_from = 0
             self._shadow: BookState | None = None
-            self._pending = [(product, BookReset(product, "replay start", feed_label))]
+            self._pending = [(product, BookReset(product, "replay start", feed))]
         else:
             self._next = resume["next"]
             self._stream = resume["stream"]
             self._emit_from = resume["next"]
-            self._shadow = BookState(product, feed_label)
+            # quiet: the book step logs nothing of this book while it is rebuilt
+            self._shadow = BookState(product, feed, quiet=True)
             self._pending = []
             self.stats["resumed"] = 1
         self.read_from = self._stream
@@ -406,12 +409,11 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, BookEvent], ResumeState
     def _warm_up(self, index: int, line: Any) -> None:
         """A record before the resume point: rebuild the book from it, emit nothing."""
         events: list = []
-        with _quiet_book_step():
-            self._record(index, line, events)
-            for _, event in events:
-                self._shadow, summary = update_book(self._shadow, event)
-                if summary is not None:
-                    self._last_summary = summary
+        self._record(index, line, events)
+        for _, event in events:
+            self._shadow, summary = update_book(self._shadow, event)
+            if summary is not None:
+                self._last_summary = summary
         self.stats["warmup"] += 1
 
     def _rebuilt_book(self) -> tuple[str, BookEvent]:
@@ -442,18 +444,6 @@ def _valid_resume(resume: Any) -> bool:
         and type(resume.get("stream")) is int
         and 0 <= resume["stream"] <= resume["next"]
     )
-
-
-class _quiet_book_step:
-    """Silences the book step's logging while a resumed partition rebuilds its book."""
-
-    def __enter__(self) -> None:
-        self._logger = logging.getLogger("book_step")
-        self._disabled = self._logger.disabled
-        self._logger.disabled = True
-
-    def __exit__(self, *exc: object) -> None:
-        self._logger.disabled = self._disabled
 
 
 # -- progress ------------------------------------------------------------------------------
@@ -570,15 +560,18 @@ class ReplaySource(FixedPartitionedSource[tuple[str, BookEvent], ResumeState]):
     """A recording as a finite Bytewax source: a partition per product, ends at the end.
 
     ``progress``: show a progress bar on stderr; None (default) shows it when stderr is
-    a terminal.
+    a terminal. ``resync_requests`` is the flow's resync channel (:mod:`resync`; a new
+    one by default): a file cannot be asked again, so its requests are never taken (the
+    book waits for the recording's next snapshot, as it would without one).
     """
 
     def __init__(
         self,
         path: str | os.PathLike,
         products: list[str] | None = None,
-        feed_label: str = "replay",
+        feed: str = "replay",
         progress: bool | None = None,
+        resync_requests: ResyncRequests | None = None,
     ) -> None:
         self.recording = Recording.open(path)
         recorded = self.recording.products
@@ -598,8 +591,9 @@ class ReplaySource(FixedPartitionedSource[tuple[str, BookEvent], ResumeState]):
                 )
             self.products = list(dict.fromkeys(products))
         _check_protocol(self.recording, self.products)
-        self.feed_label = feed_label
+        self.feed = feed
         self.progress = progress
+        self.resync_requests = resync_requests or ResyncRequests()
         self._readers: dict[int, _WorkerReader] = {}
         self._readers_lock = threading.Lock()
 
@@ -638,6 +632,6 @@ class ReplaySource(FixedPartitionedSource[tuple[str, BookEvent], ResumeState]):
             self._reader_for_this_worker(),
             for_part,
             self.recording.protocol,
-            self.feed_label,
+            self.feed,
             resume_state,
         )

@@ -27,7 +27,9 @@ def build_source(
             )
         except (RecordingError, ReplayInputError) as exc:
             raise ConfigError(f"ORDERBOOK_REPLAY: {exc}") from None
-        shutdown.add_closer(prepared.close)  # a converted recording removed on a signal too
+        shutdown.add_closer(
+            prepared.close
+        )  # a converted recording removed on a signal too
         return source, list(source.products)
     # The live feed's modules are imported here, not at the top: a replay neither needs
     # them nor pays for them (0.08 s of a 0.29 s start, in every process of a cluster).
@@ -42,9 +44,8 @@ def build_source(
         )
         source = CoinbaseSource(
             products,
-            feed="exchange",
+            feed="sim",
             url=url,
-            origin="sim",
             watchdog_seconds=settings.watchdog_seconds,
             on_stats=_stats_observer(settings),
             max_message_bytes=settings.max_message_bytes,

@@ -39,7 +39,7 @@ RESETS = Counter(
 )
 RECONNECTS = Counter("orderbook_reconnects", "Reconnections of the feed", LABELS)
 SEQUENCE_GAPS = Counter("orderbook_sequence_gaps", "Sequence gaps detected", LABELS)
-MALFORMED = Counter(
+MALFORMED_FRAMES = Counter(
     "orderbook_malformed_frames", "Malformed frames skipped by the source", LABELS
 )
 BACKLOG_DROPS = Counter(
@@ -177,10 +177,10 @@ def sink_observer() -> Callable[[list[tuple[int, Any]]], None]:
 
 
 _PARTITION_COUNTERS = {
-    ("reconnects",): RECONNECTS,
-    ("sequence_gaps",): SEQUENCE_GAPS,
-    ("malformed_frames", "malformed"): MALFORMED,
-    ("backlog_drops", "overflows"): BACKLOG_DROPS,
+    "reconnects": RECONNECTS,
+    "sequence_gaps": SEQUENCE_GAPS,
+    "malformed_frames": MALFORMED_FRAMES,
+    "backlog_drops": BACKLOG_DROPS,
 }
 _partition_seen: dict[tuple[str, str, str], float] = {}
 _partition_lock = threading.Lock()
@@ -190,9 +190,9 @@ def observe_partition_stats(product_id: str, feed: str, stats: Any) -> None:
     """Publish a source partition's connection counters.
 
     ``stats`` holds CUMULATIVE counts since the partition started, as attributes or
-    mapping keys: ``reconnects``, ``sequence_gaps``, ``malformed_frames`` (or
-    ``malformed``), ``backlog_drops`` (or ``overflows``): ``coinbase.session.SessionStats``
-    as it is; a missing one is skipped. ``feed`` must be the label the partition's
+    mapping keys: ``reconnects``, ``sequence_gaps``, ``malformed_frames``,
+    ``backlog_drops`` (the metrics' names): ``coinbase.session.SessionStats`` as it is;
+    a missing one is skipped. ``feed`` must be the label the partition's
     events carry (their ``feed``), so that the counters line up with the book step's.
     ``service/inputs.py`` passes it to ``CoinbaseSource(on_stats=...)``, which calls it
     about once a second per partition. Call it whenever convenient (each
@@ -201,18 +201,12 @@ def observe_partition_stats(product_id: str, feed: str, stats: Any) -> None:
     twice. A count that goes down (a new partition object after a restart) starts over
     from it. Thread-safe.
     """
-    for names, counter in _PARTITION_COUNTERS.items():
-        value = None
-        for name in names:
-            if isinstance(stats, Mapping):
-                value = stats.get(name)
-            else:
-                value = getattr(stats, name, None)
-            if value is not None:
-                break
+    mapping = isinstance(stats, Mapping)
+    for name, counter in _PARTITION_COUNTERS.items():
+        value = stats.get(name) if mapping else getattr(stats, name, None)
         if value is None:
             continue
-        key = (product_id, feed, names[0])
+        key = (product_id, feed, name)
         with _partition_lock:
             seen = _partition_seen.get(key, 0)
             _partition_seen[key] = value

@@ -10,17 +10,15 @@ import pytest
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 import book_step
-from book_step import RESYNC_AFTER_SECONDS, BookState, BookStep, update_book
+from book_step import RESYNC_AFTER_SECONDS, BookState, BookStep, UpdateBook, update_book
+from coinbase.multiplex import ConnectionSession
 from coinbase.session import Action, Session
 from common.logs import RateLimitedLog
 from dataflow import get_flow
 from events import ASK, BID, BookChanges, BookReset, BookSnapshot
+from orderbook import BookCondition
 from records import OrderBookSummary
-from resync import (
-    clear_resync_requests,
-    pending_resyncs,
-    take_resync_request,
-)
+from resync import ResyncRequests
 from service.settings import Settings
 
 T = datetime(2026, 8, 25, 3, 35, 57, tzinfo=UTC)
@@ -36,10 +34,10 @@ def changes(*chs):
     return BookChanges("BTC-USD", list(chs), T, "exchange")
 
 
-def run(events, state=None):
+def run(events, state=None, requests=None):
     out = []
     for e in events:
-        state, summary = update_book(state, e)
+        state, summary = update_book(state, e, requests)
         out.append(summary)
     return state, out
 
@@ -102,16 +100,28 @@ def test_saved_state_carries_no_stale_book():
         assert out == [None]
 
 
+def test_the_condition_is_the_enum_fresh_saved_and_restored():
+    fresh = BookState("BTC-USD", "exchange")
+    assert fresh.condition is BookCondition.AWAITING_SNAPSHOT
+    state, _ = run([snap(), changes((BID, D(102), D(1)))])
+    assert state.condition is BookCondition.CROSSED
+    for restored in (pickle.loads(pickle.dumps(state)), copy.deepcopy(state)):
+        assert restored.condition is BookCondition.AWAITING_SNAPSHOT
+        restored, _ = run([snap()], restored)
+        assert restored.condition is BookCondition.OK
+    state, _ = run([BookReset("BTC-USD", "drop", "exchange")], state)
+    assert state.condition is BookCondition.AWAITING_SNAPSHOT
+
+
 # -- a book that stays crossed or locked asks for a fresh snapshot ----------------------
 
 S = 1_000_000_000  # ns per second
 
 
 @pytest.fixture
-def registry():
-    clear_resync_requests()
-    yield
-    clear_resync_requests()
+def registry() -> ResyncRequests:
+    """The resync channel the book step is given (its flow's source's, in a flow)."""
+    return ResyncRequests()
 
 
 def at(seconds: float, *chs):
@@ -128,40 +138,49 @@ def at(seconds: float, *chs):
 def test_book_invalid_for_a_few_seconds_of_feed_time_asks_for_a_snapshot(
     registry, cross, condition
 ):
-    state, _ = run([snap(received_ns=1_000 * S), at(0.0, cross)])
-    state, _ = run([at(RESYNC_AFTER_SECONDS - 0.5, (ASK, D(110), D(1)))], state)
-    assert state.condition == condition and take_resync_request("BTC-USD") is None
-    state, out = run([at(RESYNC_AFTER_SECONDS + 0.1, (ASK, D(111), D(1)))], state)
+    state, _ = run([snap(received_ns=1_000 * S), at(0.0, cross)], None, registry)
+    late = at(RESYNC_AFTER_SECONDS - 0.5, (ASK, D(110), D(1)))
+    state, _ = run([late], state, registry)
+    assert state.condition == condition and registry.take("BTC-USD") is None
+    later = at(RESYNC_AFTER_SECONDS + 0.1, (ASK, D(111), D(1)))
+    state, out = run([later], state, registry)
     assert out == [None]
-    reason = take_resync_request("BTC-USD")
+    reason = registry.take("BTC-USD")
     assert reason is not None and condition in reason
     # Asked once per episode, not on every later change.
-    run([at(RESYNC_AFTER_SECONDS + 5, (ASK, D(112), D(1)))], state)
-    assert take_resync_request("BTC-USD") is None
+    run([at(RESYNC_AFTER_SECONDS + 5, (ASK, D(112), D(1)))], state, registry)
+    assert registry.take("BTC-USD") is None
 
 
 def test_a_book_that_repairs_itself_in_time_asks_for_nothing(registry):
-    state, _ = run([snap(received_ns=1_000 * S), at(0.0, (BID, D(102), D(1)))])
-    state, out = run([at(1.0, (BID, D(102), D(0)))], state)  # valid again
+    state, _ = run(
+        [snap(received_ns=1_000 * S), at(0.0, (BID, D(102), D(1)))], None, registry
+    )
+    state, out = run([at(1.0, (BID, D(102), D(0)))], state, registry)  # valid again
     assert out[0] is not None
-    state, _ = run([at(2.0, (BID, D(102), D(1)))], state)  # crossed anew
-    run([at(2.0 + RESYNC_AFTER_SECONDS - 0.1, (ASK, D(110), D(1)))], state)
-    assert pending_resyncs() == {}
+    state, _ = run([at(2.0, (BID, D(102), D(1)))], state, registry)  # crossed anew
+    run([at(2.0 + RESYNC_AFTER_SECONDS - 0.1, (ASK, D(110), D(1)))], state, registry)
+    assert registry.pending() == {}
 
 
 def test_a_fresh_snapshot_or_reset_restarts_the_clock(registry):
-    state, _ = run([snap(received_ns=1_000 * S), at(0.0, (BID, D(102), D(1)))])
-    state, _ = run([BookReset("BTC-USD", "disconnected", "exchange")], state)
-    state, _ = run([snap(received_ns=int(1_002.9 * S))], state)
-    state, _ = run([at(3.0, (BID, D(102), D(1)))], state)
-    run([at(3.0 + RESYNC_AFTER_SECONDS - 0.1, (ASK, D(110), D(1)))], state)
-    assert pending_resyncs() == {}
+    state, _ = run(
+        [snap(received_ns=1_000 * S), at(0.0, (BID, D(102), D(1)))], None, registry
+    )
+    reset = BookReset("BTC-USD", "disconnected", "exchange")
+    state, _ = run([reset], state, registry)
+    state, _ = run([snap(received_ns=int(1_002.9 * S))], state, registry)
+    state, _ = run([at(3.0, (BID, D(102), D(1)))], state, registry)
+    run([at(3.0 + RESYNC_AFTER_SECONDS - 0.1, (ASK, D(110), D(1)))], state, registry)
+    assert registry.pending() == {}
 
 
 def test_an_empty_side_is_not_a_reason_to_resync(registry):
-    state, _ = run([snap(received_ns=1_000 * S), at(0.0, (ASK, D(101), D(0)))])
-    run([at(RESYNC_AFTER_SECONDS * 3, (BID, D(90), D(1)))], state)
-    assert state.condition == "no_asks" and pending_resyncs() == {}
+    state, _ = run(
+        [snap(received_ns=1_000 * S), at(0.0, (ASK, D(101), D(0)))], None, registry
+    )
+    run([at(RESYNC_AFTER_SECONDS * 3, (BID, D(90), D(1)))], state, registry)
+    assert state.condition == "no_asks" and registry.pending() == {}
 
 
 def test_status_line_prints_canonical_prices(caplog):
@@ -180,13 +199,10 @@ def test_status_line_prints_canonical_prices(caplog):
 
 @pytest.fixture(autouse=True)
 def fresh_failure_log(monkeypatch):
-    """The failure log is rate-limited per process: each test starts with a fresh one;
-    and no test leaves a resync request behind for another module's products."""
+    """The failure log is rate-limited per process: each test starts with a fresh one."""
     monkeypatch.setattr(
         book_step, "_failure_log", RateLimitedLog(book_step.log), raising=False
     )
-    yield
-    clear_resync_requests()
 
 
 def _good_snapshot(mid: int, received_ns: int = 0) -> BookSnapshot:
@@ -213,13 +229,17 @@ POISON = {
 def test_a_poisoned_event_drops_its_book_and_resyncs_and_never_escapes(
     registry, caplog, poison, levels
 ):
-    step = BookStep(levels=levels, interval=0) if levels else update_book
+    step = (
+        BookStep(levels=levels, interval=0, resync_requests=registry)
+        if levels
+        else UpdateBook(registry)
+    )
     state, first = step(None, _good_snapshot(100))
     assert first is not None  # the earlier record exists
     with caplog.at_level(logging.ERROR, logger="book_step"):
         state, out = step(state, POISON[poison])  # raised before the guard
     assert out is None and state.book is None and state.condition != "ok"
-    assert take_resync_request("BTC-USD") is not None
+    assert registry.take("BTC-USD") is not None
     lines = [r.getMessage() for r in caplog.records if r.name == "book_step"]
     assert len(lines) == 1 and "asking for a fresh snapshot" in lines[0]
     assert "\n" not in lines[0]
@@ -228,9 +248,9 @@ def test_a_poisoned_event_drops_its_book_and_resyncs_and_never_escapes(
 
 
 def test_a_poisoned_event_asks_its_source_for_a_fresh_snapshot(registry):
-    state, _ = update_book(None, _good_snapshot(100))
-    update_book(state, POISON["huge prices"])
-    reason = take_resync_request("BTC-USD")
+    state, _ = update_book(None, _good_snapshot(100), registry)
+    update_book(state, POISON["huge prices"], registry)
+    reason = registry.take("BTC-USD")
     assert reason is not None and "InvalidOperation" in reason
 
 
@@ -250,10 +270,11 @@ def test_a_depth_record_that_cannot_be_built_keeps_the_summary(registry, monkeyp
         raise ArithmeticError("boom\nFORGED LINE")
 
     monkeypatch.setattr(book_step.OrderBookDepth, "from_book", broken)
-    state, out = BookStep(levels=5, interval=0)(None, _good_snapshot(100))
+    step = BookStep(levels=5, interval=0, resync_requests=registry)
+    state, out = step(None, _good_snapshot(100))
     _, summary, depth = out
     assert summary is not None and depth is None and state.book is None
-    assert "boom" in take_resync_request("BTC-USD")
+    assert "boom" in registry.take("BTC-USD")
 
 
 def test_a_failing_metrics_observer_costs_nothing_but_a_line(caplog):
@@ -271,17 +292,21 @@ def test_a_failing_metrics_observer_costs_nothing_but_a_line(caplog):
 
 
 def _events_from_frames(frames: list[str]) -> list:
-    """What CoinbaseSource emits for these frames, sans socket: the real Session, and a
-    reconnect (a reset, then the next snapshot) whenever it asks for a resync."""
+    """What CoinbaseSource emits for these frames, sans socket: the real connection
+    session and Session, and a reconnect (a reset, then the next snapshot) whenever it
+    asks for a resync."""
     session = Session("BTC-USD", "exchange")
     events = list(session.start())
-    session.connect(now=1_700_000_000)
+    conn = ConnectionSession("exchange")
+    conn.add(session)
+    conn.connect(now=1_700_000_000)
     for n, frame in enumerate(frames, 1):
-        result = session.receive(frame, 1_700_000_000_000_000_000 + n)
-        events += result.events
+        result = conn.receive(frame, 1_700_000_000_000_000_000 + n)
+        events += [e for _, product_events in result.events for e in product_events]
         if result.action is Action.RESYNC:
-            events += session.disconnect(result.reason).events
-            session.connect(now=1_700_000_000)
+            for _, product_events in conn.disconnect(result.reason).events:
+                events += product_events
+            conn.connect(now=1_700_000_000)
     return events
 
 

@@ -10,14 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coinbase.decode import (
+from coinbase.decode import FrameDecoder, parse_time
+from coinbase.errors import (
     AuthError,
     FeedError,
-    FrameDecoder,
     MalformedFrame,
     SequenceGap,
     UnknownProduct,
-    parse_time,
 )
 from events import ASK, BID, BookChanges, BookSnapshot
 from tests.support.frames import (

@@ -7,7 +7,8 @@ import json
 import pytest
 
 import coinbase.fast_snapshot as snapshot_decode
-from coinbase.decode import FrameDecoder, MalformedFrame, SequenceGap
+from coinbase.decode import FrameDecoder
+from coinbase.errors import MalformedFrame, SequenceGap
 
 LEVELS = 3000  # enough for the frames to exceed snapshot_decode.MIN_FRAME_BYTES
 

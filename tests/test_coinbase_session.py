@@ -1,4 +1,9 @@
-"""The sans-IO session: every freshness rule with hand-built frames, no socket, no thread."""
+"""The sans-IO session: every freshness rule with hand-built frames, no socket, no thread.
+
+Frames go through the production path: a :class:`ConnectionSession` decodes and routes
+them to each product's :class:`Session` (:class:`OneProduct` is a connection carrying
+one product).
+"""
 
 from __future__ import annotations
 
@@ -62,11 +67,45 @@ def subscriptions(marker: str | None = None, protocol: str = "exchange") -> str:
     return text(frame)
 
 
-def connected(feed: str = "exchange", **kwargs: object) -> Session:
-    session = Session("BTC-USD", feed, **kwargs)  # type: ignore[arg-type]
-    session.start()
-    session.connect(now=1_700_000_000)
-    return session
+class OneProduct:
+    """A connection carrying one product, as production runs it (:class:`ConnectionSession`
+    with one :class:`Session`), its steps told as that product's :class:`Step`; the
+    product's session answers the rest (``stats``, ``feed``, ``settled``...)."""
+
+    def __init__(self, feed: str = "exchange", product: str = "BTC-USD") -> None:
+        self.session = Session(product, feed)
+        self.session.start()
+        self.conn = ConnectionSession(feed, name="test")
+        self.conn.add(self.session)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.session, name)
+
+    def connect(self, now: float) -> list[dict]:
+        return self.conn.connect(now=now)
+
+    def receive(self, frame: str, received_ns: int) -> Step:
+        return self._step(self.conn.receive(frame, received_ns))
+
+    def disconnect(self, reason: str, close_code: int | None = None) -> Step:
+        return self._step(self.conn.disconnect(reason, close_code))
+
+    def overflow(self, dropped: int) -> Step:
+        return self._step(self.conn.overflow(self.session.product_id, dropped))
+
+    def retrying(self) -> None:
+        self.conn.retrying()
+
+    @staticmethod
+    def _step(step: ConnectionStep) -> Step:
+        events = [event for _, events in step.events for event in events]
+        return Step(events, step.action, step.reason)
+
+
+def connected(feed: str = "exchange") -> OneProduct:
+    product = OneProduct(feed)
+    product.connect(now=1_700_000_000)
+    return product
 
 
 def kinds(events: list) -> list[str]:
@@ -79,11 +118,11 @@ def test_a_reset_comes_first_fresh_or_resumed() -> None:
     [resumed] = Session("BTC-USD", "exchange", resumed=True).start()
     assert isinstance(fresh, BookReset) and fresh.reason == "start"
     assert resumed.reason == "resume"
-    assert fresh.feed == "exchange"  # the origin defaults to the feed's name
+    assert fresh.feed == "exchange"  # the feed the session was given
 
 
 def test_connect_returns_the_feeds_subscribe_messages() -> None:
-    session = Session("BTC-USD", "advanced-trade")
+    session = OneProduct("advanced-trade")
     assert session.connect(now=0) == [
         at_subscribe(["BTC-USD"]),
         at_subscribe(channel="heartbeats"),
@@ -130,7 +169,7 @@ def test_consecutive_resets_are_collapsed() -> None:
 def test_foreign_products_are_counted_not_emitted() -> None:
     session = connected()
     assert session.receive(snapshot("ETH-USD"), 1).events == []
-    assert session.stats.foreign == 1
+    assert session.conn.foreign == 1  # counted by the connection that got it
 
 
 def test_a_malformed_book_frame_resyncs_and_other_junk_is_skipped(
@@ -140,10 +179,16 @@ def test_a_malformed_book_frame_resyncs_and_other_junk_is_skipped(
     session.receive(snapshot(), 1)
     assert session.receive("[1, 2]", 2).action is Action.CONTINUE  # not a book frame
     step = session.receive(update(size="0.-10000"), 3)
-    assert step.action is Action.RESYNC and "malformed book frame" in step.reason
-    assert session.stats.malformed == 2 and session.stats.resyncs == 1
+    # the product it names is resubscribed alone: a reset, and a fresh snapshot asked
+    [reset] = step.events
+    assert step.action is Action.CONTINUE and "malformed book frame" in reset.reason
+    assert [m["type"] for m in session.conn.outgoing(now=0)] == [
+        "unsubscribe",
+        "subscribe",
+    ]
+    assert session.stats.malformed_frames == 2 and session.stats.resyncs == 1
     [said] = [r.getMessage() for r in caplog.records if "resync" in r.getMessage()]
-    assert said.startswith("BTC-USD: resync: malformed book frame")  # why, out loud
+    assert said.startswith("BTC-USD: resync (resubscribing it alone): malformed book")
 
 
 def test_a_bad_timestamp_keeps_the_data_and_is_counted_across_connections() -> None:
@@ -173,9 +218,10 @@ def test_a_sequence_gap_resyncs() -> None:
 
 def test_an_overflow_resyncs_with_its_reason() -> None:
     session = connected()
-    step = session.overflow(123)
-    assert step.action is Action.RESYNC and "123 events behind" in step.reason
-    assert session.stats.overflows == 1 and session.stats.resyncs == 1
+    session.receive(snapshot(), 1)
+    [reset] = session.overflow(123).events  # resubscribed alone
+    assert "123 events behind" in reset.reason
+    assert session.stats.backlog_drops == 1 and session.stats.resyncs == 1
 
 
 def test_an_unknown_product_stops_for_good() -> None:
@@ -202,10 +248,10 @@ def test_refused_credentials_stop_and_a_transient_error_resyncs() -> None:
 
 @pytest.mark.parametrize("protocol", ["exchange", "advanced-trade"])
 @pytest.mark.parametrize("marker", ["sim", "replay"])
-def test_the_local_exchange_marker_sets_the_origin(protocol: str, marker: str) -> None:
-    session = connected(protocol, origin="exchange")
+def test_the_local_exchange_marker_sets_the_feed(protocol: str, marker: str) -> None:
+    session = connected(protocol)
     session.receive(subscriptions(marker, protocol), 1)
-    assert session.origin == marker and session.local_exchange == marker
+    assert session.feed == marker and session.local_exchange == marker
     frame = snapshot() if protocol == "exchange" else at(1, "snapshot")
     [snap] = session.receive(frame, 2).events
     assert snap.feed == marker
@@ -213,13 +259,13 @@ def test_the_local_exchange_marker_sets_the_origin(protocol: str, marker: str) -
     assert reset.feed == marker
 
 
-def test_without_the_marker_the_origin_stays_and_replay_beats_sim() -> None:
-    session = connected(origin="exchange")
+def test_without_the_marker_the_feed_stays_and_replay_beats_sim() -> None:
+    session = connected()
     session.receive(subscriptions(), 1)
-    assert session.origin == "exchange" and session.local_exchange is None
+    assert session.feed == "exchange" and session.local_exchange is None
     session.receive(subscriptions("replay"), 2)
     session.receive(subscriptions("sim"), 3)  # a replayed recording of the sim
-    assert session.origin == "replay"
+    assert session.feed == "replay"
 
 
 def test_the_end_of_a_served_replay_ends_the_session_without_reconnecting() -> None:
@@ -244,7 +290,7 @@ def test_stats_are_typed() -> None:
         "frames",
         "events",
         "snapshots",
-        "malformed",
+        "malformed_frames",
         "bad_times",
         "dropped_before_snapshot",
         "foreign",
@@ -253,7 +299,7 @@ def test_stats_are_typed() -> None:
         "connections",
         "reconnects",
         "sequence_gaps",
-        "overflows",
+        "backlog_drops",
         "errors",
         "last_error",
         "last_disconnect",
@@ -354,8 +400,8 @@ def test_a_malformed_book_frame_of_one_product_resubscribes_it_alone(feed: str) 
     assert step.action is Action.CONTINUE and step.send
     assert routed(step) == {"ETH-USD": ["reset"]}
     eth = conn.sessions["ETH-USD"]
-    assert eth.stats.malformed == 1 and eth.stats.resyncs == 1
-    assert conn.sessions["BTC-USD"].stats.malformed == 0
+    assert eth.stats.malformed_frames == 1 and eth.stats.resyncs == 1
+    assert conn.sessions["BTC-USD"].stats.malformed_frames == 0
     messages = conn.outgoing(now=0)
     assert [m["type"] for m in messages] == ["unsubscribe", "subscribe"]
     assert "ETH-USD" in json.dumps(messages) and "BTC-USD" not in json.dumps(messages)
@@ -384,7 +430,7 @@ def test_a_book_frame_that_names_no_product_resyncs_the_connection() -> None:
     conn = live("advanced-trade")
     step = conn.receive('{"channel":"l2_data","sequence_num":', 2)  # unreadable
     assert step.action is Action.RESYNC and "its product is unknown" in step.reason
-    assert all(s.stats.malformed == 1 for s in conn.sessions.values())
+    assert all(s.stats.malformed_frames == 1 for s in conn.sessions.values())
     exchange = live()
     bad = json.dumps({"type": "l2update", "product_id": 12345, "changes": {}})
     assert exchange.receive(bad, 2).action is Action.RESYNC
@@ -398,7 +444,7 @@ def test_a_resync_request_or_overflow_resubscribes_one_product_once() -> None:
     again = conn.overflow("BTC-USD", 5)  # before the fresh snapshot: no new messages
     assert routed(again) == {} and not again.send
     assert len(conn.outgoing(now=0)) == 2
-    assert conn.sessions["BTC-USD"].stats.overflows == 1
+    assert conn.sessions["BTC-USD"].stats.backlog_drops == 1
     step = conn.overflow("ETH-USD", 7)
     assert routed(step) == {"ETH-USD": ["reset"]} and "7 events behind" in (
         step.events[0][1][0].reason
@@ -466,7 +512,7 @@ def test_the_local_exchange_marker_labels_every_product_of_the_connection() -> N
     conn = shared()
     conn.connect(now=0)
     conn.receive(subscriptions("sim"), 1)
-    assert {s.origin for s in conn.sessions.values()} == {"sim"}
+    assert {s.feed for s in conn.sessions.values()} == {"sim"}
     [(_, [snap])] = conn.receive(snapshot("ETH-USD"), 2).events
     assert snap.feed == "sim"
 
@@ -541,7 +587,7 @@ def test_finding_11_a_bad_product_id_is_counted_skipped_and_resyncs_nothing() ->
     session = connected()
     session.receive(snapshot(), 1)
     step = session.receive(HOSTILE_FRAMES[-1], 2)
-    assert step == Step() and session.stats.malformed == 1
+    assert step == Step() and session.stats.malformed_frames == 1
     conn = live()
     step = conn.receive(HOSTILE_FRAMES[-1], 2)
     assert step.action is Action.CONTINUE and not step.events and not step.send
@@ -562,12 +608,12 @@ def test_finding_14_many_malformed_updates_log_one_resync_line_a_second(
         start = time.monotonic()
         for n in range(5_000):
             step = session.receive(bad, n)
-            assert step.action is Action.RESYNC
+            assert step.action is Action.CONTINUE  # resubscribed alone, each time
         elapsed = time.monotonic() - start
-    assert session.stats.malformed == session.stats.resyncs == 5_000
+    assert session.stats.malformed_frames == session.stats.resyncs == 5_000
     lines = _resync_lines(caplog.records)
     assert 1 <= len(lines) <= 2 + elapsed  # not 5,000
-    assert session.stats.malformed == 5_000
+    assert session.stats.malformed_frames == 5_000
 
 
 def test_finding_14_on_a_shared_connection_too(caplog) -> None:

@@ -287,7 +287,7 @@ def test_malformed_frames_are_skipped_counted_and_book_frames_resync(
     assert kinds(items) == ["reset", "snapshot", "changes", "reset", "snapshot"]
     assert items[2][1].time is None  # bad timestamp alone: data kept
     assert "malformed" in items[3][1].reason
-    assert part.stats.malformed == 2
+    assert part.stats.malformed_frames == 2
     assert part.stats.bad_times == 1
     assert part.stats.resyncs == 1
 

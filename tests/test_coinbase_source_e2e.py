@@ -21,9 +21,11 @@ from bytewax.testing import TestingSink, run_main
 
 from coinbase.auth import Credentials
 from coinbase.errors import AuthError, UnknownProduct
-from coinbase_source import CoinbaseSource, _CoinbasePartition, subscribe_messages
+from coinbase.feeds import subscribe_messages
+from coinbase_source import CoinbaseSource, _CoinbasePartition
 from events import BookChanges, BookReset
 from local_exchange.server import LocalExchange
+from resync import ResyncRequests
 from tests.support.scripted_server import ScriptedConnection, ScriptedServer
 from tests.support.source_partitions import (
     CREDS,
@@ -69,7 +71,7 @@ def test_local_exchange_faults_end_with_the_true_book(
         products, depth=40, rate=50, seed=3, heartbeat_interval=0.1
     ) as exchange:
         source = CoinbaseSource(
-            products, feed=feed, url=exchange.url(protocol), origin="sim", **FAST
+            products, feed="sim", protocol=protocol, url=exchange.url(protocol), **FAST
         )
         parts = {p: source.build_part("input", p, None) for p in products}
         partitions.extend(parts.values())
@@ -78,14 +80,14 @@ def test_local_exchange_faults_end_with_the_true_book(
         healthy = fresh_snapshots(parts)
         exchange.drop_connections()
         feed_books(parts, books, healthy)
-        malformed = {p: part.stats.malformed for p, part in parts.items()}
+        malformed = {p: part.stats.malformed_frames for p, part in parts.items()}
         feed_books(parts, books, settled(parts))
         exchange.send_malformed(1)
         feed_books(
             parts,
             books,
             lambda: all(
-                part.stats.malformed > malformed[p] for p, part in parts.items()
+                part.stats.malformed_frames > malformed[p] for p, part in parts.items()
             ),
         )
         feed_books(parts, books, settled(parts))
@@ -98,7 +100,7 @@ def test_local_exchange_faults_end_with_the_true_book(
     for part in parts.values():
         stats = part.stats.as_dict()
         assert stats["reconnects"] >= 2, stats  # the drop and the silence at least
-        assert stats["malformed"] >= 1, stats
+        assert stats["malformed_frames"] >= 1, stats
         assert stats["snapshots"] >= 3, stats
         assert stats["events"] > stats["snapshots"] + stats["resets"], stats
         if feed == "advanced-trade":
@@ -199,7 +201,7 @@ def test_runs_in_a_bytewax_flow() -> None:
     products = ["BTC-USD", "ETH-USD"]
     with LocalExchange(products, depth=20, rate=50, heartbeat_interval=0.1) as exchange:
         source = CoinbaseSource(
-            products, url=exchange.url("exchange"), origin="sim", **FAST
+            products, url=exchange.url("exchange"), feed="sim", **FAST
         )
         flow = Dataflow("coinbase_source_test")
         stream = op.input("in", flow, _StopAfterSource(source, changes=5))
@@ -271,9 +273,9 @@ def test_a_backlog_the_dataflow_cannot_drain_is_dropped_and_resynced(
     with LocalExchange(["BTC-USD"], depth=50, rate=200, seed=4) as exchange:
         part = build(partitions, ["BTC-USD"], exchange.url())
         deadline = time.monotonic() + 10
-        while part.stats.overflows == 0 and time.monotonic() < deadline:
+        while part.stats.backlog_drops == 0 and time.monotonic() < deadline:
             time.sleep(0.05)  # nobody drains: the backlog grows past the bound
-        assert part.stats.overflows >= 1
+        assert part.stats.backlog_drops >= 1
         items = collect(part, count("snapshot", 1))
         assert len(items) <= 40 + 30  # the backlog was dropped, not delivered
         assert "reset" in kinds(items)
@@ -325,7 +327,7 @@ def test_the_end_of_a_served_replay_ends_the_partition(partitions: list) -> None
         # returning closes the connection with code 1000: the replay is over
 
     with ScriptedServer(script) as server:
-        part = build(partitions, ["BTC-USD"], server.url, origin="exchange")
+        part = build(partitions, ["BTC-USD"], server.url, feed="exchange")
         items: Items = []
         deadline = time.monotonic() + 8
         with pytest.raises(StopIteration):
@@ -401,13 +403,11 @@ def test_a_run_whose_every_product_is_unknown_exits_with_one_line(
 def test_a_resync_request_from_the_book_step_gets_a_fresh_snapshot(
     partitions: list,
 ) -> None:
-    from resync import clear_resync_requests, request_resync
-
-    clear_resync_requests()
+    requests = ResyncRequests()  # the flow's channel, given to the source
     with LocalExchange(["BTC-USD"], depth=20, rate=40, heartbeat_interval=0.1) as ex:
-        part = build(partitions, ["BTC-USD"], ex.url())
+        part = build(partitions, ["BTC-USD"], ex.url(), resync_requests=requests)
         collect(part, count("snapshot", 1))
-        request_resync("BTC-USD", "crossed for 3.0 s of feed time")
+        requests.request("BTC-USD", "crossed for 3.0 s of feed time")
         items = collect(part, count("snapshot", 1))
     resets = [event for _, event in items if isinstance(event, BookReset)]
     assert resets and "requested: crossed for 3.0 s" in resets[0].reason
@@ -437,7 +437,7 @@ def test_data_from_the_local_exchange_is_labelled_by_its_marker(
     with LocalExchange(["BTC-USD"], depth=20, rate=40) as exchange:
         if not _marks_itself(exchange):
             pytest.skip("this local exchange does not mark its subscriptions reply yet")
-        part = build(partitions, ["BTC-USD"], exchange.url(), origin="exchange")
+        part = build(partitions, ["BTC-USD"], exchange.url(), feed="exchange")
         items = collect(part, count("changes", 2))
     assert part.session.local_exchange == "sim"
     assert {event.feed for _, event in items[1:]} == {"sim"}
@@ -453,7 +453,7 @@ def test_a_partition_that_falls_behind_says_so(
     with LocalExchange(["BTC-USD"], depth=20, rate=100, heartbeat_interval=0.1) as ex:
         part = build(partitions, ["BTC-USD"], ex.url())
         wait_until(lambda: "behind this feed" in caplog.text)  # nobody drains
-        assert part.stats.overflows == 0  # said out loud long before any drop
+        assert part.stats.backlog_drops == 0  # said out loud long before any drop
     [line] = [r.getMessage() for r in caplog.records if "behind" in r.getMessage()]
     assert line.startswith("BTC-USD: the dataflow is behind this feed:")
     assert "events queued, the oldest" in line and " s old" in line

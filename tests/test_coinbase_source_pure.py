@@ -12,8 +12,9 @@ import threading
 import pytest
 
 from coinbase.auth import Credentials
+from coinbase.feeds import FEEDS, coinbase_feed, subscribe_messages
 from coinbase.pacing import Backoff, ConnectionPacer
-from coinbase_source import CoinbaseSource, subscribe_messages
+from coinbase_source import CoinbaseSource
 from common.validation import ConfigError
 
 SECRET = base64.b64encode(b"loopback secret for the source tests").decode()
@@ -58,7 +59,16 @@ def test_subscribe_messages_resign_with_the_time() -> None:
         ({"products": ["BTC-USD"], "watchdog_seconds": 0}, "watchdog_seconds=0"),
         ({"products": ["BTC-USD"], "backoff_initial": -1}, "backoff_initial=-1"),
         ({"products": ["BTC-USD"], "backoff_max": 0.1}, "backoff_max=0.1"),
-        ({"products": ["BTC-USD"], "origin": ""}, "origin='' is not allowed"),
+        ({"products": ["BTC-USD"], "feed": ""}, "feed='' is not allowed"),
+        ({"products": ["BTC-USD"], "feed": "sim"}, "url=None is not allowed"),
+        (
+            {"products": ["BTC-USD"], "protocol": "advanced-trade"},
+            "protocol='advanced-trade' is not allowed: expected exchange, the protocol",
+        ),
+        (
+            {"products": ["BTC-USD"], "feed": "sim", "protocol": "fix"},
+            "protocol='fix' is not allowed: expected one of exchange, advanced-trade",
+        ),
     ],
 )
 def test_bad_settings_are_refused_by_name(kwargs: dict, message: str) -> None:
@@ -75,7 +85,7 @@ def test_one_partition_per_product_and_default_urls() -> None:
     source = CoinbaseSource(["BTC-USD", "ETH-EUR"], feed="advanced-trade")
     assert source.list_parts() == ["BTC-USD", "ETH-EUR"]
     assert source.url == "wss://advanced-trade-ws.coinbase.com"
-    assert source.origin == "advanced-trade"
+    assert source.feed == "advanced-trade"
     assert CoinbaseSource(["BTC-USD"]).url == "wss://ws-feed.exchange.coinbase.com"
 
 
@@ -132,3 +142,40 @@ def test_a_late_caller_does_not_send_together_with_the_next() -> None:
     assert pacer.take() == pytest.approx(0.25 - 0.001)  # ...the second waits its turn
     now[0] = 0.65
     assert pacer.take() == 0
+
+
+@pytest.mark.parametrize(
+    ("feed", "protocol", "subscribed_as"),
+    [
+        ("exchange", None, "exchange"),
+        ("exchange-auth", "exchange", "exchange-auth"),
+        ("advanced-trade", None, "advanced-trade"),
+        ("sim", None, "exchange"),
+        ("sim", "advanced-trade", "advanced-trade"),
+        ("replay", "exchange", "exchange"),
+    ],
+)
+def test_a_feed_of_the_local_exchange_is_subscribed_as_the_coinbase_feed_of_its_protocol(
+    feed: str, protocol: str | None, subscribed_as: str
+) -> None:
+    assert coinbase_feed(feed, protocol) == subscribed_as
+    credentials = CREDS if feed == "exchange-auth" else None
+    source = CoinbaseSource(
+        ["BTC-USD"],
+        feed=feed,
+        protocol=protocol,
+        url="ws://127.0.0.1:1",
+        credentials=credentials,
+    )
+    assert source.feed == feed
+    assert source.protocol == FEEDS[subscribed_as].protocol
+
+
+@pytest.mark.parametrize(
+    ("feed", "protocol"), [("exchange", "advanced-trade"), ("x", None)]
+)
+def test_a_feed_and_a_protocol_it_does_not_speak_are_refused(
+    feed: str, protocol: str | None
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(repr(protocol or feed))):
+        coinbase_feed(feed, protocol)

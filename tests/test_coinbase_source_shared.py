@@ -55,9 +55,9 @@ def start(
     """A source over ``wanted``, every partition built in order as Bytewax does."""
     source = CoinbaseSource(
         wanted,
-        feed=feed,
+        feed="sim",
+        protocol=feed,
         url=exchange.url(feed),
-        origin="sim",
         on_all_failed=(ALL_FAILED if all_failed is None else all_failed).append,
         # Faults here are sudden (abort, gap, bad frame): a watchdog longer than FAST's
         # keeps a loaded machine's pauses from adding resets the counts do not expect.
@@ -148,7 +148,7 @@ def test_a_malformed_frame_of_one_product_resyncs_that_product_alone(
         after = resets(parts)
         assert after[wanted[0]] == before[wanted[0]] + 1
         assert all(after[p] == before[p] for p in wanted[1:]), (before, after)
-        assert victim.stats.malformed == 1 and victim.stats.resyncs == 1
+        assert victim.stats.malformed_frames == 1 and victim.stats.resyncs == 1
         stats = exchange.stats
         assert stats["connections_accepted"] == 1, stats  # no reconnect
         assert stats["unsubscribes"] == 1, stats

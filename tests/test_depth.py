@@ -6,7 +6,8 @@ from decimal import Decimal as D
 
 from book_step import BookStep, SpreadFilter
 from events import ASK, BID, BookChanges, BookReset, BookSnapshot
-from orderbook import OrderBook, OrderBookDepth, OrderBookSummary
+from orderbook import OrderBook
+from records import OrderBookDepth, OrderBookSummary
 
 T0 = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
 CONTRACT_KEYS = [

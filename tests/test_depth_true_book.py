@@ -23,10 +23,10 @@ from bytewax.testing import TestingSink, run_main
 
 from dataflow import get_flow
 from local_exchange.server import LocalExchange
-from orderbook import OrderBookDepth
 from recording import recorder as recorder_module
 from recording.recorder import record
 from recording.replay import ReplaySource
+from records import OrderBookDepth
 from service.settings import Settings
 from tests.support.flow import wait_until
 

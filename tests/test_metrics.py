@@ -47,8 +47,8 @@ def scrape(port: int) -> dict:
 
 def test_partition_stats_add_only_their_increase():
     labels = ("TEST-USD", "unit")
-    metrics.observe_partition_stats(*labels, {"reconnects": 2, "malformed": 1})
-    metrics.observe_partition_stats(*labels, {"reconnects": 2, "malformed": 4})
+    metrics.observe_partition_stats(*labels, {"reconnects": 2, "malformed_frames": 1})
+    metrics.observe_partition_stats(*labels, {"reconnects": 2, "malformed_frames": 4})
 
     class Typed:
         reconnects = 3
@@ -58,7 +58,7 @@ def test_partition_stats_add_only_their_increase():
     metrics.observe_partition_stats(*labels, Typed())
     value = metrics.RECONNECTS.labels(*labels)._value.get()
     assert value == 3
-    assert metrics.MALFORMED.labels(*labels)._value.get() == 4
+    assert metrics.MALFORMED_FRAMES.labels(*labels)._value.get() == 4
     assert metrics.SEQUENCE_GAPS.labels(*labels)._value.get() == 1
 
 

@@ -10,14 +10,9 @@ from decimal import Decimal as D
 
 import pytest
 
-from orderbook import (
-    BookCondition,
-    Fill,
-    InvalidChange,
-    OrderBook,
-    OrderBookSummary,
-    normalise_side,
-)
+from events import Side
+from orderbook import BookCondition, Fill, InvalidChange, OrderBook
+from records import OrderBookSummary
 
 
 def make_book(bids=(("100.00", "1"), ("99.50", "2")), asks=(("100.50", "3"),)):
@@ -105,7 +100,7 @@ def test_every_zero_form_removes_level(zero):
 
 def test_different_string_forms_hit_same_level():
     book = make_book()
-    book.apply_changes([("buy", "100.00000000", "5")])
+    book.apply_changes([("bid", "100.00000000", "5")])
     book.apply_changes([("bid", "100", "6")])
     book.apply_changes([("bid", D("1.00E+2"), "7")])
     assert len(list(book.bids)) == 2
@@ -116,16 +111,26 @@ def test_different_string_forms_hit_same_level():
 
 @pytest.mark.parametrize(
     ("side", "expected"),
-    [("bid", "bid"), ("buy", "bid"), ("ask", "ask"), ("sell", "ask"), ("offer", "ask")],
+    [(Side.BID, "bid"), ("bid", "bid"), (Side.ASK, "ask"), ("ask", "ask")],
 )
-def test_all_five_side_spellings(side, expected):
+def test_a_side_is_an_events_side(side, expected):
     book = make_book()
     book.apply_changes(
         [(side, "50", "1")] if expected == "bid" else [(side, "500", "1")]
     )
     levels = book.bids if expected == "bid" else book.asks
     assert (D(50) if expected == "bid" else D(500)) in dict(levels)
-    assert normalise_side(side) == expected
+
+
+@pytest.mark.parametrize("spelling", ["buy", "sell", "offer", "BID"])
+def test_the_feeds_own_side_spellings_are_the_decoders_business(spelling):
+    """The decoders map buy/sell and bid/offer to :class:`events.Side` once; the book
+    takes only that, and refuses anything else whole."""
+    book = make_book()
+    before = list(book.bids), list(book.asks)
+    with pytest.raises(InvalidChange, match="side one of \\['ask', 'bid'\\]"):
+        book.apply_changes([("bid", "50", "1"), (spelling, "500", "1")])
+    assert (list(book.bids), list(book.asks)) == before
 
 
 def test_changes_set_absolute_size_not_delta():

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from events import Side
 from orderbook import BookCondition, InvalidChange, OrderBook
 from tests.support.reference_book import InvalidMessage, ReferenceBook
 
@@ -50,8 +51,8 @@ size_text = st.one_of(
 bid_level = st.tuples(bid_price, size_text)
 ask_level = st.tuples(ask_price, size_text)
 change = st.one_of(
-    st.tuples(st.sampled_from(["bid", "buy"]), bid_price, size_text),
-    st.tuples(st.sampled_from(["ask", "sell", "offer"]), ask_price, size_text),
+    st.tuples(st.sampled_from([Side.BID, "bid"]), bid_price, size_text),
+    st.tuples(st.sampled_from([Side.ASK, "ask"]), ask_price, size_text),
 )
 bad_change = st.sampled_from(
     [

@@ -8,14 +8,20 @@ line it is about.
 from __future__ import annotations
 
 import json
+import logging
+import threading
 from datetime import timedelta
+from decimal import Decimal as D
 
 import pytest
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, cluster_main, run_main
 
+import book_step
 import recording.replay as replay_module
+from common.logs import RateLimitedLog
 from dataflow import get_flow
+from events import BID, BookChanges, BookSnapshot
 from recording.format import RecordingError, product_of_line
 from recording.reader import Recording
 from recording.replay import ReplaySource
@@ -24,6 +30,7 @@ from service.settings import Settings
 from tests.support.flow import FlowProcess, by_product, flow_env, read_jsonl
 from tests.support.recordings import (
     PRODUCTS,
+    T0,
     T0_NS,
     replay,
     report_of,
@@ -299,6 +306,60 @@ def test_a_resumed_replay_continues_after_the_last_record_it_emitted(
     assert "records re-read to rebuild the books" in report_of(
         capsys.readouterr().err, path
     )
+
+
+def test_a_resumed_partition_rebuilds_its_book_quietly_and_silences_nobody_else(
+    tmp_path, caplog, monkeypatch
+):
+    """The rebuild before the resume point logs nothing of its own book (here: crossed,
+    then valid again); another worker's book step, logging in the middle of that
+    rebuild on its own thread, is heard as ever (it was silenced: the rebuild disabled
+    the whole process's ``book_step`` logger)."""
+    update = {"type": "l2update", "product_id": "BTC-USD", "time": T0.isoformat()}
+    frames = [
+        {"type": "snapshot", "product_id": "BTC-USD", "bids": [["100", "1"]],
+         "asks": [["101", "1"]]},
+        {**update, "changes": [["buy", "102", "1"]]},  # crossed
+        {**update, "changes": [["buy", "102", "0"]]},  # valid again
+        {**update, "changes": [["buy", "99", "1"]]},  # the resume point
+    ]  # fmt: skip
+    records = [{"t_ns": T0_NS, "product_id": "BTC-USD", "event": "connected"}]
+    records += [
+        {"t_ns": T0_NS + n, "product_id": "BTC-USD", "frame": json.dumps(frame)}
+        for n, frame in enumerate(frames)
+    ]
+    path = write_recording(tmp_path / "r.jsonl.gz", records, products=["BTC-USD"])
+    monkeypatch.setattr(book_step, "_bad_book_log", RateLimitedLog(book_step.log))
+
+    def other_worker() -> None:
+        snap = BookSnapshot("ETH-USD", [(D(100), D(1))], [(D(101), D(1))], None, "x")
+        state, _ = book_step.update_book(None, snap)
+        book_step.update_book(
+            state, BookChanges("ETH-USD", [(BID, D(102), D(1))], None, "x")
+        )
+
+    rebuild = replay_module.update_book
+    heard: list[bool] = []
+
+    def rebuilding(*args):
+        if len(heard) == 3:  # in the middle of the rebuild, once
+            thread = threading.Thread(target=other_worker)
+            thread.start()
+            thread.join(10)
+        heard.append(True)
+        return rebuild(*args)
+
+    monkeypatch.setattr(replay_module, "update_book", rebuilding)
+    resume = {"next": 4, "stream": 0, "counted": "per product"}
+    part = ReplaySource(path, progress=False).build_part("in", "BTC-USD", resume)
+    with caplog.at_level(logging.DEBUG, logger="book_step"):
+        batch = part.next_batch()
+    lines = [r.getMessage() for r in caplog.records if r.name == "book_step"]
+    assert part.stats["warmup"] == 4 and len(heard) >= 4
+    assert [line for line in lines if line.startswith("ETH-USD: book is crossed")]
+    assert not [line for line in lines if line.startswith("BTC-USD")], lines
+    rebuilt = batch[0][1]  # the book at the resume point, then the record after it
+    assert isinstance(rebuilt, BookSnapshot) and rebuilt.bids == [(D(100), D(1))]
 
 
 # -- 5. progress bar and report --------------------------------------------------------------

@@ -26,7 +26,7 @@ from websockets.sync.client import connect
 
 from common.validation import ConfigError
 from dataflow import get_flow
-from orderbook import OrderBookSummary
+from records import OrderBookSummary
 from service.settings import Settings
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.flow import REPO, flow_env, free_port, wait_until

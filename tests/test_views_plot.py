@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from orderbook import OrderBookSummary
+from records import OrderBookSummary
 from tests.support.flow import REPO, flow_env
 from views import plot
 from views.records import read_records

@@ -9,7 +9,8 @@ from decimal import Decimal
 import pytest
 
 from common.validation import ConfigError, host_port
-from orderbook import OrderBook, OrderBookDepth, OrderBookSummary
+from orderbook import OrderBook
+from records import OrderBookDepth, OrderBookSummary
 from service.settings import Settings
 from views import records
 from views.dashboard import History

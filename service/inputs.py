@@ -19,7 +19,8 @@ def build_source(
     settings: Settings, shutdown: Shutdown
 ) -> tuple[FixedPartitionedSource, list[str]]:
     """The input for these settings and the products it serves; refuses what cannot run.
-    ``shutdown`` removes what the input prepared (a converted replay) on an early exit."""
+    ``shutdown`` ends the process when every product of a live feed failed for good (one
+    line, the outputs' closers run), and removes what a replay prepared on an early exit."""
     if settings.replay is not None:  # every format, one file or many: importers.replay
         try:
             source, prepared = open_replay(
@@ -49,6 +50,7 @@ def build_source(
             watchdog_seconds=settings.watchdog_seconds,
             on_stats=_stats_observer(settings),
             max_message_bytes=settings.max_message_bytes,
+            on_all_failed=shutdown.failed,
         )
         return source, products
     credentials = None
@@ -65,6 +67,7 @@ def build_source(
         watchdog_seconds=settings.watchdog_seconds,
         on_stats=_stats_observer(settings),
         max_message_bytes=settings.max_message_bytes,
+        on_all_failed=shutdown.failed,
     )
     return source, products
 

@@ -606,6 +606,222 @@ def run_fixed(consumer: Consumer, n: int, rate: float, mode: Mode, tmp: Path) ->
     )
 
 
+# -- where ours spends its time (--stages) ------------------------------------------------
+
+BARE_CLIENT = r"""
+import asyncio, json, os, sys, time
+from websockets.asyncio.client import connect
+
+async def main(url, products, out):
+    n = 0
+    async with connect(url, max_size=None) as ws:
+        await ws.send(json.dumps({"type": "subscribe", "channel": "level2", "product_ids": products}))
+        async for _ in ws:
+            n += 1
+            if n == 100:
+                t = os.times()
+                first = (time.monotonic(), t.user + t.system)
+    t = os.times()
+    with open(out, "w") as f:
+        json.dump({"messages": n - 100, "cpu": t.user + t.system - first[1]}, f)
+
+asyncio.run(main(sys.argv[1], sys.argv[2].split(","), sys.argv[3]))
+"""
+"""A bare websockets client on the default asyncio loop: what reading the frames alone
+costs (the feed thread's floor with this WebSocket library)."""
+
+
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """``tid -> (Python thread or comm name, CPU seconds)`` of every thread of ``pid``."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()
+        name = (
+            "Bytewax worker (main thread)"
+            if int(tid) == pid
+            else f"thread {tid} (the feed's event loop when busy)"
+        )
+        out[int(tid)] = (
+            name,
+            (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"),
+        )
+    return out
+
+
+def live_threads(session: Session, rate: float, seconds: float, tmp: Path) -> None:
+    """Ours alone at ``rate``: CPU per message of each thread, and of a bare client."""
+    messages = round(rate * seconds)
+    recording = session.recording(messages, tmp)
+    lines, _ = session.expected(messages)
+    for who in ("ours", "bare websockets client"):
+        (port,) = free_ports(1)
+        exchange = start(
+            [sys.executable, "-m", "local_exchange", "--port", str(port)]
+            + ["--replay", str(recording), "--speed", repr(rate / RECORDED_RATE)],
+            tmp / "exchange.log",
+        )
+        url = f"ws://127.0.0.1:{port}/advanced-trade"
+        out = tmp / "out.jsonl"
+        out.unlink(missing_ok=True)
+        procs = [exchange]
+        try:
+            wait_for_port(port, exchange)
+            if who == "ours":
+                command, env = Consumer("ours").command(url, session.products, out, tmp)
+                proc = start(command, tmp / "consumer.log", env)
+                procs.insert(0, proc)
+                before: dict = {}
+                tail(
+                    out,
+                    expected=sum(lines.values()),
+                    running=lambda proc=proc: not exited(proc),
+                    start_timeout=START_TIMEOUT,
+                    after_first=seconds + DRAIN_GRACE_SECONDS,
+                    on_first=lambda proc=proc, b=before: b.update(thread_cpu(proc.pid)),
+                )
+                after = thread_cpu(proc.pid)
+                total = 0.0
+                for tid, (name, cpu) in sorted(after.items()):
+                    used = cpu - before.get(tid, (name, 0.0))[1]
+                    total += used
+                    if used >= 0.02:
+                        print(f"  ours, {name}: {used / messages * 1e6:5.1f} us/msg")
+                print(f"  ours, whole process: {total / messages * 1e6:5.1f} us/msg")
+            else:
+                result = tmp / "bare.json"
+                proc = start(
+                    [sys.executable, "-c", BARE_CLIENT, url, ",".join(session.products)]
+                    + [str(result)],
+                    tmp / "bare.log",
+                )
+                procs.insert(0, proc)
+                proc.wait(timeout=START_TIMEOUT + seconds * 3)
+                got = orjson.loads(result.read_bytes())
+                print(
+                    f"  bare websockets client (asyncio, no decoding): "
+                    f"{got['cpu'] / got['messages'] * 1e6:5.1f} us/msg"
+                )
+        finally:
+            stop(procs)
+
+
+def in_process_stages(session: Session, messages: int) -> None:
+    """Each Python step of ours on the session's frames, timed alone (CPU time, the
+    best of 5; the decoder's price cache warm, as in a live run)."""
+    from bytewax import operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSink, TestingSource, run_main
+
+    from book_step import SpreadFilter, update_book
+    from coinbase.multiplex import ConnectionSession
+    from coinbase.session import Session as ProductSession
+    from service.outputs.streams import format_jsonl
+    from service.placement import RouteByProduct
+
+    session.extend(messages)
+    frames = [t for _, t in session.head] + [t for _, t in session.updates[:messages]]
+    products = session.products
+
+    def best(run) -> float:
+        times = []
+        for _ in range(5):
+            t = time.process_time_ns()
+            run()
+            times.append(time.process_time_ns() - t)
+        return min(times) / messages / 1000
+
+    def receive() -> list:
+        conn = ConnectionSession(ADVANCED_TRADE, name="bench")
+        for p in products:
+            conn.add(ProductSession(p, ADVANCED_TRADE))
+        conn.connect()
+        items = []
+        for _ in range(2):  # the second pass with the price cache warm
+            conn._decoder = conn._decoder  # same decoder: prices cached
+            items = []
+            for text in frames:
+                for pid, events in conn.receive(text, 1).events:
+                    items.extend([(pid, e) for e in events])
+            conn.sessions = {}
+            for p in products:
+                conn.add(ProductSession(p, ADVANCED_TRADE))
+            conn._decoder.next_sequence = 0
+        return items
+
+    items = receive()
+    route = RouteByProduct(products)
+    keyed = [route(i) for i in items]
+    states: dict = {}
+    books = []
+    for k, e in keyed:
+        states[k], summary = update_book(states.get(k), e)
+        books.append((k, summary))
+    spread = SpreadFilter(Decimal(0), depth=False)
+    kept = [x for x in map(spread, books) if x is not None]
+
+    def book_step() -> None:
+        states: dict = {}
+        for k, e in keyed:
+            states[k], _ = update_book(states.get(k), e)
+
+    sink = tempfile.TemporaryFile()
+    line = b"x" * 300
+    rows = [
+        (
+            "decode + session rules (coinbase.multiplex, the feed thread)",
+            lambda: receive(),
+        ),
+        ("route step (RouteByProduct)", lambda: [route(i) for i in items]),
+        ("book step (update_book: apply, top, summary)", book_step),
+        ("spread filter", lambda: [spread(b) for b in books]),
+        ("output: jsonl text of each summary", lambda: [format_jsonl(x) for x in kept]),
+        (
+            "output: one write (300 bytes, a file) per summary",
+            lambda: [os.write(sink.fileno(), line) for _ in kept],
+        ),
+    ]
+    receive_cost = best(receive) / 2  # two passes
+    print(f"  {rows[0][0]}: {receive_cost:5.2f} us/msg")
+    for label, run in rows[1:]:
+        print(f"  {label}: {best(run):5.2f} us/msg")
+    print(f"  ({len(kept):,} summaries for {messages:,} messages)")
+
+    class Null(TestingSink):
+        def __init__(self) -> None:
+            super().__init__([])
+
+    for batch in (1, 16):
+        flow = Dataflow("bare")
+        stream = op.input("in", flow, TestingSource(keyed, batch_size=batch))
+        stream = op.map("route", stream, lambda x: x)
+        stream = op.stateful_map("book", stream, lambda s, x: (s, x))
+        stream = op.filter_map("filter", stream, lambda x: None)
+        op.output("out", stream, Null())
+        t = time.process_time_ns()
+        run_main(flow)
+        cost = (time.process_time_ns() - t) / messages / 1000
+        print(
+            f"  Bytewax alone, input + map + stateful_map + filter_map, {batch} item(s) "
+            f"per poll: {cost:5.2f} us/msg"
+        )
+
+
+def stages(rate: float, seconds: float) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-peer-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        session = Session(PRODUCTS)
+        print(
+            f"ours alone at {rate:,.0f} msg/s for {seconds:g} s, CPU per thread (/proc):"
+        )
+        live_threads(session, rate, seconds, tmp)
+        print("in process, each step alone:")
+        in_process_stages(session, 60_000)
+
+
 # -- the comparison ----------------------------------------------------------------------
 
 
@@ -750,7 +966,16 @@ def main() -> int:
         "--quick", action="store_true", help="one repeat, shorter loads"
     )
     parser.add_argument("--python313", type=Path, default=PYTHON313)
+    parser.add_argument(
+        "--stages",
+        type=float,
+        metavar="RATE",
+        help="instead: where ours spends its time at RATE msg/s (see docs/performance.md)",
+    )
     args = parser.parse_args()
+    if args.stages:
+        stages(args.stages, 10.0)
+        return 0
     mode = QUICK if args.quick else FULL
     began = time.monotonic()
     peer_python = cryptofeed_python(args.python313)

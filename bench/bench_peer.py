@@ -711,7 +711,7 @@ def live_threads(session: Session, rate: float, seconds: float, tmp: Path) -> No
 
 def in_process_stages(session: Session, messages: int) -> None:
     """Each Python step of ours on the session's frames, timed alone (CPU time, the
-    best of 5; the decoder's price cache warm, as in a live run)."""
+    best of 5)."""
     from bytewax import operators as op
     from bytewax.dataflow import Dataflow
     from bytewax.testing import TestingSink, TestingSource, run_main
@@ -735,21 +735,15 @@ def in_process_stages(session: Session, messages: int) -> None:
         return min(times) / messages / 1000
 
     def receive() -> list:
+        """A fresh connection's session (its decoder's price cache filling as live)."""
         conn = ConnectionSession(ADVANCED_TRADE, name="bench")
         for p in products:
             conn.add(ProductSession(p, ADVANCED_TRADE))
         conn.connect()
         items = []
-        for _ in range(2):  # the second pass with the price cache warm
-            conn._decoder = conn._decoder  # same decoder: prices cached
-            items = []
-            for text in frames:
-                for pid, events in conn.receive(text, 1).events:
-                    items.extend([(pid, e) for e in events])
-            conn.sessions = {}
-            for p in products:
-                conn.add(ProductSession(p, ADVANCED_TRADE))
-            conn._decoder.next_sequence = 0
+        for text in frames:
+            for pid, events in conn.receive(text, 1).events:
+                items.extend([(pid, e) for e in events])
         return items
 
     items = receive()
@@ -784,9 +778,7 @@ def in_process_stages(session: Session, messages: int) -> None:
             lambda: [os.write(sink.fileno(), line) for _ in kept],
         ),
     ]
-    receive_cost = best(receive) / 2  # two passes
-    print(f"  {rows[0][0]}: {receive_cost:5.2f} us/msg")
-    for label, run in rows[1:]:
+    for label, run in rows:
         print(f"  {label}: {best(run):5.2f} us/msg")
     print(f"  ({len(kept):,} summaries for {messages:,} messages)")
 

@@ -4,11 +4,14 @@
 * ``inputs.py``: the input for the settings: live feed, local exchange or replay;
 * ``outputs``: where records go;
 * ``placement.py``: routing keys that keep each book on the worker reading its socket;
+* ``recovery_store.py``: a ``-r`` recovery store checked before Bytewax opens it (a
+  damaged one is refused in one line);
 * ``cluster.py``: cluster start-up: on one host a process waits for the lower
   processes to listen, so Timely's first connect succeeds;
 * ``runtime.py``: process set-up (records kept apart from stdout noise, signals,
   garbage collector) and :class:`~service.runtime.Shutdown`, the one way the process
-  ends early (a signal, an output failing, stdout's reader gone).
+  ends early (a signal, an output failing, stdout's reader gone, a live feed whose every
+  product failed for good).
 
 Only ``dataflow.py`` imports this package; within it, ``runtime`` is at the bottom and
 imports nothing of the rest.

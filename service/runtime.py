@@ -80,8 +80,10 @@ class Shutdown:
     """The one way the process ends early: one line on stderr, every closer run, then
     ``os._exit`` with a status.
 
-    Three things end a run before its input does: an output that fails (status 1), the
-    reader of stdout going away (``| head``, status 0) and SIGINT/SIGTERM (status 0).
+    Four things end a run before its input does: an output that fails (status 1), a
+    live feed whose every product failed for good (status 1, through :meth:`failed`,
+    given to the source by ``service/inputs.py``), the reader of stdout going away
+    (``| head``, status 0) and SIGINT/SIGTERM (status 0).
     Outputs and views never end the process themselves: they raise (the fan-out turns
     that into :meth:`failed` or :meth:`reader_gone`) or, from a thread of their own,
     call :meth:`failed`. ``os._exit`` because Bytewax's workers are Rust threads that

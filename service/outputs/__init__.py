@@ -2,7 +2,8 @@
 docs/outputs.md).
 
 One module per kind (``streams``: text and JSON lines on stdout or a file; ``parquet``;
-``kafka``), each exposing its :class:`OutputKind`; :data:`KINDS` lists them all. The
+``kafka``; ``tardis``: tardis.dev ``book_snapshot`` CSV files of the depth records), each
+exposing its :class:`OutputKind`; :data:`KINDS` lists them all. The
 ``live`` entry turns on a view (:mod:`views.live`), not an output: it is parsed with the
 list, and the dataflow attaches the view. ``fanout`` is the dataflow's one sink, which
 writes every record to every output.

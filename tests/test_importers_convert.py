@@ -182,39 +182,14 @@ def test_a_conversion_without_book_data_ends_with_status_1_and_no_file(
 
 
 @pytest.mark.slow
-def test_python_dash_m_importers_runs_the_command(tmp_path):
+@pytest.mark.parametrize("package", ["importers", "recording"])
+def test_python_dash_m_package_convert_runs_the_command(tmp_path, package):
+    """``python -m recording convert`` is the same command as ``python -m importers
+    convert``."""
     session = market_session(("BTC-USD",), batches=3)
     source = write_tardis(tmp_path / "a.csv", session)
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "importers",
-            "convert",
-            str(source),
-            str(tmp_path / "o.gz"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    assert Recording.open(tmp_path / "o.gz").products == ["BTC-USD"]
-
-
-@pytest.mark.slow
-def test_python_dash_m_recording_convert_is_the_same_command(tmp_path):
-    session = market_session(("BTC-USD",), batches=3)
-    source = write_tardis(tmp_path / "a.csv", session)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "recording",
-            "convert",
-            str(source),
-            str(tmp_path / "o.gz"),
-        ],
+        [sys.executable, "-m", package, "convert", str(source), str(tmp_path / "o.gz")],
         capture_output=True,
         text=True,
         timeout=60,
@@ -222,6 +197,10 @@ def test_python_dash_m_recording_convert_is_the_same_command(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "converted 1 file (tardis-incremental-l2)" in done.stderr
     assert Recording.open(tmp_path / "o.gz").products == ["BTC-USD"]
+
+
+@pytest.mark.slow
+def test_python_dash_m_recording_convert_has_its_own_usage():
     usage = subprocess.run(
         [sys.executable, "-m", "recording", "convert", "--help"],
         capture_output=True,

@@ -11,6 +11,7 @@ connection after the scripts is clean: snapshots whose best bid is
 ``sentinel_bid(len(scripts))``, then heartbeats. A subscribe the client sends later (a
 one-product resync) is answered with the product's current snapshot.
 
+A :class:`~tests.support.scripted_server.ScriptedServer` runs it.
 ``HostileExchange(seed, scripts=4, huge_bytes=...)``: ``url``, ``connections``,
 ``sentinel_bid(index)``, ``attacks_sent`` (names of the attacks played, in order).
 """
@@ -20,11 +21,10 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import threading
 from collections.abc import Callable
 from typing import Any, Self
 
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from tests.support.frames import (
@@ -34,6 +34,7 @@ from tests.support.frames import (
     exchange_subscriptions,
     ladder,
 )
+from tests.support.scripted_server import ScriptedConnection, ScriptedServer
 
 FORGED_IDS = (
     "../../../tmp/owned",
@@ -165,20 +166,20 @@ class HostileExchange:
         flood = next(i for i, (name, _) in enumerate(ATTACKS) if name == "flood")
         self.scripts[1 % scripts].insert(0, (flood, 0))
         self.scripts[2 % scripts].insert(0, (len(ATTACKS) - 1, 0))
-        self.connections = 0
         self.attacks_sent: list[str] = []
-        self.port = 0
         self._books: dict[str, tuple[list, list]] = {
             p: ladder(100, 5) for p in products
         }
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stop: asyncio.Future | None = None
-        self._thread = threading.Thread(target=self._main, name="hostile", daemon=True)
+        self._server = ScriptedServer(self._handle)
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return self._server.url
+
+    @property
+    def connections(self) -> int:
+        """Connections accepted so far (the next one plays script ``connections``)."""
+        return self._server.connections
 
     @staticmethod
     def sentinel_bid(index: int) -> str:
@@ -242,9 +243,8 @@ class HostileExchange:
             for product in self.products:
                 await ws.send(json.dumps(exchange_heartbeat(product, sequence)))
 
-    async def _handle(self, ws: ServerConnection) -> None:
-        index = self.connections
-        self.connections += 1
+    async def _handle(self, conn: ScriptedConnection) -> None:
+        ws = conn.ws
         try:
             first = json.loads(await asyncio.wait_for(ws.recv(), 10))
             assert isinstance(first, dict) and first.get("type") == "subscribe"
@@ -252,33 +252,16 @@ class HostileExchange:
             await self._snapshots(ws, self.products)
             listener = asyncio.create_task(self._listen(ws))
             try:
-                await self._play(ws, index)
+                await self._play(ws, conn.index)
                 await ws.wait_closed()
             finally:
                 listener.cancel()
         except (ConnectionClosed, TimeoutError, AssertionError, ValueError):
             pass
 
-    async def _serve(self) -> None:
-        self._stop = self._loop.create_future()
-        async with serve(self._handle, "127.0.0.1", 0, max_size=None) as server:
-            self.port = server.sockets[0].getsockname()[1]
-            self._ready.set()
-            await self._stop
-
-    def _main(self) -> None:
-        self._loop.run_until_complete(self._serve())
-        self._loop.close()
-
     def __enter__(self) -> Self:
-        self._thread.start()
-        if not self._ready.wait(5):
-            raise RuntimeError("hostile exchange did not start")
+        self._server.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._stop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(
-                lambda: self._stop.done() or self._stop.set_result(None)
-            )
-        self._thread.join(5)
+        self._server.stop()

@@ -7,14 +7,12 @@ from __future__ import annotations
 import json
 import os
 import select
-import subprocess
-import sys
 import textwrap
 import threading
 
 import pytest
 
-from tests.support.flow import REPO, FlowProcess, flow_env, read_jsonl
+from tests.support.flow import FlowProcess, flow_env, read_jsonl, run_script
 from tests.support.outputs import canonical, parquet_records, small_recording
 
 pytestmark = pytest.mark.slow
@@ -47,17 +45,6 @@ _RECORDS = textwrap.dedent(
 )
 
 
-def _run(script: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", script, *args],
-        cwd=REPO,
-        env=flow_env(PYTHONPATH=str(REPO)),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 @pytest.mark.parametrize("field, value", [("bid_size", "1e-40"), ("ask_price", "1e25")])
 def test_a_record_parquet_cannot_store_stops_the_run_in_one_line_keeping_earlier_rows(
     tmp_path, field, value
@@ -78,7 +65,7 @@ def test_a_record_parquet_cannot_store_stops_the_run_in_one_line_keeping_earlier
         run_main(flow)
         """
     )
-    proc = _run(script, field, value, f"jsonl:{out},parquet:{pq}")
+    proc = run_script(script, field, value, f"jsonl:{out},parquet:{pq}")
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "panic" not in proc.stderr
     failed = [ln for ln in proc.stderr.splitlines() if "failed, stopping" in ln]
@@ -116,7 +103,7 @@ def test_any_exception_an_output_raises_stops_the_run_in_one_line(tmp_path):
         run_main(flow)
         """
     )
-    proc = _run(script, f"parquet:{pq}")
+    proc = run_script(script, f"parquet:{pq}")
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "panic" not in proc.stderr
     failed = [ln for ln in proc.stderr.splitlines() if "failed, stopping" in ln]

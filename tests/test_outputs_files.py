@@ -15,7 +15,12 @@ import pytest
 from service.outputs import OutputSpec, parse_outputs
 from service.settings import ConfigError, Settings
 from tests.support.flow import REPO, FlowProcess, flow_env, read_jsonl
-from tests.support.outputs import canonical, parquet_records, small_recording
+from tests.support.outputs import (
+    canonical,
+    parquet_records,
+    sim_flow_to_jsonl_and_parquet,
+    small_recording,
+)
 
 
 def test_a_list_of_outputs_is_parsed_in_order(tmp_path):
@@ -109,14 +114,7 @@ def test_one_replay_to_stdout_jsonl_and_parquet_gives_the_same_records(tmp_path)
 @pytest.mark.slow
 def test_parquet_files_are_finished_on_sigterm(tmp_path):
     out, pq = tmp_path / "a.jsonl", tmp_path / "pq"
-    env = flow_env(
-        ORDERBOOK_FEED="sim",
-        ORDERBOOK_SIM_DEPTH="200",
-        ORDERBOOK_SPREAD_THRESHOLD="0",
-        ORDERBOOK_DEPTH_LEVELS="3",
-        ORDERBOOK_OUTPUT=f"jsonl:{out},parquet:{pq}",
-    )
-    flow = FlowProcess(["bytewax.run", "dataflow:flow", "-w", "2"], env)
+    flow = sim_flow_to_jsonl_and_parquet(out, pq)
     flow.wait_for(lambda: len(read_jsonl(out)) >= 200, 60, "200 records")
     assert flow.stop(signal.SIGTERM) == 0
     assert not list(pq.rglob(".part-*"))  # every journal converted

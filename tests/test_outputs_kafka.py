@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import uuid
 
@@ -15,7 +13,13 @@ from common.validation import ConfigError
 from orderbook import OrderBook
 from service.outputs import OutputFailed, parse_outputs
 from service.outputs.kafka import KafkaRecordSink
-from tests.support.flow import REPO, FlowProcess, by_product, flow_env, read_jsonl
+from tests.support.flow import (
+    FlowProcess,
+    by_product,
+    flow_env,
+    read_jsonl,
+    run_script,
+)
 from tests.support.outputs import small_recording
 
 pytestmark = pytest.mark.slow
@@ -173,14 +177,7 @@ del holder  # the broker is gone
 part.write_batch([(0, book.summary(feed="sim"))])
 print("not stopped")
 """
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO,
-        env=flow_env(PYTHONPATH=str(REPO)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_script(script, timeout=60)
     assert proc.returncode == 1, proc.stderr[-3000:]
     failed = [ln for ln in proc.stderr.splitlines() if "failed, stopping" in ln]
     assert len(failed) == 1 and "Kafka deliveries failed" in failed[0], proc.stderr

@@ -21,6 +21,7 @@ from tests.support.outputs import (
     canonical,
     journal_records,
     parquet_records,
+    sim_flow_to_jsonl_and_parquet,
     small_recording,
 )
 
@@ -36,14 +37,7 @@ def test_a_hard_kill_loses_at_most_the_last_seconds_of_parquet_rows(tmp_path):
     from service.outputs.parquet import LOSS_BOUND_SECONDS
 
     out, pq = tmp_path / "a.jsonl", tmp_path / "pq"
-    env = flow_env(
-        ORDERBOOK_FEED="sim",
-        ORDERBOOK_SIM_DEPTH="200",
-        ORDERBOOK_SPREAD_THRESHOLD="0",
-        ORDERBOOK_DEPTH_LEVELS="3",
-        ORDERBOOK_OUTPUT=f"jsonl:{out},parquet:{pq}",
-    )
-    flow = FlowProcess(["bytewax.run", "dataflow:flow", "-w", "2"], env)
+    flow = sim_flow_to_jsonl_and_parquet(out, pq)
     flow.wait_for(lambda: len(read_jsonl(out)) >= 300, 60, "300 records")
     # Every record the outputs were given by now (the fan-out writes the JSON lines
     # first) must reach a journal within the bound, while the run goes on.
@@ -77,26 +71,17 @@ def test_a_hard_kill_loses_at_most_the_last_seconds_of_parquet_rows(tmp_path):
     assert took < LOSS_BOUND_SECONDS + 15, took
 
 
-def _summaries(n: int, start: int = 0) -> list[dict]:
+def _summaries(schema, n: int, start: int = 0) -> list[dict]:
+    """Rows of the summary ``schema``: a time, a feed, and every decimal column."""
+    import pyarrow as pa
+
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    decimals = [f.name for f in schema if pa.types.is_decimal(f.type)]
     return [
         {
             "time": t0 + timedelta(seconds=i),
             "feed": "sim",
-            **{
-                name: Decimal(i) + Decimal("0.5")
-                for name in (
-                    "bid_price",
-                    "bid_size",
-                    "ask_price",
-                    "ask_size",
-                    "spread",
-                    "spread_pct",
-                    "mid",
-                    "imbalance",
-                    "microprice",
-                )
-            },
+            **{name: Decimal(i) + Decimal("0.5") for name in decimals},
         }
         for i in range(start, start + n)
     ]
@@ -115,7 +100,7 @@ def _journal(root, name: str = ".part-0-1-abcd1234-000001.arrows"):
     journal = directory / name
     with pa.OSFile(str(journal), "wb") as sink, pa.ipc.new_stream(sink, schema) as w:
         for b in range(3):
-            w.write_table(pa.Table.from_pylist(_summaries(10, 10 * b), schema))
+            w.write_table(pa.Table.from_pylist(_summaries(schema, 10, 10 * b), schema))
     return journal
 
 

@@ -3,12 +3,9 @@ closer, a status), driven in a process of its own since it ends it."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from tests.support.flow import REPO, flow_env
+from tests.support.flow import run_script
 
 _SCRIPT = """
 import sys
@@ -59,14 +56,7 @@ print("not ended")
 def test_one_line_then_every_closer_most_recent_first_then_the_status(
     how, status, lines
 ):
-    proc = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, *how],
-        cwd=REPO,
-        env=flow_env(PYTHONPATH=str(REPO)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_script(_SCRIPT, *how, timeout=60)
     assert proc.returncode == status, proc.stderr
     assert proc.stderr.splitlines() == lines
     assert proc.stdout == ""

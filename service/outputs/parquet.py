@@ -64,7 +64,13 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from common.text import shown
 from records import DEPTH_BANDS_BPS, OrderBookDepth, OrderBookSummary
-from service.outputs.registry import OutputFailed, OutputKind, failure_line
+from service.outputs.registry import (
+    OutputFailed,
+    OutputKind,
+    dir_targets,
+    failure_line,
+    writable_dir,
+)
 from service.runtime import Shutdown
 
 log = logging.getLogger(__name__)
@@ -219,8 +225,9 @@ def _final_name(journal: Path) -> Path:
     return journal.with_name(journal.name[1:].removesuffix(JOURNAL_SUFFIX) + ".parquet")
 
 
-def _read_journal(pa, source) -> tuple:
-    """The schema and every complete batch of a journal (None: not even a schema)."""
+def read_journal(pa, source) -> tuple:
+    """The schema and every complete batch of a journal (None: not even a schema):
+    what recovery converts, and what a hard kill at this moment would leave."""
     try:
         reader = pa.ipc.open_stream(source)
     except (pa.ArrowInvalid, OSError):
@@ -245,7 +252,7 @@ def _convert(journal: Path, final: Path) -> int:
     rows = 0
     if os.path.getsize(journal):
         with pa.memory_map(str(journal)) as source:
-            schema, batches = _read_journal(pa, source)
+            schema, batches = read_journal(pa, source)
             rows = sum(batch.num_rows for batch in batches)
             if rows:
                 temporary = final.with_name(f".{final.name}.tmp")
@@ -593,22 +600,7 @@ def check_dir(arg: str | None) -> str:
     """A directory that exists or can be created, and that takes a file."""
     import pyarrow  # noqa: F401 - refuse at start when pyarrow is missing
 
-    path = Path(arg)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{arg} exists and is not a directory")
-    path.mkdir(parents=True, exist_ok=True)
-    probe = path / f".probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        probe.write_bytes(b"x")
-    finally:
-        probe.unlink(missing_ok=True)
-    return arg
-
-
-def dir_targets(arg: str | None) -> list[tuple]:
-    """The directory by device and inode: ``D``, ``./D/`` and a link to it are one."""
-    info = os.stat(arg)
-    return [("the same directory", info.st_dev, info.st_ino)]
+    return writable_dir(arg)
 
 
 PARQUET = OutputKind(

@@ -17,8 +17,11 @@ list when a refusal repeats it.
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bytewax.outputs import DynamicSink
@@ -90,6 +93,32 @@ class OutputKind:
     (never 0: refused before) and ``ORDERBOOK_DEPTH_INTERVAL``, raises ``ValueError``
     when it cannot write them; its ``build`` then takes ``(arg, shutdown, levels,
     interval)``."""
+
+
+def writable_dir(arg: str | None) -> str:
+    """The check of a kind that writes files into a directory (``parquet:DIR``,
+    ``tardis:DIR``): ``arg`` is a directory that exists or can be created, and that
+    takes a file (a probe file is written and removed); ``ValueError`` or ``OSError``
+    otherwise."""
+    path = Path(arg)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{arg} exists and is not a directory")
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f".probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.write_bytes(b"x")
+    finally:
+        probe.unlink(missing_ok=True)
+    return arg
+
+
+def dir_targets(arg: str | None, what: str = "the same directory") -> list[tuple]:
+    """The targets of a directory entry (after :func:`writable_dir` created it): the
+    directory by device and inode, so ``D``, ``./D/`` and a link to it are one. ``what``
+    names it in a refusal, and is part of the target: two kinds that name it apart
+    (``parquet:D`` and ``tardis:D``, whose files have different names) may share it."""
+    info = os.stat(arg)
+    return [(what, info.st_dev, info.st_ino)]
 
 
 class OutputFailed(Exception):

@@ -21,16 +21,14 @@ appended to as a new gzip member, its header not repeated. A record that cannot 
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import uuid
 from pathlib import Path
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from importers.tardis_snapshots import TardisSnapshotWriter, interval_name
 from records import OrderBookDepth
-from service.outputs.registry import OutputKind
+from service.outputs.registry import OutputKind, dir_targets, writable_dir
 from service.runtime import Shutdown
 
 log = logging.getLogger(__name__)
@@ -91,27 +89,12 @@ class TardisSink(DynamicSink):
         )
 
 
-def check_dir(arg: str | None) -> str:
-    """A directory that exists or can be created, and that takes a file."""
-    path = Path(arg)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{arg} exists and is not a directory")
-    path.mkdir(parents=True, exist_ok=True)
-    probe = path / f".probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        probe.write_bytes(b"x")
-    finally:
-        probe.unlink(missing_ok=True)
-    return arg
-
-
 def _check_depth(levels: int, interval: float) -> None:
     interval_name(interval)  # ValueError: no tardis.dev name
 
 
 def _targets(arg: str | None) -> list[tuple]:
-    info = os.stat(arg)
-    return [("the same tardis directory", info.st_dev, info.st_ino)]
+    return dir_targets(arg, "the same tardis directory")
 
 
 TARDIS = OutputKind(
@@ -121,7 +104,7 @@ TARDIS = OutputKind(
     ),
     arg="required",
     help="tardis:DIR",
-    check=check_dir,
+    check=writable_dir,
     targets=_targets,
     needs_depth=_check_depth,
 )

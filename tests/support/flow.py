@@ -4,7 +4,8 @@
 arguments) the way a user does; ``flow_env`` gives it a clean environment; ``wait_until``
 and ``FlowProcess.wait_for`` wait for a condition instead of sleeping a fixed time;
 ``settle`` waits until output stops growing; ``free_port`` gives a loopback port nobody
-listens on (for ``BYTEWAX_DATAFLOW_API_PORT``).
+listens on (for ``BYTEWAX_DATAFLOW_API_PORT``); ``run_script`` runs a snippet of Python
+in a process of its own (for code that ends its process).
 """
 
 from __future__ import annotations
@@ -49,6 +50,22 @@ def flow_env(**settings: str) -> dict[str, str]:
     env.update(settings)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def run_script(
+    script: str, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """``python -c script args`` from the repository, the project importable, in the
+    clean environment of :func:`flow_env`: for code that ends its process (the
+    output-failure path's ``os._exit``). Its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=REPO,
+        env=flow_env(PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def read_jsonl(path: Path) -> list[dict]:

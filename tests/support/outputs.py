@@ -1,4 +1,5 @@
-"""Shared by the output tests: a small recording, and Parquet rows in the JSON shape."""
+"""Shared by the output tests: a small recording, a flow writing JSON lines and Parquet
+side by side, and Parquet rows in the JSON shape."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+from tests.support.flow import FlowProcess, flow_env
 from tests.support.recordings import write_session
 
 
@@ -13,6 +15,21 @@ def small_recording(path: Path, messages: int = 2000) -> Path:
     """Exchange-feed frames of the four default products, 1 ms of feed time apart."""
     write_session(path, messages, 3)
     return path
+
+
+def sim_flow_to_jsonl_and_parquet(out: Path, pq: Path) -> FlowProcess:
+    """The real flow, 2 workers, on the simulated feed (a 200-level book, a summary at
+    every change, depth records of 3 levels), writing every record to the JSON lines
+    ``out`` and to ``parquet:pq``: the JSON lines are what the Parquet files must hold.
+    Started, not waited for."""
+    env = flow_env(
+        ORDERBOOK_FEED="sim",
+        ORDERBOOK_SIM_DEPTH="200",
+        ORDERBOOK_SPREAD_THRESHOLD="0",
+        ORDERBOOK_DEPTH_LEVELS="3",
+        ORDERBOOK_OUTPUT=f"jsonl:{out},parquet:{pq}",
+    )
+    return FlowProcess(["bytewax.run", "dataflow:flow", "-w", "2"], env)
 
 
 def _plain(value: Decimal) -> str:
@@ -70,22 +87,18 @@ def journal_records(root: Path) -> list[dict]:
     import duckdb
     import pyarrow as pa
 
+    from service.outputs.parquet import read_journal
+
     out = []
     for journal in root.glob("type=*/product_id=*/date=*/.part-*.arrows"):
         try:
             data = journal.read_bytes()
-            reader = pa.ipc.open_stream(pa.BufferReader(data))
-        except (OSError, pa.ArrowInvalid):
-            continue  # converted meanwhile, or not even its schema written yet
-        batches = []
-        while True:
-            try:
-                batches.append(reader.read_next_batch())
-            except StopIteration:
-                break
-            except (OSError, pa.ArrowInvalid):
-                break  # a batch being written
-        table = pa.Table.from_batches(batches, reader.schema)
+        except OSError:
+            continue  # converted meanwhile
+        schema, batches = read_journal(pa, pa.BufferReader(data))
+        if schema is None:
+            continue  # not even its schema written yet
+        table = pa.Table.from_batches(batches, schema)
         hive = dict(part.split("=", 1) for part in journal.parent.parts[-3:])
         out += _json_shape(duckdb.from_arrow(table), hive)
     return out

@@ -55,8 +55,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -81,12 +79,24 @@ from local_exchange.market import Market  # noqa: E402
 from recording.replay import ReplaySource  # noqa: E402
 from recording.writer import RecordingWriter  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from tests.support.flow import flow_env  # noqa: E402
+from tests.support.paced_load import (  # noqa: E402
+    RECORDED_RATE,
+    T0_NS,
+    Tail,
+    exited,
+    free_ports,
+    jsonl_service_env,
+    lag_stats,
+    product_lags,
+    replay_exchange,
+    start,
+    stop,
+    tail,
+    update_ns,
+)
 
 BASES = ("BTC", "ETH", "SOL", "LTC", "ADA", "DOGE", "XRP", "DOT", "AVAX", "LINK")
 
-RECORDED_RATE = 1_000
-"""Messages a second over all products at the recording's own pace (speed 1)."""
 LOAD_SECONDS = 5.0
 """Load per rate: long enough that a service short of the rate by 5% piles up
 5% x 5 s = 250 ms of lag, the bound below."""
@@ -101,14 +111,11 @@ START_TIMEOUT = 60.0
 """Seconds from starting the service to its first summary (imports, cluster start-up)."""
 POLL_SECONDS = 0.002
 """How often the bench reads the output file: the resolution of the lag."""
-STOP_SECONDS = 10.0
-"""A process group gets this long after SIGTERM before SIGKILL."""
 COARSE_STEP = 10_000
 FINE_STEPS = 4
 TARGET = 1.7
 TARGET_PRODUCTS = 8
 """The issue's target is set for 8 products; other counts are measured without one."""
-T0_NS = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z, the recording's start
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 LAYOUTS = {
     1: ("one process", "bytewax.run dataflow:flow -w 1"),
@@ -187,11 +194,6 @@ class Session:
         return update_ns(messages - 1)
 
 
-def update_ns(i: int) -> int:
-    """Recorded receive time of update ``i`` (also its exchange ``time``)."""
-    return T0_NS + (i + 1) * 1_000_000_000 // RECORDED_RATE
-
-
 class _Times(DynamicSink):
     """Collects the recorded time (ns) of every summary, per product."""
 
@@ -220,18 +222,6 @@ def expected_summaries(path: Path, products: list[str]) -> dict[str, list[int]]:
     return sink.by_product
 
 
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports free now (all bound at once, so none is given twice)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def service_commands(processes: int) -> list[list[str]]:
     """The layout's commands, as ``bytewax.testing -p N`` builds them, on free ports
     (``bytewax.testing`` always takes 2101 and up, which other runs may hold)."""
@@ -240,49 +230,6 @@ def service_commands(processes: int) -> list[list[str]]:
         return [[*run, "-w", "1"]]
     addresses = ";".join(f"localhost:{p}" for p in free_ports(processes))
     return [[*run, "-i", str(k), "-a", addresses, "-w", "1"] for k in range(processes)]
-
-
-def start(
-    command: list[str], log: Path, env: dict[str, str] | None = None
-) -> subprocess.Popen:
-    """A process in its own process group (stopped whole by :func:`stop`)."""
-    with log.open("w") as err:
-        return subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=env,
-            stdout=err,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def stop(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM every group, wait, then SIGKILL whatever is left of it."""
-    for proc in procs:
-        _signal_group(proc, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_SECONDS
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-        _signal_group(proc, signal.SIGKILL)  # stragglers, a child that outlived it
-        proc.wait()
-
-
-def _signal_group(proc: subprocess.Popen, sig: signal.Signals) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _exited(proc: subprocess.Popen) -> bool:
-    """Whether ``proc`` has ended, leaving it unreaped: a zombie's CPU times can still
-    be read (``Popen.poll`` would reap it)."""
-    flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
-    return os.waitid(os.P_PID, proc.pid, flags) is not None
 
 
 @dataclass
@@ -332,22 +279,11 @@ def run_step(
     speed = rate / RECORDED_RATE
     out = tmp / "out.jsonl"
     out.unlink(missing_ok=True)
-    (port,) = free_ports(1)
-    exchange = start(
-        [sys.executable, "-m", "local_exchange", "--port", str(port)]
-        + ["--replay", str(recording), "--speed", repr(speed)],
-        tmp / "exchange.log",
-    )
-    env = flow_env(
-        ORDERBOOK_PRODUCTS=",".join(session.products),
-        ORDERBOOK_WS_URL=f"ws://127.0.0.1:{port}/",
-        ORDERBOOK_SPREAD_THRESHOLD="0",
-        ORDERBOOK_OUTPUT=f"jsonl:{out}",
-    )
+    exchange, port = replay_exchange(recording, speed, tmp / "exchange.log")
+    env = jsonl_service_env(f"ws://127.0.0.1:{port}/", session.products, out)
     logs = [tmp / f"service-{k}.log" for k in range(processes)]
     service: list[subprocess.Popen] = []
     try:
-        _wait_for_port(port, exchange)
         for command, log in zip(service_commands(processes), logs, strict=True):
             service.append(start(command, log, env))
         arrivals, cpu = _read_output(out, sum(expected.values()), [exchange, *service])
@@ -362,48 +298,31 @@ def run_step(
 
 def _read_output(
     out: Path, expected: int, procs: list[subprocess.Popen]
-) -> tuple[list[tuple[float, str]], list[float]]:
-    """``(when seen, lines)`` blocks of the output as it grows, until every expected
-    line is in, the grace after the load has passed, or the service has exited (the
-    exchange is ``procs[0]``); and the cores each process, then this bench, used from
-    the first line to the end."""
-    end = time.monotonic() + START_TIMEOUT
-    while not out.exists():
-        if time.monotonic() > end or all(map(_exited, procs[1:])):
-            raise RuntimeError("the service wrote nothing; its log:")
-        time.sleep(POLL_SECONDS)
-    arrivals: list[tuple[float, str]] = []
-    seen = 0
-    pending = ""
+) -> tuple[Tail, list[float]]:
+    """The output as it grows, until every expected line is in, the grace after the
+    load has passed, or the service has exited (the exchange is ``procs[0]``); and the
+    cores each process, then this bench, used from the first line to the end."""
     before: list[float] = []
-    started = 0.0
-    with out.open() as f:
-        while seen < expected:
-            # decided before reading, so that the lines written just before the
-            # service exited are still read
-            done = time.monotonic() > end or all(map(_exited, procs[1:]))
-            chunk = f.read()
-            now = time.monotonic()
-            if chunk:
-                if not arrivals:
-                    before = [cpu_seconds(p.pid) for p in procs] + [time.process_time()]
-                    started = now
-                    end = now + LOAD_SECONDS + DRAIN_GRACE_SECONDS
-                lines, newline, pending = (pending + chunk).rpartition("\n")
-                if newline:
-                    arrivals.append((now, lines))
-                    seen += lines.count("\n") + 1
-            elif done:
-                break
-            else:
-                time.sleep(POLL_SECONDS)
-    elapsed = time.monotonic() - started
+
+    def mark() -> None:
+        before[:] = [cpu_seconds(p.pid) for p in procs] + [time.process_time()]
+
+    seen = tail(
+        out,
+        expected=expected,
+        running=lambda: not all(map(exited, procs[1:])),
+        start_timeout=START_TIMEOUT,
+        after_first=LOAD_SECONDS + DRAIN_GRACE_SECONDS,
+        poll=POLL_SECONDS,
+        on_first=mark,
+    )
+    elapsed = time.monotonic() - seen.first
     after = [cpu_seconds(p.pid) for p in procs] + [time.process_time()]
-    return arrivals, [(a - b) / elapsed for a, b in zip(after, before, strict=False)]
+    return seen, [(a - b) / elapsed for a, b in zip(after, before, strict=False)]
 
 
 def _measure(
-    arrivals: list[tuple[float, str]],
+    arrivals: Tail,
     expected: dict[str, int],
     speed: float,
     rate: float,
@@ -411,56 +330,39 @@ def _measure(
     cpu: list[float],
 ) -> Step:
     """Lag and achieved rate from what was seen when (see the module docstring)."""
-    seen: dict[str, list[tuple[float, int]]] = {}
-    for when, block in arrivals:
-        for line in block.split("\n"):
-            record = orjson.loads(line)
-            t_ns = _ns(datetime.fromisoformat(record["time"]))
-            seen.setdefault(record["product_id"], []).append((when, t_ns))
-    lags: list[float] = []
-    kept: list[float] = []
-    for product in seen.values():
-        due = [(t_ns - T0_NS) / 1e9 / speed for _, t_ns in product]
-        offsets = [when - d for (when, _), d in zip(product, due, strict=True)]
-        least = min(offsets)
-        lags += [o - least for o in offsets]
-        # How far through the recording the product's output got in the load's
-        # LOAD_SECONDS (counted from the schedule's start as its least delayed summary
-        # places it), as a fraction of the whole: the pace the service kept while
-        # loaded. Never above 1, whatever the summaries' clumping or a slow first one.
-        in_load = [
-            d
-            for o, d in zip(offsets, due, strict=True)
-            if o + d - least <= LOAD_SECONDS
-        ]
-        kept.append(max(in_load) / LOAD_SECONDS)
-    quantiles = statistics.quantiles(lags, n=100) if len(lags) > 1 else [0.0] * 99
+    lags = product_lags(
+        (
+            (
+                when,
+                record["product_id"],
+                (_ns(datetime.fromisoformat(record["time"])) - T0_NS) / 1e9,
+            )
+            for when, record in arrivals.records(orjson.loads)
+        ),
+        speed,
+    )
+    # How far through the recording each product's output got in the load's
+    # LOAD_SECONDS (counted from the schedule's start as its least delayed summary
+    # places it), as a fraction of the whole: the pace the service kept while loaded.
+    # Never above 1, whatever the summaries' clumping or a slow first one.
+    kept = [
+        max(due for due, lag in product if lag + due <= LOAD_SECONDS) / LOAD_SECONDS
+        for product in lags.values()
+    ]
+    figures = lag_stats(lags)
     return Step(
         offered=rate,
         achieved=rate * statistics.fmean(kept) if kept else 0.0,
-        lag_p50=quantiles[49],
-        lag_p99=quantiles[98],
-        got=sum(map(len, seen.values())),
+        lag_p50=figures.p50,
+        lag_p99=figures.p99,
+        got=sum(map(len, lags.values())),
         expected=sum(expected.values()),
-        complete=all(len(seen.get(p, ())) == n for p, n in expected.items()),
+        complete=all(len(lags.get(p, ())) == n for p, n in expected.items()),
         behind=behind,
         exchange_cores=cpu[0] if cpu else 0.0,
         service_cores=sum(cpu[1:-1]),
         bench_cores=cpu[-1] if cpu else 0.0,
     )
-
-
-def _wait_for_port(port: int, server: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError("the local exchange exited at start")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("the local exchange did not start listening")
 
 
 def ladder(measure, max_rate: float) -> float:

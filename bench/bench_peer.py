@@ -82,15 +82,19 @@ from local_exchange.market import Market  # noqa: E402
 from local_exchange.protocol import iso_ns  # noqa: E402
 from local_exchange.server import LocalExchange  # noqa: E402
 from recording.writer import RecordingWriter  # noqa: E402
-from tests.support.flow import flow_env, wait_until  # noqa: E402
+from tests.support.flow import wait_until  # noqa: E402
 from tests.support.paced_load import (  # noqa: E402
+    RECORDED_RATE,
+    T0_NS,
     exited,
-    free_ports,
+    jsonl_service_env,
     lag_stats,
+    product_lags,
+    replay_exchange,
     start,
     stop,
     tail,
-    wait_for_port,
+    update_ns,
 )
 
 CRYPTOFEED = ("cryptofeed==3.0.1", "uvloop", "order-book")
@@ -102,9 +106,6 @@ PRODUCTS = list(DEFAULT_PRODUCTS)
 DEPTH = 1_000
 """Levels per side of every book, replayed or simulated."""
 CHANGES_PER_BATCH = 3
-RECORDED_RATE = 1_000
-"""Messages a second over all products at the recording's own pace (speed 1)."""
-T0_NS = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z, the recording's start
 LAG_P99_BOUND = 0.250
 GROWTH_BOUND = 0.050
 """Seconds the median lag may rise from the load's first third to its last: a consumer
@@ -263,13 +264,7 @@ class Consumer:
         self, url: str, products: list[str], out: Path, tmp: Path
     ) -> tuple[list[str], dict[str, str] | None]:
         if self.python is None:
-            env = flow_env(
-                ORDERBOOK_FEED=ADVANCED_TRADE,
-                ORDERBOOK_WS_URL=url,
-                ORDERBOOK_PRODUCTS=",".join(products),
-                ORDERBOOK_SPREAD_THRESHOLD="0",
-                ORDERBOOK_OUTPUT=f"jsonl:{out}",
-            )
+            env = jsonl_service_env(url, products, out, ORDERBOOK_FEED=ADVANCED_TRADE)
             return [
                 sys.executable,
                 "-m",
@@ -297,11 +292,6 @@ def top_of(record: dict) -> tuple[Decimal, ...]:
 
 
 # -- the ladder's load -------------------------------------------------------------------
-
-
-def update_ns(i: int) -> int:
-    """Recorded receive time (and envelope ``timestamp``) of update ``i``."""
-    return T0_NS + (i + 1) * 1_000_000_000 // RECORDED_RATE
 
 
 def _envelope(channel: str, seq: int, t_ns: int, events: str) -> str:
@@ -453,17 +443,11 @@ def run_step(
     speed = rate / RECORDED_RATE
     out = tmp / "out.jsonl"
     out.unlink(missing_ok=True)
-    (port,) = free_ports(1)
-    exchange = start(
-        [sys.executable, "-m", "local_exchange", "--port", str(port)]
-        + ["--replay", str(recording), "--speed", repr(speed)],
-        tmp / "exchange.log",
-    )
+    exchange, port = replay_exchange(recording, speed, tmp / "exchange.log")
     log = tmp / "consumer.log"
     procs = [exchange]
     cpu: dict[str, tuple[float, float, float]] = {}
     try:
-        wait_for_port(port, exchange)
         url = f"ws://127.0.0.1:{port}/advanced-trade"
         command, env = consumer.command(url, session.products, out, tmp)
         proc = start(command, log, env)
@@ -497,8 +481,10 @@ def run_step(
         got.setdefault(record["product_id"], []).append(record)
     t0 = T0_NS / 1e9
     lag = lag_stats(
-        ((when, r["product_id"], event_seconds(r) - t0) for when, r in records),
-        speed,
+        product_lags(
+            ((when, r["product_id"], event_seconds(r) - t0) for when, r in records),
+            speed,
+        ),
         settle=SETTLE_SECONDS,
     )
     (a_t, a_cpu, a_ex), (b_t, b_cpu, b_ex) = cpu["first"], cpu["last"]
@@ -658,18 +644,14 @@ def live_threads(session: Session, rate: float, seconds: float, tmp: Path) -> No
     recording = session.recording(messages, tmp)
     lines, _ = session.expected(messages)
     for who in ("ours", "bare websockets client"):
-        (port,) = free_ports(1)
-        exchange = start(
-            [sys.executable, "-m", "local_exchange", "--port", str(port)]
-            + ["--replay", str(recording), "--speed", repr(rate / RECORDED_RATE)],
-            tmp / "exchange.log",
+        exchange, port = replay_exchange(
+            recording, rate / RECORDED_RATE, tmp / "exchange.log"
         )
         url = f"ws://127.0.0.1:{port}/advanced-trade"
         out = tmp / "out.jsonl"
         out.unlink(missing_ok=True)
         procs = [exchange]
         try:
-            wait_for_port(port, exchange)
             if who == "ours":
                 command, env = Consumer("ours").command(url, session.products, out, tmp)
                 proc = start(command, tmp / "consumer.log", env)

@@ -17,4 +17,6 @@ and ``bench/`` imports from ``tests`` only this package (``tests/test_test_layou
   records;
 * :mod:`tests.support.foreign_files`: foreign market-data files whose true books are known;
 * :mod:`tests.support.browser`: headless Chromium as the tests and the screenshots use it.
+* :mod:`tests.support.paced_load`: the live benches' paced load: the local exchange
+  replaying it, processes in groups of their own, an output file read as it grows, lag.
 """

@@ -1,11 +1,14 @@
 """Paced live loads for the benches: processes in groups of their own, an output file read
 as it grows, and the lag of the lines it shows.
 
-A live bench starts the local exchange and a consumer as processes (``start``; ``stop``
-ends each whole process group, SIGTERM then SIGKILL), reads the consumer's output file
-while it grows (:func:`tail`: each block of new lines with the moment it was seen), and
-measures how late each line appeared against the pace the load was served at
-(:func:`lag_stats`). The lag of a line is ``seen - due``, where ``due = (t - T0) / speed``
+A live bench writes its load as a recording paced evenly (update ``i`` at
+:func:`update_ns`, ``RECORDED_RATE`` a second from ``T0_NS``), has the local exchange
+serve it ``speed`` times faster (:func:`replay_exchange`), starts a consumer as a process
+(``start``, with :func:`jsonl_service_env` for the service; ``stop`` ends each whole
+process group, SIGTERM then SIGKILL), reads the consumer's output file while it grows
+(:func:`tail`: each block of new lines with the moment it was seen), and measures how
+late each line appeared against the pace the load was served at (:func:`product_lags`,
+summed up by :func:`lag_stats`). The lag of a line is ``seen - due``, where ``due = (t - T0) / speed``
 is when the line's event was served, minus the least such difference of its product:
 the least rather than the first line is the zero, so that a slow first line (a
 snapshot, a connection opened late) cannot hide the others' lag. A consumer that keeps
@@ -19,15 +22,27 @@ import signal
 import socket
 import statistics
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support.flow import flow_env
 
 REPO = Path(__file__).resolve().parent.parent.parent
 
 STOP_SECONDS = 10.0
 """A process group gets this long after SIGTERM before SIGKILL."""
+
+RECORDED_RATE = 1_000
+"""Messages a second over all products at a load recording's own pace (speed 1)."""
+T0_NS = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z, a load recording's start
+
+
+def update_ns(i: int) -> int:
+    """Recorded receive time of a load's update ``i`` (also its exchange time)."""
+    return T0_NS + (i + 1) * 1_000_000_000 // RECORDED_RATE
 
 
 def free_ports(n: int) -> list[int]:
@@ -101,6 +116,46 @@ def wait_for_port(port: int, server: subprocess.Popen, timeout: float = 30.0) ->
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listened on port {port} within {timeout:g} s")
+
+
+def replay_exchange(
+    recording: Path, speed: float, log: Path
+) -> tuple[subprocess.Popen, int]:
+    """``python -m local_exchange --replay recording --speed speed`` on a free port, in
+    a process group of its own, once it listens: the process and its port. Raises
+    RuntimeError (the process stopped) if it exits or does not listen first."""
+    (port,) = free_ports(1)
+    exchange = start(
+        [sys.executable, "-m", "local_exchange", "--port", str(port)]
+        + ["--replay", str(recording), "--speed", repr(speed)],
+        log,
+    )
+    try:
+        wait_for_port(port, exchange)
+    except RuntimeError as exc:
+        stop([exchange])
+        raise RuntimeError(
+            f"the local exchange: {exc}\n{log.read_text()[-2000:]}"
+        ) from None
+    except BaseException:
+        stop([exchange])
+        raise
+    return exchange, port
+
+
+def jsonl_service_env(
+    url: str, products: Iterable[str], out: Path, **settings: str
+) -> dict[str, str]:
+    """The service's environment for a live load: ``products`` from the feed at
+    ``url``, every top-of-book change (threshold 0) written to ``out`` as jsonl; more
+    ``ORDERBOOK_*`` settings as keywords."""
+    return flow_env(
+        **settings,
+        ORDERBOOK_WS_URL=url,
+        ORDERBOOK_PRODUCTS=",".join(products),
+        ORDERBOOK_SPREAD_THRESHOLD="0",
+        ORDERBOOK_OUTPUT=f"jsonl:{out}",
+    )
 
 
 @dataclass
@@ -187,29 +242,39 @@ class LagStats:
         return self.last_third_p50 - self.first_third_p50
 
 
-def lag_stats(
-    seen: Iterable[tuple[float, str, float]], speed: float, settle: float = 0.0
-) -> LagStats:
-    """``seen``: ``(when seen, product, event time in s since the load's T0)`` per line;
-    the load was served ``speed`` times faster than its event times. Lines due in the
-    first ``settle`` s of the load are left out of the figures (a start-up transient),
-    not out of each product's least offset."""
+def product_lags(
+    seen: Iterable[tuple[float, str, float]], speed: float
+) -> dict[str, list[tuple[float, float]]]:
+    """``(due, lag)`` of every line, per product in the order the lines were seen.
+    ``seen``: ``(when seen, product, event time in s since the load's T0)`` per line;
+    the load was served ``speed`` times faster than its event times, so a line is due
+    ``t / speed`` s into the load (on its clock, whose zero each product's least
+    ``when - due`` sets: see the module docstring)."""
     by_product: dict[str, list[tuple[float, float]]] = {}
     for when, product, t in seen:
         by_product.setdefault(product, []).append((t / speed, when))
-    lags: list[tuple[float, float]] = []  # (due, lag)
-    for rows in by_product.values():
+    lags: dict[str, list[tuple[float, float]]] = {}
+    for product, rows in by_product.items():
         offsets = [(due, when - due) for due, when in rows]
         least = min(o for _, o in offsets)
-        lags += [(due, o - least) for due, o in offsets]
-    if not lags:
+        lags[product] = [(due, o - least) for due, o in offsets]
+    return lags
+
+
+def lag_stats(
+    lags: Mapping[str, list[tuple[float, float]]], settle: float = 0.0
+) -> LagStats:
+    """The figures of :func:`product_lags`' ``lags``. Lines due in the first ``settle``
+    s of the load are left out (a start-up transient), unless that leaves none."""
+    rows = [row for product in lags.values() for row in product]
+    if not rows:
         return LagStats(0.0, 0.0, 0.0, 0.0)
-    start = min(d for d, _ in lags)
-    lags = [(d, lag) for d, lag in lags if d - start >= settle] or lags
-    start = min(d for d, _ in lags)
-    values = [lag for _, lag in lags]
+    start = min(d for d, _ in rows)
+    rows = [(d, lag) for d, lag in rows if d - start >= settle] or rows
+    start = min(d for d, _ in rows)
+    values = [lag for _, lag in rows]
     q = statistics.quantiles(values, n=100) if len(values) > 1 else values * 99
-    span = max(d for d, _ in lags) - start
-    first = [lag for d, lag in lags if d - start <= span / 3] or values
-    last = [lag for d, lag in lags if d - start >= 2 * span / 3] or values
+    span = max(d for d, _ in rows) - start
+    first = [lag for d, lag in rows if d - start <= span / 3] or values
+    last = [lag for d, lag in rows if d - start >= 2 * span / 3] or values
     return LagStats(q[49], q[98], statistics.median(first), statistics.median(last))

@@ -15,6 +15,7 @@ from recording.reader import Recording
 from tests.support.foreign_files import (
     DAY_NS,
     MarketSession,
+    assert_books_are_the_truth,
     market_session,
     replayed_books,
     top,
@@ -25,14 +26,6 @@ from tests.support.foreign_files import (
 )
 
 PRODUCTS = ("BTC-USD", "ETH-USD")
-
-
-def _assert_truth(recording, session):
-    books, counts = replayed_books(recording)
-    for product, (bids, asks) in session.truth.items():
-        assert top(books[product].bids, books[product].asks) == top(bids, asks), product
-        assert not counts[product]["skipped"], counts[product]
-    return counts
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +40,7 @@ def test_daily_files_of_several_products_merge_into_one_recording(tmp_path, two_
     glob = str(tmp_path / "coinbase_incremental_book_L2_*.csv.gz")
     result = convert([glob], tmp_path / "out.gz", progress=False)
     assert result.products == list(PRODUCTS)
-    counts = _assert_truth(tmp_path / "out.gz", two_days)
+    _, counts = assert_books_are_the_truth(tmp_path / "out.gz", two_days)
     quality = {p.product_id: p for p in result.report.products}
     for product in PRODUCTS:
         # the second day's file takes over with its own snapshot
@@ -96,7 +89,7 @@ def test_one_protocol_per_recording_the_other_counted(tmp_path):
     assert result.protocol == "exchange"
     quality = {p.product_id: p for p in result.report.products}
     assert quality["BTC-USD"].skipped["advanced-trade frames (not exchange)"] == 21
-    _assert_truth(tmp_path / "out.gz", session)
+    assert_books_are_the_truth(tmp_path / "out.gz", session)
 
 
 @pytest.mark.parametrize("name", ["a.csv.gz", "COINBASE.jsonl.zst"])
@@ -163,7 +156,7 @@ def test_the_command_writes_a_recording_and_a_json_report(tmp_path, capsys):
     assert header["imported"] == [
         {"file": "a.csv.gz", "format": "tardis-incremental-l2"}
     ]
-    _assert_truth(out, session)
+    assert_books_are_the_truth(out, session)
 
 
 def test_a_conversion_without_book_data_ends_with_status_1_and_no_file(
@@ -231,4 +224,4 @@ def test_recordings_of_this_project_are_merged_with_the_other_files(tmp_path):
     quality = {p.product_id: p for p in result.report.products}
     assert all(quality[p].resets == {"next file": 1} for p in PRODUCTS)
     assert sum(q.frames for q in quality.values()) == len(session.events)
-    _assert_truth(tmp_path / "out.gz", session)
+    assert_books_are_the_truth(tmp_path / "out.gz", session)

@@ -18,6 +18,7 @@ from importers.cryptofeed import DAMAGED, MALFORMED_FRAMES, CaptureReader
 from importers.stream import SKIP_BEFORE_SNAPSHOT
 from recording.reader import Recording
 from tests.support.foreign_files import (
+    assert_books_are_the_truth,
     capture_records,
     cryptofeed_raw_lines,
     market_session,
@@ -28,16 +29,6 @@ from tests.support.foreign_files import (
 )
 
 PRODUCTS = ("BTC-USD", "ETH-USD")
-
-
-def _assert_books_are_the_truth(recording, session):
-    books, counts = replayed_books(recording)
-    for product, (bids, asks) in session.truth.items():
-        book = books[product]
-        assert book.live, f"{product} has no book after the replay"
-        assert top(book.bids, book.asks) == top(bids, asks), product
-        assert not counts[product]["skipped"], counts[product]
-    return books, counts
 
 
 def _quality(result):
@@ -59,7 +50,7 @@ def test_a_rotated_2x_capture_replays_to_the_true_books_frames_kept_verbatim(tmp
     assert result.report.ignored["ticker"] > 0
     assert result.report.ignored["heartbeat"] > 0
     assert result.report.ignored["http replies"] == 1
-    _assert_books_are_the_truth(tmp_path / "out.gz", session)
+    assert_books_are_the_truth(tmp_path / "out.gz", session)
     recorded = {
         value["frame"]
         for _, value in Recording.open(tmp_path / "out.gz").records()
@@ -94,7 +85,7 @@ def test_a_connection_line_resets_the_books_of_its_connection(tmp_path):
     for product in PRODUCTS:
         assert quality[product].resets == {"connection": 1}
     assert quality["BTC-USD"].skipped[SKIP_BEFORE_SNAPSHOT] == 1
-    _assert_books_are_the_truth(tmp_path / "out.gz", second)
+    assert_books_are_the_truth(tmp_path / "out.gz", second)
 
 
 def test_a_malformed_book_frame_resets_only_its_product(tmp_path):
@@ -135,7 +126,7 @@ def test_a_v3_capture_replays_to_the_true_books_split_and_renumbered(tmp_path):
     assert result.protocol == "advanced-trade"
     assert Recording.open(tmp_path / "out.gz").protocol == "advanced-trade"
     assert result.report.ignored == {"heartbeats": heartbeats, "subscriptions": 1}
-    _, counts = _assert_books_are_the_truth(tmp_path / "out.gz", session)
+    _, counts = assert_books_are_the_truth(tmp_path / "out.gz", session)
     # the replay's own decoder checked every product's numbering: no gap anywhere
     for product in PRODUCTS:
         assert counts[product]["stats"]["frames"] == 121
@@ -149,7 +140,7 @@ def test_binary_payloads_of_a_v3_capture_are_read(tmp_path):
     session = market_session(PRODUCTS, batches=40)
     source = write_cryptofeed_capture(tmp_path / "c.jsonl.zst", session, binary_every=3)
     convert([str(source)], tmp_path / "out.gz", progress=False)
-    _assert_books_are_the_truth(tmp_path / "out.gz", session)
+    assert_books_are_the_truth(tmp_path / "out.gz", session)
 
 
 def test_a_sequence_gap_resets_every_book_of_the_connection(tmp_path):
@@ -180,7 +171,7 @@ def test_a_connect_record_resets_and_a_new_snapshot_restores(tmp_path):
     result = convert([str(source)], tmp_path / "out.gz", progress=False)
     for product in PRODUCTS:
         assert _quality(result)[product].resets == {"connection": 1}
-    _assert_books_are_the_truth(tmp_path / "out.gz", second)
+    assert_books_are_the_truth(tmp_path / "out.gz", second)
 
 
 def test_damaged_v3_records_are_skipped_and_counted(tmp_path):
@@ -218,7 +209,7 @@ def test_an_error_reply_first_does_not_decide_the_connections_protocol(tmp_path)
     )
     result = convert([str(source)], tmp_path / "out.gz", progress=False)
     assert result.report.ignored["error replies"] == 1
-    _assert_books_are_the_truth(tmp_path / "out.gz", session)
+    assert_books_are_the_truth(tmp_path / "out.gz", session)
 
 
 def test_a_capture_of_another_exchange_is_read_no_further(tmp_path):

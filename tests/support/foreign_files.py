@@ -449,3 +449,17 @@ def replayed_books(path: Path) -> tuple[dict[str, ReferenceBook], dict[str, Any]
             "skipped": dict(part.skipped),
         }
     return books, counts
+
+
+def assert_books_are_the_truth(
+    recording: Path, session: MarketSession
+) -> tuple[dict[str, ReferenceBook], dict[str, Any]]:
+    """Replay ``recording`` by hand: every product of ``session`` has a live book whose
+    top equals the truth's, and nothing of it was skipped. Returns the books and counts."""
+    books, counts = replayed_books(recording)
+    for product, (bids, asks) in session.truth.items():
+        book = books[product]
+        assert book.live, f"{product} has no book after the replay"
+        assert top(book.bids, book.asks) == top(bids, asks), product
+        assert not counts[product]["skipped"], counts[product]
+    return books, counts

@@ -79,4 +79,48 @@ class BookReset:
     received_ns: int = 0
 
 
-BookEvent = BookSnapshot | BookChanges | BookReset
+@dataclass(frozen=True, slots=True)
+class AuditStarted:
+    """A REST book of this product was just requested (issue 19's audit).
+
+    Put into the product's stream, in stream order, at the moment the request is sent:
+    from here on the book step notes which prices the stream touches, because a level
+    touched while the REST book was being taken cannot be compared fairly.
+    """
+
+    product_id: str
+    feed: str
+    received_ns: int = 0
+    """``time.time_ns()`` when the request was sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class BookAudit:
+    """The REST book that answers the product's last :class:`AuditStarted`, or why
+    there is none.
+
+    Put into the product's stream a settle window AFTER the reply arrived, so that every
+    stream update the exchange made before it took the REST book (level2_batch sends them
+    up to ~50 ms late) is already applied when the book step compares: a level counts as
+    drifted only if it differs and no update touched its price between
+    :class:`AuditStarted` and this event.
+    """
+
+    product_id: str
+    feed: str
+    bids: list[Level]
+    """The REST book's best ``levels`` bids, best first (empty when ``failure``)."""
+    asks: list[Level]
+    levels: int
+    """Levels per side asked for and compared (``ORDERBOOK_AUDIT_LEVELS``)."""
+    requested_ns: int
+    """``time.time_ns()`` when the request was sent."""
+    replied_ns: int
+    """``time.time_ns()`` when the reply arrived (or the request failed)."""
+    failure: str | None = None
+    """Why no REST book came (``HTTP 429``, ``timeout``, ``not JSON``...), else None."""
+    received_ns: int = 0
+    """``time.time_ns()`` when this event entered the stream (after the settle window)."""
+
+
+BookEvent = BookSnapshot | BookChanges | BookReset | AuditStarted | BookAudit

@@ -21,6 +21,18 @@ from service.settings import ConfigError, Settings
 from tests.support import frames
 from tests.support.flow import FlowProcess, flow_env, free_port, wait_until
 from tests.support.scripted_server import ScriptedConnection, ScriptedServer
+from tests.support.source_partitions import (
+    build,
+    collect,
+    count,
+    kinds,
+    open_partitions,
+    snapshot_frame,
+    update_frame,
+)
+from tests.support.source_partitions import (
+    wait_until as wait_for_partition,
+)
 
 
 def _part(
@@ -424,3 +436,50 @@ def test_readyz_waits_for_every_snapshot_and_a_quiet_feed_is_no_stall():
             release.set()
             member.stop()
     assert "no progress" not in member.stderr
+
+
+# -- the partitions' counters -------------------------------------------------------------
+
+
+@pytest.fixture
+def partitions():
+    yield from open_partitions()
+
+
+@pytest.mark.slow
+def test_a_partition_counts_what_it_queued_and_what_was_taken_and_when_its_book_is_live(
+    partitions: list,
+) -> None:
+    """Live once its snapshot was taken; not live from the reset of a dropped
+    connection until the next snapshot is taken."""
+    drop = threading.Event()
+
+    async def script(conn: ScriptedConnection) -> None:
+        await conn.recv_json()
+        await conn.send(snapshot_frame())
+        await conn.send(update_frame())
+        if conn.index == 0:
+            await asyncio.to_thread(drop.wait, 30)
+            return  # the connection closes: a reset, then a reconnect
+        await conn.hold()
+
+    with ScriptedServer(script) as server:
+        part = build(partitions, ["BTC-USD"], server.url)
+        progress = part.progress()
+        assert (progress.delivered, progress.drained, progress.ready) == (1, 0, False)
+        assert progress.pending == 1 and progress.waiting_since_ns > 0  # the reset
+        wait_for_partition(lambda: part.progress().delivered == 3)
+        queued = part.progress()  # reset, snapshot, change: queued, none taken
+        assert (queued.pending, queued.ready) == (3, False)
+        items = collect(part, count("changes", 1))
+        assert kinds(items) == ["reset", "snapshot", "changes"]
+        taken = part.progress()
+        assert (taken.drained, taken.pending, taken.ready) == (3, 0, True)
+        assert taken.waiting_since_ns == 0
+        drop.set()
+        wait_for_partition(lambda: not part.progress().ready)  # the reset queued
+        items = collect(part, count("changes", 1))
+        assert kinds(items) == ["reset", "snapshot", "changes"]
+        again = part.progress()
+        assert (again.delivered, again.drained, again.ready) == (6, 6, True)
+        assert part._source.progress() == [again]

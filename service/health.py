@@ -34,7 +34,10 @@ declared at the first tick at least ``ORDERBOOK_STALL_SECONDS`` after that: betw
 window and the window plus one tick; under a partition add up to one epoch. Measured
 (a member whose output pipe nobody reads, 2 products, tick 1 s): window 4 s, 5 runs,
 the line said 4.8 to 4.9 s; window 30 s, 2 runs, 30.9 s; the process ended 2 to 14 ms
-after its line.
+after its line. A peer stopped (SIGSTOP: nothing resets its sockets, as in a partition),
+window 3 s, tick 0.75 s: the other member ended 3.4 to 4.8 s later with ``-s 1`` (4
+runs), 7.9 to 8.6 s with the default 10-s epoch (4 runs, all stopped at the same phase
+of the epoch).
 
 Only a source that reports its partitions' counters (``progress()``: the live feeds,
 ``sim`` and a replay served by the local exchange) is watched. A replay of files

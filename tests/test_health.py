@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import socket
 import threading
 import time
@@ -483,3 +484,53 @@ def test_a_partition_counts_what_it_queued_and_what_was_taken_and_when_its_book_
         again = part.progress()
         assert (again.delivered, again.drained, again.ready) == (6, 6, True)
         assert part._source.progress() == [again]
+
+
+@pytest.mark.slow
+def test_a_member_whose_peer_stops_answering_says_so_and_exits():
+    """A cluster peer that stops (SIGSTOP: its sockets stay open, nothing resets them,
+    as under a network partition) leaves the other member's epoch unconfirmed: it
+    takes nothing more from its feed and ends within the window, one epoch (``-s 1``)
+    and one tick, plus a loaded machine's lag."""
+    stall = 3.0
+    addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    ports = [free_port(), free_port()]
+    members = [
+        FlowProcess(
+            ["bytewax.run", "dataflow:flow", "-i", str(i), "-a", addresses, "-s", "1"],
+            flow_env(
+                ORDERBOOK_FEED="sim",
+                ORDERBOOK_PRODUCTS="BTC-USD,ETH-USD,BTC-EUR,ETH-EUR",
+                ORDERBOOK_OUTPUT="jsonl",
+                ORDERBOOK_STALL_SECONDS=str(stall),
+                ORDERBOOK_HEALTH=f"127.0.0.1:{ports[i]}",
+            ),
+        )
+        for i in range(2)
+    ]
+    first, second = members
+    try:
+
+        def ready(port: int) -> bool:
+            try:
+                return _get(port, "/readyz")[0] == 200
+            except OSError:
+                return False
+
+        first.wait_for(lambda: ready(ports[0]) and ready(ports[1]), 60, "both ready")
+        second.proc.send_signal(signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        assert first.proc.wait(timeout=60) == 1
+        took = time.monotonic() - stopped_at
+    finally:
+        for member in members:
+            member.stop(signal.SIGKILL)
+    line = first.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"orderbook: the dataflow made no progress for [0-9.]+ s while [A-Z, -]+ "
+        r"delivered [0-9,]+ events, [0-9,]+ waiting \(an output blocked, or a cluster "
+        r"peer unreachable\?\), exiting",
+        line,
+    ), line
+    assert "Traceback" not in first.stderr
+    assert stall <= took <= stall + 1.0 + 0.75 + 5.0

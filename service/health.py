@@ -74,6 +74,8 @@ TICK_MAX_SECONDS = 1.0
 LIVEZ_FRACTION = 0.5
 """Behind for this fraction of the window: ``/livez`` answers 503 and a warning is
 logged, so that a probe or a person sees the stall before the exit."""
+STALL_CAUSES = "an output blocked, or a cluster peer unreachable?"
+"""What stops a dataflow that has events waiting, as far as it can tell."""
 NAMES_SHOWN = 5
 """Products named in one line; the rest are counted."""
 
@@ -262,8 +264,7 @@ class FlowHealth:
             if self._stall_said:
                 return verdict
             self._stall_said = True
-            line = f"{verdict.line()} (an output blocked, or a cluster peer unreachable?), exiting"
-            self._on_stall(line)
+            self._on_stall(f"{verdict.line()} ({STALL_CAUSES}), exiting")
         elif verdict.state == "behind":
             if not self._warned and verdict.behind_seconds >= self.livez_seconds:
                 self._warned = True
@@ -301,9 +302,13 @@ class FlowHealth:
         return True, body
 
     def readiness(self) -> tuple[bool, dict]:
-        """(ready, body): every partition of this member has a live book."""
+        """(ready, body): every partition of this member has a live book, and the
+        dataflow is not stalled (a book it no longer updates is stale)."""
         if self._progress is None:
             return True, {"books": "not tracked for this input"}
+        alive, life = self.liveness()
+        if not alive:
+            return False, {"reason": life["reason"]}
         parts = [p for p in self._progress() if not p.closed]
         if not parts:
             return False, {"reason": "no partition of the feed on this member yet"}

@@ -166,6 +166,10 @@ def test_the_watchdog_warns_at_half_the_window_and_ends_once_at_the_whole(caplog
         health.check()
         alive, body = health.liveness()
         assert alive is (t < 2), (t, body)
+        ready, why = health.readiness()  # ETH-USD has no book; then stale books
+        assert not ready and why["reason"] == (
+            "awaiting a snapshot: ETH-USD" if t < 2 else body["reason"]
+        )
     assert lines == [
         "the dataflow made no progress for 4.0 s while BTC-USD, ETH-USD delivered 440 "
         "events, 440 waiting (an output blocked, or a cluster peer unreachable?), "

@@ -111,8 +111,9 @@ def dispatch(
             conn.put(protocol.update_label, frame)
 
 
-Step = tuple[int, list[tuple[str, list[RawChange]]]]
-"""``(generation, [(product, changes), ...])``: one market step not yet on the socket."""
+Step = tuple[int, int, list[tuple[str, list[RawChange]]]]
+"""``(generation, time.time_ns() when made, [(product, changes), ...])``: one market
+step not yet on the socket."""
 
 
 class MarketLoop:
@@ -120,7 +121,9 @@ class MarketLoop:
     behind the true book (the REST book runs ahead, as a real exchange's does).
 
     A step goes only to subscribers whose snapshot predates it (their snapshot, copied
-    from the true book, already holds it). :meth:`pause` sends what is held back.
+    from the true book, already holds it). Its frames carry the time it was made, not
+    sent (a client's frame times then never predate what its snapshot holds; a client
+    measuring feed lag sees the lag too). :meth:`pause` sends what is held back.
     """
 
     def __init__(
@@ -144,21 +147,20 @@ class MarketLoop:
 
     def _hold(self, batches: list[tuple[str, list[RawChange]]]) -> None:
         self._registry.generation += 1
-        self._held.append((self._registry.generation, batches))
+        self._held.append((self._registry.generation, time.time_ns(), batches))
         lag = 0 if self.paused else self._lag
         while len(self._held) > lag:
             self._send(*self._held.popleft())
 
     def _send(
-        self, generation: int, batches: list[tuple[str, list[RawChange]]]
+        self, generation: int, made_ns: int, batches: list[tuple[str, list[RawChange]]]
     ) -> None:
-        now = time.time_ns()
         for pid, changes in batches:
             subs = self._registry.l2[pid]
             if subs:
                 targets = [key for key, since in subs.items() if since < generation]
                 if targets:
-                    dispatch(pid, changes, now, targets)
+                    dispatch(pid, changes, made_ns, targets)
 
     def pause(self) -> None:
         """Stop generating; every change generated so far is queued on return."""

@@ -196,6 +196,13 @@ class LocalExchange:
         host = f"[{host}]" if ":" in host else host
         return f"ws://{host}:{self._port}{self._protocols[protocol].path}"
 
+    def rest_url(self) -> str:
+        """``http://HOST:PORT``: the base of the REST books and the ``/_local/`` endpoints
+        (the feeds' port)."""
+        host = self.config.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self._port}"
+
     def _run_thread(self) -> None:
         try:
             asyncio.run(self._main())

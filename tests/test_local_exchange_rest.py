@@ -8,13 +8,19 @@ the standard library's HTTP client and websockets' client.
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
 import time
+import urllib.request
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
-from local_exchange import rest
+from local_exchange import embedded, rest
 from local_exchange.faults import Corruption
 from local_exchange.market import FROZEN_MAX_DEPTH, Market
 from local_exchange.server import LocalExchange
@@ -427,3 +433,64 @@ def test_fault_arguments_are_checked() -> None:
         exchange.corrupt("BTC-USD", "swap")
     with pytest.raises(ValueError, match="product_id"):
         exchange.corrupt("ETH-USD")
+
+
+@pytest.mark.slow
+def test_the_cli_serves_rest_and_takes_faults_over_http() -> None:
+    here = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "local_exchange", "--port", "0", "--products",
+         "BTC-USD", "--depth", "50", "--rate", "20", "--socket-lag", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(here)},
+    )  # fmt: skip
+    try:
+        base = None
+        for _ in range(10):
+            line = proc.stdout.readline()
+            if "REST books:" in line:
+                base = line.split()[-1].split("/products/")[0]
+                break
+        assert base and base.startswith("http://127.0.0.1:")
+
+        def get(path: str) -> dict:
+            with urllib.request.urlopen(base + path, timeout=10) as r:
+                return json.loads(r.read())
+
+        book = get("/products/BTC-USD/book?level=2")
+        assert len(book["bids"]) > 10 and book["bids"][0][0] < book["asks"][0][0]
+        done = get("/_local/corrupt?product_id=BTC-USD&kind=skip")
+        assert done["kind"] == "skip" and done["sent_size"] is None
+        assert get("/_local/rest-errors?kind=not_json") == {"armed": [["not_json", 1]]}
+        with urllib.request.urlopen(base + "/products/BTC-USD/book", timeout=10) as r:
+            assert r.read().startswith(b"<html>")
+        log = get("/_local/rest-requests")
+        assert [(e["path"], e["status"]) for e in log] == [
+            ("/products/BTC-USD/book?level=2", 200),
+            ("/products/BTC-USD/book", 200),
+        ]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_the_sim_feeds_exchange_tells_its_rest_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(embedded, "_exchange", None)
+    assert embedded.rest_url() is None
+    url = embedded.exchange_url(["ETH-USD"], 20, 10)
+    try:
+        base = embedded.rest_url()
+        assert base == url.replace("ws://", "http://").rstrip("/")
+        with urllib.request.urlopen(base + "/products/ETH-USD/book", timeout=10) as r:
+            assert len(json.loads(r.read())["bids"]) == 1
+    finally:
+        assert embedded._exchange is not None
+        embedded._exchange.stop()

@@ -7,6 +7,7 @@ the standard library's HTTP client and websockets' client.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from coinbase_source import CoinbaseSource
 from local_exchange import embedded, rest
 from local_exchange.faults import Corruption
 from local_exchange.market import FROZEN_MAX_DEPTH, Market
@@ -34,6 +36,14 @@ from tests.support.exchange_client import (
 from tests.support.flow import wait_until
 from tests.support.frames import at_subscribe, exchange_subscribe_root, text
 from tests.support.reference_book import ReferenceBooks
+from tests.support.source_partitions import (
+    FAST,
+    Book,
+    apply_all_after_pause,
+    assert_books_match,
+    feed_books,
+    fresh_snapshots,
+)
 
 AT_BOOK = "/api/v3/brokerage/market/product_book"
 
@@ -494,3 +504,45 @@ def test_the_sim_feeds_exchange_tells_its_rest_url(
     finally:
         assert embedded._exchange is not None
         embedded._exchange.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("protocol", "kind"), [("exchange", "skip"), ("advanced-trade", "wrong_size")]
+)
+def test_the_projects_own_source_keeps_the_corruption_until_a_resync(
+    protocol: str, kind: str
+) -> None:
+    """The service's Coinbase source, reading the local exchange, ends with a book wrong
+    at exactly the corrupted level (and nowhere else) however long the market runs on;
+    a resync of that product alone makes it the true book again."""
+    products = ["BTC-USD", "ETH-USD"]
+    with (
+        LocalExchange(
+            products, depth=200, rate=50, seed=5, heartbeat_interval=0.1
+        ) as exchange,
+        contextlib.ExitStack() as cleanup,
+    ):
+        source = CoinbaseSource(
+            products, feed="sim", protocol=protocol, url=exchange.url(protocol), **FAST
+        )
+        parts = {p: source.build_part("input", p, None) for p in products}
+        for part in parts.values():
+            cleanup.callback(part.close)
+        books = {p: Book() for p in products}
+        feed_books(parts, books, fresh_snapshots(parts))
+        done = exchange.corrupt("BTC-USD", kind)
+        events = parts["BTC-USD"].stats.events
+        feed_books(parts, books, lambda: parts["BTC-USD"].stats.events > events + 50)
+        apply_all_after_pause(exchange, parts, books)
+        btc = books["BTC-USD"]
+        assert _differences((btc.bids, btc.asks), exchange.true_book("BTC-USD")) == [
+            (done.side, done.price, done.client_size, done.true_size)
+        ]
+        eth = books["ETH-USD"]
+        assert (eth.bids, eth.asks) == exchange.true_book("ETH-USD")
+        assert parts["BTC-USD"].stats.sequence_gaps == 0  # nothing on the stream
+        source.resync_requests.request("BTC-USD", "audit: test")
+        exchange.resume_market()
+        feed_books(parts, books, fresh_snapshots({"BTC-USD": parts["BTC-USD"]}))
+        assert_books_match(exchange, parts, books)

@@ -34,7 +34,12 @@ from tests.support.exchange_client import (
     rest_get,
 )
 from tests.support.flow import wait_until
-from tests.support.frames import at_subscribe, exchange_subscribe_root, text
+from tests.support.frames import (
+    at_subscribe,
+    exchange_subscribe_root,
+    text,
+    write_exchange_recording,
+)
 from tests.support.reference_book import ReferenceBooks
 from tests.support.source_partitions import (
     FAST,
@@ -546,3 +551,15 @@ def test_the_projects_own_source_keeps_the_corruption_until_a_resync(
         exchange.resume_market()
         feed_books(parts, books, fresh_snapshots({"BTC-USD": parts["BTC-USD"]}))
         assert_books_match(exchange, parts, books)
+
+
+@pytest.mark.slow
+def test_a_served_recording_has_no_rest_book(tmp_path: Path) -> None:
+    recording = write_exchange_recording(tmp_path / "session.jsonl.gz", updates=5)
+    with LocalExchange(recording=recording) as exchange:
+        reply = rest_get(exchange, "/products/BTC-USD/book?level=2")
+        assert reply.status == 501 and "recording" in reply.json()["message"]
+        assert rest_get(exchange, "/products/XRP-USD/book").status == 404
+        with pytest.raises(RuntimeError, match="recording"):
+            exchange.corrupt("BTC-USD")
+        assert [s for _, _, s in exchange.rest_requests()] == [501, 404]

@@ -370,7 +370,9 @@ class LocalExchange:
     async def _book_reply(self, req: rest.BookRequest) -> rest.Reply:
         """The book copied now (ahead of the socket), formatted off the loop."""
         assert self._market is not None
-        bids, asks, decimals, sequence = self._market.rest_view(req.product_id)
+        bids, asks, decimals, sequence = self._market.rest_view(
+            req.product_id, req.levels
+        )
         now_ns = time.time_ns()
         loop = asyncio.get_running_loop()
         if req.dialect == "exchange":

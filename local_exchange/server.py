@@ -334,9 +334,8 @@ class LocalExchange:
         answered here (see :mod:`local_exchange.rest`); any other plain GET gets
         websockets' own 426."""
         path = request.path
-        if request.headers.get("Upgrade", "").lower() == "websocket" or not (
-            rest.is_http(path)
-        ):
+        upgrade = ",".join(request.headers.get_all("Upgrade")).lower()
+        if "websocket" in upgrade or not rest.is_http(path):
             return None
         if urlsplit(path).path.startswith(rest.CONTROL_PREFIX):
             reply = self._control(path)

@@ -8,6 +8,7 @@ the standard library's HTTP client and websockets' client.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import random
@@ -563,3 +564,22 @@ def test_a_served_recording_has_no_rest_book(tmp_path: Path) -> None:
         with pytest.raises(RuntimeError, match="recording"):
             exchange.corrupt("BTC-USD")
         assert [s for _, _, s in exchange.rest_requests()] == [501, 404]
+
+
+@pytest.mark.slow
+def test_odd_requests_get_plain_answers(ex: LocalExchange) -> None:
+    """Repeated headers and odd paths: a reply, never a failed hook (a 500 and a
+    traceback in the log per request)."""
+    conn = http.client.HTTPConnection("127.0.0.1", ex.port, timeout=10)
+    try:
+        conn.putrequest("GET", "/products/BTC-USD/book?level=1")
+        conn.putheader("Upgrade", "h2c")
+        conn.putheader("Upgrade", "tls/1.0")
+        conn.endheaders()
+        reply = conn.getresponse()
+        assert reply.status == 200 and json.loads(reply.read())["bids"]
+    finally:
+        conn.close()
+    for path in ("/products//book", "/products/%ZZ/book", "/products/BTC-USD/book/x"):
+        reply = rest_get(ex, path)
+        assert (reply.status, reply.json()) == (404, {"message": "NotFound"}), path

@@ -28,6 +28,7 @@ from local_exchange.faults import Corruption
 from local_exchange.market import FROZEN_MAX_DEPTH, Market
 from local_exchange.server import LocalExchange
 from tests.support.exchange_client import (
+    busiest_window,
     drain_with_marker,
     open_ws,
     recv,
@@ -583,3 +584,10 @@ def test_odd_requests_get_plain_answers(ex: LocalExchange) -> None:
     for path in ("/products//book", "/products/%ZZ/book", "/products/BTC-USD/book/x"):
         reply = rest_get(ex, path)
         assert (reply.status, reply.json()) == (404, {"message": "NotFound"}), path
+
+
+def test_busiest_window_counts_any_one_second_stretch() -> None:
+    assert busiest_window([]) == 0
+    assert busiest_window([0.0, 0.5, 0.99, 1.0, 1.5]) == 3  # [0, 0.99] or [0.5, 1.5)
+    assert busiest_window([0.0, 1.0, 2.0, 3.0]) == 1
+    assert busiest_window([0.0, 0.1, 0.2, 5.0], window=0.15) == 2

@@ -43,9 +43,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
-
-import httpx
+from typing import TYPE_CHECKING, Protocol
 
 from coinbase.pacing import Backoff
 from coinbase.rest import RestBook, book_url, parse_book
@@ -53,6 +51,9 @@ from coinbase.runner import LOOP
 from common.logs import RateLimitedLog
 from common.text import redact_url, shown
 from events import AuditStarted, BookAudit, BookEvent
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "AUDIT_SETTLE_SECONDS",
@@ -64,6 +65,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+logging.getLogger("httpx").setLevel(logging.WARNING)
+"""httpx logs every request at INFO (three lines a second, each with its URL): the
+audits say what matters themselves."""
 
 AUDIT_SETTLE_SECONDS = 1.0
 """Wait this long after a reply before its :class:`~events.BookAudit` enters the
@@ -253,6 +257,12 @@ class AuditScheduler:
         timeout_seconds: float = REQUEST_TIMEOUT_SECONDS,
         budget: RequestBudget | None = None,
     ) -> None:
+        # Imported here, on the thread that builds the source, not at import: httpx
+        # takes 0.25 to 0.5 s to import on a busy machine, which a run without audits
+        # (or a replay) should not pay, nor the feeds' loop thread mid-stream.
+        import httpx
+
+        self._httpx = httpx
         self.budget = budget or RequestBudget(rate)
         self.settle_seconds = settle_seconds
         self.timeout_seconds = timeout_seconds
@@ -316,6 +326,7 @@ class AuditScheduler:
             pass
 
     async def _run(self) -> None:
+        httpx = self._httpx
         client = httpx.AsyncClient(
             timeout=self.timeout_seconds,
             limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
@@ -404,6 +415,7 @@ class AuditScheduler:
 
     async def _fetch(self, client: httpx.AsyncClient, entry: _Entry) -> RestBook | str:
         """The parsed book, or a failure (backed off when the server is to blame)."""
+        httpx = self._httpx
         backoff = True
         try:
             async with asyncio.timeout(self.timeout_seconds):

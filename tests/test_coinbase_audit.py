@@ -356,3 +356,65 @@ def test_a_sim_feed_gets_audit_events_in_its_stream(partitions):
         for part in parts:
             part.close()
         assert scheduler.finished.wait(5)
+
+
+# -- the source's wiring -----------------------------------------------------------------
+
+
+def test_the_source_audits_only_when_asked_and_knows_where():
+    from coinbase_source import CoinbaseSource
+    from common.validation import ConfigError
+
+    off = CoinbaseSource(["BTC-USD"], feed="sim", url="ws://127.0.0.1:9/")
+    assert off.audits is None and off.audit_target is None
+    scheduler = AuditScheduler(3.0)
+    sim = CoinbaseSource(
+        ["BTC-USD"],
+        feed="sim",
+        url="ws://127.0.0.1:9/",
+        audit_interval=5,
+        audit_levels=7,
+        audit_scheduler=scheduler,
+    )
+    assert sim.audits is scheduler
+    assert sim.audit_target == AuditTarget("http://127.0.0.1:9", "exchange", 7, 5.0)
+    at = CoinbaseSource(
+        ["BTC-USD"], feed="advanced-trade", audit_interval=60, audit_scheduler=scheduler
+    )
+    assert at.audit_target.base_url == "https://api.coinbase.com"
+    assert at.audit_target.protocol == "advanced-trade"
+    given = CoinbaseSource(
+        ["BTC-USD"],
+        audit_interval=60,
+        rest_url="http://127.0.0.1:5/",
+        audit_scheduler=scheduler,
+    )
+    assert given.audit_target.base_url == "http://127.0.0.1:5/"
+    for bad in (
+        {"audit_interval": -1},
+        {"audit_levels": 0},
+        {"audit_rate": 11},
+        {"rest_url": "ftp://x"},
+    ):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            CoinbaseSource(["BTC-USD"], **bad)
+
+
+@pytest.mark.slow
+def test_a_sim_run_audits_its_embedded_exchange_by_default():
+    from service.inputs import build_source
+    from service.settings import Settings
+
+    class Shutdown:
+        def failed(self, message: str) -> None:
+            raise AssertionError(message)
+
+        def add_closer(self, closer: object) -> None:
+            pass
+
+    settings = Settings.from_env({"ORDERBOOK_FEED": "sim"})
+    source, _ = build_source(settings, Shutdown())
+    ws = source.url.rstrip("/")
+    assert ws.startswith("ws://127.0.0.1:")
+    assert source.audit_target.base_url == "http" + ws[2:]
+    assert source.audit_target.interval == 60.0 and source.audit_target.levels == 50

@@ -129,7 +129,7 @@ class RequestBudget:
         clock: Callable[[], float] = time.monotonic,
         backoff: Backoff | None = None,
     ) -> None:
-        self._clock = clock
+        self.clock = clock
         self.backoff = backoff or Backoff(BACKOFF_INITIAL, BACKOFF_MAX)
         self._paused_until = -math.inf
         self.set_rate(rate)
@@ -145,7 +145,7 @@ class RequestBudget:
 
     def wait(self) -> float:
         """Seconds before the next request may leave (0: now)."""
-        now = self._clock()
+        now = self.clock()
         due = self._paused_until
         if self._sent:
             due = max(due, self._sent[-1] + self.interval)
@@ -154,12 +154,12 @@ class RequestBudget:
         return max(0.0, due - now)
 
     def take(self) -> None:
-        self._sent.append(self._clock())
+        self._sent.append(self.clock())
 
     def failed(self) -> float:
         """A 429, 5xx or timeout: no request for a backoff delay (returned)."""
         delay = self.backoff.next_delay()
-        self._paused_until = max(self._paused_until, self._clock() + delay)
+        self._paused_until = max(self._paused_until, self.clock() + delay)
         return delay
 
     def succeeded(self) -> None:
@@ -301,7 +301,7 @@ class AuditScheduler:
 
     def _add(self, part: AuditedPart, target: AuditTarget) -> None:
         try:
-            self.plan.add(part, target, self.budget._clock())
+            self.plan.add(part, target, self.budget.clock())
         except ValueError as exc:  # pragma: no cover - the source checked its products
             log.error("%s: cannot audit: %s", shown(part.product_id), exc)
             return
@@ -315,6 +315,10 @@ class AuditScheduler:
         self.plan.remove(part)
         if self._wake is not None:
             self._wake.set()
+        if self._task is None or self._task.done():  # never started: nothing to close
+            with self._lock:
+                if self._registered == 0:
+                    self.finished.set()
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, or less when a product registers or leaves."""
@@ -358,9 +362,9 @@ class AuditScheduler:
         if wait > 0:
             await self._sleep(wait)
             return
-        entry = self.plan.pick(self.budget._clock())
+        entry = self.plan.pick(self.budget.clock())
         if entry is None:
-            until = self.plan.until_due(self.budget._clock())
+            until = self.plan.until_due(self.budget.clock())
             await self._sleep(min(max(until, 0.001), IDLE_POLL_SECONDS))
             return
         self.budget.take()

@@ -221,7 +221,7 @@ class LoopPart(FakePart):
 
 @pytest.mark.slow
 def test_audits_stay_under_the_rate_and_arrive_in_order_with_the_parsed_books():
-    books = {f"P{i}-USD": ladder(100 + i, 60) for i in range(6)}
+    books = {f"P{i}-USD": ladder(100 + i, 60) for i in range(4)}
     with RestBookServer(books) as server:
         scheduler = AuditScheduler(3.0, settle_seconds=0.2)
         target = AuditTarget(server.url, "exchange", 5, 0.5)
@@ -418,3 +418,64 @@ def test_a_sim_run_audits_its_embedded_exchange_by_default():
     assert ws.startswith("ws://127.0.0.1:")
     assert source.audit_target.base_url == "http" + ws[2:]
     assert source.audit_target.interval == 60.0 and source.audit_target.levels == 50
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["exchange", "advanced-trade"])
+def test_audits_of_the_local_exchange_read_its_book_under_the_budget(
+    partitions, protocol
+):
+    """Against the local exchange's own REST (its default for sim): a still market, so
+    each REST book must be exactly the top of the snapshot the stream delivered."""
+    from local_exchange.server import LocalExchange
+
+    products = ["BTC-USD", "ETH-USD", "BTC-EUR"]
+    with LocalExchange(products, depth=30, rate=50) as exchange:
+        exchange.pause_market()  # before anyone subscribes: snapshots = REST books
+        scheduler = AuditScheduler(3.0, settle_seconds=0.1)
+        parts = [
+            build(
+                partitions,
+                products,
+                exchange.url(protocol),
+                product,
+                feed="sim",
+                protocol=protocol,
+                audit_interval=0.3,
+                audit_levels=10,
+                audit_scheduler=scheduler,
+            )
+            for product in products
+        ]
+        streams: dict[str, list] = {p: [] for p in products}
+
+        def audited(n: int) -> bool:
+            for part in parts:
+                streams[part.product_id] += [e for _, e in part.next_batch()]
+            return all(
+                sum(isinstance(e, BookAudit) for e in s) >= n for s in streams.values()
+            )
+
+        wait_until(lambda: audited(2), 30, "two audits of each product", poll=0.005)
+        exchange.rest_errors("429")
+        before = len(exchange.rest_requests())
+        wait_until(lambda: audited(4), 30, "two more audits of each", poll=0.005)
+        requests = exchange.rest_requests()
+    times = [t for t, _, _ in requests]
+    assert most_in_window(times, 1.0) <= 3
+    assert [s for _, _, s in requests].count(429) == 1
+    after_429 = next(i for i, (_, _, s) in enumerate(requests) if s == 429)
+    assert after_429 >= before and times[after_429 + 1] - times[after_429] >= 0.5
+    failed = 0
+    for product, stream in streams.items():
+        snapshot = next(e for e in stream if isinstance(e, BookSnapshot))
+        audits = [e for e in stream if isinstance(e, BookAudit)]
+        failed += sum(a.failure == "HTTP 429" for a in audits)
+        for audit in audits:
+            assert audit.product_id == product and audit.levels == 10
+            if audit.failure is None:
+                assert audit.bids == snapshot.bids[:10]
+                assert audit.asks == snapshot.asks[:10]
+        kinds = [type(e) for e in _audits(stream)]
+        assert kinds == [AuditStarted, BookAudit] * (len(kinds) // 2)
+    assert failed == 1 and scheduler.failures == {"HTTP 429": 1}

@@ -479,3 +479,29 @@ def test_audits_of_the_local_exchange_read_its_book_under_the_budget(
         kinds = [type(e) for e in _audits(stream)]
         assert kinds == [AuditStarted, BookAudit] * (len(kinds) // 2)
     assert failed == 1 and scheduler.failures == {"HTTP 429": 1}
+
+
+@pytest.mark.slow
+def test_a_replay_served_by_the_local_exchange_is_not_audited(partitions, caplog):
+    """The local exchange serving a recording marks its data ``replay`` (see
+    coinbase/session.py) and has no REST book (it answers 501): its products are not
+    audited, and the process says so once."""
+    import coinbase_source
+    from tests.support.flow import free_port
+
+    coinbase_source._replay_said = False
+    scheduler = AuditScheduler(3.0)
+    part = build(
+        partitions,
+        ["BTC-USD"],
+        f"ws://127.0.0.1:{free_port()}/",
+        audit_interval=0.1,
+        audit_scheduler=scheduler,
+    )
+    part.session._awaiting_snapshot = False  # as if its snapshot had come
+    part._group.running = True
+    assert part.auditable
+    part.session.local_exchange = "replay"  # what the marker sets
+    assert not part.auditable and not part.auditable
+    said = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert said == ["replay: no REST books, audits skipped"]

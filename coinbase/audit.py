@@ -12,18 +12,18 @@ The rules, each testable without a socket or a sleep (the clock is injectable):
 
 * :class:`RoundRobin`: every registered product is due ``interval`` seconds after it
   registered, then ``interval`` seconds after its last request (a book just built from
-  a snapshot proves nothing yet, and short runs make no request); the earliest due product whose book is live
-  goes next, so when the budget cannot audit every product each interval (300 products
-  at 3 requests a second: one round takes 100 s) they are audited in turn. A product
-  without a book yet (no snapshot since its last reset, a failed or closed partition)
-  is passed over and keeps its place.
+  a snapshot proves nothing yet, and short runs make no request); the earliest due
+  product whose book is live goes next, so when the budget cannot audit every product
+  each interval (300 products at 3 requests a second: one round takes about 110 s)
+  they are audited in turn. A product without a book yet (no snapshot since its last
+  reset, a failed or closed partition) is passed over and keeps its place; a product
+  has one audit under way at most.
 * :class:`RequestBudget`: requests at least ``1/rate`` seconds apart AND at most
-  ``floor(rate)`` (at least 1) in any window of ``1 + WINDOW_MARGIN`` seconds (counted
-  from when each request really left), so no
-  one-second window, as the server counts it with the network's jitter, ever sees more
-  than ``rate``. A 429, a 5xx, a timeout or a failed connection pauses every request of
-  the process for a jittered exponential backoff (1 s doubling to 60 s,
-  :class:`coinbase.pacing.Backoff`); a good reply resets it.
+  ``floor(rate)`` (at least 1) in any window of ``1 + WINDOW_MARGIN`` seconds, counted
+  from when each request really left, so no one-second window, as the server counts
+  arrivals, ever sees more than ``rate``. A 429, a 5xx, a timeout or a failed
+  connection pauses every request of the process for a jittered exponential backoff
+  (1 s doubling to 60 s, :class:`coinbase.pacing.Backoff`); a good reply resets it.
 * Each audit: :class:`events.AuditStarted` into the product's queue when the request
   leaves; when the reply is in (or the request failed) and :data:`AUDIT_SETTLE_SECONDS`
   more have passed, :class:`events.BookAudit` with the best ``levels`` a side parsed by

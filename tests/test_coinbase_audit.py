@@ -433,7 +433,9 @@ def test_a_sim_run_audits_its_embedded_exchange_by_default():
     source, _ = build_source(settings, Shutdown())
     ws = source.url.rstrip("/")
     assert ws.startswith("ws://127.0.0.1:")
-    assert source.audit_target.base_url == "http" + ws[2:]
+    from local_exchange import embedded
+
+    assert source.audit_target.base_url == embedded.rest_url() == "http" + ws[2:]
     assert source.audit_target.interval == 60.0 and source.audit_target.levels == 50
 
 

@@ -114,6 +114,7 @@ def _flow_from_environment() -> Dataflow:
     announce_settings(settings)
     tune_garbage_collector()
     cluster.await_lower_processes()  # Timely's first connect to a peer succeeds
+    cluster.watch_peers(SHUTDOWN.failed)  # a lost peer: one line, not a panic
     return built
 
 

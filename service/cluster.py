@@ -29,11 +29,15 @@ import argparse
 import ipaddress
 import logging
 import os
+import select
 import socket
 import sys
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence, Set
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from pathlib import Path
+
+from common.text import shown
 
 log = logging.getLogger(__name__)
 
@@ -169,3 +173,232 @@ def await_lower_processes(
     except Exception:  # start-up help only: never stop the flow from starting
         log.debug("cluster start-up wait skipped", exc_info=True)
         return False
+
+
+# --- a lost peer: one line naming it, instead of Bytewax's panic traceback -----------
+
+_TCP_ESTABLISHED = "01"
+POLL_LOST = select.POLLRDHUP | select.POLLHUP | select.POLLERR
+"""A peer's connection closed (FIN: the process ended) or reset (RST)."""
+NAMING_GRACE_SECONDS = 1.0
+
+
+def _hex_ip(text: str) -> str:
+    """An address of ``/proc/net/tcp{,6}`` (32-bit words in host byte order) as text."""
+    raw = bytes.fromhex(text)
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    address = ipaddress.ip_address(words)
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped or address)
+
+
+def established(
+    proc_net: Path = PROC_NET,
+) -> list[tuple[tuple[str, int], tuple[str, int], int]]:
+    """This namespace's established TCP connections: ``(local, remote, inode)``."""
+    found = []
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = (proc_net / name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != _TCP_ESTABLISHED:
+                continue
+            (lip, lport), (rip, rport) = (f.split(":") for f in fields[1:3])
+            local = (_hex_ip(lip), int(lport, 16))
+            remote = (_hex_ip(rip), int(rport, 16))
+            found.append((local, remote, int(fields[9])))
+    return found
+
+
+def _resolve(host: str) -> set[str]:
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return set()
+    return {str(info[4][0]) for info in infos}
+
+
+def peer_connections(
+    process_id: int,
+    addresses: Sequence[str],
+    connections: Iterable[tuple[tuple[str, int], tuple[str, int], int]],
+) -> dict[int, set[int]]:
+    """Socket inode -> the process ids it may lead to.
+
+    Timely connects process K to every lower process's address and accepts the higher
+    ones on its own port: a connection to ``host:port`` of a lower process is that
+    process; one accepted on this process's port comes from a higher process on that
+    remote host (several candidates when several processes share a host)."""
+    hosts = []
+    for address in addresses:
+        host, _, port = address.strip().rpartition(":")
+        hosts.append((_resolve(host), int(port) if port.isdigit() else -1))
+    own_ips, own_port = hosts[process_id]
+    peers: dict[int, set[int]] = {}
+    for (_, lport), (rip, rport), inode in connections:
+        lower = {
+            j for j in range(process_id) if rip in hosts[j][0] and rport == hosts[j][1]
+        }
+        higher = set()
+        if lport == own_port:
+            higher = {
+                j for j in range(process_id + 1, len(hosts)) if rip in hosts[j][0]
+            }
+        if lower or higher:
+            peers[inode] = lower | higher
+    return peers
+
+
+def _socket_fds(proc_self: Path = Path("/proc/self")) -> dict[int, int]:
+    """Socket inode -> file descriptor, for this process."""
+    fds: dict[int, int] = {}
+    try:
+        entries = list((proc_self / "fd").iterdir())
+    except OSError:
+        return fds
+    for entry in entries:
+        try:
+            target = os.readlink(entry)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            fds[int(target[8:-1])] = int(entry.name)
+    return fds
+
+
+class PeerWatch:
+    """Which peer of the cluster went away first, seen the moment its connection closes.
+
+    Why: when a peer process dies (``kill -9``, a crashed pod) Timely's network thread
+    panics and Bytewax raises ``PanicException: Send thread panic: Any { .. }`` out of
+    ``python -m bytewax.run``: a Rust traceback that names nobody (measured across two
+    network namespaces: status 1, 0.013 s after the kill). This thread finds Timely's
+    connections to the peers once they exist (``/proc/self/net/tcp`` and
+    ``/proc/self/fd``; Timely offers no API) and blocks in ``poll()`` on their
+    descriptors for a hang-up only (never reading a byte: the data is Timely's), so the
+    first peer to go is known before the others notice this process ending too.
+    :func:`watch_peers` turns the panic into one line naming it.
+    """
+
+    def __init__(self, process_id: int, addresses: Sequence[str]) -> None:
+        self.process_id = process_id
+        self.addresses = [a.strip() for a in addresses]
+        self.lost: list[int] = []
+        """Process ids whose connection closed first (one, or the candidates)."""
+        self._watched = threading.Event()
+        self._lost_seen = threading.Event()
+
+    def start(self, find_for: float = 120.0) -> None:
+        threading.Thread(
+            target=self._run, args=(find_for,), name="peer-watch", daemon=True
+        ).start()
+
+    def watching(self, timeout: float) -> bool:
+        """True once the peers' connections are found and watched."""
+        return self._watched.wait(timeout)
+
+    def _find(self, find_for: float) -> dict[int, set[int]]:
+        """fd -> candidate process ids, once every peer has a connection (or the
+        deadline passes: then what was found)."""
+        wanted = set(range(len(self.addresses))) - {self.process_id}
+        deadline = time.monotonic() + find_for
+        by_fd: dict[int, set[int]] = {}
+        while True:
+            inodes = peer_connections(self.process_id, self.addresses, established())
+            fds = _socket_fds()
+            by_fd = {fds[i]: ids for i, ids in inodes.items() if i in fds}
+            if set().union(*by_fd.values(), set()) >= wanted:
+                return by_fd
+            if time.monotonic() >= deadline:
+                return by_fd
+            time.sleep(0.05)
+
+    def _run(self, find_for: float) -> None:
+        try:
+            by_fd = self._find(find_for)
+            poller = select.poll()
+            for fd in by_fd:
+                poller.register(fd, POLL_LOST)
+            self._watched.set()
+            while by_fd:
+                events = poller.poll()
+                lost: set[int] = set()
+                for fd, mask in events:
+                    poller.unregister(fd)
+                    ids = by_fd.pop(fd, set())
+                    if not mask & select.POLLNVAL:  # closed by Timely itself: not lost
+                        lost |= ids
+                if lost and not self.lost:
+                    self.lost = sorted(lost)
+                    self._lost_seen.set()
+        except Exception:  # naming help only: never disturb the flow
+            log.debug("watching the cluster's peers failed", exc_info=True)
+            self._watched.set()
+
+    def lost_line(self, panic: BaseException) -> str:
+        """The one line said when the cluster's network panicked. The panic reaches
+        the main thread about when the watcher wakes: it gets up to
+        :data:`NAMING_GRACE_SECONDS` to record the peer (it is ready in well under a
+        millisecond once it holds the GIL)."""
+        if self._watched.is_set():
+            self._lost_seen.wait(NAMING_GRACE_SECONDS)
+        advice = (
+            "this member stops too (status 1); restart the whole cluster "
+            "(Bytewax clusters fail and recover as a whole)"
+        )
+        if self.lost:
+            named = " or ".join(
+                f"process {j} ({shown(self.addresses[j])})" for j in self.lost
+            )
+            return f"lost cluster peer {named}: its connection closed; {advice}"
+        reason = shown(str(panic).split(":")[0] or type(panic).__name__)
+        return f"lost the connection to a cluster peer ({reason}); {advice}"
+
+
+def is_panic(exc: BaseException) -> bool:
+    """Bytewax's Rust panics reach Python as ``pyo3_runtime.PanicException``."""
+    return type(exc).__name__ == "PanicException"
+
+
+def watch_peers(
+    on_lost: Callable[[str], object],
+    argv: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> PeerWatch | None:
+    """In a cluster (``-i``/``-a`` with more than one address), watch the peers and
+    turn a panic of the cluster's network into ``on_lost(one line)`` (the service
+    passes :meth:`service.runtime.Shutdown.failed`: closers run, status 1). Anything
+    else uncaught keeps Python's traceback. None outside a cluster; never raises."""
+    try:
+        place = cluster_place(
+            sys.argv[1:] if argv is None else argv, os.environ if env is None else env
+        )
+        if place is None or len(place[1]) < 2 or not 0 <= place[0] < len(place[1]):
+            return None
+        watch = PeerWatch(*place)
+        watch.start()
+    except Exception:
+        log.debug("not watching the cluster's peers", exc_info=True)
+        return None
+    previous = sys.excepthook
+
+    def hook(kind, exc, tb):
+        if exc is not None and is_panic(exc):
+            on_lost(watch.lost_line(exc))
+        previous(kind, exc, tb)
+
+    sys.excepthook = hook
+    log.info(
+        "cluster member %d of %d; peers %s",
+        watch.process_id,
+        len(watch.addresses),
+        ", ".join(
+            f"{j}={shown(a)}"
+            for j, a in enumerate(watch.addresses)
+            if j != watch.process_id
+        ),
+    )
+    return watch

@@ -179,7 +179,9 @@ def await_lower_processes(
 
 _TCP_ESTABLISHED = "01"
 POLL_LOST = select.POLLRDHUP | select.POLLHUP | select.POLLERR
-"""A peer's connection closed (FIN: the process ended) or reset (RST)."""
+"""A peer's connection closed (FIN: the process ended) or reset (RST); ``poll()``
+also reports POLLNVAL, unasked, once Timely has closed the socket itself. Timely closes
+a peer's socket only when that peer's thread ends, so any event names a lost peer."""
 NAMING_GRACE_SECONDS = 1.0
 
 
@@ -326,11 +328,11 @@ class PeerWatch:
             while by_fd:
                 events = poller.poll()
                 lost: set[int] = set()
-                for fd, mask in events:
+                for fd, _ in events:
+                    # POLLNVAL: Timely's thread for that peer saw the hang-up first,
+                    # panicked and closed the socket before this thread woke
                     poller.unregister(fd)
-                    ids = by_fd.pop(fd, set())
-                    if not mask & select.POLLNVAL:  # closed by Timely itself: not lost
-                        lost |= ids
+                    lost |= by_fd.pop(fd, set())
                 if lost and not self.lost:
                     self.lost = sorted(lost)
                     self._lost_seen.set()

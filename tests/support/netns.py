@@ -171,3 +171,45 @@ class NetLab:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Member:
+    """One member of a Bytewax cluster on a :class:`NetLab` host: ``python -m
+    bytewax.run dataflow:flow -i I -a ADDRESSES`` in host ``i``'s namespace, its JSON
+    lines in ``out``, its stderr in ``log`` (a file: a pipe nobody reads could fill)."""
+
+    def __init__(
+        self, lab: NetLab, i: int, addresses: str, env: dict[str, str], folder: Path
+    ) -> None:
+        self.i = i
+        self.out = folder / f"member{i}.jsonl"
+        self.log = folder / f"member{i}.log"
+        env = {**env, "ORDERBOOK_OUTPUT": f"jsonl:{self.out}"}
+        with self.log.open("a") as log:
+            self.proc = lab.popen(
+                i,
+                ["bytewax.run", "dataflow:flow", "-i", str(i), "-a", addresses],
+                env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+
+    @property
+    def stderr(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=10)
+
+
+def start_cluster(
+    lab: NetLab, env: dict[str, str], folder: Path, port: int = 2101
+) -> list[Member]:
+    """Every host of ``lab`` runs one member; the address list names them in order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    addresses = ";".join(f"{lab.address(i)}:{port}" for i in range(len(lab.namespaces)))
+    return [Member(lab, i, addresses, env, folder) for i in range(len(lab.namespaces))]

@@ -183,6 +183,8 @@ POLL_LOST = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 also reports POLLNVAL, unasked, once Timely has closed the socket itself. Timely closes
 a peer's socket only when that peer's thread ends, so any event names a lost peer."""
 NAMING_GRACE_SECONDS = 1.0
+PEER_TIMEOUT_SECONDS = 30.0
+"""A peer that answers nothing this long is lost (the default of the stall watchdog)."""
 
 
 def _hex_ip(text: str) -> str:
@@ -285,8 +287,18 @@ class PeerWatch:
     :func:`watch_peers` turns the panic into one line naming it.
     """
 
-    def __init__(self, process_id: int, addresses: Sequence[str]) -> None:
+    def __init__(
+        self,
+        process_id: int,
+        addresses: Sequence[str],
+        timeout: float = PEER_TIMEOUT_SECONDS,
+    ) -> None:
         self.process_id = process_id
+        self.timeout = timeout
+        """Seconds a peer may leave sent data unacknowledged (or not answer keepalive
+        probes) before its connection is dropped; 0: the kernel's default (minutes)."""
+        self.timed_out = False
+        """Whether the first lost connection timed out (no answer) rather than closed."""
         self.addresses = [a.strip() for a in addresses]
         self.lost: list[int] = []
         """Process ids whose connection closed first (one, or the candidates)."""
@@ -321,8 +333,11 @@ class PeerWatch:
     def _run(self, find_for: float) -> None:
         try:
             by_fd = self._find(find_for)
+            timeouts_before = aborts_on_timeout()
             poller = select.poll()
             for fd in by_fd:
+                if self.timeout:
+                    bound_silence(fd, self.timeout)
                 poller.register(fd, POLL_LOST)
             self._watched.set()
             while by_fd:
@@ -334,6 +349,9 @@ class PeerWatch:
                     poller.unregister(fd)
                     lost |= by_fd.pop(fd, set())
                 if lost and not self.lost:
+                    # the socket's own error is gone (Timely's read took it, or the
+                    # socket itself): the namespace's count of timeouts tells instead
+                    self.timed_out = aborts_on_timeout() > timeouts_before
                     self.lost = sorted(lost)
                     self._lost_seen.set()
         except Exception:  # naming help only: never disturb the flow
@@ -355,9 +373,58 @@ class PeerWatch:
             named = " or ".join(
                 f"process {j} ({shown(self.addresses[j])})" for j in self.lost
             )
-            return f"lost cluster peer {named}: its connection closed; {advice}"
+            how = (
+                f"no answer for {self.timeout:g} s (unreachable)"
+                if self.timed_out
+                else "its connection closed"
+            )
+            return f"lost cluster peer {named}: {how}; {advice}"
         reason = shown(str(panic).split(":")[0] or type(panic).__name__)
         return f"lost the connection to a cluster peer ({reason}); {advice}"
+
+
+def bound_silence(fd: int, seconds: float) -> None:
+    """Make a peer that stops answering (a partition: no reset ever comes) drop its
+    connection after about ``seconds``, so that Timely's thread for it fails and
+    :class:`PeerWatch` names it: without this Linux retransmits for about 15 minutes
+    and keeps an idle connection forever. ``TCP_USER_TIMEOUT`` bounds how long sent
+    data may stay unacknowledged; keepalive probes, every second after a third of the
+    bound of silence, make an idle connection send something to be acknowledged. Only
+    socket options of Timely's socket change (set through a duplicate descriptor,
+    closed at once). Never raises: the stall watchdog is the backstop."""
+    try:
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            if sock.type != socket.SOCK_STREAM:
+                return
+            idle = max(1, int(seconds / 3))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+            sock.setsockopt(
+                socket.IPPROTO_TCP, socket.TCP_KEEPCNT, max(1, int(seconds) - idle)
+            )
+            sock.setsockopt(
+                socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(seconds * 1000)
+            )
+    except (OSError, AttributeError, ValueError):
+        log.debug("cannot bound the silence of a peer's connection", exc_info=True)
+
+
+def aborts_on_timeout(proc_net: Path = PROC_NET) -> int:
+    """Connections of this network namespace dropped because the other side stopped
+    answering (``TcpExt: TCPAbortOnTimeout`` of ``/proc/net/netstat``); 0 if unknown."""
+    try:
+        lines = (proc_net / "netstat").read_text().splitlines()
+    except OSError:
+        return 0
+    for names, values in zip(lines, lines[1:], strict=False):
+        if names.startswith("TcpExt:") and values.startswith("TcpExt:"):
+            counts = dict(zip(names.split(), values.split(), strict=False))
+            try:
+                return int(counts.get("TCPAbortOnTimeout", 0))
+            except ValueError:
+                return 0
+    return 0
 
 
 def is_panic(exc: BaseException) -> bool:
@@ -369,6 +436,7 @@ def watch_peers(
     on_lost: Callable[[str], object],
     argv: Sequence[str] | None = None,
     env: Mapping[str, str] | None = None,
+    timeout: float = PEER_TIMEOUT_SECONDS,
 ) -> PeerWatch | None:
     """In a cluster (``-i``/``-a`` with more than one address), watch the peers and
     turn a panic of the cluster's network into ``on_lost(one line)`` (the service
@@ -380,7 +448,7 @@ def watch_peers(
         )
         if place is None or len(place[1]) < 2 or not 0 <= place[0] < len(place[1]):
             return None
-        watch = PeerWatch(*place)
+        watch = PeerWatch(*place, timeout=timeout)
         watch.start()
     except Exception:
         log.debug("not watching the cluster's peers", exc_info=True)

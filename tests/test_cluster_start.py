@@ -308,3 +308,21 @@ def test_a_killed_peer_on_this_host_is_named_in_one_line(tmp_path):
     ], survivor.stderr[-3000:]
     assert "Traceback" not in survivor.stderr
     assert f"peers 1=127.0.0.1:{ports[1]}" in survivor.stderr
+
+
+def test_timeouts_are_counted_from_proc_net_netstat(tmp_path):
+    (tmp_path / "netstat").write_text(
+        "TcpExt: SyncookiesSent TCPAbortOnData TCPAbortOnTimeout\n"
+        "TcpExt: 0 12 3\n"
+        "IpExt: InNoRoutes\nIpExt: 0\n"
+    )
+    assert cluster.aborts_on_timeout(tmp_path) == 3
+    assert cluster.aborts_on_timeout(tmp_path / "missing") == 0
+
+
+def test_a_timed_out_peer_is_said_to_be_unreachable():
+    watch = cluster.PeerWatch(1, ["h0:2101", "h1:2101"], timeout=5)
+    watch.lost, watch.timed_out = [0], True
+    assert watch.lost_line(RuntimeError("Send thread panic")).startswith(
+        "lost cluster peer process 0 (h0:2101): no answer for 5 s (unreachable); "
+    )

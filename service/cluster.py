@@ -225,22 +225,28 @@ def _resolve(host: str) -> set[str]:
     return {str(info[4][0]) for info in infos}
 
 
+def resolved(addresses: Sequence[str]) -> list[tuple[set[str], int]]:
+    """Each ``host:port`` of the cluster as (its IP addresses, port); no IP when the
+    name does not resolve (yet: a pod's name is published once it runs)."""
+    hosts = []
+    for address in addresses:
+        host, _, port = address.strip().rpartition(":")
+        hosts.append((_resolve(host), int(port) if port.isdigit() else -1))
+    return hosts
+
+
 def peer_connections(
     process_id: int,
-    addresses: Sequence[str],
+    hosts: Sequence[tuple[set[str], int]],
     connections: Iterable[tuple[tuple[str, int], tuple[str, int], int]],
 ) -> dict[int, set[int]]:
-    """Socket inode -> the process ids it may lead to.
+    """Socket inode -> the process ids it may lead to (``hosts`` from :func:`resolved`).
 
     Timely connects process K to every lower process's address and accepts the higher
     ones on its own port: a connection to ``host:port`` of a lower process is that
     process; one accepted on this process's port comes from a higher process on that
     remote host (several candidates when several processes share a host)."""
-    hosts = []
-    for address in addresses:
-        host, _, port = address.strip().rpartition(":")
-        hosts.append((_resolve(host), int(port) if port.isdigit() else -1))
-    own_ips, own_port = hosts[process_id]
+    own_port = hosts[process_id][1]
     peers: dict[int, set[int]] = {}
     for (_, lport), (rip, rport), inode in connections:
         lower = {
@@ -305,34 +311,35 @@ class PeerWatch:
         self._watched = threading.Event()
         self._lost_seen = threading.Event()
 
-    def start(self, find_for: float = 120.0) -> None:
-        threading.Thread(
-            target=self._run, args=(find_for,), name="peer-watch", daemon=True
-        ).start()
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="peer-watch", daemon=True).start()
 
     def watching(self, timeout: float) -> bool:
         """True once the peers' connections are found and watched."""
         return self._watched.wait(timeout)
 
-    def _find(self, find_for: float) -> dict[int, set[int]]:
-        """fd -> candidate process ids, once every peer has a connection (or the
-        deadline passes: then what was found)."""
+    def _find(self) -> dict[int, set[int]]:
+        """fd -> candidate process ids, once every peer has a connection. Timely
+        starts no worker before that, so this may wait as long as a peer takes to
+        start: every 50 ms for 5 s, then every 0.5 s; names resolved at most once a
+        second."""
         wanted = set(range(len(self.addresses))) - {self.process_id}
-        deadline = time.monotonic() + find_for
-        by_fd: dict[int, set[int]] = {}
+        started = time.monotonic()
+        hosts, resolved_at = resolved(self.addresses), time.monotonic()
         while True:
-            inodes = peer_connections(self.process_id, self.addresses, established())
+            inodes = peer_connections(self.process_id, hosts, established())
             fds = _socket_fds()
             by_fd = {fds[i]: ids for i, ids in inodes.items() if i in fds}
             if set().union(*by_fd.values(), set()) >= wanted:
                 return by_fd
-            if time.monotonic() >= deadline:
-                return by_fd
-            time.sleep(0.05)
+            now = time.monotonic()
+            time.sleep(0.05 if now - started < 5 else 0.5)
+            if now - resolved_at >= 1:
+                hosts, resolved_at = resolved(self.addresses), now
 
-    def _run(self, find_for: float) -> None:
+    def _run(self) -> None:
         try:
-            by_fd = self._find(find_for)
+            by_fd = self._find()
             timeouts_before = aborts_on_timeout()
             poller = select.poll()
             for fd in by_fd:

@@ -238,11 +238,14 @@ def test_peer_connections_are_matched_to_process_ids():
         (("10.231.7.3", 2101), ("10.231.7.4", 51000), 2),  # 2 -> 1: accepted
         (("10.231.7.3", 47000), ("10.231.7.1", 8765), 3),  # the exchange: not a peer
     ]
-    assert cluster.peer_connections(1, addresses, connections) == {1: {0}, 2: {2}}
+    assert cluster.peer_connections(1, cluster.resolved(addresses), connections) == {
+        1: {0},
+        2: {2},
+    }
     # several higher processes on one host: each accepted connection may be any of them
     local = ["127.0.0.1:2101", "127.0.0.1:2102", "127.0.0.1:2103"]
     accepted = [(("127.0.0.1", 2101), ("127.0.0.1", p), p) for p in (50001, 50002)]
-    assert cluster.peer_connections(0, local, accepted) == {
+    assert cluster.peer_connections(0, cluster.resolved(local), accepted) == {
         50001: {1, 2},
         50002: {1, 2},
     }

@@ -45,6 +45,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
@@ -70,7 +71,7 @@ from common.logs import RateLimitedLog
 from events import BookEvent
 from resync import ResyncRequests
 
-__all__ = ["CoinbaseSource"]
+__all__ = ["CoinbaseSource", "PartitionProgress"]
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,28 @@ def exit_process(message: str) -> None:
     os._exit(1)
 
 
+class PartitionProgress(NamedTuple):
+    """One partition's counters, read by the service's stall watchdog and health
+    endpoint (:meth:`CoinbaseSource.progress`) from a thread of their own."""
+
+    product_id: str
+    delivered: int
+    """Events the feed put in this partition's queue, ever."""
+    drained: int
+    """Events the dataflow took from the queue (``next_batch``), ever."""
+    pending: int
+    """Events queued now, waiting for the dataflow."""
+    waiting_since_ns: int
+    """When the oldest waiting event came off the socket (``time.time_ns()``); 0 when
+    nothing waits (or its time is unknown)."""
+    ready: bool
+    """The dataflow has taken a snapshot of this product and no reset since: its book
+    is live."""
+    state: str
+    """The session's state (:attr:`coinbase.session.SessionStats.state`)."""
+    closed: bool
+
+
 class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
     """One product: its Session (rules, stats) and the queue Bytewax drains.
 
@@ -172,6 +195,16 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
         self._resync_requests = source.resync_requests
         self._queue: deque[tuple[str, BookEvent]] = deque()
         self._queue.extend((product_id, e) for e in self.session.start())
+        # Progress counters, each written by one thread only (ints: a reader on another
+        # thread sees the old value or the new one): `delivered`, `dropped` and
+        # `_book_at` by the loop thread, `drained` by the worker.
+        self.delivered = len(self._queue)
+        self.drained = 0
+        self.dropped = 0
+        self._book_at: int | None = None
+        """``delivered`` once the queue held the snapshot of the live book; None while
+        the product awaits one."""
+        self._book_resets = 0
         self._empty_polls = 0
         self._ended = False
         self._closed = False
@@ -204,6 +237,7 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
             return []
         if batch:
             self._empty_polls = 0
+            self.drained += len(batch)
         elif self._ended:
             raise StopIteration  # the end of a served replay: the data is over
         else:
@@ -259,6 +293,33 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
     def put(self, events: list[BookEvent]) -> None:
         product_id = self.product_id
         self._queue.extend([(product_id, event) for event in events])
+        self.delivered += len(events)
+        session = self.session
+        if session.settled:  # the batch holds the snapshot, or the book was live
+            if self._book_at is None or session.stats.resets != self._book_resets:
+                self._book_at = self.delivered
+                self._book_resets = session.stats.resets
+        else:
+            self._book_at = None
+
+    def progress(self) -> PartitionProgress:
+        """This partition's counters (any thread; a few attribute reads)."""
+        book_at = self._book_at
+        queue = self._queue
+        try:
+            oldest = queue[0][1].received_ns
+        except IndexError:  # empty, or emptied meanwhile
+            oldest = 0
+        return PartitionProgress(
+            self.product_id,
+            self.delivered,
+            self.drained,
+            len(queue),
+            oldest,
+            book_at is not None and self.drained + self.dropped >= book_at,
+            self.session.stats.state,
+            self._closed,
+        )
 
     def check_backlog(self) -> int:
         """Events dropped because the dataflow fell too far behind (0: none)."""
@@ -271,7 +332,9 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
             # The dataflow cannot keep up: a backlog only grows staler. Drop it and
             # start again from a fresh snapshot (Coinbase would disconnect a slow
             # consumer anyway, ErrSlowConsume).
-            return len(_drain(queue))
+            dropped = len(_drain(queue))
+            self.dropped += dropped
+            return dropped
         return 0
 
     def _say_if_behind(self) -> None:
@@ -576,6 +639,13 @@ class CoinbaseSource(FixedPartitionedSource[tuple[str, BookEvent], str]):
         with _sources_lock:
             self._parts.append(part)
         return part
+
+    def progress(self) -> list[PartitionProgress]:
+        """The counters of every partition built in this process, for the service's
+        stall watchdog and health endpoint (``service/health.py``); any thread."""
+        with _sources_lock:
+            parts = list(self._parts)
+        return [part.progress() for part in parts]
 
     # -- every partition failed: say so and stop -------------------------------------------
 

@@ -27,6 +27,7 @@ from bytewax.outputs import Sink
 
 from book_step import BookStep, SpreadFilter, UpdateBook
 from service import cluster
+from service.health import FlowHealth, serve_health
 from service.inputs import build_source, log_resumes
 from service.outputs import fan_out
 from service.placement import RouteByProduct
@@ -65,8 +66,13 @@ def get_flow(
     if sink is None and settings.outputs:
         sink = fan_out(settings.outputs, SHUTDOWN, metrics=settings.metrics_enabled)
 
+    # the stall watchdog starts with the first partition built, when the flow runs
+    health = FlowHealth(source, settings.stall_seconds, SHUTDOWN.stalled)
+    if settings.health is not None:  # a port it cannot bind: one line at start
+        serve_health(settings.health, health)
+
     flow = Dataflow("orderbook")
-    events = op.input("coinbase", flow, log_resumes(source))
+    events = op.input("coinbase", flow, log_resumes(source, health.start))
     keyed = op.map("route", events, RouteByProduct(products))
     spread = SpreadFilter(
         settings.spread_threshold_pct, depth=settings.depth_levels > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from bytewax.inputs import FixedPartitionedSource, Source, StatefulSourcePartition
 
@@ -90,8 +91,14 @@ class ResumeLoggingSource(FixedPartitionedSource):
     are the inner source's own.
     """
 
-    def __init__(self, inner: FixedPartitionedSource) -> None:
+    def __init__(
+        self,
+        inner: FixedPartitionedSource,
+        on_build: Callable[[], object] | None = None,
+    ) -> None:
         self.inner = inner
+        self.on_build = on_build
+        """Called at every partition built: the flow runs (the stall watchdog starts)."""
 
     def list_parts(self) -> list[str]:
         return self.inner.list_parts()
@@ -105,13 +112,17 @@ class ResumeLoggingSource(FixedPartitionedSource):
                 "snapshot",
                 for_part,
             )
-        return self.inner.build_part(step_id, for_part, resume_state)
+        part = self.inner.build_part(step_id, for_part, resume_state)
+        if self.on_build is not None:
+            self.on_build()
+        return part
 
 
-def log_resumes(source: Source) -> Source:
-    """``source`` wrapped by :class:`ResumeLoggingSource` when it is partitioned."""
+def log_resumes(source: Source, on_build: Callable[[], object] | None = None) -> Source:
+    """``source`` wrapped by :class:`ResumeLoggingSource` when it is partitioned;
+    ``on_build`` is called at every partition built."""
     if isinstance(source, FixedPartitionedSource) and not isinstance(
         source, ResumeLoggingSource
     ):
-        return ResumeLoggingSource(source)
+        return ResumeLoggingSource(source, on_build)
     return source

@@ -80,10 +80,12 @@ class Shutdown:
     """The one way the process ends early: one line on stderr, every closer run, then
     ``os._exit`` with a status.
 
-    Four things end a run before its input does: an output that fails (status 1), a
+    Five things end a run before its input does: an output that fails (status 1), a
     live feed whose every product failed for good (status 1, through :meth:`failed`,
-    given to the source by ``service/inputs.py``), the reader of stdout going away
-    (``| head``, status 0) and SIGINT/SIGTERM (status 0).
+    given to the source by ``service/inputs.py``), a dataflow that stalled while its
+    feed delivers (status 1, :meth:`stalled`, from ``service/health.py``'s watchdog),
+    the reader of stdout going away (``| head``, status 0) and SIGINT/SIGTERM
+    (status 0).
     Outputs and views never end the process themselves: they raise (the fan-out turns
     that into :meth:`failed` or :meth:`reader_gone`) or, from a thread of their own,
     call :meth:`failed`. ``os._exit`` because Bytewax's workers are Rust threads that
@@ -127,6 +129,22 @@ class Shutdown:
         """An output failed: ``orderbook: LINE``, the closers, exit status 1."""
         self._end(line, 1, report=False)
 
+    def stalled(self, line: str) -> NoReturn:
+        """The dataflow stopped advancing: ``orderbook: LINE``, the closers given at
+        most :data:`STALL_CLOSE_SECONDS` (what stalled may be an output they would
+        wait for: a closer flushing a blocked pipe never returns), exit status 1."""
+        self._ending.acquire()  # never released: the process ends here
+        try:
+            sys.stderr.write(f"orderbook: {line}\n")
+            sys.stderr.flush()
+            closing = threading.Thread(
+                target=self.run_closers, name="stall-closers", daemon=True
+            )
+            closing.start()
+            closing.join(STALL_CLOSE_SECONDS)
+        finally:
+            os._exit(1)
+
     def reader_gone(self) -> NoReturn:
         """The reader of stdout went away: stop quietly, like any Unix filter."""
         self._end("output closed by its reader, stopping", 0, report=True)
@@ -157,6 +175,10 @@ class Shutdown:
         finally:
             os._exit(0)
 
+
+STALL_CLOSE_SECONDS = 5.0
+"""How long a stalled process's closers may take before it exits anyway: a closer may
+wait for the very thing that stalled, and the orchestrator's restart is what matters."""
 
 SHUTDOWN = Shutdown()
 """The process's one: a signal or a failed output ends the whole process, so it closes

@@ -95,6 +95,23 @@ SETTINGS_HELP.update(
 )
 
 
+# -- stalls and health (service/health.py) ---------------------------------------------
+STALL_SECONDS_DEFAULT = 30.0
+STALL_SECONDS_MIN, STALL_SECONDS_MAX = 1.0, 3600.0
+SETTINGS_HELP.update(
+    {
+        "ORDERBOOK_STALL_SECONDS": (
+            "seconds a live feed may deliver while the dataflow takes nothing before "
+            f"the process exits with status 1 (0: never; else {STALL_SECONDS_MIN:g} to "
+            f"{STALL_SECONDS_MAX:g}; default {STALL_SECONDS_DEFAULT:g})"
+        ),
+        "ORDERBOOK_HEALTH": (
+            "HOST:PORT or PORT (loopback) of the /livez and /readyz endpoint; unset: off"
+        ),
+    }
+)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the dataflow needs to know, already validated."""
@@ -132,6 +149,12 @@ class Settings:
     depth_interval: float = 1.0
     # the live connection
     max_message_bytes: int = MESSAGE_BYTES_DEFAULT
+    # stalls and health
+    stall_seconds: float = STALL_SECONDS_DEFAULT
+    """Seconds without progress while the feed delivers before the process exits;
+    0: never (``service/health.py``)."""
+    health: tuple[str, int] | None = None
+    """(host, port) of the health endpoint; None: off."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -202,6 +225,10 @@ class Settings:
                 env.get("ORDERBOOK_MAX_MESSAGE_BYTES", str(MESSAGE_BYTES_DEFAULT)),
                 MESSAGE_BYTES_MIN,
                 MESSAGE_BYTES_MAX,
+            ),
+            stall_seconds=parse_stall_seconds(env.get("ORDERBOOK_STALL_SECONDS")),
+            health=validation.host_port(
+                "ORDERBOOK_HEALTH", env.get("ORDERBOOK_HEALTH")
             ),
         )
 
@@ -274,6 +301,28 @@ def parse_metrics(env: Mapping[str, str]) -> tuple[bool, str, int]:
             "bind 127.0.0.1 only; ORDERBOOK_METRICS_ADDRESS is 127.0.0.1",
         )
     return enabled, address, port
+
+
+def parse_stall_seconds(raw: str | None) -> float:
+    """0 (off) or a window of 1 s to an hour. Under a second the polls of a busy
+    machine would look like stalls; the watchdog ticks 4 times per window."""
+    if raw is None or not raw.strip():
+        return STALL_SECONDS_DEFAULT
+    seconds = validation.number(
+        "ORDERBOOK_STALL_SECONDS",
+        raw,
+        low=0.0,
+        low_open=False,
+        high=STALL_SECONDS_MAX,
+    )
+    if 0 < seconds < STALL_SECONDS_MIN:
+        raise refuse(
+            "ORDERBOOK_STALL_SECONDS",
+            raw,
+            SETTINGS_HELP["ORDERBOOK_STALL_SECONDS"],
+            f"under {STALL_SECONDS_MIN:g} s a busy machine's pauses would count as stalls",
+        )
+    return seconds
 
 
 def parse_threshold(raw: str) -> Decimal:

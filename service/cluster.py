@@ -31,6 +31,7 @@ import logging
 import os
 import select
 import socket
+import struct
 import sys
 import threading
 import time
@@ -358,12 +359,26 @@ class PeerWatch:
                 if lost and not self.lost:
                     # the socket's own error is gone (Timely's read took it, or the
                     # socket itself): the namespace's count of timeouts tells instead
-                    self.timed_out = aborts_on_timeout() > timeouts_before
+                    timed_out = aborts_on_timeout() > timeouts_before
+                    unanswered = self._unanswered(by_fd)
+                    if not timed_out and unanswered:
+                        # a peer that closed is alive enough to close: under a
+                        # partition it is ending because of the one that went quiet
+                        lost, timed_out = unanswered, True
+                    self.timed_out = timed_out
                     self.lost = sorted(lost)
                     self._lost_seen.set()
         except Exception:  # naming help only: never disturb the flow
             log.debug("watching the cluster's peers failed", exc_info=True)
             self._watched.set()
+
+    def _unanswered(self, by_fd: Mapping[int, set[int]]) -> set[int]:
+        """Peers of the still-open connections that acknowledged nothing for half the
+        timeout: keepalive makes a live one answer within a third of it."""
+        if not self.timeout:
+            return set()
+        quiet = [ids for fd, ids in by_fd.items() if ack_age(fd) > self.timeout / 2]
+        return set().union(*quiet, set())
 
     def lost_line(self, panic: BaseException) -> str:
         """The one line said when the cluster's network panicked. The panic reaches
@@ -415,6 +430,20 @@ def bound_silence(fd: int, seconds: float) -> None:
             )
     except (OSError, AttributeError, ValueError):
         log.debug("cannot bound the silence of a peer's connection", exc_info=True)
+
+
+_TCP_INFO_LAST_ACK_RECV = 56
+"""Offset of ``tcpi_last_ack_recv`` (ms since the last ACK came) in ``struct tcp_info``."""
+
+
+def ack_age(fd: int) -> float:
+    """Seconds since the socket last received an acknowledgement; 0 if unknown."""
+    try:
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        return struct.unpack_from("I", info, _TCP_INFO_LAST_ACK_RECV)[0] / 1000
+    except (OSError, AttributeError, struct.error):
+        return 0.0
 
 
 def aborts_on_timeout(proc_net: Path = PROC_NET) -> int:

@@ -11,7 +11,11 @@ of them gives true books again.
 
 from __future__ import annotations
 
+import json
+import signal
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -134,3 +138,115 @@ def test_three_hosts_true_books_member_loss_and_restart(lab, exchange, tmp_path)
     restarted = netns.start_cluster(lab, _env(exchange), tmp_path / "second")
     took = _books_become_true(exchange, restarted, timeout=RESTART_BOUND)
     print(f"books true {took:.1f} s after the restart of all members")
+
+
+STALL = 5
+"""ORDERBOOK_STALL_SECONDS of the partition and stall tests."""
+HEALTH_PORT = 8080
+"""Each member serves /livez and /readyz on its own address (its own namespace)."""
+
+
+def _probe(lab: netns.NetLab, i: int, path: str) -> tuple[int, dict] | None:
+    """GET a member's health path: (status, JSON body), or None when nothing answers."""
+    url = f"http://{lab.address(i)}:{HEALTH_PORT}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _exits_with_one_line(member: netns.Member, started: float, bound: float) -> str:
+    status = member.proc.wait(timeout=bound + 10)
+    took = time.monotonic() - started
+    assert status != 0, member.stderr[-3000:]
+    assert took < bound, f"member {member.i} took {took:.1f} s"
+    said = member.said()
+    assert len(said) == 1, member.stderr[-3000:]
+    assert "Traceback" not in member.stderr and "PanicException" not in member.stderr
+    return said[0]
+
+
+def test_a_partition_ends_every_member_without_a_reset(lab, exchange, tmp_path):
+    """Member 1's link goes down: nothing reaches it (its interface receives not one
+    packet, so no reset either) and nothing leaves it. Before: every member froze for
+    good. Now each exits within ORDERBOOK_STALL_SECONDS + 10 s (measured: 5.0-5.1 s
+    with 5 s), the two others naming member 1 as unreachable."""
+    members = netns.start_cluster(
+        lab, _env(exchange, ORDERBOOK_STALL_SECONDS=str(STALL)), tmp_path
+    )
+    wait_until(
+        lambda: (
+            _running(members)
+            or set(last_by_product(_records(members))) >= set(PRODUCTS)
+        ),
+        60,
+        "a summary of every product",
+    )
+    received = lab.rx_packets(1)
+    lab.partition(1)
+    cut_at = time.monotonic()
+    said = {m.i: _exits_with_one_line(m, cut_at, STALL + 10) for m in members}
+    assert lab.rx_packets(1) == received
+    lab.heal(1)  # the exchange's connections to member 1 then reset: a quick teardown
+    for i in (0, 2):
+        assert said[i].startswith(
+            f"orderbook: lost cluster peer process 1 ({lab.address(1)}:2101): "
+            f"no answer for {STALL} s (unreachable); "
+        ), said[i]
+
+
+def test_readyz_waits_for_every_book_and_livez_fails_in_a_stall(
+    lab, exchange, tmp_path
+):
+    """/readyz answers 503 while the exchange holds back every snapshot and 200 once
+    every book of the member is live; when member 1 freezes (SIGSTOP: its kernel still
+    acknowledges, so no peer is lost) the others stop advancing, their /livez turns 503,
+    and they exit within ORDERBOOK_STALL_SECONDS + 10 s."""
+    silence = 8.0
+    exchange.go_silent(silence)
+    silent_until = time.monotonic() + silence
+    env = _env(
+        exchange,
+        ORDERBOOK_STALL_SECONDS=str(STALL),
+        ORDERBOOK_HEALTH=f"0.0.0.0:{HEALTH_PORT}",
+    )
+    # -s 1: one-second epochs, so a member waits for its peers within a second
+    members = netns.start_cluster(lab, env, tmp_path, args=("-s", "1"))
+    for i in range(3):
+        first = wait_until(
+            lambda i=i: _running(members) or _probe(lab, i, "/readyz"),
+            silence,
+            f"member {i}'s /readyz",
+        )
+        assert time.monotonic() < silent_until, "the members started too slowly"
+        assert first[0] == 503, first
+    for i in range(3):
+        wait_until(
+            lambda i=i: (
+                _running(members) or (_probe(lab, i, "/readyz") or (0,))[0] == 200
+            ),
+            60,
+            f"member {i} ready",
+        )
+    assert time.monotonic() >= silent_until
+    for i in range(3):
+        assert _probe(lab, i, "/livez")[0] == 200
+
+    members[1].kill(signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    for i in (0, 2):
+        status, body = wait_until(
+            lambda i=i: (
+                (_probe(lab, i, "/livez") or (0,))[0] == 503
+                and _probe(lab, i, "/livez")
+            ),
+            STALL + 10,
+            f"member {i}'s /livez unhealthy",
+        )
+        assert status == 503 and "reason" in body, body
+    for i in (0, 2):
+        _exits_with_one_line(members[i], stopped_at, STALL + 10)
+    members[1].kill()

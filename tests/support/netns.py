@@ -179,7 +179,13 @@ class Member:
     lines in ``out``, its stderr in ``log`` (a file: a pipe nobody reads could fill)."""
 
     def __init__(
-        self, lab: NetLab, i: int, addresses: str, env: dict[str, str], folder: Path
+        self,
+        lab: NetLab,
+        i: int,
+        addresses: str,
+        env: dict[str, str],
+        folder: Path,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.i = i
         self.out = folder / f"member{i}.jsonl"
@@ -188,7 +194,7 @@ class Member:
         with self.log.open("a") as log:
             self.proc = lab.popen(
                 i,
-                ["bytewax.run", "dataflow:flow", "-i", str(i), "-a", addresses],
+                ["bytewax.run", "dataflow:flow", "-i", str(i), "-a", addresses, *args],
                 env,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
@@ -198,18 +204,30 @@ class Member:
     def stderr(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def kill(self) -> None:
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the member's process group; after SIGKILL, wait for its end."""
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            os.killpg(self.proc.pid, sig)
         except ProcessLookupError:
             pass
-        self.proc.wait(timeout=10)
+        if sig == signal.SIGKILL:
+            self.proc.wait(timeout=10)
+
+    def said(self) -> list[str]:
+        """The service's own lines (``orderbook: ...``) on stderr."""
+        return [s for s in self.stderr.splitlines() if s.startswith("orderbook:")]
 
 
 def start_cluster(
-    lab: NetLab, env: dict[str, str], folder: Path, port: int = 2101
+    lab: NetLab,
+    env: dict[str, str],
+    folder: Path,
+    port: int = 2101,
+    args: tuple[str, ...] = (),
 ) -> list[Member]:
     """Every host of ``lab`` runs one member; the address list names them in order."""
     folder.mkdir(parents=True, exist_ok=True)
     addresses = ";".join(f"{lab.address(i)}:{port}" for i in range(len(lab.namespaces)))
-    return [Member(lab, i, addresses, env, folder) for i in range(len(lab.namespaces))]
+    return [
+        Member(lab, i, addresses, env, folder, args) for i in range(len(lab.namespaces))
+    ]

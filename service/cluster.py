@@ -350,35 +350,45 @@ class PeerWatch:
             self._watched.set()
             while by_fd:
                 events = poller.poll()
-                lost: set[int] = set()
+                if not self.lost:
+                    self._first_loss([fd for fd, _ in events], by_fd, timeouts_before)
                 for fd, _ in events:
                     # POLLNVAL: Timely's thread for that peer saw the hang-up first,
                     # panicked and closed the socket before this thread woke
                     poller.unregister(fd)
-                    lost |= by_fd.pop(fd, set())
-                if lost and not self.lost:
-                    # the socket's own error is gone (Timely's read took it, or the
-                    # socket itself): the namespace's count of timeouts tells instead
-                    timed_out = aborts_on_timeout() > timeouts_before
-                    unanswered = self._unanswered(by_fd)
-                    if not timed_out and unanswered:
-                        # a peer that closed is alive enough to close: under a
-                        # partition it is ending because of the one that went quiet
-                        lost, timed_out = unanswered, True
-                    self.timed_out = timed_out
-                    self.lost = sorted(lost)
-                    self._lost_seen.set()
+                    by_fd.pop(fd, None)
         except Exception:  # naming help only: never disturb the flow
             log.debug("watching the cluster's peers failed", exc_info=True)
             self._watched.set()
 
-    def _unanswered(self, by_fd: Mapping[int, set[int]]) -> set[int]:
-        """Peers of the still-open connections that acknowledged nothing for half the
-        timeout: keepalive makes a live one answer within a third of it."""
-        if not self.timeout:
-            return set()
-        quiet = [ids for fd, ids in by_fd.items() if ack_age(fd) > self.timeout / 2]
-        return set().union(*quiet, set())
+    def _first_loss(
+        self, closed: list[int], by_fd: Mapping[int, set[int]], timeouts_before: int
+    ) -> None:
+        """Name the lost peer from the first connections that ended (``closed``).
+
+        Under a partition a peer that closed its connection is alive enough to close:
+        it is ending because of the one that went quiet, and both may end within the
+        same millisecond (every member's timeout started together). So when a watched
+        connection (ended or not) has acknowledged nothing for over half the timeout,
+        the quietest ones are named, as unreachable: keepalive makes a live peer answer
+        within a third of it. Otherwise the closed ones are, and whether they timed out
+        is read from the namespace's count (the socket's own error is gone: Timely's
+        read took it)."""
+        ages = {fd: ack_age(fd) for fd in by_fd}
+        known = {fd: age for fd, age in ages.items() if age is not None}
+        oldest = max(known.values(), default=0.0)
+        if self.timeout and oldest > self.timeout / 2:
+            quiet = [by_fd[fd] for fd, age in known.items() if age >= 0.8 * oldest]
+            lost, timed_out = set().union(*quiet), True
+        else:
+            lost = set().union(
+                *(by_fd.get(fd, set()) for fd in first_closed(closed, ages))
+            )
+            timed_out = aborts_on_timeout() > timeouts_before
+        if lost:
+            self.timed_out = timed_out
+            self.lost = sorted(lost)
+            self._lost_seen.set()
 
     def lost_line(self, panic: BaseException) -> str:
         """The one line said when the cluster's network panicked. The panic reaches
@@ -401,8 +411,10 @@ class PeerWatch:
                 else "its connection closed"
             )
             return f"lost cluster peer {named}: {how}; {advice}"
-        reason = shown(str(panic).split(":")[0] or type(panic).__name__)
-        return f"lost the connection to a cluster peer ({reason}); {advice}"
+        # no peer seen going (before the watch began, or a panic of another kind):
+        # say what Bytewax said, in one line
+        reason = shown(str(panic) or type(panic).__name__, limit=200)
+        return f"the cluster's dataflow failed (Bytewax: {reason}); {advice}"
 
 
 def bound_silence(fd: int, seconds: float) -> None:
@@ -436,14 +448,34 @@ _TCP_INFO_LAST_ACK_RECV = 56
 """Offset of ``tcpi_last_ack_recv`` (ms since the last ACK came) in ``struct tcp_info``."""
 
 
-def ack_age(fd: int) -> float:
-    """Seconds since the socket last received an acknowledgement; 0 if unknown."""
+def ack_age(fd: int) -> float | None:
+    """Seconds since the socket last received an acknowledgement (a FIN carries one);
+    None when unknown (the descriptor is closed)."""
     try:
         with socket.socket(fileno=os.dup(fd)) as sock:
             info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
         return struct.unpack_from("I", info, _TCP_INFO_LAST_ACK_RECV)[0] / 1000
     except (OSError, AttributeError, struct.error):
-        return 0.0
+        return None
+
+
+CLOSE_ORDER_SECONDS = 0.005
+"""Closes this close together are not told apart (kernel ticks are 1 to 4 ms); a peer
+that ends because another did ends 14 to 30 ms later (measured)."""
+
+
+def first_closed(closed: Sequence[int], ages: Mapping[int, float | None]) -> list[int]:
+    """Of connections found ended in one ``poll()`` (the watcher may wake late on a
+    busy machine), the ones that ended first: those Timely had already closed (its
+    thread for that peer saw the end first), else the ones whose last segment (the
+    FIN) is the oldest."""
+    gone = [fd for fd in closed if ages.get(fd) is None]
+    if gone:
+        return gone
+    oldest = max(ages.get(fd) or 0.0 for fd in closed)
+    return [
+        fd for fd in closed if (ages.get(fd) or 0.0) >= oldest - CLOSE_ORDER_SECONDS
+    ]
 
 
 def aborts_on_timeout(proc_net: Path = PROC_NET) -> int:

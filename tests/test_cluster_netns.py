@@ -126,6 +126,7 @@ def test_three_hosts_true_books_member_loss_and_restart(lab, exchange, tmp_path)
         took = time.monotonic() - killed_at
         assert status != 0
         assert took < EXIT_BOUND, f"member {m.i} took {took:.1f} s"
+        print(f"member {m.i} exited {took:.3f} s after member 1 was killed")
         said = [line for line in m.stderr.splitlines() if line.startswith("orderbook:")]
         assert said == [
             f"orderbook: lost cluster peer process 1 ({lab.address(1)}:2101): its "
@@ -163,6 +164,7 @@ def _exits_with_one_line(member: netns.Member, started: float, bound: float) -> 
     took = time.monotonic() - started
     assert status != 0, member.stderr[-3000:]
     assert took < bound, f"member {member.i} took {took:.1f} s"
+    print(f"member {member.i} exited after {took:.2f} s")
     said = member.said()
     assert len(said) == 1, member.stderr[-3000:]
     assert "Traceback" not in member.stderr and "PanicException" not in member.stderr
@@ -185,9 +187,9 @@ def test_a_partition_ends_every_member_without_a_reset(lab, exchange, tmp_path):
         60,
         "a summary of every product",
     )
-    received = lab.rx_packets(1)
     lab.partition(1)
     cut_at = time.monotonic()
+    received = lab.rx_packets(1)
     said = {m.i: _exits_with_one_line(m, cut_at, STALL + 10) for m in members}
     assert lab.rx_packets(1) == received
     lab.heal(1)  # the exchange's connections to member 1 then reset: a quick teardown

@@ -256,8 +256,10 @@ def test_the_lost_line_names_the_peer_or_says_what_is_known():
     panic = RuntimeError("Send thread panic: Any { .. }")
     assert cluster.PeerWatch(0, ["h0:1"]).lost == []
     assert watch.lost_line(panic).startswith(
-        "lost the connection to a cluster peer (Send thread panic); this member stops"
+        "the cluster's dataflow failed (Bytewax: Send thread panic: Any { .. }); "
+        "this member stops too (status 1);"
     )
+    assert "\n" not in watch.lost_line(RuntimeError("two\nlines"))
     watch.lost = [2]
     assert watch.lost_line(panic).startswith(
         "lost cluster peer process 2 (h2:2101): its connection closed;"
@@ -329,3 +331,11 @@ def test_a_timed_out_peer_is_said_to_be_unreachable():
     assert watch.lost_line(RuntimeError("Send thread panic")).startswith(
         "lost cluster peer process 0 (h0:2101): no answer for 5 s (unreachable); "
     )
+
+
+def test_of_connections_ended_together_the_first_is_named():
+    # Timely closed fd 7 itself (no age): its thread saw that peer end first
+    assert cluster.first_closed([7, 8], {7: None, 8: 0.002}) == [7]
+    # both readable: the older FIN came first; within 5 ms they are not told apart
+    assert cluster.first_closed([7, 8], {7: 0.030, 8: 0.004}) == [7]
+    assert cluster.first_closed([7, 8], {7: 0.030, 8: 0.027}) == [7, 8]

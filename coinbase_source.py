@@ -197,7 +197,9 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
         self._queue.extend((product_id, e) for e in self.session.start())
         # Progress counters, each written by one thread only (ints: a reader on another
         # thread sees the old value or the new one): `delivered`, `dropped` and
-        # `_book_at` by the loop thread, `drained` by the worker.
+        # `_book_at` by the loop thread, `drained` by the worker. Their cost, timeit
+        # medians of 15 in one run: put() of one event 543 -> 580 ns; next_batch one
+        # addition per non-empty batch.
         self.delivered = len(self._queue)
         self.drained = 0
         self.dropped = 0

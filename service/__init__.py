@@ -8,10 +8,12 @@
   damaged one is refused in one line);
 * ``cluster.py``: cluster start-up: on one host a process waits for the lower
   processes to listen, so Timely's first connect succeeds;
+* ``health.py``: the stall watchdog (``ORDERBOOK_STALL_SECONDS``) and the
+  ``/livez``/``/readyz`` endpoint (``ORDERBOOK_HEALTH``) for orchestrators;
 * ``runtime.py``: process set-up (records kept apart from stdout noise, signals,
   garbage collector) and :class:`~service.runtime.Shutdown`, the one way the process
   ends early (a signal, an output failing, stdout's reader gone, a live feed whose every
-  product failed for good).
+  product failed for good, a stalled dataflow).
 
 Only ``dataflow.py`` imports this package; within it, ``runtime`` is at the bottom and
 imports nothing of the rest.

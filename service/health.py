@@ -34,7 +34,10 @@ declared at the first tick at least ``ORDERBOOK_STALL_SECONDS`` after that: betw
 window and the window plus one tick; under a partition add up to one epoch. Measured
 (a member whose output pipe nobody reads, 2 products, tick 1 s): window 4 s, 5 runs,
 the line said 4.8 to 4.9 s; window 30 s, 2 runs, 30.9 s; the process ended 2 to 14 ms
-after its line.
+after its line. A peer stopped (SIGSTOP: nothing resets its sockets, as in a partition),
+window 3 s, tick 0.75 s: the other member ended 3.4 to 4.8 s later with ``-s 1`` (4
+runs), 7.9 to 8.6 s with the default 10-s epoch (4 runs, all stopped at the same phase
+of the epoch).
 
 Only a source that reports its partitions' counters (``progress()``: the live feeds,
 ``sim`` and a replay served by the local exchange) is watched. A replay of files
@@ -71,6 +74,8 @@ TICK_MAX_SECONDS = 1.0
 LIVEZ_FRACTION = 0.5
 """Behind for this fraction of the window: ``/livez`` answers 503 and a warning is
 logged, so that a probe or a person sees the stall before the exit."""
+STALL_CAUSES = "an output blocked, or a cluster peer unreachable?"
+"""What stops a dataflow that has events waiting, as far as it can tell."""
 NAMES_SHOWN = 5
 """Products named in one line; the rest are counted."""
 
@@ -259,8 +264,7 @@ class FlowHealth:
             if self._stall_said:
                 return verdict
             self._stall_said = True
-            line = f"{verdict.line()} (an output blocked, or a cluster peer unreachable?), exiting"
-            self._on_stall(line)
+            self._on_stall(f"{verdict.line()} ({STALL_CAUSES}), exiting")
         elif verdict.state == "behind":
             if not self._warned and verdict.behind_seconds >= self.livez_seconds:
                 self._warned = True
@@ -298,9 +302,13 @@ class FlowHealth:
         return True, body
 
     def readiness(self) -> tuple[bool, dict]:
-        """(ready, body): every partition of this member has a live book."""
+        """(ready, body): every partition of this member has a live book, and the
+        dataflow is not stalled (a book it no longer updates is stale)."""
         if self._progress is None:
             return True, {"books": "not tracked for this input"}
+        alive, life = self.liveness()
+        if not alive:
+            return False, {"reason": life["reason"]}
         parts = [p for p in self._progress() if not p.closed]
         if not parts:
             return False, {"reason": "no partition of the feed on this member yet"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import socket
 import threading
 import time
@@ -21,6 +22,18 @@ from service.settings import ConfigError, Settings
 from tests.support import frames
 from tests.support.flow import FlowProcess, flow_env, free_port, wait_until
 from tests.support.scripted_server import ScriptedConnection, ScriptedServer
+from tests.support.source_partitions import (
+    build,
+    collect,
+    count,
+    kinds,
+    open_partitions,
+    snapshot_frame,
+    update_frame,
+)
+from tests.support.source_partitions import (
+    wait_until as wait_for_partition,
+)
 
 
 def _part(
@@ -153,6 +166,10 @@ def test_the_watchdog_warns_at_half_the_window_and_ends_once_at_the_whole(caplog
         health.check()
         alive, body = health.liveness()
         assert alive is (t < 2), (t, body)
+        ready, why = health.readiness()  # ETH-USD has no book; then stale books
+        assert not ready and why["reason"] == (
+            "awaiting a snapshot: ETH-USD" if t < 2 else body["reason"]
+        )
     assert lines == [
         "the dataflow made no progress for 4.0 s while BTC-USD, ETH-USD delivered 440 "
         "events, 440 waiting (an output blocked, or a cluster peer unreachable?), "
@@ -424,3 +441,100 @@ def test_readyz_waits_for_every_snapshot_and_a_quiet_feed_is_no_stall():
             release.set()
             member.stop()
     assert "no progress" not in member.stderr
+
+
+# -- the partitions' counters -------------------------------------------------------------
+
+
+@pytest.fixture
+def partitions():
+    yield from open_partitions()
+
+
+@pytest.mark.slow
+def test_a_partition_counts_what_it_queued_and_what_was_taken_and_when_its_book_is_live(
+    partitions: list,
+) -> None:
+    """Live once its snapshot was taken; not live from the reset of a dropped
+    connection until the next snapshot is taken."""
+    drop = threading.Event()
+
+    async def script(conn: ScriptedConnection) -> None:
+        await conn.recv_json()
+        await conn.send(snapshot_frame())
+        await conn.send(update_frame())
+        if conn.index == 0:
+            await asyncio.to_thread(drop.wait, 30)
+            return  # the connection closes: a reset, then a reconnect
+        await conn.hold()
+
+    with ScriptedServer(script) as server:
+        part = build(partitions, ["BTC-USD"], server.url)
+        progress = part.progress()
+        assert (progress.delivered, progress.drained, progress.ready) == (1, 0, False)
+        assert progress.pending == 1 and progress.waiting_since_ns > 0  # the reset
+        wait_for_partition(lambda: part.progress().delivered == 3)
+        queued = part.progress()  # reset, snapshot, change: queued, none taken
+        assert (queued.pending, queued.ready) == (3, False)
+        items = collect(part, count("changes", 1))
+        assert kinds(items) == ["reset", "snapshot", "changes"]
+        taken = part.progress()
+        assert (taken.drained, taken.pending, taken.ready) == (3, 0, True)
+        assert taken.waiting_since_ns == 0
+        drop.set()
+        wait_for_partition(lambda: not part.progress().ready)  # the reset queued
+        items = collect(part, count("changes", 1))
+        assert kinds(items) == ["reset", "snapshot", "changes"]
+        again = part.progress()
+        assert (again.delivered, again.drained, again.ready) == (6, 6, True)
+        assert part._source.progress() == [again]
+
+
+@pytest.mark.slow
+def test_a_member_whose_peer_stops_answering_says_so_and_exits():
+    """A cluster peer that stops (SIGSTOP: its sockets stay open, nothing resets them,
+    as under a network partition) leaves the other member's epoch unconfirmed: it
+    takes nothing more from its feed and ends within the window, one epoch (``-s 1``)
+    and one tick, plus a loaded machine's lag."""
+    stall = 3.0
+    addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    ports = [free_port(), free_port()]
+    members = [
+        FlowProcess(
+            ["bytewax.run", "dataflow:flow", "-i", str(i), "-a", addresses, "-s", "1"],
+            flow_env(
+                ORDERBOOK_FEED="sim",
+                ORDERBOOK_PRODUCTS="BTC-USD,ETH-USD,BTC-EUR,ETH-EUR",
+                ORDERBOOK_OUTPUT="jsonl",
+                ORDERBOOK_STALL_SECONDS=str(stall),
+                ORDERBOOK_HEALTH=f"127.0.0.1:{ports[i]}",
+            ),
+        )
+        for i in range(2)
+    ]
+    first, second = members
+    try:
+
+        def ready(port: int) -> bool:
+            try:
+                return _get(port, "/readyz")[0] == 200
+            except OSError:
+                return False
+
+        first.wait_for(lambda: ready(ports[0]) and ready(ports[1]), 60, "both ready")
+        second.proc.send_signal(signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        assert first.proc.wait(timeout=60) == 1
+        took = time.monotonic() - stopped_at
+    finally:
+        for member in members:
+            member.stop(signal.SIGKILL)
+    line = first.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"orderbook: the dataflow made no progress for [0-9.]+ s while [A-Z, -]+ "
+        r"delivered [0-9,]+ events, [0-9,]+ waiting \(an output blocked, or a cluster "
+        r"peer unreachable\?\), exiting",
+        line,
+    ), line
+    assert "Traceback" not in first.stderr
+    assert stall <= took <= stall + 1.0 + 0.75 + 5.0

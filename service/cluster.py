@@ -369,15 +369,15 @@ class PeerWatch:
         Under a partition a peer that closed its connection is alive enough to close:
         it is ending because of the one that went quiet, and both may end within the
         same millisecond (every member's timeout started together). So when a watched
-        connection (ended or not) has acknowledged nothing for over half the timeout,
-        the quietest ones are named, as unreachable: keepalive makes a live peer answer
-        within a third of it. Otherwise the closed ones are, and whether they timed out
+        connection (ended or not) has acknowledged nothing for over half the timeout
+        (:func:`quiet_after`), the quietest ones are named, as unreachable: keepalive
+        makes a live peer answer within a third of it. Otherwise the closed ones are, and whether they timed out
         is read from the namespace's count (the socket's own error is gone: Timely's
         read took it)."""
         ages = {fd: ack_age(fd) for fd in by_fd}
         known = {fd: age for fd, age in ages.items() if age is not None}
         oldest = max(known.values(), default=0.0)
-        if self.timeout and oldest > self.timeout / 2:
+        if self.timeout and oldest > quiet_after(self.timeout):
             quiet = [by_fd[fd] for fd, age in known.items() if age >= 0.8 * oldest]
             lost, timed_out = set().union(*quiet), True
         else:
@@ -417,6 +417,17 @@ class PeerWatch:
         return f"the cluster's dataflow failed (Bytewax: {reason}); {advice}"
 
 
+def keepalive_idle(seconds: float) -> int:
+    """Seconds of silence before the first keepalive probe (whole seconds, >= 1)."""
+    return max(1, int(seconds / 3))
+
+
+def quiet_after(seconds: float) -> float:
+    """A live peer's connection acknowledges something at least this often (keepalive
+    answers within :func:`keepalive_idle` + a second); past it, a connection is quiet."""
+    return max(seconds / 2, keepalive_idle(seconds) + 1.0)
+
+
 def bound_silence(fd: int, seconds: float) -> None:
     """Make a peer that stops answering (a partition: no reset ever comes) drop its
     connection after about ``seconds``, so that Timely's thread for it fails and
@@ -430,7 +441,7 @@ def bound_silence(fd: int, seconds: float) -> None:
         with socket.socket(fileno=os.dup(fd)) as sock:
             if sock.type != socket.SOCK_STREAM:
                 return
-            idle = max(1, int(seconds / 3))
+            idle = keepalive_idle(seconds)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)

@@ -339,3 +339,13 @@ def test_of_connections_ended_together_the_first_is_named():
     # both readable: the older FIN came first; within 5 ms they are not told apart
     assert cluster.first_closed([7, 8], {7: 0.030, 8: 0.004}) == [7]
     assert cluster.first_closed([7, 8], {7: 0.030, 8: 0.027}) == [7, 8]
+
+
+@pytest.mark.parametrize("timeout", [1, 2, 3, 5, 30, 3600])
+def test_a_live_idle_peer_is_never_taken_for_a_quiet_one(timeout):
+    """Keepalive probes a silent connection after keepalive_idle s and a live peer
+    answers at once: quiet_after stays above that, and below the timeout itself from
+    3 s on (below it an unreachable peer is named by the kernel's count instead)."""
+    assert cluster.quiet_after(timeout) >= cluster.keepalive_idle(timeout) + 1
+    if timeout >= 3:
+        assert cluster.quiet_after(timeout) <= timeout * 0.7

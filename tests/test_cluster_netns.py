@@ -29,9 +29,11 @@ pytestmark = pytest.mark.slow
 
 PRODUCTS = ["BTC-USD", "ETH-USD", "BTC-EUR", "ETH-EUR", "SOL-USD", "SOL-EUR"]
 EXIT_BOUND = 5.0
-"""Members left must exit this soon after a peer is killed (measured: 0.02 s)."""
+"""Members left must exit this soon after a peer is killed (measured: 0.014-0.030 s)."""
 RESTART_BOUND = 30.0
-"""After a restart of all members every book is true again within this (measured: ...)."""
+"""After a restart of all members every book is true again within this (measured:
+1.3-3.0 s for six products of 100 levels; 1 s of it is process start, 1 s Timely's
+connect retry across hosts)."""
 
 
 @pytest.fixture
@@ -174,7 +176,7 @@ def _exits_with_one_line(member: netns.Member, started: float, bound: float) -> 
 def test_a_partition_ends_every_member_without_a_reset(lab, exchange, tmp_path):
     """Member 1's link goes down: nothing reaches it (its interface receives not one
     packet, so no reset either) and nothing leaves it. Before: every member froze for
-    good. Now each exits within ORDERBOOK_STALL_SECONDS + 10 s (measured: 5.0-5.1 s
+    good. Now each exits within ORDERBOOK_STALL_SECONDS + 10 s (measured: 5.04-5.50 s
     with 5 s), the two others naming member 1 as unreachable."""
     members = netns.start_cluster(
         lab, _env(exchange, ORDERBOOK_STALL_SECONDS=str(STALL)), tmp_path

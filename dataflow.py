@@ -120,6 +120,8 @@ def _flow_from_environment() -> Dataflow:
     announce_settings(settings)
     tune_garbage_collector()
     cluster.await_lower_processes()  # Timely's first connect to a peer succeeds
+    # a lost or unreachable peer: one line, not a panic or a frozen member
+    cluster.watch_peers(SHUTDOWN.failed, timeout=settings.stall_seconds)
     return built
 
 

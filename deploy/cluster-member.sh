@@ -25,6 +25,9 @@ while [ "$i" -lt "$REPLICAS" ]; do
   ADDRESSES="${ADDRESSES:+$ADDRESSES;}${SERVICE}-${i}.${SERVICE}:${PORT}"
   i=$((i + 1))
 done
+# Say which peers this member will connect to (kubectl logs): a member that waits for a
+# peer forever, or a wrong REPLICAS, shows here first.
+echo "cluster-member: process $ID of $REPLICAS (${WORKERS} workers), peer addresses: $ADDRESSES" >&2
 set -- python -m bytewax.run dataflow:flow -i "$ID" -a "$ADDRESSES" -w "$WORKERS" "$@"
 if [ "${DRY_RUN:-}" = 1 ]; then echo "$@"; exit 0; fi
 exec "$@"

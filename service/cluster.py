@@ -29,11 +29,16 @@ import argparse
 import ipaddress
 import logging
 import os
+import select
 import socket
+import struct
 import sys
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence, Set
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from pathlib import Path
+
+from common.text import shown
 
 log = logging.getLogger(__name__)
 
@@ -169,3 +174,380 @@ def await_lower_processes(
     except Exception:  # start-up help only: never stop the flow from starting
         log.debug("cluster start-up wait skipped", exc_info=True)
         return False
+
+
+# --- a lost peer: one line naming it, instead of Bytewax's panic traceback -----------
+
+_TCP_ESTABLISHED = "01"
+POLL_LOST = select.POLLRDHUP | select.POLLHUP | select.POLLERR
+"""A peer's connection closed (FIN: the process ended) or reset (RST); ``poll()``
+also reports POLLNVAL, unasked, once Timely has closed the socket itself. Timely closes
+a peer's socket only when that peer's thread ends, so any event names a lost peer."""
+NAMING_GRACE_SECONDS = 1.0
+PEER_TIMEOUT_SECONDS = 30.0
+"""A peer that answers nothing this long is lost (the default of the stall watchdog)."""
+
+
+def _hex_ip(text: str) -> str:
+    """An address of ``/proc/net/tcp{,6}`` (32-bit words in host byte order) as text."""
+    raw = bytes.fromhex(text)
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    address = ipaddress.ip_address(words)
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped or address)
+
+
+def established(
+    proc_net: Path = PROC_NET,
+) -> list[tuple[tuple[str, int], tuple[str, int], int]]:
+    """This namespace's established TCP connections: ``(local, remote, inode)``."""
+    found = []
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = (proc_net / name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != _TCP_ESTABLISHED:
+                continue
+            (lip, lport), (rip, rport) = (f.split(":") for f in fields[1:3])
+            local = (_hex_ip(lip), int(lport, 16))
+            remote = (_hex_ip(rip), int(rport, 16))
+            found.append((local, remote, int(fields[9])))
+    return found
+
+
+def _resolve(host: str) -> set[str]:
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return set()
+    return {str(info[4][0]) for info in infos}
+
+
+def resolved(addresses: Sequence[str]) -> list[tuple[set[str], int]]:
+    """Each ``host:port`` of the cluster as (its IP addresses, port); no IP when the
+    name does not resolve (yet: a pod's name is published once it runs)."""
+    hosts = []
+    for address in addresses:
+        host, _, port = address.strip().rpartition(":")
+        hosts.append((_resolve(host), int(port) if port.isdigit() else -1))
+    return hosts
+
+
+def peer_connections(
+    process_id: int,
+    hosts: Sequence[tuple[set[str], int]],
+    connections: Iterable[tuple[tuple[str, int], tuple[str, int], int]],
+) -> dict[int, set[int]]:
+    """Socket inode -> the process ids it may lead to (``hosts`` from :func:`resolved`).
+
+    Timely connects process K to every lower process's address and accepts the higher
+    ones on its own port: a connection to ``host:port`` of a lower process is that
+    process; one accepted on this process's port comes from a higher process on that
+    remote host (several candidates when several processes share a host)."""
+    own_port = hosts[process_id][1]
+    peers: dict[int, set[int]] = {}
+    for (_, lport), (rip, rport), inode in connections:
+        lower = {
+            j for j in range(process_id) if rip in hosts[j][0] and rport == hosts[j][1]
+        }
+        higher = set()
+        if lport == own_port:
+            higher = {
+                j for j in range(process_id + 1, len(hosts)) if rip in hosts[j][0]
+            }
+        if lower or higher:
+            peers[inode] = lower | higher
+    return peers
+
+
+def _socket_fds(proc_self: Path = Path("/proc/self")) -> dict[int, int]:
+    """Socket inode -> file descriptor, for this process."""
+    fds: dict[int, int] = {}
+    try:
+        entries = list((proc_self / "fd").iterdir())
+    except OSError:
+        return fds
+    for entry in entries:
+        try:
+            target = os.readlink(entry)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            fds[int(target[8:-1])] = int(entry.name)
+    return fds
+
+
+class PeerWatch:
+    """Which peer of the cluster went away first, seen the moment its connection closes.
+
+    Why: when a peer process dies (``kill -9``, a crashed pod) Timely's network thread
+    panics and Bytewax raises ``PanicException: Send thread panic: Any { .. }`` out of
+    ``python -m bytewax.run``: a Rust traceback that names nobody (measured across two
+    network namespaces: status 1, 0.013 s after the kill). This thread finds Timely's
+    connections to the peers once they exist (``/proc/self/net/tcp`` and
+    ``/proc/self/fd``; Timely offers no API) and blocks in ``poll()`` on their
+    descriptors for a hang-up only (never reading a byte: the data is Timely's), so the
+    first peer to go is known before the others notice this process ending too.
+    :func:`watch_peers` turns the panic into one line naming it.
+    """
+
+    def __init__(
+        self,
+        process_id: int,
+        addresses: Sequence[str],
+        timeout: float = PEER_TIMEOUT_SECONDS,
+    ) -> None:
+        self.process_id = process_id
+        self.timeout = timeout
+        """Seconds a peer may leave sent data unacknowledged (or not answer keepalive
+        probes) before its connection is dropped; 0: the kernel's default (minutes)."""
+        self.timed_out = False
+        """Whether the first lost connection timed out (no answer) rather than closed."""
+        self.addresses = [a.strip() for a in addresses]
+        self.lost: list[int] = []
+        """Process ids whose connection closed first (one, or the candidates)."""
+        self._watched = threading.Event()
+        self._lost_seen = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="peer-watch", daemon=True).start()
+
+    def watching(self, timeout: float) -> bool:
+        """True once the peers' connections are found and watched."""
+        return self._watched.wait(timeout)
+
+    def _find(self) -> dict[int, set[int]]:
+        """fd -> candidate process ids, once every peer has a connection. Timely
+        starts no worker before that, so this may wait as long as a peer takes to
+        start: every 50 ms for 5 s, then every 0.5 s; names resolved at most once a
+        second."""
+        wanted = set(range(len(self.addresses))) - {self.process_id}
+        started = time.monotonic()
+        hosts, resolved_at = resolved(self.addresses), time.monotonic()
+        while True:
+            inodes = peer_connections(self.process_id, hosts, established())
+            fds = _socket_fds()
+            by_fd = {fds[i]: ids for i, ids in inodes.items() if i in fds}
+            if set().union(*by_fd.values(), set()) >= wanted:
+                return by_fd
+            now = time.monotonic()
+            time.sleep(0.05 if now - started < 5 else 0.5)
+            if now - resolved_at >= 1:
+                hosts, resolved_at = resolved(self.addresses), now
+
+    def _run(self) -> None:
+        try:
+            by_fd = self._find()
+            timeouts_before = aborts_on_timeout()
+            poller = select.poll()
+            for fd in by_fd:
+                if self.timeout:
+                    bound_silence(fd, self.timeout)
+                poller.register(fd, POLL_LOST)
+            self._watched.set()
+            while by_fd:
+                events = poller.poll()
+                if not self.lost:
+                    self._first_loss([fd for fd, _ in events], by_fd, timeouts_before)
+                for fd, _ in events:
+                    # POLLNVAL: Timely's thread for that peer saw the hang-up first,
+                    # panicked and closed the socket before this thread woke
+                    poller.unregister(fd)
+                    by_fd.pop(fd, None)
+        except Exception:  # naming help only: never disturb the flow
+            log.debug("watching the cluster's peers failed", exc_info=True)
+            self._watched.set()
+
+    def _first_loss(
+        self, closed: list[int], by_fd: Mapping[int, set[int]], timeouts_before: int
+    ) -> None:
+        """Name the lost peer from the first connections that ended (``closed``).
+
+        Under a partition a peer that closed its connection is alive enough to close:
+        it is ending because of the one that went quiet, and both may end within the
+        same millisecond (every member's timeout started together). So when a watched
+        connection (ended or not) has acknowledged nothing for over half the timeout
+        (:func:`quiet_after`), the quietest ones are named, as unreachable: keepalive
+        makes a live peer answer within a third of it. Otherwise the closed ones are, and whether they timed out
+        is read from the namespace's count (the socket's own error is gone: Timely's
+        read took it)."""
+        ages = {fd: ack_age(fd) for fd in by_fd}
+        known = {fd: age for fd, age in ages.items() if age is not None}
+        oldest = max(known.values(), default=0.0)
+        if self.timeout and oldest > quiet_after(self.timeout):
+            quiet = [by_fd[fd] for fd, age in known.items() if age >= 0.8 * oldest]
+            lost, timed_out = set().union(*quiet), True
+        else:
+            lost = set().union(
+                *(by_fd.get(fd, set()) for fd in first_closed(closed, ages))
+            )
+            timed_out = aborts_on_timeout() > timeouts_before
+        if lost:
+            self.timed_out = timed_out
+            self.lost = sorted(lost)
+            self._lost_seen.set()
+
+    def lost_line(self, panic: BaseException) -> str:
+        """The one line said when the cluster's network panicked. The panic reaches
+        the main thread about when the watcher wakes: it gets up to
+        :data:`NAMING_GRACE_SECONDS` to record the peer (it is ready in well under a
+        millisecond once it holds the GIL)."""
+        if self._watched.is_set():
+            self._lost_seen.wait(NAMING_GRACE_SECONDS)
+        advice = (
+            "this member stops too (status 1); restart the whole cluster "
+            "(Bytewax clusters fail and recover as a whole)"
+        )
+        if self.lost:
+            named = " or ".join(
+                f"process {j} ({shown(self.addresses[j])})" for j in self.lost
+            )
+            how = (
+                f"no answer for {self.timeout:g} s (unreachable)"
+                if self.timed_out
+                else "its connection closed"
+            )
+            return f"lost cluster peer {named}: {how}; {advice}"
+        # no peer seen going (before the watch began, or a panic of another kind):
+        # say what Bytewax said, in one line
+        reason = shown(str(panic) or type(panic).__name__, limit=200)
+        return f"the cluster's dataflow failed (Bytewax: {reason}); {advice}"
+
+
+def keepalive_idle(seconds: float) -> int:
+    """Seconds of silence before the first keepalive probe (whole seconds, >= 1)."""
+    return max(1, int(seconds / 3))
+
+
+def quiet_after(seconds: float) -> float:
+    """A live peer's connection acknowledges something at least this often (keepalive
+    answers within :func:`keepalive_idle` + a second); past it, a connection is quiet."""
+    return max(seconds / 2, keepalive_idle(seconds) + 1.0)
+
+
+def bound_silence(fd: int, seconds: float) -> None:
+    """Make a peer that stops answering (a partition: no reset ever comes) drop its
+    connection after about ``seconds``, so that Timely's thread for it fails and
+    :class:`PeerWatch` names it: without this Linux retransmits for about 15 minutes
+    and keeps an idle connection forever. ``TCP_USER_TIMEOUT`` bounds how long sent
+    data may stay unacknowledged; keepalive probes, every second after a third of the
+    bound of silence, make an idle connection send something to be acknowledged. Only
+    socket options of Timely's socket change (set through a duplicate descriptor,
+    closed at once). Never raises: the stall watchdog is the backstop."""
+    try:
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            if sock.type != socket.SOCK_STREAM:
+                return
+            idle = keepalive_idle(seconds)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+            sock.setsockopt(
+                socket.IPPROTO_TCP, socket.TCP_KEEPCNT, max(1, int(seconds) - idle)
+            )
+            sock.setsockopt(
+                socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(seconds * 1000)
+            )
+    except (OSError, AttributeError, ValueError):
+        log.debug("cannot bound the silence of a peer's connection", exc_info=True)
+
+
+_TCP_INFO_LAST_ACK_RECV = 56
+"""Offset of ``tcpi_last_ack_recv`` (ms since the last ACK came) in ``struct tcp_info``."""
+
+
+def ack_age(fd: int) -> float | None:
+    """Seconds since the socket last received an acknowledgement (a FIN carries one);
+    None when unknown (the descriptor is closed)."""
+    try:
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        return struct.unpack_from("I", info, _TCP_INFO_LAST_ACK_RECV)[0] / 1000
+    except (OSError, AttributeError, struct.error):
+        return None
+
+
+CLOSE_ORDER_SECONDS = 0.005
+"""Closes this close together are not told apart (kernel ticks are 1 to 4 ms); a peer
+that ends because another did ends 14 to 30 ms later (measured)."""
+
+
+def first_closed(closed: Sequence[int], ages: Mapping[int, float | None]) -> list[int]:
+    """Of connections found ended in one ``poll()`` (the watcher may wake late on a
+    busy machine), the ones that ended first: those Timely had already closed (its
+    thread for that peer saw the end first), else the ones whose last segment (the
+    FIN) is the oldest."""
+    gone = [fd for fd in closed if ages.get(fd) is None]
+    if gone:
+        return gone
+    oldest = max(ages.get(fd) or 0.0 for fd in closed)
+    return [
+        fd for fd in closed if (ages.get(fd) or 0.0) >= oldest - CLOSE_ORDER_SECONDS
+    ]
+
+
+def aborts_on_timeout(proc_net: Path = PROC_NET) -> int:
+    """Connections of this network namespace dropped because the other side stopped
+    answering (``TcpExt: TCPAbortOnTimeout`` of ``/proc/net/netstat``); 0 if unknown."""
+    try:
+        lines = (proc_net / "netstat").read_text().splitlines()
+    except OSError:
+        return 0
+    for names, values in zip(lines, lines[1:], strict=False):
+        if names.startswith("TcpExt:") and values.startswith("TcpExt:"):
+            counts = dict(zip(names.split(), values.split(), strict=False))
+            try:
+                return int(counts.get("TCPAbortOnTimeout", 0))
+            except ValueError:
+                return 0
+    return 0
+
+
+def is_panic(exc: BaseException) -> bool:
+    """Bytewax's Rust panics reach Python as ``pyo3_runtime.PanicException``."""
+    return type(exc).__name__ == "PanicException"
+
+
+def watch_peers(
+    on_lost: Callable[[str], object],
+    argv: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = PEER_TIMEOUT_SECONDS,
+) -> PeerWatch | None:
+    """In a cluster (``-i``/``-a`` with more than one address), watch the peers and
+    turn a panic of the cluster's network into ``on_lost(one line)`` (the service
+    passes :meth:`service.runtime.Shutdown.failed`: closers run, status 1). Anything
+    else uncaught keeps Python's traceback. None outside a cluster; never raises."""
+    try:
+        place = cluster_place(
+            sys.argv[1:] if argv is None else argv, os.environ if env is None else env
+        )
+        if place is None or len(place[1]) < 2 or not 0 <= place[0] < len(place[1]):
+            return None
+        watch = PeerWatch(*place, timeout=timeout)
+        watch.start()
+    except Exception:
+        log.debug("not watching the cluster's peers", exc_info=True)
+        return None
+    previous = sys.excepthook
+
+    def hook(kind, exc, tb):
+        if exc is not None and is_panic(exc):
+            on_lost(watch.lost_line(exc))
+        previous(kind, exc, tb)
+
+    sys.excepthook = hook
+    log.info(
+        "cluster member %d of %d; peers %s",
+        watch.process_id,
+        len(watch.addresses),
+        ", ".join(
+            f"{j}={shown(a)}"
+            for j, a in enumerate(watch.addresses)
+            if j != watch.process_id
+        ),
+    )
+    return watch

@@ -8,7 +8,9 @@ never listens is waited for until the deadline. The end-to-end test runs
 from __future__ import annotations
 
 import logging
+import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from service import cluster
-from tests.support.flow import REPO, FlowProcess, flow_env, read_jsonl
+from tests.support.flow import REPO, FlowProcess, flow_env, free_port, read_jsonl
 
 SAMPLE = REPO / "samples" / "sample.jsonl.gz"
 HAS_PROC_NET = Path("/proc/net/tcp").exists()
@@ -204,3 +206,146 @@ def test_two_processes_connect_without_retry(tmp_path):
         assert "error connecting to worker" not in flow.stdout
         assert "error connecting to worker" not in flow.stderr, flow.stderr[-3000:]
         assert read_jsonl(out)
+
+
+# --- a lost peer is named -----------------------------------------------------------
+
+
+def test_proc_net_addresses_are_read_in_host_order(tmp_path):
+    header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm retrnsmt uid to inode\n"
+    (tmp_path / "tcp").write_text(
+        header
+        # 10.231.7.2:2101 <- 10.231.7.3:40000 established (inode 111); one listening
+        + "   0: 0207E70A:0835 0307E70A:9C40 01 00000000:00000000 00:0 0 0 0 111\n"
+        + "   1: 0207E70A:0835 00000000:0000 0A 00000000:00000000 00:0 0 0 0 112\n"
+    )
+    (tmp_path / "tcp6").write_text(
+        header
+        # ::ffff:127.0.0.1:2102 -> ::ffff:127.0.0.1:2101 (an IPv4-mapped address)
+        + "   0: 0000000000000000FFFF00000100007F:0836 "
+        + "0000000000000000FFFF00000100007F:0835 01 00000000:00000000 00:0 0 0 0 113\n"
+    )
+    assert cluster.established(tmp_path) == [
+        (("10.231.7.2", 2101), ("10.231.7.3", 40000), 111),
+        (("127.0.0.1", 2102), ("127.0.0.1", 2101), 113),
+    ]
+
+
+def test_peer_connections_are_matched_to_process_ids():
+    addresses = ["10.231.7.2:2101", "10.231.7.3:2101", "10.231.7.4:2101"]
+    connections = [
+        (("10.231.7.3", 45000), ("10.231.7.2", 2101), 1),  # 1 -> 0: connected
+        (("10.231.7.3", 2101), ("10.231.7.4", 51000), 2),  # 2 -> 1: accepted
+        (("10.231.7.3", 47000), ("10.231.7.1", 8765), 3),  # the exchange: not a peer
+    ]
+    assert cluster.peer_connections(1, cluster.resolved(addresses), connections) == {
+        1: {0},
+        2: {2},
+    }
+    # several higher processes on one host: each accepted connection may be any of them
+    local = ["127.0.0.1:2101", "127.0.0.1:2102", "127.0.0.1:2103"]
+    accepted = [(("127.0.0.1", 2101), ("127.0.0.1", p), p) for p in (50001, 50002)]
+    assert cluster.peer_connections(0, cluster.resolved(local), accepted) == {
+        50001: {1, 2},
+        50002: {1, 2},
+    }
+
+
+def test_the_lost_line_names_the_peer_or_says_what_is_known():
+    watch = cluster.PeerWatch(0, ["h0:2101", "h1:2101", "h2:2101"])
+    panic = RuntimeError("Send thread panic: Any { .. }")
+    assert cluster.PeerWatch(0, ["h0:1"]).lost == []
+    assert watch.lost_line(panic).startswith(
+        "the cluster's dataflow failed (Bytewax: Send thread panic: Any { .. }); "
+        "this member stops too (status 1);"
+    )
+    assert "\n" not in watch.lost_line(RuntimeError("two\nlines"))
+    watch.lost = [2]
+    assert watch.lost_line(panic).startswith(
+        "lost cluster peer process 2 (h2:2101): its connection closed;"
+    )
+    watch.lost = [1, 2]
+    assert "process 1 (h1:2101) or process 2 (h2:2101)" in watch.lost_line(panic)
+
+
+@pytest.mark.parametrize(
+    "argv", [["dataflow:flow"], ["-i", "0", "-a", "h:1"], ["-i", "2", "-a", "h:1;h:2"]]
+)
+def test_no_watch_outside_a_cluster(argv):
+    before = sys.excepthook
+    assert cluster.watch_peers(lambda line: None, argv, {}) is None
+    assert sys.excepthook is before
+
+
+@pytest.mark.slow
+def test_a_killed_peer_on_this_host_is_named_in_one_line(tmp_path):
+    """Two members on 127.0.0.1, each with its own sim exchange: ``kill -9`` of
+    process 1 ends process 0 with one line naming it, status 1, no panic traceback
+    (before: ``pyo3_runtime.PanicException: Send thread panic: Any { .. }``)."""
+    ports = [free_port(), free_port()]
+    addresses = ";".join(f"127.0.0.1:{p}" for p in ports)
+    members = []
+    for i in range(2):
+        out = tmp_path / f"member{i}.jsonl"
+        env = flow_env(
+            ORDERBOOK_FEED="sim",
+            ORDERBOOK_SIM_DEPTH="50",
+            ORDERBOOK_SPREAD_THRESHOLD="0",
+            ORDERBOOK_OUTPUT=f"jsonl:{out}",
+        )
+        args = ["bytewax.run", "dataflow:flow", "-i", str(i), "-a", addresses]
+        members.append((FlowProcess(args, env), out))
+    try:
+        for flow, out in members:
+            flow.wait_for(lambda out=out: read_jsonl(out), 60, "a summary per member")
+        members[1][0].stop(signal.SIGKILL)
+        survivor = members[0][0]
+        assert survivor.finish(timeout=20) == 1
+    finally:
+        for flow, _ in members:
+            if flow.proc.poll() is None:  # finish() twice would read stderr twice
+                flow.stop(signal.SIGKILL)
+    said = [s for s in survivor.stderr.splitlines() if s.startswith("orderbook:")]
+    assert said == [
+        f"orderbook: lost cluster peer process 1 (127.0.0.1:{ports[1]}): its connection "
+        "closed; this member stops too (status 1); restart the whole cluster "
+        "(Bytewax clusters fail and recover as a whole)"
+    ], survivor.stderr[-3000:]
+    assert "Traceback" not in survivor.stderr
+    assert f"peers 1=127.0.0.1:{ports[1]}" in survivor.stderr
+
+
+def test_timeouts_are_counted_from_proc_net_netstat(tmp_path):
+    (tmp_path / "netstat").write_text(
+        "TcpExt: SyncookiesSent TCPAbortOnData TCPAbortOnTimeout\n"
+        "TcpExt: 0 12 3\n"
+        "IpExt: InNoRoutes\nIpExt: 0\n"
+    )
+    assert cluster.aborts_on_timeout(tmp_path) == 3
+    assert cluster.aborts_on_timeout(tmp_path / "missing") == 0
+
+
+def test_a_timed_out_peer_is_said_to_be_unreachable():
+    watch = cluster.PeerWatch(1, ["h0:2101", "h1:2101"], timeout=5)
+    watch.lost, watch.timed_out = [0], True
+    assert watch.lost_line(RuntimeError("Send thread panic")).startswith(
+        "lost cluster peer process 0 (h0:2101): no answer for 5 s (unreachable); "
+    )
+
+
+def test_of_connections_ended_together_the_first_is_named():
+    # Timely closed fd 7 itself (no age): its thread saw that peer end first
+    assert cluster.first_closed([7, 8], {7: None, 8: 0.002}) == [7]
+    # both readable: the older FIN came first; within 5 ms they are not told apart
+    assert cluster.first_closed([7, 8], {7: 0.030, 8: 0.004}) == [7]
+    assert cluster.first_closed([7, 8], {7: 0.030, 8: 0.027}) == [7, 8]
+
+
+@pytest.mark.parametrize("timeout", [1, 2, 3, 5, 30, 3600])
+def test_a_live_idle_peer_is_never_taken_for_a_quiet_one(timeout):
+    """Keepalive probes a silent connection after keepalive_idle s and a live peer
+    answers at once: quiet_after stays above that, and below the timeout itself from
+    3 s on (below it an unreachable peer is named by the kernel's count instead)."""
+    assert cluster.quiet_after(timeout) >= cluster.keepalive_idle(timeout) + 1
+    if timeout >= 3:
+        assert cluster.quiet_after(timeout) <= timeout * 0.7

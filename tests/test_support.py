@@ -68,3 +68,13 @@ def test_reference_book_refuses_a_bad_message_whole():
     with pytest.raises(InvalidMessage):
         book.changes([("bid", "1.5", "1"), ("bid", "NaN", "1")])
     assert book.top() == (D(1), D(1), D(2), D(1)) and book.condition() == "ok"
+
+
+def test_netns_says_why_it_cannot_run(monkeypatch):
+    """The namespace tests skip with a reason a reader can act on, never fail."""
+    from tests.support import netns
+
+    monkeypatch.setattr(netns.os, "geteuid", lambda: 1000)
+    assert netns.unavailable() == "network namespaces need root (ip netns add)"
+    monkeypatch.setattr(netns.sys, "platform", "darwin")
+    assert netns.unavailable() == "network namespaces need Linux"

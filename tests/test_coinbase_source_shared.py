@@ -27,6 +27,7 @@ from tests.support.source_partitions import (
     feed_books,
     fresh_snapshots,
     open_partitions,
+    polled,
     settled,
     wait_until,
 )
@@ -171,7 +172,7 @@ def test_an_unknown_product_among_known_ones_fails_alone(
         feed_books(parts, books, settled(parts))
         assert isinstance(bad.error, UnknownProduct)
         assert "SOL-USD" in (bad.stats.last_error or "")
-        assert [type(e) for _, e in bad.next_batch()] == [BookReset]
+        assert [type(e) for _, e in polled(bad)] == [BookReset]
         assert not bad.running and all(p.running for p in parts.values())
         assert all(part.stats.errors == 0 for part in parts.values())
         assert exchange.stats["connections_accepted"] == 1

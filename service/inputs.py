@@ -51,6 +51,7 @@ def build_source(
             on_stats=_stats_observer(settings),
             max_message_bytes=settings.max_message_bytes,
             on_all_failed=shutdown.failed,
+            poll_together=True,  # see CoinbaseSource: a poll per connection
         )
         return source, products
     credentials = None
@@ -68,6 +69,7 @@ def build_source(
         on_stats=_stats_observer(settings),
         max_message_bytes=settings.max_message_bytes,
         on_all_failed=shutdown.failed,
+        poll_together=True,
     )
     return source, products
 

@@ -380,6 +380,34 @@ class BookStep:
         return state, (event.received_ns, summary, depth)
 
 
+class EachEvent:
+    """Runs a per-event book step (:class:`UpdateBook`, :class:`BookStep`) over one
+    dataflow item: a product's events as a list (the live source hands over everything
+    a poll found at once) or a single event (a replay's item). Returns the step's
+    outputs that are not None, in order, as one list, for :class:`SpreadFilter`.
+
+    The loop costs one call per event (about 0.1 µs); what it buys is the batching
+    upstream: Bytewax's per-item cost paid once per poll instead of once per event.
+    """
+
+    __slots__ = ("step",)
+
+    def __init__(self, step: UpdateBook | BookStep) -> None:
+        self.step = step
+
+    def __call__(self, state: BookState | None, item: BookEvent | list) -> tuple:
+        step = self.step
+        if type(item) is not list:
+            state, out = step(state, item)
+            return state, [] if out is None else [out]
+        outs = []
+        for event in item:
+            state, out = step(state, event)
+            if out is not None:
+                outs.append(out)
+        return state, outs
+
+
 class SpreadFilter:
     """Keeps summaries whose spread exceeds ``threshold_pct`` percent of the ask.
 
@@ -402,25 +430,20 @@ class SpreadFilter:
         return None
 
     def timed(
-        self, keyed: tuple[str, tuple[int, OrderBookSummary] | None]
-    ) -> tuple[int, OrderBookSummary] | None:
-        """For :func:`timed_update_book`'s output: the ``(received_ns, summary)`` pair
-        kept, or None."""
-        due = keyed[1]
-        if due is not None and due[1].spread_pct > self.threshold_pct:
-            return due
-        return None
+        self, keyed: tuple[str, list[tuple[int, OrderBookSummary]]]
+    ) -> list[tuple[int, OrderBookSummary]]:
+        """For ``EachEvent(UpdateBook(...))``'s output: the ``(received_ns, summary)``
+        pairs kept."""
+        threshold = self.threshold_pct
+        return [due for due in keyed[1] if due[1].spread_pct > threshold]
 
-    def records(self, keyed: tuple[str, tuple | None]) -> tuple | list:
-        """For :class:`BookStep`'s output: ``(received_ns, record)`` of each record
-        kept; depth records are never filtered."""
-        due = keyed[1]
-        if due is None:
-            return ()
-        received_ns, summary, depth = due
+    def records(self, keyed: tuple[str, list[tuple]]) -> list:
+        """For ``EachEvent(BookStep(...))``'s output: ``(received_ns, record)`` of each
+        record kept; depth records are never filtered."""
         kept = []
-        if summary is not None and summary.spread_pct > self.threshold_pct:
-            kept.append((received_ns, summary))
-        if depth is not None and self.depth:
-            kept.append((received_ns, depth))
+        for received_ns, summary, depth in keyed[1]:
+            if summary is not None and summary.spread_pct > self.threshold_pct:
+                kept.append((received_ns, summary))
+            if depth is not None and self.depth:
+                kept.append((received_ns, depth))
         return kept

@@ -25,12 +25,12 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
-from book_step import BookStep, SpreadFilter, UpdateBook
+from book_step import BookStep, EachEvent, SpreadFilter, UpdateBook
 from service import cluster
 from service.health import FlowHealth, serve_health
 from service.inputs import build_source, log_resumes
 from service.outputs import fan_out
-from service.placement import RouteByProduct
+from service.placement import RouteByProduct, routing_keys
 from service.recovery_store import check_recovery_store
 from service.runtime import (
     SHUTDOWN,
@@ -72,8 +72,18 @@ def get_flow(
         serve_health(settings.health, health)
 
     flow = Dataflow("orderbook")
-    events = op.input("coinbase", flow, log_resumes(source, health.start))
-    keyed = op.map("route", events, RouteByProduct(products))
+    # Items reach the book step keyed by the routing key of service/placement.py (each
+    # book on the worker that reads its socket). A source that can key its own items
+    # (the live feed: one `(key, [events])` item per product per poll) is told the keys
+    # and needs no routing step, a Bytewax step less per item; any other source's
+    # `(product_id, event)` items are keyed by a `route` step.
+    key_by = getattr(source, "key_by", None)
+    if key_by is not None:
+        key_by(routing_keys(products))
+        keyed = op.input("coinbase", flow, log_resumes(source, health.start))
+    else:
+        events = op.input("coinbase", flow, log_resumes(source, health.start))
+        keyed = op.map("route", events, RouteByProduct(products))
     spread = SpreadFilter(
         settings.spread_threshold_pct, depth=settings.depth_levels > 0
     )
@@ -88,7 +98,7 @@ def get_flow(
         books = op.stateful_map(
             "order_book",
             keyed,
-            BookStep(levels, interval, book_metrics, resync_requests),
+            EachEvent(BookStep(levels, interval, book_metrics, resync_requests)),
         )
         if views_on:  # ORDERBOOK_OUTPUT=live, ORDERBOOK_DASHBOARD: see views/wiring.py
             views_wiring.attach(
@@ -99,9 +109,11 @@ def get_flow(
                 add_closer=SHUTDOWN.add_closer,
             )
         records = op.flat_map("spread_filter", books, spread.records)
-    else:  # the plain fast path: a (received_ns, summary) pair or None per event
-        books = op.stateful_map("order_book", keyed, UpdateBook(resync_requests))
-        records = op.filter_map("spread_filter", books, spread.timed)
+    else:  # the plain fast path: the (received_ns, summary) pairs of each item
+        books = op.stateful_map(
+            "order_book", keyed, EachEvent(UpdateBook(resync_requests))
+        )
+        records = op.flat_map("spread_filter", books, spread.timed)
     if sink is not None:  # None when the live view is the only output
         op.output("output", records, sink)
     return flow

@@ -443,7 +443,9 @@ def run_flow(
     tutorial = None
     if design == "coinbase_source":
         source = CoinbaseSource(PRODUCTS, url=url, watchdog_seconds=5.0)
-        stream = op.input("in", flow, BoundedSource(source, seconds))
+        polls = op.input("in", flow, BoundedSource(source, seconds))
+        # one (product, [events]) item per product per poll: an item per event here
+        stream = op.flat_map("events", polls, lambda kv: [(kv[0], e) for e in kv[1]])
     else:
         tutorial = TutorialSource(url, PRODUCTS)
         raw = op.input("in", flow, BoundedSource(tutorial, seconds))

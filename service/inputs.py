@@ -55,6 +55,7 @@ def build_source(
             **_audit_options(
                 settings, None if settings.ws_url else embedded.rest_url()
             ),
+            poll_together=True,  # see CoinbaseSource: a poll per connection
         )
         return source, products
     credentials = None
@@ -73,6 +74,7 @@ def build_source(
         max_message_bytes=settings.max_message_bytes,
         on_all_failed=shutdown.failed,
         **_audit_options(settings),
+        poll_together=True,
     )
     return source, products
 

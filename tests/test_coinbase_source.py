@@ -44,6 +44,7 @@ from tests.support.source_partitions import (
     count,
     kinds,
     open_partitions,
+    polled,
     snapshot_frame,
     update_frame,
     wait_until,
@@ -320,7 +321,7 @@ def test_unknown_product_idles_its_partition_only(partitions: list) -> None:
         bad_items = collect(bad, lambda _: bad.stats.state == "failed")
         good_items = collect(good, count("snapshot", 1))
         wait_until(lambda: not bad.running)  # its task ended: it cannot reconnect
-        bad_items += bad.next_batch()
+        bad_items += polled(bad)
     assert kinds(bad_items) == ["reset"]
     assert isinstance(bad.error, UnknownProduct)
     assert "BAD-USD" in bad.stats.last_error
@@ -398,7 +399,7 @@ def test_close_stops_the_thread_and_the_connection(partitions: list) -> None:
         wait_until(lambda: not part.running and bool(closed))
     assert closed == [0]
     assert server.connections == 1
-    assert all(isinstance(event, BookReset) for _, event in part.next_batch())
+    assert all(isinstance(event, BookReset) for _, event in polled(part))
 
 
 def test_close_while_waiting_to_reconnect(partitions: list) -> None:
@@ -427,10 +428,24 @@ def test_resume_starts_with_a_reset_and_snapshot_pickles(partitions: list) -> No
     assert items[0][1].reason == "resume"
 
 
+def test_a_poll_is_one_item_keyed_as_the_flow_asked(partitions: list) -> None:
+    source = CoinbaseSource(
+        ["BTC-USD", "ETH-USD"], url="ws://127.0.0.1:9", on_all_failed=[].append, **FAST
+    )
+    source.key_by({"BTC-USD": "BTC-USD~7"})  # what dataflow.get_flow does
+    btc = source.build_part("in", "BTC-USD", None)
+    eth = source.build_part("in", "ETH-USD", None)
+    partitions += [btc, eth]
+    [(key, events)] = btc.next_batch()
+    assert key == "BTC-USD~7" and [type(e) for e in events] == [BookReset]
+    [(key, _)] = eth.next_batch()
+    assert key == "ETH-USD"  # a product without a key keeps its id
+
+
 def test_next_awake_polls_when_empty_and_not_when_items_wait(partitions: list) -> None:
     part = build(partitions, ["BTC-USD"], "ws://127.0.0.1:9")
     assert part.next_awake() is None  # the start reset is queued
-    assert kinds(part.next_batch()) == ["reset"]
+    assert kinds(polled(part)) == ["reset"]
     awake = part.next_awake()
     assert awake is not None and awake.tzinfo is not None
 

@@ -41,6 +41,7 @@ from tests.support.source_partitions import (
     fresh_snapshots,
     kinds,
     open_partitions,
+    polled,
     settled,
     snapshot_frame,
     update_frame,
@@ -168,7 +169,9 @@ class _StopAfter(StatefulSourcePartition):
         if self.remaining <= 0:
             raise StopIteration
         batch = self.inner.next_batch()
-        self.remaining -= sum(isinstance(event, BookChanges) for _, event in batch)
+        self.remaining -= sum(
+            isinstance(event, BookChanges) for _, events in batch for event in events
+        )
         return batch
 
     def next_awake(self) -> datetime | None:
@@ -208,8 +211,8 @@ def test_runs_in_a_bytewax_flow() -> None:
         out: list = []
         op.output("out", stream, TestingSink(out))
         run_main(flow)
-    for product in products:
-        events = [event for key, event in out if key == product]
+    for product in products:  # one (product, [events]) item per product per poll
+        events = [event for key, events in out if key == product for event in events]
         assert all(
             event.product_id == product and event.feed == "sim" for event in events
         )
@@ -232,7 +235,7 @@ from coinbase_source import CoinbaseSource
 exchange = LocalExchange(["BTC-USD", "ETH-USD"], depth=10, rate=20).start()
 flow = Dataflow("sigint")
 stream = op.input("in", flow, CoinbaseSource(["BTC-USD", "ETH-USD"], url=exchange.url()))
-op.output("out", op.map("name", stream, lambda item: type(item[1]).__name__), StdOutSink())
+op.output("out", op.flat_map("names", stream, lambda item: [type(e).__name__ for e in item[1]]), StdOutSink())
 run_main(flow)
 """
 
@@ -332,7 +335,7 @@ def test_the_end_of_a_served_replay_ends_the_partition(partitions: list) -> None
         deadline = time.monotonic() + 8
         with pytest.raises(StopIteration):
             while time.monotonic() < deadline:
-                items += part.next_batch()
+                items += polled(part)
                 time.sleep(0.002)
         wait_until(lambda: not part.running)
         assert server.connections == 1  # no reconnect after the end of the data
@@ -374,7 +377,7 @@ from coinbase_source import CoinbaseSource
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 flow = Dataflow("all_failed")
 stream = op.input("in", flow, CoinbaseSource(["SOL-USD", "XRP-USD"], url={url!r}))
-op.output("out", op.map("name", stream, lambda item: type(item[1]).__name__), StdOutSink())
+op.output("out", op.flat_map("names", stream, lambda item: [type(e).__name__ for e in item[1]]), StdOutSink())
 run_main(flow)
 """
 

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 
 from coinbase.errors import UnknownProduct
 from coinbase.multiplex import PRODUCTS_PER_CONNECTION
-from coinbase_source import CoinbaseSource, _CoinbasePartition
+from coinbase_source import (
+    POLLED_BY_OTHER_INTERVAL,
+    CoinbaseSource,
+    _CoinbasePartition,
+)
 from events import BookReset
 from local_exchange.server import LocalExchange
 from tests.support.source_partitions import (
@@ -27,6 +32,7 @@ from tests.support.source_partitions import (
     feed_books,
     fresh_snapshots,
     open_partitions,
+    polled,
     settled,
     wait_until,
 )
@@ -51,10 +57,12 @@ def start(
     feed: str,
     wanted: list[str],
     all_failed: list[str] | None = None,
+    poll_together: bool = False,
 ) -> tuple[dict[str, _CoinbasePartition], dict[str, Book]]:
     """A source over ``wanted``, every partition built in order as Bytewax does."""
     source = CoinbaseSource(
         wanted,
+        poll_together=poll_together,
         feed="sim",
         protocol=feed,
         url=exchange.url(feed),
@@ -94,6 +102,27 @@ def test_many_products_over_few_connections_each_book_true(
         assert stats["subscribes"] == messages, stats
         assert_books_match(exchange, parts, books)
     assert all(part.stats.connections == 1 for part in parts.values())
+
+
+@pytest.mark.parametrize("feed", FEEDS)
+def test_polled_together_one_partition_per_connection_yields_every_book(
+    partitions: list, feed: str
+) -> None:
+    wanted = products(20)  # Exchange: one connection; Advanced Trade: 16 + 4
+    with LocalExchange(
+        wanted, depth=20, rate=20, seed=9, heartbeat_interval=0.1
+    ) as exchange:
+        parts, books = start(partitions, exchange, feed, wanted, poll_together=True)
+        pollers = {p: part for p, part in parts.items() if part._poller is part}
+        per_connection = PRODUCTS_PER_CONNECTION[feed]
+        assert len(pollers) == math.ceil(len(wanted) / per_connection)
+        # only the pollers are polled, as when Bytewax leaves the others be
+        feed_books(pollers, books, fresh_snapshots(parts), timeout=20)
+        assert_books_match(exchange, parts, books)  # nothing lost, nothing reordered
+        before = datetime.now(UTC)
+        others = [part for p, part in parts.items() if p not in pollers]
+        awake = [part.next_awake() for part in others]
+    assert others and all(t - before >= POLLED_BY_OTHER_INTERVAL for t in awake)
 
 
 @pytest.mark.parametrize("feed", FEEDS)
@@ -171,7 +200,7 @@ def test_an_unknown_product_among_known_ones_fails_alone(
         feed_books(parts, books, settled(parts))
         assert isinstance(bad.error, UnknownProduct)
         assert "SOL-USD" in (bad.stats.last_error or "")
-        assert [type(e) for _, e in bad.next_batch()] == [BookReset]
+        assert [type(e) for _, e in polled(bad)] == [BookReset]
         assert not bad.running and all(p.running for p in parts.values())
         assert all(part.stats.errors == 0 for part in parts.values())
         assert exchange.stats["connections_accepted"] == 1

@@ -4,7 +4,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal as D
 
-from book_step import BookStep, SpreadFilter
+from book_step import BookStep, EachEvent, SpreadFilter
 from events import ASK, BID, BookChanges, BookReset, BookSnapshot
 from orderbook import OrderBook
 from records import OrderBookDepth, OrderBookSummary
@@ -136,14 +136,26 @@ def test_same_events_give_the_same_records_whatever_the_wall_clock():
 
 
 def test_depth_records_bypass_the_spread_filter_and_carry_receive_times():
-    step = BookStep(levels=1)
-    state, out = step(None, snap(T0))
+    step = EachEvent(BookStep(levels=1))  # as the dataflow runs it: a list per item
+    state, out = step(None, [snap(T0)])
     kept = SpreadFilter(D(50))(("k", None)), SpreadFilter(D(50)).records(("k", out))
-    assert SpreadFilter(D(0)).records(("k", None)) == ()
+    assert SpreadFilter(D(0)).records(("k", [])) == []
     assert kept[0] is None
     assert [(ns, type(r).__name__) for ns, r in kept[1]] == [(5, "OrderBookDepth")]
     kept = SpreadFilter(D(0)).records(("k", out))
     assert [type(r).__name__ for _, r in kept] == ["OrderBookSummary", "OrderBookDepth"]
+
+
+def test_a_poll_of_events_gives_the_records_of_each_event_in_order():
+    events = [snap(T0), change(T0), change(T0, "98", "1"), change(T0, "99", "6")]
+    one_by_one = kinds(BookStep(3, 0.0), events)
+    state, outs = EachEvent(BookStep(3, 0.0))(None, events)  # the live source's item
+    assert [tuple(type(r).__name__ for r in emitted(o)) for o in outs] == [
+        k for k in one_by_one if k
+    ]
+    assert state.book is not None and state.updates == 4
+    _, single = EachEvent(BookStep(3, 0.0))(None, snap(T0))  # a replay's item
+    assert [emitted(o) for o in single] == [emitted(outs[0])]
 
 
 def test_book_state_still_pickles_and_copies_small():

@@ -320,6 +320,23 @@ def test_to_dict_time_forms():
     assert real_top_summary().to_json().count('"time":null') == 1
 
 
+@pytest.mark.parametrize(
+    "when",
+    [
+        datetime(2026, 8, 9, 21, 5, 48, 170326, tzinfo=UTC),  # orjson prints it
+        datetime(2026, 8, 9, 21, 5, 48, tzinfo=UTC),  # no microseconds: ".000000Z"
+        datetime(2026, 8, 9, 23, 5, 48, 5, tzinfo=timezone(timedelta(hours=2))),
+        datetime(2026, 8, 9, 21, 5, 48, 5),  # naive: taken as UTC
+        None,
+    ],
+)
+def test_to_json_is_json_dumps_of_to_dict_whatever_the_time(when):
+    """to_json's orjson shortcut (the time left to orjson) prints what json.dumps of
+    to_dict does, byte for byte."""
+    s = real_top_summary(time=when)
+    assert s.to_json() == json.dumps(s.to_dict(), separators=(",", ":"))
+
+
 def test_to_dict_never_uses_exponent_notation():
     book = make_book(bids=[("0.00000001", "1")], asks=[("0.00000002", "100000000")])
     data = book.summary().to_dict()

@@ -23,45 +23,51 @@ PRODUCTS = ["BTC-USD", "ETH-USD", "BTC-EUR", "ETH-EUR", "SOL-USD"]
 
 
 class _OnePerPart(StatefulSourcePartition):
-    def __init__(self, product: str) -> None:
-        self.product = product
+    def __init__(self, key: str) -> None:
+        self.key = key
         self.sent = False
 
     def next_batch(self):
         if self.sent:
             raise StopIteration
         self.sent = True
-        return [(self.product, None)]
+        return [(self.key, None)]
 
     def snapshot(self):
         return None
 
 
 class _Products(FixedPartitionedSource):
+    """One item per product, keyed by the product id, or by ``keys`` when given (as
+    ``CoinbaseSource.key_by`` makes the live source do)."""
+
+    def __init__(self, keys: dict[str, str] | None = None) -> None:
+        self.keys = keys or {}
+
     def list_parts(self):
         return PRODUCTS
 
     def build_part(self, step_id, for_part, resume_state):
-        return _OnePerPart(for_part)
+        return _OnePerPart(self.keys.get(for_part, for_part))
 
 
-def _observe(worker_count: int, route) -> tuple[dict, dict]:
+def _observe(worker_count: int, route, source=None) -> tuple[dict, dict]:
     seen_source: dict[str, int] = {}
     seen_state: dict[str, int] = {}
     lock = threading.Lock()
 
     def at_source(step_id, item, epoch, worker):
         with lock:
-            seen_source[item[0]] = worker
+            seen_source[_product_of(item[0])] = worker
 
     def at_state(step_id, item, epoch, worker):
         with lock:
             seen_state[item[1]] = worker
 
     flow = Dataflow("placement")
-    items = op.input("in", flow, _Products())
+    items = op.input("in", flow, source or _Products())
     op.inspect_debug("source", items, at_source)
-    keyed = op.map("route", items, route)
+    keyed = items if route is None else op.map("route", items, route)
     state = op.stateful_map("book", keyed, lambda s, v: (s, None))
     named = op.map("name", state, lambda kv: (kv[0], _product_of(kv[0])))
     op.inspect_debug("state", named, at_state)
@@ -85,6 +91,16 @@ def test_hash_model_predicts_bytewax_routing(workers):
 @pytest.mark.parametrize("workers", [2, 3, 4])
 def test_each_book_lives_with_its_socket(workers):
     source, state = _observe(workers, RouteByProduct(PRODUCTS))
+    assert state == source
+    per_worker = [list(state.values()).count(w) for w in range(workers)]
+    assert max(per_worker) - min(per_worker) <= 1
+
+
+@pytest.mark.parametrize("workers", [2, 3, 4])
+def test_items_keyed_at_the_source_need_no_routing_step(workers):
+    """The live source keys its items itself (dataflow.get_flow gives it the routing
+    keys): without a routing step each book still lives with its socket."""
+    source, state = _observe(workers, None, _Products(routing_keys(PRODUCTS)))
     assert state == source
     per_worker = [list(state.values()).count(w) for w in range(workers)]
     assert max(per_worker) - min(per_worker) <= 1

@@ -41,12 +41,14 @@ def depth_cadence(settings) -> tuple[int, float]:
 
 
 def _every_record(keyed: tuple) -> list:
-    """The book step's ``(received_ns, summary, depth)`` as ``(received_ns, record)``."""
-    due = keyed[1]
-    if due is None:
-        return []
-    received_ns, summary, depth = due
-    return [(received_ns, r) for r in (summary, depth) if r is not None]
+    """The book step's ``(received_ns, summary, depth)`` triples (a list per item) as
+    ``(received_ns, record)`` pairs."""
+    return [
+        (received_ns, r)
+        for received_ns, summary, depth in keyed[1]
+        for r in (summary, depth)
+        if r is not None
+    ]
 
 
 def attach(

@@ -50,6 +50,12 @@ def build(
     return part
 
 
+def polled(part: _CoinbasePartition) -> Items:
+    """One poll's events as ``(key, event)`` pairs: ``next_batch`` hands over one
+    ``(key, [events])`` item per poll."""
+    return [(key, event) for key, events in part.next_batch() for event in events]
+
+
 def collect(
     part: _CoinbasePartition, until: Callable[[Items], bool], timeout: float = 8.0
 ) -> Items:
@@ -57,7 +63,7 @@ def collect(
     items: Items = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        items += part.next_batch()
+        items += polled(part)
         if until(items):
             return items
         time.sleep(0.002)
@@ -150,8 +156,9 @@ def feed_books(
     deadline = time.monotonic() + timeout
     while True:
         for part in parts.values():
-            for product, event in part.next_batch():
-                assert product == part.product_id
+            for product, event in polled(part):
+                # its own product's, or those of the partitions it polls together
+                assert product in {p.product_id for p in part._polled}
                 books[product].apply(event)
         if until():
             return

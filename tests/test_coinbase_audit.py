@@ -346,7 +346,9 @@ def test_a_sim_feed_gets_audit_events_in_its_stream(partitions):
 
         def two_audits() -> bool:
             for part in parts:
-                streams[part.product_id] += [e for _, e in part.next_batch()]
+                streams[part.product_id] += [
+                    e for _, events in part.next_batch() for e in events
+                ]
             return all(
                 sum(isinstance(e, BookAudit) for e in s) >= 2 for s in streams.values()
             )
@@ -470,7 +472,9 @@ def test_audits_of_the_local_exchange_read_its_book_under_the_budget(
 
         def audited(n: int) -> bool:
             for part in parts:
-                streams[part.product_id] += [e for _, e in part.next_batch()]
+                streams[part.product_id] += [
+                    e for _, events in part.next_batch() for e in events
+                ]
             return all(
                 sum(isinstance(e, BookAudit) for e in s) >= n for s in streams.values()
             )

@@ -32,9 +32,10 @@ PRODUCTS = ["BTC-USD", "ETH-USD", "BTC-EUR", "ETH-EUR", "SOL-USD", "SOL-EUR"]
 EXIT_BOUND = 5.0
 """Members left must exit this soon after a peer is killed (measured: 0.014-0.030 s)."""
 RESTART_BOUND = 30.0
-"""After a restart of all members every book is true again within this (measured:
-1.3-3.0 s for six products of 100 levels; 1 s of it is process start, 1 s Timely's
-connect retry across hosts)."""
+"""After a restart of all members, with ``-r`` or without, every book is true again
+within this (measured: 1.3-3.0 s for six products of 100 levels; 1 s of it is process
+start, 1 s Timely's connect retry across hosts; ``bench/bench_restart.py``: 2.2-4.2 s
+for 6 to 50 products, 1.3-2.8x a single process's start of the same products)."""
 
 
 @pytest.fixture

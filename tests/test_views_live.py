@@ -148,7 +148,7 @@ def test_live_view_falls_back_to_text_lines_without_a_terminal(tmp_path):
 AWAITING_ROW = re.compile(
     r"^\W*(BTC-USD|ETH-USD|BTC-EUR|ETH-EUR)(\s+-){11}\s+awaiting snapshot\b", re.M
 )
-SILENCE = 6.0
+SILENCE = 8.0
 """Seconds the exchange sends nothing after the restart: the books await snapshots."""
 
 

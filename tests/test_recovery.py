@@ -14,8 +14,6 @@ What could go wrong, and what catches it:
 
 from __future__ import annotations
 
-import io
-import pickle
 import signal
 import sqlite3
 import subprocess
@@ -39,50 +37,11 @@ from tests.support.flow import (
     settle,
     wait_until,
 )
+from tests.support.recovery import saved_book_states, state_product
 
 pytestmark = pytest.mark.slow  # processes, sockets and threads
 
 PRODUCTS = ["BTC-USD", "ETH-USD"]
-BOOK_STEP = "orderbook.order_book"
-"""The book step's id; Bytewax saves its state under ids nested below it."""
-
-
-class _Recorder(pickle.Unpickler):
-    """Unpickles a saved state while noting every class it names."""
-
-    def __init__(self, data: bytes) -> None:
-        super().__init__(io.BytesIO(data))
-        self.classes: set[str] = set()
-
-    def find_class(self, module: str, name: str):
-        self.classes.add(f"{module}.{name}")
-        return super().find_class(module, name)
-
-
-def saved_book_states(db: Path) -> dict[str, set[str]]:
-    """Per state key of the book step, the classes its latest saved state names."""
-    states: dict[str, set[str]] = {}
-    for part in sorted(db.glob("*.sqlite3")):
-        with sqlite3.connect(part) as conn:
-            committed = conn.execute("SELECT MIN(commit_epoch) FROM commits").fetchone()
-            if committed[0] is None:
-                continue
-            rows = conn.execute(
-                "SELECT state_key, ser_change FROM snaps "
-                "WHERE (step_id = ? OR step_id LIKE ?) AND snap_epoch <= ? "
-                "ORDER BY snap_epoch",
-                (BOOK_STEP, BOOK_STEP + ".%", committed[0]),
-            ).fetchall()
-        for key, blob in rows:
-            if blob is not None:
-                recorder = _Recorder(blob)
-                recorder.load()
-                states[key] = recorder.classes
-    return states
-
-
-def _product(state_key: str) -> str:
-    return state_key.split("~", 1)[0]
 
 
 def test_killed_and_resumed_run_rebuilds_books_from_fresh_snapshots(tmp_path):
@@ -112,7 +71,7 @@ def test_killed_and_resumed_run_rebuilds_books_from_fresh_snapshots(tmp_path):
         )
         # State to resume from: a committed snapshot of every product's book.
         first.wait_for(
-            lambda: {_product(k) for k in saved_book_states(db)} == set(PRODUCTS),
+            lambda: {state_product(k) for k in saved_book_states(db)} == set(PRODUCTS),
             30,
             "a committed recovery snapshot of every book",
         )

@@ -606,3 +606,88 @@ def test_at_the_cap_with_every_connection_a_live_page_a_new_one_gets_503():
         assert _hello(server.port)["type"] == "hello"
     finally:
         server.stop()
+
+
+# -- a restart of the process (issue 22, item 5) ----------------------------------------
+
+
+def _member_server(port: int) -> tuple[DashboardServer, _DashboardPartition]:
+    """A cluster member's dashboard (one of three processes' workers: a product shows
+    up with its first record), on ``port``."""
+    server = DashboardServer("127.0.0.1", port, MarketBoard(PRODUCTS), History())
+    server.start()
+    server.local_workers, server.worker_count = 1, 3
+    return server, _DashboardPartition(server)
+
+
+def test_a_page_open_across_a_restart_shows_every_book_awaiting_its_snapshot(tmp_path):
+    """The process behind an open page restarts (a cluster restarted by its
+    orchestrator): the page reconnects to the new run. Before, every card went on
+    showing the run before's prices as "connected" (a cluster member sends nothing of
+    a product before its first record), so a book still awaiting its snapshot looked
+    live. Now each card says "awaiting snapshot (restarted)" with no prices, until its
+    product's first record of the new run."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not shutil.which(CHROMIUM):
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    port = free_port()
+    first, sink = _member_server(port)
+    servers = [first]
+    try:
+        sink.write_batch([(0, _summary(p, 1)) for p in PRODUCTS[:2]])
+        with sync_api.sync_playwright() as playwright:
+            browser = _browser(playwright, tmp_path)
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(first.url)
+            states = "els => els.map(e => e.querySelector('.state').textContent)"
+            bids = "els => els.map(e => e.querySelector('.stats b.bid').textContent)"
+
+            def cards(script):
+                return page.eval_on_selector_all("section.product", script)
+
+            wait_until(
+                lambda: (
+                    len(cards(states)) == 2
+                    and all(s.startswith("connected") for s in cards(states))
+                ),
+                30,
+                "two live cards",
+            )
+            assert cards(bids) == ["1,000.01", "1,000.01"]
+
+            servers.remove(first)
+            first.stop()
+            page.wait_for_function(
+                "document.getElementById('connection').textContent.startsWith('disconnected')",
+                timeout=30_000,
+            )
+            second, sink = _member_server(port)  # the restarted process
+            servers.append(second)
+            page.wait_for_function(
+                "document.getElementById('connection').textContent === 'live'",
+                timeout=30_000,
+            )
+            wait_until(
+                lambda: cards(states) == ["awaiting snapshot (restarted)"] * 2,
+                10,
+                "every card awaiting its snapshot",
+            )
+            assert cards(bids) == ["-", "-"]
+            assert page.locator("section.product .nodepth").count() == 2
+
+            # the first record of the new run: that card is live again, alone
+            sink.write_batch([(0, _summary(PRODUCTS[1], 7))])
+            wait_until(
+                lambda: cards(states)[1].startswith("connected"),
+                10,
+                "the card of the product with a record",
+            )
+            assert cards(bids) == ["-", "1,000.07"]
+            assert cards(states)[0] == "awaiting snapshot (restarted)"
+            browser.close()
+        assert errors == []
+    finally:
+        for server in servers:
+            server.stop()

@@ -9,11 +9,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from local_exchange.server import LocalExchange
 from tests.support.flow import REPO, FlowProcess, flow_env, wait_until
+from tests.support.recovery import saved_book_states, state_product
 
 PRODUCTS = ["BTC-USD", "ETH-USD", "BTC-EUR", "ETH-EUR"]
 ROW = re.compile(
@@ -26,12 +29,14 @@ pytestmark = pytest.mark.slow
 class Tmux:
     """A private tmux server (its own socket) running one command in a 200x50 pane."""
 
-    def __init__(self, tmp_path: Path, command: str) -> None:
+    def __init__(self, tmp_path: Path, command: str, **settings: str) -> None:
         if shutil.which("tmux") is None:
             pytest.skip("tmux is not installed (apt-get install -y tmux)")
         self.socket = str(tmp_path / "tmux.sock")
         script = tmp_path / "run.sh"
-        env = flow_env(ORDERBOOK_FEED="sim", ORDERBOOK_OUTPUT="live")
+        env = flow_env(
+            **{"ORDERBOOK_FEED": "sim", "ORDERBOOK_OUTPUT": "live", **settings}
+        )
         exports = "".join(
             f"export {k}={shlex.quote(v)}\n"
             for k, v in env.items()
@@ -138,3 +143,86 @@ def test_live_view_falls_back_to_text_lines_without_a_terminal(tmp_path):
     assert "\x1b[" not in text  # no escape sequences in a pipe
     assert re.search(r"BTC-USD  bid [\d.]+ x [\d.]+  ask [\d.]+ x [\d.]+  spread", text)
     assert "connected" in text and "[sim]" in text
+
+
+AWAITING_ROW = re.compile(
+    r"^\W*(BTC-USD|ETH-USD|BTC-EUR|ETH-EUR)(\s+-){11}\s+awaiting snapshot\b", re.M
+)
+SILENCE = 8.0
+"""Seconds the exchange sends nothing after the restart: the books await snapshots."""
+
+
+def test_live_view_shows_a_restart_with_every_book_awaiting_its_snapshot(tmp_path):
+    """A run with ``-r`` recovery stops and starts again while the exchange withholds
+    every snapshot: the restarted view lists every product as "awaiting snapshot",
+    with no prices (nothing of the run before is shown as live), and its log lines say
+    the run resumed; once the snapshots come every product has prices again. The view
+    needed no change for this (a restarted process starts with an empty board); this
+    test holds it."""
+    db = tmp_path / "recovery"
+    db.mkdir()
+    subprocess.run(
+        [sys.executable, "-m", "bytewax.recovery", str(db), "1"], check=True, cwd=REPO
+    )
+    go = tmp_path / "go"
+    run = (
+        f"{shlex.quote(sys.executable)} -m bytewax.run dataflow:flow "
+        f"-r {shlex.quote(str(db))} -s 1 -b 0"
+    )
+    # the second run starts only once the test has silenced the exchange
+    command = (
+        f"{run}; echo FIRST $?; "
+        f"while [ ! -e {shlex.quote(str(go))} ]; do sleep 0.1; done; {run}"
+    )
+    with LocalExchange(PRODUCTS, depth=50, rate=20, seed=5) as exchange:
+        tmux = Tmux(
+            tmp_path,
+            command,
+            ORDERBOOK_FEED="exchange",
+            ORDERBOOK_WS_URL=exchange.url(),
+            ORDERBOOK_PRODUCTS=",".join(PRODUCTS),
+        )
+        try:
+            tmux.wait(
+                lambda: set(_rows(tmux.screen())) == set(PRODUCTS),
+                60,
+                "every product's prices",
+            )
+            tmux.wait(
+                lambda: (
+                    {state_product(k) for k in saved_book_states(db)} >= set(PRODUCTS)
+                ),
+                30,
+                "a committed recovery snapshot of every book",
+            )
+            tmux.tmux("send-keys", "C-c")
+            tmux.wait(lambda: "FIRST 0" in tmux.screen(), 30, "the first run's end")
+            exchange.go_silent(SILENCE)
+            silent_until = time.monotonic() + SILENCE
+            go.touch()
+
+            def every_book_awaiting() -> bool:
+                screen = tmux.screen()
+                assert "EXITED" not in screen, screen
+                awaiting = {m.group(1) for m in AWAITING_ROW.finditer(screen)}
+                return awaiting == set(PRODUCTS) and screen
+
+            screen = tmux.wait(every_book_awaiting, SILENCE, "every book awaiting")
+            assert time.monotonic() < silent_until, "the view started too slowly"
+            assert _rows(screen) == {}  # no prices of the run before
+            tmux.wait(
+                lambda: (
+                    "resuming from recovery state" in tmux.screen()
+                    or "book reset (resume)" in tmux.screen()
+                ),
+                SILENCE,
+                "the log lines of the resume",
+            )
+            tmux.wait(
+                lambda: set(_rows(tmux.screen())) == set(PRODUCTS),
+                60,
+                "every product's prices again",
+            )
+            assert "connected" in tmux.screen()
+        finally:
+            tmux.close()

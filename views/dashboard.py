@@ -42,6 +42,7 @@ import ipaddress
 import json
 import logging
 import mimetypes
+import secrets
 import socket
 import threading
 import time
@@ -261,6 +262,9 @@ class DashboardServer:
         self._allowed_hosts: frozenset[str] = frozenset()
         self._allowed_origins: frozenset[str] = frozenset()
         self.clients = 0
+        self.run = secrets.token_hex(8)
+        """This server's run, in every hello: a page that reconnects and finds another
+        run knows the process restarted, and that its cards hold the run before's."""
         self.local_workers = 0
         self.worker_count = 1
         """Sink partitions of this process, of all workers: equal when every product
@@ -439,6 +443,7 @@ class DashboardServer:
                 json.dumps(
                     {
                         "type": "hello",
+                        "run": self.run,
                         "products": self.board.products(),
                         "threshold_pct": self.board.threshold_pct,
                         "history_seconds": HISTORY_SECONDS,

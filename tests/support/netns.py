@@ -224,10 +224,21 @@ def start_cluster(
     folder: Path,
     port: int = 2101,
     args: tuple[str, ...] = (),
+    recovery: list[Path] | None = None,
 ) -> list[Member]:
-    """Every host of ``lab`` runs one member; the address list names them in order."""
+    """Every host of ``lab`` runs one member; the address list names them in order.
+    ``recovery``: one Bytewax recovery directory per member (``-r``), its own
+    partitions (see ``tests.support.recovery.split_store``)."""
     folder.mkdir(parents=True, exist_ok=True)
     addresses = ";".join(f"{lab.address(i)}:{port}" for i in range(len(lab.namespaces)))
     return [
-        Member(lab, i, addresses, env, folder, args) for i in range(len(lab.namespaces))
+        Member(
+            lab,
+            i,
+            addresses,
+            env,
+            folder,
+            (*args, "-r", str(recovery[i])) if recovery else args,
+        )
+        for i in range(len(lab.namespaces))
     ]

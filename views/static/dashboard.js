@@ -9,6 +9,7 @@
   let historySeconds = 600;
   let threshold = 0.1;
   let retry = 500;
+  let run = null;  // the server's run: another one after a reconnect is a restart
 
   const $ = (tag, cls, text) => {
     const el = document.createElement(tag);
@@ -91,6 +92,7 @@
   function drawDepth(c, product, row) {
     if (!row.bids.length && !row.asks.length) {
       if (!c.depthBox.querySelector(".nodepth")) c.depthBox.replaceChildren($("div", "nodepth", "no depth records yet"));
+      c.depth = null; stats[product].depthSignature = "";  // its chart left the page
       return;
     }
     const data = depthData(row.bids, row.asks);
@@ -134,7 +136,8 @@
 
   function drawStats(c, row) {
     const state = c.title.querySelector(".state");
-    state.textContent = row.state + (row.age === null ? "" : " · " + row.age.toFixed(1) + "s ago");
+    if (row.state !== "awaiting snapshot") c.restarted = false;
+    state.textContent = row.state + (c.restarted ? " (restarted)" : "") + (row.age === null ? "" : " · " + row.age.toFixed(1) + "s ago");
     state.className = "state " + row.state.split(" ")[0];
     c.title.querySelector(".feed").textContent = row.feed ? "[" + row.feed + "]" : "";
     c.el.classList.toggle("wide", !!row.wide);
@@ -151,6 +154,22 @@
     ];
     c.statsBox.innerHTML = cells.map(([k, v]) => `<span>${k}: ${v}</span>`).join("");
     c.imbar.firstChild.style.width = ((row.imbalance ?? 0.5) * 100).toFixed(1) + "%";
+  }
+
+  // The process restarted (a new run after a reconnect): every book is rebuilt from a
+  // fresh snapshot, so what the cards show is of the run before. Each card awaits its
+  // product's first record of the new run (a cluster member sends none before); the
+  // series keep their points, so the outage shows as a gap in them.
+  function restarted() {
+    const blank = { state: "awaiting snapshot", age: null, feed: "", wide: false, rate: 0, lag: null,
+      bid_price: null, bid_size: null, ask_price: null, ask_size: null, spread_bps: null, spread_pct: null,
+      mid: null, microprice: null, imbalance: null, bid_liquidity_10bps: null, bids: [], asks: [] };
+    for (const [product, c] of cards) {
+      c.restarted = true;
+      drawStats(c, blank);
+      drawDepth(c, product, blank);
+      stats[product].restarts = (stats[product].restarts || 0) + 1;
+    }
   }
 
   function onUpdate(msg) {
@@ -173,6 +192,8 @@
       const msg = JSON.parse(event.data);
       if (msg.type === "hello") {
         historySeconds = msg.history_seconds; threshold = msg.threshold_pct;
+        if (run !== null && msg.run !== run) restarted();
+        run = msg.run;
       } else if (msg.type === "update") {
         onUpdate(msg);
       }

@@ -250,3 +250,73 @@ def test_audit_records_reach_the_flows_sink(depth_levels):
     run_main(flow)
     audits = [r for _, r in out if type(r) is AuditRecord]
     assert [a.result for a in audits] == ["drift"]
+
+
+def drifted() -> AuditRecord:
+    return last_audit(
+        [snapshot(), started(), audit(bids=BIDS[1:], asks=[(D(101), D(5)), *ASKS[1:]])]
+    )
+
+
+def test_the_metrics_count_audits_by_result_and_drifted_levels():
+    from service import metrics
+
+    product = "AUD-USD"
+    records = [
+        AuditRecord(product, T, "match", 5, compared=10),
+        AuditRecord(product, T, "failed", 5, reason="timeout"),
+        AuditRecord(
+            product,
+            T,
+            "drift",
+            5,
+            compared=10,
+            mismatches=(("bid", D(1), D(2), D(3)), ("ask", D(4), D(0), D(1))),
+        ),
+    ]
+    metrics.sink_observer()([(0, r) for r in records])
+    assert metrics.AUDITS.labels(product, "match")._value.get() == 1
+    assert metrics.AUDITS.labels(product, "failed")._value.get() == 1
+    assert metrics.AUDITS.labels(product, "drift")._value.get() == 1
+    assert metrics.AUDIT_DRIFT_LEVELS.labels(product)._value.get() == 2
+    assert metrics.SUMMARIES.labels(product, "")._value.get() == 0  # not a summary
+
+
+def test_text_and_jsonl_show_an_audit_record():
+    from service.outputs.streams import format_jsonl, format_text
+
+    record = drifted()
+    assert json.loads(format_jsonl(record))["mismatches"] == [
+        {"side": "bid", "price": "100", "ours": "1", "rest": "0"},
+        {"side": "ask", "price": "101", "ours": "1", "rest": "5"},
+    ]
+    line = format_text(record)
+    assert line.startswith("BTC-USD  audit drift: 11 levels compared, 2 differ")
+    assert "bid 100: ours 1, REST 0" in line and line.endswith("[sim]")
+
+
+@pytest.mark.slow  # the Parquet partition runs a flushing thread
+def test_parquet_stores_audit_records_under_their_own_type(tmp_path):
+    from service.outputs.parquet import ParquetSink
+    from service.outputs.tardis import TardisSink
+    from service.runtime import Shutdown
+    from tests.support.outputs import parquet_records
+
+    records = [
+        drifted(),
+        last_audit([snapshot(), started(), audit(failure="HTTP 500")]),
+    ]
+    part = ParquetSink(tmp_path / "pq", Shutdown()).build("out", 0, 1)
+    part.write_batch(records)
+    part.close()
+    assert list(
+        (tmp_path / "pq").glob("type=audit/product_id=BTC-USD/date=*/*.parquet")
+    )
+    stored = sorted(parquet_records(tmp_path / "pq"), key=lambda r: r["result"])
+    expected = sorted((r.to_dict() for r in records), key=lambda r: r["result"])
+    assert stored == expected
+    (tmp_path / "tardis").mkdir()
+    tardis = TardisSink(tmp_path / "tardis", 5, 1.0, Shutdown()).build("out", 0, 1)
+    tardis.write_batch(records)  # depth records only: audits are not its business
+    tardis.close()
+    assert not list((tmp_path / "tardis").rglob("*"))

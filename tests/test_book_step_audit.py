@@ -320,3 +320,34 @@ def test_parquet_stores_audit_records_under_their_own_type(tmp_path):
     tardis.write_batch(records)  # depth records only: audits are not its business
     tardis.close()
     assert not list((tmp_path / "tardis").rglob("*"))
+
+
+def test_the_views_show_each_products_last_audit_result_and_age():
+    import io
+
+    from rich.console import Console
+
+    from views.live import LiveView, text_line
+    from views.state import MarketBoard
+
+    board = MarketBoard([P, "ETH-USD"])
+    book = snapshot()
+    _, out = run([book, started(), audit(asks=ASKS[1:])])
+    summary, record = out[0], out[-1]
+    board.update([summary])
+    before = board.row(P)
+    assert before["audit"] is None and before["audit_age"] is None
+    assert board.update([record, {"type": "audit", "product_id": P, "result": "<b>"}])
+    row = board.row(P)
+    assert row["audit"] is None  # an unknown result is never shown
+    board.update([record])
+    row = board.row(P)
+    assert row["audit"] == "drift" and 0 <= row["audit_age"] < 60
+    assert row["updates"] == before["updates"]  # an audit is no market update
+    assert row["state"] == before["state"]
+    assert "audit drift 0.0s" in text_line(row)
+    assert "audit" not in text_line(board.row("ETH-USD"))
+    console = Console(file=io.StringIO(), width=250, force_terminal=False)
+    console.print(LiveView(board, stream=io.StringIO())._table(board.rows()))
+    table = console.file.getvalue()
+    assert "audit" in table and "drift 0.0s" in table

@@ -351,3 +351,15 @@ def test_the_views_show_each_products_last_audit_result_and_age():
     console.print(LiveView(board, stream=io.StringIO())._table(board.rows()))
     table = console.file.getvalue()
     assert "audit" in table and "drift 0.0s" in table
+
+
+def test_a_rest_book_that_never_comes_stops_the_noting(monkeypatch):
+    import book_step
+
+    monkeypatch.setattr(book_step, "MAX_NOTED", 3)
+    monkeypatch.setattr(book_step, "STATUS_INTERVAL", 0.0)  # checked with the status
+    many = [changes((BID, D(90 + i), D(1))) for i in range(7)]
+    state, out = run([snapshot(), started(), *many])
+    assert len(state.audit.touched) <= 4
+    record = last_audit([snapshot(), started(), *many, audit()])
+    assert record.result == "skipped" and "more than 3 prices" in record.reason

@@ -48,6 +48,7 @@ from datetime import UTC, datetime, timedelta
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from coinbase.audit import RATE_MAX, AuditScheduler, AuditTarget, shared_scheduler
 from coinbase.auth import Credentials
 from coinbase.connection import (
     GIVE_UP_AFTER,
@@ -63,10 +64,12 @@ from coinbase.multiplex import (
     ConnectionStep,
 )
 from coinbase.pacing import Backoff
+from coinbase.rest import ADVANCED_TRADE_MAX_LIMIT, default_rest_url
 from coinbase.runner import LOOP
 from coinbase.session import Action, Session, SessionStats
 from common import validation
 from common.logs import RateLimitedLog
+from common.text import redact_url
 from events import BookEvent
 from resync import ResyncRequests
 
@@ -179,6 +182,8 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
         self._next_behind_check = 0.0
         self._next_stats = 0.0
         group.join(self)
+        if source.audits is not None:
+            source.audits.register(self, source.audit_target)
 
     @property
     def stats(self) -> SessionStats:
@@ -193,6 +198,16 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
     def running(self) -> bool:
         """Whether this product is still read (its connection task alive, not stopped)."""
         return self._group.running and not self.session.done and not self._closed
+
+    @property
+    def auditable(self) -> bool:
+        """Running with a live book (a snapshot since the last reset): worth a REST
+        audit (:mod:`coinbase.audit`)."""
+        return self.session.settled and self.running
+
+    @property
+    def feed(self) -> str:
+        return self.session.feed
 
     # -- Bytewax side (worker thread) -----------------------------------------------------
 
@@ -250,8 +265,12 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
         if self._closed:
             return
         self._closed = True
-        if self._group.leave() and threading.current_thread().name != LOOP.name:
+        on_loop = threading.current_thread().name == LOOP.name
+        if self._group.leave() and not on_loop:
             self._group.finished.wait(_close_budget())
+        audits = self._source.audits
+        if audits is not None and audits.unregister(self) and not on_loop:
+            audits.finished.wait(_close_budget())  # its HTTP client closed
         self.session.close()
 
     # -- connection side (the shared loop thread) -----------------------------------------
@@ -259,6 +278,11 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
     def put(self, events: list[BookEvent]) -> None:
         product_id = self.product_id
         self._queue.extend([(product_id, event) for event in events])
+
+    def put_audit(self, event: BookEvent) -> None:
+        """An audit event, in stream order (loop thread); dropped once closed."""
+        if not self._closed:
+            self._queue.append((self.product_id, event))
 
     def check_backlog(self) -> int:
         """Events dropped because the dataflow fell too far behind (0: none)."""
@@ -481,6 +505,13 @@ class CoinbaseSource(FixedPartitionedSource[tuple[str, BookEvent], str]):
     (:data:`coinbase.connection.GIVE_UP_AFTER`). ``resync_requests`` is the flow's
     resync channel (:mod:`resync`; a new one by default): the book step asks it for a
     product's fresh snapshot, that product's partition takes the request.
+
+    REST audits (:mod:`coinbase.audit`, issue 19): with ``audit_interval`` > 0 each
+    product's book is asked of ``rest_url`` (default: :func:`coinbase.rest.
+    default_rest_url` of ``url``) about every ``audit_interval`` seconds, its best
+    ``audit_levels`` a side compared by the book step; the process's scheduler
+    (``audit_scheduler``, :func:`coinbase.audit.shared_scheduler` by default) keeps every
+    source of the process under ``audit_rate`` requests a second.
     """
 
     def __init__(
@@ -499,6 +530,11 @@ class CoinbaseSource(FixedPartitionedSource[tuple[str, BookEvent], str]):
         max_message_bytes: int = MAX_FRAME_BYTES,
         give_up_after: int = GIVE_UP_AFTER,
         resync_requests: ResyncRequests | None = None,
+        audit_interval: float = 0.0,
+        audit_levels: int = 50,
+        rest_url: str | None = None,
+        audit_rate: float = 3.0,
+        audit_scheduler: AuditScheduler | None = None,
     ) -> None:
         if isinstance(products, str):
             raise validation.refuse(
@@ -548,11 +584,43 @@ class CoinbaseSource(FixedPartitionedSource[tuple[str, BookEvent], str]):
             "give_up_after", give_up_after, 1, 1_000_000
         )
         self.resync_requests = resync_requests or ResyncRequests()
+        self.audit_target, self.audits = self._audits(
+            audit_interval, audit_levels, rest_url, audit_rate, audit_scheduler
+        )
         self._on_all_failed = on_all_failed
         self.on_stats = on_stats
         self._parts: list[_CoinbasePartition] = []
         self._groups: list[_Group] = []
         self._all_failed_said = False
+
+    def _audits(
+        self,
+        interval: float,
+        levels: int,
+        rest_url: str | None,
+        rate: float,
+        scheduler: AuditScheduler | None,
+    ) -> tuple[AuditTarget | None, AuditScheduler | None]:
+        interval = validation.number(
+            "audit_interval", interval, low=0.0, low_open=False, high=86_400.0
+        )
+        levels = validation.integer("audit_levels", levels, 1, ADVANCED_TRADE_MAX_LIMIT)
+        rate = validation.number("audit_rate", rate, high=RATE_MAX)
+        rest_url = validation.http_url("rest_url", rest_url)
+        if not interval:
+            return None, None
+        base = rest_url or default_rest_url(self.feed, self.url, self.protocol)
+        target = AuditTarget(base, self.protocol, levels, interval)
+        log.info(
+            "REST audits of %d products from %s: each about every %g s, best %d "
+            "levels a side, at most %g requests a second per process",
+            len(self.products),
+            redact_url(base),
+            interval,
+            levels,
+            rate,
+        )
+        return target, scheduler or shared_scheduler(rate)
 
     def list_parts(self) -> list[str]:
         return list(self.products)

@@ -17,7 +17,10 @@ Read in this order:
   watchdog; yields raw frames to a handler (a session, or the recorder);
 * ``runner.py``: the one event-loop thread all connections of a process share;
 * ``pacing.py``: backoff and the process-wide pacers (injectable clock);
-* ``auth.py``: Exchange API credentials and the level2 signature.
+* ``auth.py``: Exchange API credentials and the level2 signature;
+* ``rest.py``: the REST books of both protocols (URL, reply to top levels; pure) and
+  ``audit.py``: the process's REST audit scheduler (budget, backoff, round-robin) that
+  puts the audit events into the products' streams (issue 19).
 
 The Bytewax source that glues a session to a connection is ``coinbase_source.py`` at
 the root.

@@ -29,6 +29,7 @@ from common.text import redact_url
 T = TypeVar("T")
 
 _WS_URL = re.compile(r"^wss?://[^/\s]+")
+_HTTP_URL = re.compile(r"^https?://[^/\s]+")
 _ORIGIN = re.compile(
     r"(https?)://([a-z0-9]([a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\])(:(\d{1,5}))?/?"
 )
@@ -84,20 +85,29 @@ def ws_url(name: str, value: str | None) -> str | None:
     """A ``ws://`` or ``wss://`` URL, or None for the default (empty text counts as None).
     A refused URL is shown redacted (:func:`common.text.redact_url`): it may carry
     credentials."""
+    return _url(name, value, _WS_URL, "a ws:// or wss:// URL")
+
+
+def http_url(name: str, value: str | None) -> str | None:
+    """An ``http://`` or ``https://`` URL, or None (see :func:`ws_url`)."""
+    return _url(name, value, _HTTP_URL, "an http:// or https:// URL")
+
+
+def _url(name: str, value: str | None, shape: re.Pattern, expected: str) -> str | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    if not isinstance(value, str) or not _WS_URL.match(value.strip()):
+    if not isinstance(value, str) or not shape.match(value.strip()):
         shown = redact_url(value) if isinstance(value, str) else value
-        raise refuse(name, shown, "a ws:// or wss:// URL")
+        raise refuse(name, shown, expected)
     try:
         parts = urlsplit(value.strip())
         parts.port  # noqa: B018 - raises ValueError when not a port number in 0..65535
     except ValueError as exc:
-        raise refuse(
-            name, redact_url(value), "a ws:// or wss:// URL", str(exc)
-        ) from None
-    if not parts.hostname:
-        raise refuse(name, redact_url(value), "a ws:// or wss:// URL", "no host")
+        raise refuse(name, redact_url(value), expected, str(exc)) from None
+    if not parts.hostname or not parts.hostname.strip():
+        raise refuse(name, redact_url(value), expected, "no host")
+    if any(c.isspace() for c in value.strip()):
+        raise refuse(name, redact_url(value), expected, "a space in it")
     return value.strip()
 
 

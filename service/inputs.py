@@ -51,6 +51,7 @@ def build_source(
             on_stats=_stats_observer(settings),
             max_message_bytes=settings.max_message_bytes,
             on_all_failed=shutdown.failed,
+            **_audit_options(settings),
         )
         return source, products
     credentials = None
@@ -68,8 +69,20 @@ def build_source(
         on_stats=_stats_observer(settings),
         max_message_bytes=settings.max_message_bytes,
         on_all_failed=shutdown.failed,
+        **_audit_options(settings),
     )
     return source, products
+
+
+def _audit_options(settings: Settings) -> dict:
+    """The REST audit's options of the source; its REST base defaults to the feed's
+    (the embedded local exchange's for sim: :func:`coinbase.rest.default_rest_url`)."""
+    return {
+        "audit_interval": settings.audit_interval,
+        "audit_levels": settings.audit_levels,
+        "rest_url": settings.rest_url,
+        "audit_rate": settings.audit_rate,
+    }
 
 
 def _stats_observer(settings: Settings):

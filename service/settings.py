@@ -93,6 +93,35 @@ SETTINGS_HELP.update(
         "ORDERBOOK_DEPTH_INTERVAL": "seconds of feed time between depth records of a product (>= 0; 0: every book change)",
     }
 )
+# -- REST audits (coinbase/audit.py, issue 19) -------------------------------------------
+AUDIT_INTERVAL_DEFAULT = 60.0
+AUDIT_INTERVAL_MAX = 86_400.0
+AUDIT_LEVELS_DEFAULT, AUDIT_LEVELS_MAX = 50, 1000
+AUDIT_RATE_DEFAULT, AUDIT_RATE_MAX = 3.0, 10.0
+"""coinbase.audit.RATE_MAX (not imported: a replay does not load the live feed's
+modules); a test checks that they agree. Coinbase allows 10 public requests a second
+per IP."""
+SETTINGS_HELP.update(
+    {
+        "ORDERBOOK_AUDIT_INTERVAL": (
+            "seconds between two REST audits of one product (0: off; at most "
+            f"{AUDIT_INTERVAL_MAX:g}; default {AUDIT_INTERVAL_DEFAULT:g})"
+        ),
+        "ORDERBOOK_AUDIT_LEVELS": (
+            f"levels per side a REST audit compares, 1 to {AUDIT_LEVELS_MAX} "
+            f"(default {AUDIT_LEVELS_DEFAULT})"
+        ),
+        "ORDERBOOK_REST_URL": (
+            "an http:// or https:// URL overriding the REST base of the audits "
+            "(default: Coinbase's for the feed, the local exchange's for sim)"
+        ),
+        "ORDERBOOK_AUDIT_RATE": (
+            f"REST requests per second per process, above 0 and at most "
+            f"{AUDIT_RATE_MAX:g} (default {AUDIT_RATE_DEFAULT:g})"
+        ),
+    }
+)
+REPLAY_NO_AUDITS = "replay: no REST books, audits skipped"
 
 
 @dataclass(frozen=True)
@@ -132,6 +161,14 @@ class Settings:
     depth_interval: float = 1.0
     # the live connection
     max_message_bytes: int = MESSAGE_BYTES_DEFAULT
+    # REST audits
+    audit_interval: float = 0.0
+    """Seconds between two audits of one product; 0: off (a replay, or asked). Read
+    from the environment, 60 by default on a live feed."""
+    audit_levels: int = AUDIT_LEVELS_DEFAULT
+    rest_url: str | None = field(default=None, repr=False)
+    """None: the feed's (Coinbase's, or the local exchange's); may carry credentials."""
+    audit_rate: float = AUDIT_RATE_DEFAULT
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -197,6 +234,7 @@ class Settings:
             outputs=specs,
             live_view=LIVE_VIEW in outputs.views,
             **depth,
+            **parse_audit(env),
             max_message_bytes=validation.integer(
                 "ORDERBOOK_MAX_MESSAGE_BYTES",
                 env.get("ORDERBOOK_MAX_MESSAGE_BYTES", str(MESSAGE_BYTES_DEFAULT)),
@@ -204,6 +242,45 @@ class Settings:
                 MESSAGE_BYTES_MAX,
             ),
         )
+
+
+def parse_audit(env: Mapping[str, str]) -> dict:
+    """The REST audit's settings, checked even by a replay (which then does without)."""
+    interval = validation.number(
+        "ORDERBOOK_AUDIT_INTERVAL",
+        env.get("ORDERBOOK_AUDIT_INTERVAL", f"{AUDIT_INTERVAL_DEFAULT:g}"),
+        low=0.0,
+        low_open=False,
+        high=AUDIT_INTERVAL_MAX,
+    )
+    return {
+        "audit_interval": 0.0 if _replaying(env) else interval,
+        "audit_levels": validation.integer(
+            "ORDERBOOK_AUDIT_LEVELS",
+            env.get("ORDERBOOK_AUDIT_LEVELS", str(AUDIT_LEVELS_DEFAULT)),
+            1,
+            AUDIT_LEVELS_MAX,
+        ),
+        "rest_url": validation.http_url(
+            "ORDERBOOK_REST_URL", env.get("ORDERBOOK_REST_URL")
+        ),
+        "audit_rate": validation.number(
+            "ORDERBOOK_AUDIT_RATE",
+            env.get("ORDERBOOK_AUDIT_RATE", f"{AUDIT_RATE_DEFAULT:g}"),
+            high=AUDIT_RATE_MAX,
+        ),
+    }
+
+
+def _audits_off(raw: str | None) -> bool:
+    try:
+        return raw is not None and float(raw) == 0
+    except ValueError:
+        return False
+
+
+def _replaying(env: Mapping[str, str]) -> bool:
+    return bool((env.get("ORDERBOOK_REPLAY") or "").strip())
 
 
 def _did_you_mean(name: str) -> str | None:
@@ -223,7 +300,10 @@ def settings_warnings(env: Mapping[str, str]) -> tuple[str, ...]:
             "ORDERBOOK_REPLAY_REPORT is ignored: a live feed has no replay report "
             "(set ORDERBOOK_REPLAY)"
         )
-    if (env.get("ORDERBOOK_REPLAY") or "").strip():
+    if _replaying(env):
+        # audits asked for, by default or explicitly: one line, whatever else is set
+        if not _audits_off(env.get("ORDERBOOK_AUDIT_INTERVAL")):
+            found.append(REPLAY_NO_AUDITS)
         ignored = [k for k in IGNORED_BY_REPLAY if k in env]
         if ignored:
             found.append(

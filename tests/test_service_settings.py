@@ -87,13 +87,29 @@ def test_live_feed_settings_given_with_a_replay_are_warned_about(tmp_path):
             "ORDERBOOK_REPLAY": str(rec),
             "ORDERBOOK_FEED": "advanced-trade",
             "ORDERBOOK_WS_URL": "ws://127.0.0.1:9/",
+            "ORDERBOOK_AUDIT_INTERVAL": "0",
         }
     )
     [warning] = s.warnings
     assert "ORDERBOOK_FEED" in warning and "ORDERBOOK_WS_URL" in warning
     assert "ORDERBOOK_REPLAY" in warning
     assert Settings.from_env({"ORDERBOOK_FEED": "sim"}).warnings == ()
-    assert Settings.from_env({"ORDERBOOK_REPLAY": str(rec)}).warnings == ()
+    replay = {"ORDERBOOK_REPLAY": str(rec), "ORDERBOOK_AUDIT_INTERVAL": "0"}
+    assert Settings.from_env(replay).warnings == ()
+
+
+def test_a_replay_says_once_that_it_skips_the_audits(tmp_path):
+    rec = tmp_path / "r.jsonl.gz"
+    rec.write_bytes(b"")
+    # asked for by default or explicitly: one line, whatever else is set; off: none
+    for audit in ({}, {"ORDERBOOK_AUDIT_INTERVAL": "5", "ORDERBOOK_AUDIT_RATE": "2"}):
+        s = Settings.from_env({"ORDERBOOK_REPLAY": str(rec), **audit})
+        assert s.warnings == ("replay: no REST books, audits skipped",)
+        assert s.audit_interval == 0
+    s = Settings.from_env(
+        {"ORDERBOOK_REPLAY": str(rec), "ORDERBOOK_AUDIT_INTERVAL": "0.0"}
+    )
+    assert s.warnings == () and s.audit_interval == 0
 
 
 @pytest.mark.parametrize(
@@ -273,6 +289,7 @@ def test_replay_takes_paths_and_globs_and_its_report_needs_a_replay(tmp_path):
         {
             "ORDERBOOK_REPLAY": f" {tmp_path / 'c.gz'} , {tmp_path / '*.csv.gz'},",
             "ORDERBOOK_REPLAY_REPORT": str(tmp_path / "report.json"),
+            "ORDERBOOK_AUDIT_INTERVAL": "0",
         }
     )
     assert s.replay == (tmp_path / "c.gz", tmp_path / "a.csv.gz", tmp_path / "b.csv.gz")
@@ -311,3 +328,44 @@ def test_live_turns_on_a_view_beside_the_outputs(tmp_path):
     s = Settings.from_env({"ORDERBOOK_OUTPUT": f"LIVE,jsonl:{tmp_path}/a"})
     assert s.live_view and s.outputs == (OutputSpec("jsonl", f"{tmp_path}/a"),)
     assert not Settings.from_env({"ORDERBOOK_OUTPUT": "text"}).live_view
+
+
+def test_audit_settings_defaults_and_bounds():
+    s = Settings.from_env({})
+    assert (s.audit_interval, s.audit_levels, s.audit_rate, s.rest_url) == (
+        60.0,
+        50,
+        3.0,
+        None,
+    )
+    s = Settings.from_env(
+        {
+            "ORDERBOOK_AUDIT_INTERVAL": "0",
+            "ORDERBOOK_AUDIT_LEVELS": "1000",
+            "ORDERBOOK_AUDIT_RATE": "10",
+            "ORDERBOOK_REST_URL": "http://127.0.0.1:8123",
+        }
+    )
+    assert (s.audit_interval, s.audit_levels, s.audit_rate) == (0.0, 1000, 10.0)
+    assert s.rest_url == "http://127.0.0.1:8123" and "8123" not in repr(s)
+    bad = {
+        "ORDERBOOK_AUDIT_INTERVAL": ("-1", "x", "nan", "100000"),
+        "ORDERBOOK_AUDIT_LEVELS": ("0", "1001", "5.5"),
+        "ORDERBOOK_AUDIT_RATE": ("0", "11", "-3", "inf"),
+        "ORDERBOOK_REST_URL": ("ws://h", "api.coinbase.com", "https://u:secret@/x"),
+    }
+    for name, values in bad.items():
+        for value in values:
+            with pytest.raises(ConfigError) as info:
+                Settings.from_env({name: value})
+            message = str(info.value)
+            assert message.startswith(f"{name}=") and "\n" not in message
+            assert "secret" not in message
+
+
+def test_the_audit_rate_bound_is_the_schedulers():
+    from coinbase.audit import RATE_MAX
+    from coinbase.rest import ADVANCED_TRADE_MAX_LIMIT
+    from service.settings import AUDIT_LEVELS_MAX, AUDIT_RATE_MAX
+
+    assert AUDIT_RATE_MAX == RATE_MAX and AUDIT_LEVELS_MAX == ADVANCED_TRADE_MAX_LIMIT

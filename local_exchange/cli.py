@@ -42,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Local Coinbase level-2 exchange: Exchange feed at ws://HOST:PORT/ and Advanced "
             "Trade feed at ws://HOST:PORT/advanced-trade, simulated or replayed from a "
-            "recording. level2 auth credentials come from the environment variables "
+            "recording; Coinbase's REST books on the same port (http://HOST:PORT/products/"
+            "ID/book?level=2, /api/v3/brokerage/market/product_book?product_id=ID), and "
+            "faults while it runs through GET /_local/corrupt?product_id=ID&kind=skip|"
+            "wrong_size and /_local/rest-errors?kind=429|500|timeout|not_json&count=N "
+            "(request log: /_local/rest-requests). level2 auth credentials come from the environment variables "
             "COINBASE_SIM_API_KEY, COINBASE_SIM_API_SECRET (base64) and "
             "COINBASE_SIM_PASSPHRASE, never from the command line."
         ),
@@ -64,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="random seed (default 0)")  # fmt: skip
     add("--heartbeat-interval", type=_number("--heartbeat-interval", 3600),
         default=1.0, help="seconds (default 1)")  # fmt: skip
+    add("--socket-lag", type=_integer("--socket-lag", 0, 1000), default=1,
+        help="market steps the WebSocket feeds run behind the true book and its REST "
+             "books (default 1: 50 ms at 20 batches a second)")  # fmt: skip
     add("--max-l2-streams", type=_integer("--max-l2-streams", 1, 10_000), default=16,
         help="Advanced Trade level2 products per connection (default 16)")  # fmt: skip
     add("--replay", metavar="PATH",
@@ -97,6 +104,7 @@ def _config(
             api_secret=env.get("COINBASE_SIM_API_SECRET"),
             passphrase=env.get("COINBASE_SIM_PASSPHRASE"),
             heartbeat_interval=args.heartbeat_interval,
+            socket_lag=args.socket_lag,
             max_l2_streams=args.max_l2_streams,
             recording=args.replay,
             replay_speed=args.speed,
@@ -146,6 +154,13 @@ def _serve(exchange: LocalExchange, config: ExchangeConfig) -> int:
     print(f"local Coinbase exchange {mode}")
     print(f"  Exchange feed:       {exchange.url(EXCHANGE)}")
     print(f"  Advanced Trade feed: {exchange.url(ADVANCED_TRADE)}")
+    rest = exchange.rest_url()
+    print(f"  REST books:          {rest}/products/ID/book?level=2")
+    print(
+        f"                       {rest}/api/v3/brokerage/market/product_book?product_id=ID"
+    )
+    print(f"  faults:              {rest}/_local/corrupt?product_id=ID&kind=skip")
+    print(f"                       {rest}/_local/rest-errors?kind=429&count=N")
     print(f"  level2 auth: {auth}")
     print("Ctrl-C to stop", flush=True)
     received = signal.sigwait(STOP_SIGNALS)

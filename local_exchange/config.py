@@ -66,6 +66,8 @@ class ExchangeConfig:
     (per-product depth, e.g. ``{"BTC-USD": (18_000, 28_000)}`` for a real-sized book).
 
     Server: ``host``, ``port`` (0 = any free port), ``heartbeat_interval`` (seconds),
+    ``socket_lag`` (market steps the socket runs behind the true book and its REST
+    books, 0..1000; default 1: 50 ms at 20 batches a second, like ``level2_batch``),
     ``max_l2_streams`` (Advanced Trade products per connection), ``subscribe_timeout``
     (seconds a client has to send its first subscribe; 5 like Coinbase), ``compression``
     (offer permessage-deflate).
@@ -93,6 +95,7 @@ class ExchangeConfig:
     host: str = "127.0.0.1"
     port: int = 0
     heartbeat_interval: float = 1.0
+    socket_lag: int = 1
     max_l2_streams: int = MAX_L2_STREAMS_DEFAULT
     subscribe_timeout: float = 5.0
     compression: bool = False
@@ -116,6 +119,7 @@ class ExchangeConfig:
         )
         put("seed", validation.integer("seed", self.seed, -(2**63), 2**63 - 1))
         put("port", validation.integer("port", self.port, 0, 65535))
+        put("socket_lag", validation.integer("socket_lag", self.socket_lag, 0, 1000))
         if not isinstance(self.host, str) or not self.host:
             raise validation.refuse("host", self.host, "a host name or IP address")
         for name in ("heartbeat_interval", "subscribe_timeout"):

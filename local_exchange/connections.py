@@ -195,11 +195,14 @@ async def _send(
 class Registry:
     """Open connections and their subscriptions, per product.
 
-    ``l2[product]`` maps ``(connection, channel)`` to None in subscribe order; the channel
-    is the Exchange channel name, or ``level2`` for Advanced Trade. ``snapshot_of`` copies
-    a product's book under the market lock; a subscriber is registered in the same
-    synchronous step (no await in between), so its snapshot is consistent with every
-    change queued after it.
+    ``l2[product]`` maps ``(connection, channel)`` to the :attr:`generation` its snapshot
+    was taken at, in subscribe order; the channel is the Exchange channel name, or
+    ``level2`` for Advanced Trade. ``snapshot_of`` copies a product's book under the market
+    lock; a subscriber is registered in the same synchronous step (no await in between),
+    so its snapshot is consistent with every change queued after it. ``generation``
+    counts the market's steps (one batch per product each) applied to the true book; the
+    market loop sends a step only to subscribers whose snapshot is older (the socket runs
+    behind the true book, see :class:`local_exchange.loops.MarketLoop`).
     """
 
     def __init__(
@@ -209,10 +212,11 @@ class Registry:
     ) -> None:
         self.products = products
         self.conns: set[Connection] = set()
-        self.l2: dict[str, dict[tuple[Connection, str], None]] = {
+        self.l2: dict[str, dict[tuple[Connection, str], int]] = {
             p: {} for p in products
         }
         self.heartbeat: dict[str, dict[Connection, None]] = {p: {} for p in products}
+        self.generation = 0
         self._snapshot_of = snapshot_of
 
     def is_product(self, product_id: str) -> bool:
@@ -231,7 +235,7 @@ class Registry:
         the loop: up to ~5 MB of JSON)."""
         assert self._snapshot_of is not None
         bids, asks, decimals = self._snapshot_of(pid)
-        self.l2[pid][(conn, channel)] = None
+        self.l2[pid][(conn, channel)] = self.generation
         job = asyncio.get_running_loop().run_in_executor(
             None, conn.protocol.snapshot, pid, bids, asks, decimals, time.time_ns()
         )

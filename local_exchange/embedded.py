@@ -39,3 +39,10 @@ def exchange_url(products: Sequence[str], depth: int, rate: float) -> str:
                 _exchange.url(),
             )
         return _exchange.url()
+
+
+def rest_url() -> str | None:
+    """``http://127.0.0.1:PORT``, the REST books of this process's local exchange, or None
+    before :func:`exchange_url` started it (the ``sim`` feed audits against it)."""
+    with _lock:
+        return None if _exchange is None else _exchange.rest_url()

@@ -6,7 +6,16 @@
   connection (each protocol encodes them in its own dialect);
 * ``skip_sequence``: the next frame on each sequenced (Advanced Trade) connection skips
   one ``sequence_num``;
-* ``fail_next_subscribe``: the next subscribe, on any connection, is refused.
+* ``fail_next_subscribe``: the next subscribe, on any connection, is refused;
+* ``corrupt``: a silent corruption (:data:`CORRUPT_KINDS`): one true change of one
+  product's shallow level (best-first index 2 to 8) is never sent (``skip``) or sent with
+  a wrong size (``wrong_size``), with no sign on the stream (Advanced Trade's
+  ``sequence_num`` stays contiguous); the market then leaves that level alone for
+  ``hold`` seconds (:meth:`local_exchange.market.Market.corrupt_level`), so every client
+  subscribed at the time holds a wrong level until it resyncs, while the true book and the
+  REST books stay right. Clients subscribing later get a right snapshot;
+* ``rest_errors``: the next REST book requests fail (:data:`local_exchange.rest.REST_ERROR_KINDS`:
+  429, 500, a ``timeout`` (held past the client's patience, then 504), or ``not_json``).
 
 None of them changes the true book if a client applies what it can parse:
 ``bad_timestamp`` restates the current best bid. On Advanced Trade ``bad_json`` consumes no
@@ -18,6 +27,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from common import validation
@@ -36,6 +47,50 @@ MALFORMED_KINDS = (
     "unknown_type",  # a message type no client knows (the tests' end-of-stream marker)
     "wrong_types",  # numbers where strings belong and the reverse
 )
+
+CORRUPT_KINDS = ("skip", "wrong_size")
+CORRUPT_HOLD_DEFAULT = 30.0
+"""Seconds the market leaves a corrupted level alone: two audit intervals of a test (a
+few seconds each) with room to spare; the live default of 60 s per audit is not meant to
+be waited for in a test."""
+CORRUPT_HOLD_MAX = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Corruption:
+    """What a silent corruption injected: the level a subscribed client now has wrong.
+
+    ``sent_size`` is the size on the wire (None: the change was never sent);
+    ``client_size`` the size a client that applied the stream holds at ``price``
+    (``true_size`` is what the true book and REST hold)."""
+
+    product_id: str
+    kind: str
+    side: str  # "bid" | "ask"
+    price: Decimal
+    true_size: Decimal
+    sent_size: Decimal | None
+    client_size: Decimal
+
+    def as_json(self) -> dict[str, Any]:
+        def text(d: Decimal | None) -> str | None:
+            return None if d is None else str(d)
+
+        return {
+            "product_id": self.product_id,
+            "kind": self.kind,
+            "side": self.side,
+            "price": text(self.price),
+            "true_size": text(self.true_size),
+            "sent_size": text(self.sent_size),
+            "client_size": text(self.client_size),
+        }
+
+
+def wrong_units(old: int, new: int) -> int:
+    """A size that is neither the level's old nor its new size (units of 1e-8)."""
+    wrong = new * 2 + 1_000_000
+    return wrong + 1 if wrong == old else wrong
 
 
 def check_kinds(kinds: Sequence[str] | None) -> list[str]:

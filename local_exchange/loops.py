@@ -1,17 +1,22 @@
 """The exchange's two clocks: the market loop and the heartbeat loop.
 
-The market loop generates one batch per product every ``1/rate`` s and hands each batch,
-synchronously, to every subscribed connection's send queue, encoded once per (protocol,
-channel) however many clients read it. A loop that fell far behind (a busy machine)
-resynchronises instead of bursting. Heartbeats: the Exchange feed's per product (its
+The market loop generates one batch per product every ``1/rate`` s and applies it to the
+true book at once, but hands it to the subscribed connections' send queues only
+``socket_lag`` steps later (default 1: at the default 20 batches a second, 50 ms, the
+batching delay of Coinbase's ``level2_batch``), encoded once per (protocol, channel)
+however many clients read it. So the REST book (read from the true book) runs a few
+updates ahead of the socket, as a real exchange's does. A loop that fell far behind (a
+busy machine) resynchronises instead of bursting. Heartbeats: the Exchange feed's per product (its
 ``sequence`` grows with the product's changes), Advanced Trade's per connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 from local_exchange import advanced_trade_protocol, exchange_protocol
@@ -57,6 +62,21 @@ class SharedMarket:
         with self.lock:
             return self.market.changes_generated(pid) + 1_000_000
 
+    def rest_view(self, pid: str) -> tuple[list[RawLevel], list[RawLevel], int, int]:
+        """Best-first raw levels, price decimals and the Exchange ``sequence``, at once."""
+        with self.lock:
+            bids, asks = self.market.raw_levels(pid)
+            decimals = self.market.price_decimals(pid)
+            return bids, asks, decimals, self.market.changes_generated(pid) + 1_000_000
+
+    def corrupt_level(
+        self, pid: str, hold_batches: int, rng: random.Random
+    ) -> tuple[str, str, int, int]:
+        """The true change of a silent corruption: ``(side, price text, old, new)``."""
+        with self.lock:
+            side, ticks, old, new = self.market.corrupt_level(pid, hold_batches, rng)
+            return side, format_ticks(ticks, self.market.price_decimals(pid)), old, new
+
 
 async def every(interval: float, tick: Callable[[], None], *, catch_up: float) -> None:
     """Call ``tick`` every ``interval`` s; more than ``catch_up`` intervals late, resync."""
@@ -91,13 +111,29 @@ def dispatch(
             conn.put(protocol.update_label, frame)
 
 
-class MarketLoop:
-    """Advances the true book and streams every change to its subscribers."""
+Step = tuple[int, int, list[tuple[str, list[RawChange]]]]
+"""``(generation, time.time_ns() when made, [(product, changes), ...])``: one market
+step not yet on the socket."""
 
-    def __init__(self, market: SharedMarket, registry: Registry, rate: float) -> None:
+
+class MarketLoop:
+    """Advances the true book and streams every change to its subscribers, ``lag`` steps
+    behind the true book (the REST book runs ahead, as a real exchange's does).
+
+    A step goes only to subscribers whose snapshot predates it (their snapshot, copied
+    from the true book, already holds it). Its frames carry the time it was made, not
+    sent (a client's frame times then never predate what its snapshot holds; a client
+    measuring feed lag sees the lag too). :meth:`pause` sends what is held back.
+    """
+
+    def __init__(
+        self, market: SharedMarket, registry: Registry, rate: float, lag: int = 0
+    ) -> None:
         self._market = market
         self._registry = registry
         self._interval = 1.0 / rate
+        self._lag = lag
+        self._held: deque[Step] = deque()
         self.paused = False
 
     async def run(self) -> None:
@@ -107,11 +143,35 @@ class MarketLoop:
         if self.paused:
             return
         batches = self._market.next_batches(self._registry.products)
-        now = time.time_ns()
+        self._hold(batches)
+
+    def _hold(self, batches: list[tuple[str, list[RawChange]]]) -> None:
+        self._registry.generation += 1
+        self._held.append((self._registry.generation, time.time_ns(), batches))
+        lag = 0 if self.paused else self._lag
+        while len(self._held) > lag:
+            self._send(*self._held.popleft())
+
+    def _send(
+        self, generation: int, made_ns: int, batches: list[tuple[str, list[RawChange]]]
+    ) -> None:
         for pid, changes in batches:
             subs = self._registry.l2[pid]
             if subs:
-                dispatch(pid, changes, now, list(subs))
+                targets = [key for key, since in subs.items() if since < generation]
+                if targets:
+                    dispatch(pid, changes, made_ns, targets)
+
+    def pause(self) -> None:
+        """Stop generating; every change generated so far is queued on return."""
+        self.paused = True
+        while self._held:
+            self._send(*self._held.popleft())
+
+    def inject(self, pid: str, changes: list[RawChange]) -> None:
+        """Queue ``changes`` of ``pid`` as a step of their own, behind every earlier one
+        (a silent corruption's wrong size)."""
+        self._hold([(pid, changes)])
 
 
 class Heartbeats:

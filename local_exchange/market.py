@@ -56,6 +56,11 @@ _REFILL_BATCHES = 3
 _MAX_SWEEP = 400
 """Levels one thin moment may remove (a real-sized book may then stay under 0.1%)."""
 _ABSENT_DELETE_PROBABILITY = 0.02
+CORRUPT_DEPTH = (2, 8)
+"""Best-first indexes a silent corruption picks its level from: shallow enough to stay in
+the top 50 while frozen (see :meth:`Market.corrupt_level`), not the best level itself."""
+FROZEN_MAX_DEPTH = 30
+"""While a frozen level is this deep (best-first index), its side adds no level above it."""
 _ZERO_FORMS = ("0", "0", "0", "0.00000000", "0.00000000", "0.00")
 
 
@@ -115,6 +120,7 @@ class _ProductBook:
         "bids",
         "changes_generated",
         "changes_per_batch",
+        "frozen",
         "product_id",
         "refill_bids",
         "refill_left",
@@ -136,6 +142,8 @@ class _ProductBook:
         self.batches_generated = 0
         self.refill_left = 0  # batches that still refill after a thin moment
         self.refill_bids = True  # the side being refilled
+        self.frozen: dict[tuple[bool, int], int] = {}
+        """(is_bid, price) -> the batch count at which the market may touch it again."""
         self.bids: SortedDict = SortedDict()
         self.asks: SortedDict = SortedDict()
         self._fill_initial()
@@ -227,6 +235,8 @@ class _ProductBook:
 
     # -- generation ----------------------------------------------------------------------
     def next_batch(self) -> list[RawChange]:
+        if self.frozen:
+            self._thaw()
         out: list[RawChange] = []
         r = self.rng.random()
         if r < _MOVE_PROBABILITY:
@@ -242,6 +252,34 @@ class _ProductBook:
         self.changes_generated += len(out)
         return out
 
+    # -- frozen levels (a silent corruption's level; see Market.corrupt_level) -----------
+    def _thaw(self) -> None:
+        now = self.batches_generated
+        for key in [k for k, until in self.frozen.items() if until <= now]:
+            del self.frozen[key]
+
+    def _is_frozen(self, is_bid: bool, price: int) -> bool:
+        return bool(self.frozen) and (is_bid, price) in self.frozen
+
+    def _frozen_beyond(self, is_bid: bool, price: int) -> bool:
+        """True if a frozen level of this side would be crossed by the other side's best
+        moving to ``price`` (bids at or above it, asks at or below it)."""
+        return any(
+            b == is_bid and (p >= price if is_bid else p <= price)
+            for b, p in self.frozen
+        )
+
+    def _crowded(self, is_bid: bool) -> bool:
+        """True if a frozen level of this side sits :data:`FROZEN_MAX_DEPTH` deep or more
+        (then the side adds no level above it, so it stays in the top 50)."""
+        levels = self.bids if is_bid else self.asks
+        last = len(levels) - 1
+        return any(
+            b == is_bid
+            and (last - levels.index(p) if b else levels.index(p)) >= FROZEN_MAX_DEPTH
+            for b, p in self.frozen
+        )
+
     def _move(self, out: list[RawChange]) -> None:
         """Shift the top one way and delete, in the same batch, what would now cross."""
         rng, bids, asks = self.rng, self.bids, self.asks
@@ -249,7 +287,10 @@ class _ProductBook:
         if rng.random() < 0.5:
             new_bid = bids.peekitem(-1)[0] + steps
             crossed = asks.bisect_right(new_bid)
-            if crossed >= len(asks):
+            if crossed >= len(asks) or (
+                self.frozen
+                and (self._frozen_beyond(False, new_bid) or self._crowded(True))
+            ):
                 return
             for _ in range(crossed):
                 price, _ = asks.popitem(0)
@@ -262,7 +303,10 @@ class _ProductBook:
             if new_ask < 1:
                 return
             crossed = len(bids) - bids.bisect_left(new_ask)
-            if crossed >= len(bids):
+            if crossed >= len(bids) or (
+                self.frozen
+                and (self._frozen_beyond(True, new_ask) or self._crowded(False))
+            ):
                 return
             for _ in range(crossed):
                 price, _ = bids.popitem(-1)
@@ -286,6 +330,8 @@ class _ProductBook:
             price = levels.peekitem(top)[0]
             if (price <= limit) if is_bid else (price >= limit):
                 break
+            if self._is_frozen(is_bid, price):
+                break
             del levels[price]
             out.append((BID if is_bid else ASK, self._price_str(price), self._zero()))
         self.refill_left, self.refill_bids = _REFILL_BATCHES, is_bid
@@ -294,6 +340,8 @@ class _ProductBook:
         """New levels on the thinned side, each closing most of what is left of the gap."""
         rng = self.rng
         levels = self.bids if self.refill_bids else self.asks
+        if self.frozen and self._crowded(self.refill_bids):
+            return
         for _ in range(2):
             bid, ask = self.bids.peekitem(-1)[0], self.asks.peekitem(0)[0]
             spread = ask - bid
@@ -317,9 +365,11 @@ class _ProductBook:
         best_ask = self.asks.peekitem(0)[0]
 
         if count > target * 1.1 + 1:  # trim the far end so depth stays near its target
-            price, _ = levels.popitem(0 if is_bid else -1)
-            out.append((side_name, self._price_str(price), self._zero()))
-            return
+            price = levels.peekitem(0 if is_bid else -1)[0]
+            if not self._is_frozen(is_bid, price):
+                del levels[price]
+                out.append((side_name, self._price_str(price), self._zero()))
+                return
 
         p_insert = min(0.8, max(0.05, 0.3 + 0.4 * (target - count) / max(1, target)))
         p_delete = 0.25 if count > 1 else 0.0
@@ -335,7 +385,7 @@ class _ProductBook:
                     return
         elif r < _ABSENT_DELETE_PROBABILITY + p_insert:
             price = self._free_price(is_bid, levels, best_bid, best_ask)
-            if price is not None:
+            if price is not None and not (self.frozen and self._crowded(is_bid)):
                 size = self._new_size()
                 levels[price] = size
                 out.append((side_name, self._price_str(price), self._size_str(size)))
@@ -343,15 +393,51 @@ class _ProductBook:
         elif r < _ABSENT_DELETE_PROBABILITY + p_insert + p_delete:
             k = self._depth_index(count)
             price, _ = levels.peekitem(-1 - k if is_bid else k)
-            del levels[price]
-            out.append((side_name, self._price_str(price), self._zero()))
-            return
+            if not self._is_frozen(is_bid, price):
+                del levels[price]
+                out.append((side_name, self._price_str(price), self._zero()))
+                return
         # Default (and fallback): new size for an existing level near the top.
         k = self._depth_index(count)
         price, _ = levels.peekitem(-1 - k if is_bid else k)
+        if self._is_frozen(is_bid, price):
+            return  # the caller draws again
         size = self._new_size()
         levels[price] = size
         out.append((side_name, self._price_str(price), self._size_str(size)))
+
+    def corrupt_level(
+        self, rng: random.Random, hold_batches: int
+    ) -> tuple[str, int, int, int]:
+        """Give a shallow level a new size and freeze it for ``hold_batches`` batches.
+
+        Returns ``(side, price, old size, new size)``. Frozen, the level is neither
+        changed nor deleted, nor crossed by the other side, nor swept by a thin moment.
+        """
+        low, high = CORRUPT_DEPTH
+        sides = [s for s in (True, False) if len(self.bids if s else self.asks) > low]
+        if not sides:
+            raise ValueError(
+                f"{self.product_id}: a silent corruption needs more than {low} levels on a side"
+            )
+        is_bid = rng.choice(sides)
+        levels = self.bids if is_bid else self.asks
+        for _ in range(100):
+            k = rng.randint(low, min(high, len(levels) - 1))
+            price, old = levels.peekitem(-1 - k if is_bid else k)
+            if not self._is_frozen(is_bid, price):
+                break
+        else:
+            raise ValueError(
+                f"{self.product_id}: every shallow level is frozen already"
+            )
+        new = old
+        while new == old:
+            new = max(1, int(rng.expovariate(1 / (self.spec.mean_size * _SIZE_SCALE))))
+        levels[price] = new
+        self.changes_generated += 1
+        self.frozen[(is_bid, price)] = self.batches_generated + hold_batches
+        return (BID if is_bid else ASK), price, old, new
 
     # -- views ---------------------------------------------------------------------------
     def raw_levels(self) -> tuple[list[RawLevel], list[RawLevel]]:
@@ -504,6 +590,15 @@ class Market:
     def raw_levels(self, product_id: str) -> tuple[list[RawLevel], list[RawLevel]]:
         """Best-first ``(bids, asks)`` in ticks/units: a cheap copy to format elsewhere."""
         return self._get(product_id).raw_levels()
+
+    def corrupt_level(
+        self, product_id: str, hold_batches: int, rng: random.Random
+    ) -> tuple[str, int, int, int]:
+        """A silent corruption's true change: ``(side, price ticks, old units, new
+        units)``, applied to the true book; the level then stays untouched by the market
+        for ``hold_batches`` of the product's batches (the market moves around it), so a
+        client that missed or misread the change stays wrong until it resyncs."""
+        return self._get(product_id).corrupt_level(rng, hold_batches)
 
     def raw_top_bid(self, product_id: str) -> RawLevel:
         return self._get(product_id).bids.peekitem(-1)

@@ -22,25 +22,41 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import email.utils
+import http
 import json
 import logging
+import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any, Self
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
 from coinbase.feeds import ADVANCED_TRADE, DEFAULT_PRODUCTS, EXCHANGE, PROTOCOLS
 from common import validation
+from local_exchange import rest
 from local_exchange.advanced_trade_protocol import AdvancedTradeProtocol
 from local_exchange.config import ExchangeConfig
 from local_exchange.connections import Connection, Registry, Stats, send_loop
 from local_exchange.exchange_protocol import ExchangeProtocol
-from local_exchange.faults import Faults, check_kinds
+from local_exchange.faults import (
+    CORRUPT_HOLD_DEFAULT,
+    CORRUPT_HOLD_MAX,
+    CORRUPT_KINDS,
+    Corruption,
+    Faults,
+    check_kinds,
+    wrong_units,
+)
 from local_exchange.loops import Heartbeats, MarketLoop, SharedMarket
-from local_exchange.market import Market
+from local_exchange.market import Market, format_size
 from local_exchange.protocol import Protocol, protocol_name_for_path
 from local_exchange.replay import ReplayServer
 
@@ -105,10 +121,13 @@ class LocalExchange:
         }
         self._faults = Faults(self._registry, self._stats)
         self._market_loop = (
-            MarketLoop(self._market, self._registry, config.rate)
+            MarketLoop(self._market, self._registry, config.rate, config.socket_lag)
             if self._market
             else None
         )
+        self._rest_log = rest.RestLog()
+        self._rest_faults = rest.RestFaults()
+        self._corruptions = 0
         self._heartbeats = Heartbeats(
             self._registry, config.heartbeat_interval, self._market
         )
@@ -177,6 +196,13 @@ class LocalExchange:
         host = f"[{host}]" if ":" in host else host
         return f"ws://{host}:{self._port}{self._protocols[protocol].path}"
 
+    def rest_url(self) -> str:
+        """``http://HOST:PORT``: the base of the REST books and the ``/_local/`` endpoints
+        (the feeds' port)."""
+        host = self.config.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self._port}"
+
     def _run_thread(self) -> None:
         try:
             asyncio.run(self._main())
@@ -197,6 +223,10 @@ class LocalExchange:
             compression="deflate" if self.config.compression else None,
             ping_interval=None,
             max_queue=64,
+            process_request=self._process_request,
+            # Above a REST ``timeout`` fault's longest hold (the handshake timeout
+            # covers process_request).
+            open_timeout=rest.TIMEOUT_HOLD_MAX + 10,
         )
         self._port = next(iter(server.sockets)).getsockname()[1]
         background = [asyncio.create_task(self._heartbeats.run())]
@@ -296,6 +326,111 @@ class LocalExchange:
         handler = self._replay or protocol
         handler.handle(conn, msg, subscribe=subscribe)
 
+    # ------------------------------------------------------------------ plain HTTP (REST)
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        """websockets' hook: a WebSocket upgrade goes on; a REST or ``/_local/`` GET is
+        answered here (see :mod:`local_exchange.rest`); any other plain GET gets
+        websockets' own 426."""
+        path = request.path
+        if request.headers.get("Upgrade", "").lower() == "websocket" or not (
+            rest.is_http(path)
+        ):
+            return None
+        if urlsplit(path).path.startswith(rest.CONTROL_PREFIX):
+            reply = self._control(path)
+        else:
+            reply = await self._rest_book(connection, path)
+        return _response(reply)
+
+    async def _rest_book(self, connection: ServerConnection, path: str) -> rest.Reply:
+        arrived = time.monotonic()
+        parsed = rest.parse_book_request(path, self._registry.is_product)
+        if isinstance(parsed, rest.Reply):
+            reply = parsed
+        elif self._market is None:
+            reply = rest.exchange_error(
+                501, "this local exchange replays a recording: it has no REST book"
+            )
+        else:
+            fault = self._rest_faults.take()
+            if fault is not None:
+                kind, hold = fault
+                self._stats.count("faults", f"rest_error:{kind}")
+                reply = rest.fault_reply(kind, parsed.dialect)
+                self._rest_log.record(arrived, path, reply.status)
+                if kind == "timeout":
+                    await self._hold(connection, hold)
+                return reply
+            reply = await self._book_reply(parsed)
+        self._rest_log.record(arrived, path, reply.status)
+        return reply
+
+    async def _book_reply(self, req: rest.BookRequest) -> rest.Reply:
+        """The book copied now (ahead of the socket), formatted off the loop."""
+        assert self._market is not None
+        bids, asks, decimals, sequence = self._market.rest_view(req.product_id)
+        now_ns = time.time_ns()
+        loop = asyncio.get_running_loop()
+        if req.dialect == "exchange":
+            return await loop.run_in_executor(
+                None,
+                rest.exchange_book,
+                bids,
+                asks,
+                decimals,
+                req.levels,
+                sequence,
+                now_ns,
+            )
+        return await loop.run_in_executor(
+            None, rest.at_book, req.product_id, bids, asks, decimals, req.levels, now_ns
+        )
+
+    async def _hold(self, connection: ServerConnection, seconds: float) -> None:
+        """Wait until ``seconds`` pass, the client hangs up or the exchange stops."""
+        assert self._stop_event is not None
+        stopping = asyncio.create_task(self._stop_event.wait())
+        try:
+            await asyncio.wait(
+                [connection.connection_lost_waiter, stopping],
+                timeout=seconds,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            stopping.cancel()
+
+    def _control(self, path: str) -> rest.Reply:
+        """``/_local/rest-requests`` (the log), ``/_local/corrupt?product_id=&kind=&hold=``,
+        ``/_local/rest-errors?kind=&count=&hold=``: for an exchange run as a process."""
+        parts = urlsplit(path)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        name = parts.path[len(rest.CONTROL_PREFIX) :].rstrip("/")
+        try:
+            if name == "rest-requests":
+                return rest.json_reply(200, self._rest_log.as_json())
+            if name == "corrupt":
+                hold = float(query.get("hold", CORRUPT_HOLD_DEFAULT))
+                done = self.corrupt(
+                    query.get("product_id", ""), query.get("kind", "skip"), hold=hold
+                )
+                return rest.json_reply(200, done.as_json())
+            if name == "rest-errors":
+                count = int(query.get("count", "1"))
+                hold = float(query.get("hold", rest.TIMEOUT_HOLD_DEFAULT))
+                self.rest_errors(query.get("kind", ""), count, hold=hold)
+                return rest.json_reply(200, {"armed": self._rest_faults.pending()})
+        except (ValueError, RuntimeError) as exc:
+            return rest.json_reply(400, {"message": str(exc)})
+        return rest.json_reply(404, {"message": "NotFound"})
+
+    def rest_requests(self) -> list[tuple[float, str, int]]:
+        """Every REST book request so far: ``(time.monotonic() at arrival, path,
+        status)``, oldest first (the last 100,000; ``/_local/`` requests are not in it).
+        A ``timeout`` fault's request is logged at arrival with the 504 it ends with."""
+        return self._rest_log.entries()
+
     # ------------------------------------------------------------------ ground truth
     def _need_market(self) -> SharedMarket:
         if self._market is None:
@@ -324,7 +459,7 @@ class LocalExchange:
     def pause_market(self) -> None:
         """Stop generating; on return every generated change is in every send queue."""
         if self._market_loop is not None:
-            self._on_loop(lambda: setattr(self._market_loop, "paused", True))
+            self._on_loop(self._market_loop.pause)
 
     def resume_market(self) -> None:
         if self._market_loop is not None:
@@ -354,8 +489,76 @@ class LocalExchange:
         """The next Advanced Trade frame on each open connection skips one sequence_num."""
         self._on_loop(self._faults.skip_sequence)
 
+    def corrupt(
+        self, product_id: str, kind: str = "skip", *, hold: float = CORRUPT_HOLD_DEFAULT
+    ) -> Corruption:
+        """Silently corrupt one shallow level of ``product_id`` for every client subscribed
+        now; returns what was injected. See :mod:`local_exchange.faults` (``corrupt``)."""
+        shared = self._need_market()
+        product_id = validation.product_id("product_id", product_id)
+        if not self._registry.is_product(product_id):
+            raise validation.refuse(
+                "product_id", product_id, "one of " + ", ".join(self._products)
+            )
+        kind = validation.choice("kind", kind, CORRUPT_KINDS)
+        hold = validation.number("hold", hold, high=CORRUPT_HOLD_MAX)
+        hold_batches = max(1, round(hold * self.config.rate))
+
+        def inject() -> Corruption:
+            self._corruptions += 1
+            rng = random.Random(
+                f"{self.config.seed}/{product_id}/corrupt/{self._corruptions}"
+            )
+            side, price, old, new = shared.corrupt_level(product_id, hold_batches, rng)
+            sent = None
+            if kind == "wrong_size":
+                sent = wrong_units(old, new)
+                assert self._market_loop is not None
+                self._market_loop.inject(product_id, [(side, price, format_size(sent))])
+            self._stats.count("faults", f"corrupt:{kind}")
+            return Corruption(
+                product_id,
+                kind,
+                side,
+                Decimal(price),
+                _size(new),
+                None if sent is None else _size(sent),
+                _size(old if sent is None else sent),
+            )
+
+        return self._on_loop(inject)
+
+    def rest_errors(
+        self, kind: str, count: int = 1, *, hold: float = rest.TIMEOUT_HOLD_DEFAULT
+    ) -> None:
+        """The next ``count`` REST book requests fail with ``kind`` (429, 500, timeout:
+        held ``hold`` s or until the client hangs up, then 504; not_json: a 200 HTML
+        page). Armed errors queue up in order."""
+        kind = validation.choice("kind", str(kind), rest.REST_ERROR_KINDS)
+        count = validation.integer("count", count, 1, 100_000)
+        hold = validation.number("hold", hold, high=rest.TIMEOUT_HOLD_MAX)
+        self._rest_faults.arm(kind, count, hold)
+
     def fail_next_subscribe(self, reason: str) -> None:
         """The next subscribe (any connection) is refused with this reason."""
         if not isinstance(reason, str) or not reason:
             raise validation.refuse("reason", reason, "a non-empty string")
         self._on_loop(lambda: self._faults.arm_fail_next(reason))
+
+
+def _size(units: int) -> Decimal:
+    """The size as the feed prints it (``"0.5"``, not ``"0.50000000"``)."""
+    return Decimal(format_size(units))
+
+
+def _response(reply: rest.Reply) -> Response:
+    status = http.HTTPStatus(reply.status)
+    headers = Headers(
+        [
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Connection", "close"),
+            ("Content-Length", str(len(reply.body))),
+            ("Content-Type", reply.content_type),
+        ]
+    )
+    return Response(status.value, status.phrase, headers, reply.body)

@@ -11,7 +11,10 @@ import base64
 import json
 import re
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import pytest
 from websockets.sync.client import ClientConnection, connect
@@ -86,3 +89,27 @@ def signed(
         "passphrase": passphrase,
         "timestamp": ts,
     }
+
+
+class HttpReply(NamedTuple):
+    status: int
+    body: bytes
+    content_type: str
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def rest_get(ex: LocalExchange, path: str, timeout: float = 10.0) -> HttpReply:
+    """A plain HTTP GET of ``path`` on the exchange's port, by the stdlib's client (an
+    error status is a reply too; a timeout raises ``TimeoutError``)."""
+    url = f"http://127.0.0.1:{ex.port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return HttpReply(r.status, r.read(), r.headers.get("Content-Type", ""))
+    except urllib.error.HTTPError as e:
+        return HttpReply(e.code, e.read(), e.headers.get("Content-Type", ""))
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, TimeoutError):
+            raise e.reason from e
+        raise

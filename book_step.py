@@ -93,6 +93,9 @@ class BookState:
     ``is None`` check per change message for the whole feature)."""
     snapshot_ns: int = 0
     """Feed time (ns) of the book's snapshot: bounds the age of a drifted level."""
+    drifted: bool = False
+    """An audit found drift and the fresh snapshot has not come yet: later audits are
+    skipped, so that one drift is counted once."""
 
     def __getstate__(self) -> dict:
         return {"product_id": self.product_id, "feed": self.feed}
@@ -201,6 +204,7 @@ def _update_book(
         state.book = book
         state.last_top = None
         state.snapshot_ns = feed_time_ns(event)
+        state.drifted = False
         if state.audit is not None and state.audit.cancelled is None:
             state.audit.cancelled = "a snapshot in between"
     elif isinstance(event, BookReset):
@@ -341,6 +345,8 @@ def _audit(
         skipped = pending.cancelled
     elif state.book is None:
         skipped = "no book"
+    elif state.drifted:
+        skipped = "drift found, awaiting the fresh snapshot"
     if skipped is not None:
         return AuditRecord(state.product_id, result="skipped", reason=skipped, **record)
     mismatches, compared, left_out = _compare(state.book, event, pending.touched)
@@ -354,6 +360,7 @@ def _audit(
         **record,
     )
     if mismatches:
+        state.drifted = True
         reason = f"audit: {len(mismatches)} levels differ from the REST book"
         if resync_requests is not None:
             resync_requests.request(state.product_id, reason)

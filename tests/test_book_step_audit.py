@@ -363,3 +363,16 @@ def test_a_rest_book_that_never_comes_stops_the_noting(monkeypatch):
     assert len(state.audit.touched) <= 4
     record = last_audit([snapshot(), started(), *many, audit()])
     assert record.result == "skipped" and "more than 3 prices" in record.reason
+
+
+def test_one_drift_is_counted_once_until_the_fresh_snapshot():
+    wrong = [*ASKS[:2], (D(103), D(9)), *ASKS[3:]]
+    _, out = run(
+        [snapshot(), started(), audit(asks=wrong), started(), audit(asks=wrong)]
+    )
+    assert out[2].result == "drift"
+    assert out[4].result == "skipped" and "awaiting the fresh snapshot" in out[4].reason
+    _, out = run(
+        [snapshot(), started(), audit(asks=wrong), snapshot(), started(), audit()]
+    )
+    assert out[-1].result == "match"

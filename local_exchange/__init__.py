@@ -9,6 +9,8 @@ Read in this order:
 * ``connections.py``: connections, send queues, subscriptions, counters;
 * ``loops.py``: the market and heartbeat clocks;
 * ``market.py``: the simulated market and its true book (pure: no sockets, no clocks);
+* ``rest.py``: Coinbase's two REST book endpoints on the same port (plain HTTP), the
+  REST errors and the request log;
 * ``faults.py``, ``replay.py``, ``auth.py``: fault catalogue, serving a recording, the
   server's own level2 signature check;
 * ``cli.py`` (``python -m local_exchange``) and ``embedded.py`` (the in-process exchange

@@ -62,10 +62,13 @@ class SharedMarket:
         with self.lock:
             return self.market.changes_generated(pid) + 1_000_000
 
-    def rest_view(self, pid: str) -> tuple[list[RawLevel], list[RawLevel], int, int]:
-        """Best-first raw levels, price decimals and the Exchange ``sequence``, at once."""
+    def rest_view(
+        self, pid: str, limit: int | None
+    ) -> tuple[list[RawLevel], list[RawLevel], int, int]:
+        """The best ``limit`` raw levels per side (None: all), price decimals and the
+        Exchange ``sequence``, at once."""
         with self.lock:
-            bids, asks = self.market.raw_levels(pid)
+            bids, asks = self.market.raw_levels(pid, limit)
             decimals = self.market.price_decimals(pid)
             return bids, asks, decimals, self.market.changes_generated(pid) + 1_000_000
 

@@ -30,6 +30,7 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from itertools import islice
 
 from sortedcontainers import SortedDict
 
@@ -440,10 +441,15 @@ class _ProductBook:
         return (BID if is_bid else ASK), price, old, new
 
     # -- views ---------------------------------------------------------------------------
-    def raw_levels(self) -> tuple[list[RawLevel], list[RawLevel]]:
-        bids = list(reversed(self.bids.items()))
-        asks = list(self.asks.items())
-        return bids, asks
+    def raw_levels(
+        self, limit: int | None = None
+    ) -> tuple[list[RawLevel], list[RawLevel]]:
+        if limit is None:
+            return list(reversed(self.bids.items())), list(self.asks.items())
+        return (
+            list(islice(reversed(self.bids.items()), limit)),
+            list(islice(self.asks.items(), limit)),
+        )
 
 
 def _parse_depth(name: str, value: object) -> tuple[int, int]:
@@ -587,9 +593,12 @@ class Market:
             _to_decimal(as_, SIZE_DECIMALS),
         )
 
-    def raw_levels(self, product_id: str) -> tuple[list[RawLevel], list[RawLevel]]:
-        """Best-first ``(bids, asks)`` in ticks/units: a cheap copy to format elsewhere."""
-        return self._get(product_id).raw_levels()
+    def raw_levels(
+        self, product_id: str, limit: int | None = None
+    ) -> tuple[list[RawLevel], list[RawLevel]]:
+        """Best-first ``(bids, asks)`` in ticks/units (the best ``limit`` per side, or
+        all): a cheap copy to format elsewhere."""
+        return self._get(product_id).raw_levels(limit)
 
     def corrupt_level(
         self, product_id: str, hold_batches: int, rng: random.Random

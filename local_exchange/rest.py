@@ -16,6 +16,12 @@ TRUE book, which runs ahead of the socket by the market loop's ``socket_lag`` st
 :mod:`local_exchange.loops`). ``num_orders`` and ``last`` are made up (the simulated
 market has no orders or trades): ``num_orders`` is 1 to 5, ``last`` the mid price.
 
+Cost, measured with the stdlib client on loopback (median of 60 sequential requests,
+round trip included): an Advanced Trade ``limit=50`` 0.7 ms at depth 1,000 and 0.8 ms at
+20,000 (only the top ``limit`` levels are copied under the market lock); a whole
+Exchange ``level=2`` book 12 ms at depth 1,000 and 127 ms at 20,000, formatted in a
+worker thread so the feeds go on meanwhile.
+
 This module is pure: parsing a request target, shaping replies, the request log and the
 armed REST errors. :class:`~local_exchange.server.LocalExchange` routes requests here from
 websockets' ``process_request`` hook and does the waiting (a ``timeout`` fault).

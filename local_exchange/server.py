@@ -5,7 +5,9 @@ It speaks both public level-2 protocols on one port, chosen by URL path:
 feed (``ws-feed``). Books come from :mod:`local_exchange.market` (the TRUE book, which
 tests compare against) or, with ``recording=``, from a recorded session replayed
 (:mod:`local_exchange.replay`). Subscriptions replies carry ``"local_exchange": "sim"`` or
-``"local_exchange": "replay"`` (see :mod:`local_exchange.protocol`).
+``"local_exchange": "replay"`` (see :mod:`local_exchange.protocol`). Plain HTTP GETs of
+Coinbase's REST book paths and of ``/_local/`` (request log, faults) on the same port are
+answered from websockets' ``process_request`` hook (:mod:`local_exchange.rest`).
 
 Why a server and not mocks: every socket test, the offline demo (``ORDERBOOK_FEED=sim``) and
 the CLI use the same code path as production against a real socket, including multi-MB
@@ -66,14 +68,17 @@ log = logging.getLogger("local_exchange")
 class LocalExchange:
     """A local Coinbase (Exchange + Advanced Trade level-2 feeds) with a true book and faults.
 
-    (About 310 lines: the public API of the exchange, one thin method per fault and
-    query, each handing its work to the module that owns it.)
+    (About 480 lines: the public API of the exchange, one thin method per fault and
+    query, each handing its work to the module that owns it, and the plain-HTTP routing
+    of the REST books, :mod:`local_exchange.rest`.)
 
     ``LocalExchange(products, depth=..., rate=..., seed=..., ...)``: the keywords are the
     fields of :class:`~local_exchange.config.ExchangeConfig` (or pass ``config=``).
-    ``start()`` runs it on its own thread; ``url()`` gives the address; ``true_book()`` /
-    ``true_top()`` the ground truth; the fault methods break the feed on purpose. With
-    ``recording=`` it serves a recording instead (no true book: ``true_book`` raises).
+    ``start()`` runs it on its own thread; ``url()`` gives a feed's address and
+    ``rest_url()`` the REST books'; ``true_book()`` / ``true_top()`` the ground truth;
+    ``rest_requests()`` the REST request log; the fault methods break the feed on purpose.
+    With ``recording=`` it serves a recording instead (no true book: ``true_book``
+    raises, REST books answer 501).
     """
 
     def __init__(
@@ -334,9 +339,8 @@ class LocalExchange:
         answered here (see :mod:`local_exchange.rest`); any other plain GET gets
         websockets' own 426."""
         path = request.path
-        if request.headers.get("Upgrade", "").lower() == "websocket" or not (
-            rest.is_http(path)
-        ):
+        upgrade = ",".join(request.headers.get_all("Upgrade")).lower()
+        if "websocket" in upgrade or not rest.is_http(path):
             return None
         if urlsplit(path).path.startswith(rest.CONTROL_PREFIX):
             reply = self._control(path)
@@ -370,7 +374,9 @@ class LocalExchange:
     async def _book_reply(self, req: rest.BookRequest) -> rest.Reply:
         """The book copied now (ahead of the socket), formatted off the loop."""
         assert self._market is not None
-        bids, asks, decimals, sequence = self._market.rest_view(req.product_id)
+        bids, asks, decimals, sequence = self._market.rest_view(
+            req.product_id, req.levels
+        )
         now_ns = time.time_ns()
         loop = asyncio.get_running_loop()
         if req.dialect == "exchange":

@@ -7,6 +7,8 @@ the standard library's HTTP client and websockets' client.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
 import random
@@ -20,11 +22,13 @@ from pathlib import Path
 
 import pytest
 
+from coinbase_source import CoinbaseSource
 from local_exchange import embedded, rest
 from local_exchange.faults import Corruption
 from local_exchange.market import FROZEN_MAX_DEPTH, Market
 from local_exchange.server import LocalExchange
 from tests.support.exchange_client import (
+    busiest_window,
     drain_with_marker,
     open_ws,
     recv,
@@ -32,8 +36,21 @@ from tests.support.exchange_client import (
     rest_get,
 )
 from tests.support.flow import wait_until
-from tests.support.frames import at_subscribe, exchange_subscribe_root, text
+from tests.support.frames import (
+    at_subscribe,
+    exchange_subscribe_root,
+    text,
+    write_exchange_recording,
+)
 from tests.support.reference_book import ReferenceBooks
+from tests.support.source_partitions import (
+    FAST,
+    Book,
+    apply_all_after_pause,
+    assert_books_match,
+    feed_books,
+    fresh_snapshots,
+)
 
 AT_BOOK = "/api/v3/brokerage/market/product_book"
 
@@ -385,8 +402,8 @@ def test_silent_corruption_leaves_the_client_wrong_at_exactly_that_level(
 
 @pytest.mark.slow
 def test_corruption_stays_while_the_market_runs() -> None:
-    """Two seconds of a fast market (200 batches a second) after the corruption: the
-    client's book is still wrong there, and only there."""
+    """400 frames (two seconds) of a fast market (200 batches a second) after the
+    corruption: the client's book is still wrong there, and only there."""
     with LocalExchange(["ETH-USD"], depth=300, rate=200) as exchange:
         books = ReferenceBooks()
         with open_ws(exchange, "advanced-trade") as ws:
@@ -394,8 +411,7 @@ def test_corruption_stays_while_the_market_runs() -> None:
             snap, _ = recv_until(ws, lambda m: m.get("channel") == "l2_data")
             books.apply_at(snap)
             done = exchange.corrupt("ETH-USD", "wrong_size", hold=60)
-            until = time.monotonic() + 2
-            while time.monotonic() < until:
+            for _ in range(400):  # two seconds of market, however long they take
                 books.apply_at(recv(ws))
             exchange.pause_market()
             drain_with_marker(exchange, ws, books.apply_at)
@@ -494,3 +510,83 @@ def test_the_sim_feeds_exchange_tells_its_rest_url(
     finally:
         assert embedded._exchange is not None
         embedded._exchange.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("protocol", "kind"), [("exchange", "skip"), ("advanced-trade", "wrong_size")]
+)
+def test_the_projects_own_source_keeps_the_corruption_until_a_resync(
+    protocol: str, kind: str
+) -> None:
+    """The service's Coinbase source, reading the local exchange, ends with a book wrong
+    at exactly the corrupted level (and nowhere else) however long the market runs on;
+    a resync of that product alone makes it the true book again."""
+    products = ["BTC-USD", "ETH-USD"]
+    with (
+        LocalExchange(
+            products, depth=200, rate=50, seed=5, heartbeat_interval=0.1
+        ) as exchange,
+        contextlib.ExitStack() as cleanup,
+    ):
+        source = CoinbaseSource(
+            products, feed="sim", protocol=protocol, url=exchange.url(protocol), **FAST
+        )
+        parts = {p: source.build_part("input", p, None) for p in products}
+        for part in parts.values():
+            cleanup.callback(part.close)
+        books = {p: Book() for p in products}
+        feed_books(parts, books, fresh_snapshots(parts))
+        done = exchange.corrupt("BTC-USD", kind)
+        events = parts["BTC-USD"].stats.events
+        feed_books(parts, books, lambda: parts["BTC-USD"].stats.events > events + 50)
+        apply_all_after_pause(exchange, parts, books)
+        btc = books["BTC-USD"]
+        assert _differences((btc.bids, btc.asks), exchange.true_book("BTC-USD")) == [
+            (done.side, done.price, done.client_size, done.true_size)
+        ]
+        eth = books["ETH-USD"]
+        assert (eth.bids, eth.asks) == exchange.true_book("ETH-USD")
+        assert parts["BTC-USD"].stats.sequence_gaps == 0  # nothing on the stream
+        source.resync_requests.request("BTC-USD", "audit: test")
+        exchange.resume_market()
+        feed_books(parts, books, fresh_snapshots({"BTC-USD": parts["BTC-USD"]}))
+        assert_books_match(exchange, parts, books)
+
+
+@pytest.mark.slow
+def test_a_served_recording_has_no_rest_book(tmp_path: Path) -> None:
+    recording = write_exchange_recording(tmp_path / "session.jsonl.gz", updates=5)
+    with LocalExchange(recording=recording) as exchange:
+        reply = rest_get(exchange, "/products/BTC-USD/book?level=2")
+        assert reply.status == 501 and "recording" in reply.json()["message"]
+        assert rest_get(exchange, "/products/XRP-USD/book").status == 404
+        with pytest.raises(RuntimeError, match="recording"):
+            exchange.corrupt("BTC-USD")
+        assert [s for _, _, s in exchange.rest_requests()] == [501, 404]
+
+
+@pytest.mark.slow
+def test_odd_requests_get_plain_answers(ex: LocalExchange) -> None:
+    """Repeated headers and odd paths: a reply, never a failed hook (a 500 and a
+    traceback in the log per request)."""
+    conn = http.client.HTTPConnection("127.0.0.1", ex.port, timeout=10)
+    try:
+        conn.putrequest("GET", "/products/BTC-USD/book?level=1")
+        conn.putheader("Upgrade", "h2c")
+        conn.putheader("Upgrade", "tls/1.0")
+        conn.endheaders()
+        reply = conn.getresponse()
+        assert reply.status == 200 and json.loads(reply.read())["bids"]
+    finally:
+        conn.close()
+    for path in ("/products//book", "/products/%ZZ/book", "/products/BTC-USD/book/x"):
+        reply = rest_get(ex, path)
+        assert (reply.status, reply.json()) == (404, {"message": "NotFound"}), path
+
+
+def test_busiest_window_counts_any_one_second_stretch() -> None:
+    assert busiest_window([]) == 0
+    assert busiest_window([0.0, 0.5, 0.99, 1.0, 1.5]) == 3  # [0, 0.99] or [0.5, 1.5)
+    assert busiest_window([0.0, 1.0, 2.0, 3.0]) == 1
+    assert busiest_window([0.0, 0.1, 0.2, 5.0], window=0.15) == 2

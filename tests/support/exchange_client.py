@@ -113,3 +113,15 @@ def rest_get(ex: LocalExchange, path: str, timeout: float = 10.0) -> HttpReply:
         if isinstance(e.reason, TimeoutError):
             raise e.reason from e
         raise
+
+
+def busiest_window(times: list[float], window: float = 1.0) -> int:
+    """The most requests in any ``window``-second stretch (sliding, half-open
+    ``[t, t + window)``) of sorted arrival ``times``, e.g. ``LocalExchange.rest_requests()``'s
+    first fields: what a per-second rate budget is checked against."""
+    most, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= window:
+            start += 1
+        most = max(most, end - start + 1)
+    return most

@@ -181,6 +181,15 @@ _BOOK_LABELS = ("snapshot", "l2update", "l2_data")
 
 
 def assert_books_match(exchange: LocalExchange, parts: dict, books: dict) -> None:
+    apply_all_after_pause(exchange, parts, books)
+    for product, book in books.items():
+        true_bids, true_asks = exchange.true_book(product)
+        assert book.live, parts[product].stats
+        assert (book.bids, book.asks) == (true_bids, true_asks), product
+
+
+def apply_all_after_pause(exchange: LocalExchange, parts: dict, books: dict) -> None:
+    """Pause the market and apply events until every frame sent has been applied."""
     exchange.pause_market()
     seen: list[tuple[int, int]] = [(-1, -1)]
 
@@ -196,7 +205,3 @@ def assert_books_match(exchange: LocalExchange, parts: dict, books: dict) -> Non
 
     quiet.since = time.monotonic()  # type: ignore[attr-defined]
     feed_books(parts, books, quiet, timeout=20)
-    for product, book in books.items():
-        true_bids, true_asks = exchange.true_book(product)
-        assert book.live, parts[product].stats
-        assert (book.bids, book.asks) == (true_bids, true_asks), product

@@ -77,6 +77,9 @@ __all__ = ["CoinbaseSource"]
 
 log = logging.getLogger(__name__)
 
+REPLAY_NO_AUDITS = "replay: no REST books, audits skipped"
+"""What a served replay says once when audits were asked for (as a replay of files
+does: ``service.settings``)."""
 MAX_BACKLOG = 100_000
 """Events queued for the dataflow beyond which the partition drops them and resyncs."""
 BEHIND_EVENTS = 10_000
@@ -127,6 +130,17 @@ def _close_budget() -> float:
         if _close_deadline < now - CLOSE_WAIT_SECONDS:  # a new shutdown
             _close_deadline = now + CLOSE_WAIT_SECONDS
         return max(0.0, _close_deadline - now)
+
+
+_replay_said = False
+
+
+def _say_replay_not_audited() -> None:
+    """One line per process, the first time a served replay's product comes up."""
+    global _replay_said
+    if not _replay_said:
+        _replay_said = True
+        log.warning(REPLAY_NO_AUDITS)
 
 
 def _drain(queue: deque) -> list:
@@ -202,7 +216,11 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, BookEvent], str]):
     @property
     def auditable(self) -> bool:
         """Running with a live book (a snapshot since the last reset): worth a REST
-        audit (:mod:`coinbase.audit`)."""
+        audit (:mod:`coinbase.audit`). Not a replay served by the local exchange: a
+        recording has no REST book to ask (it answers 501)."""
+        if self.session.local_exchange == "replay":
+            _say_replay_not_audited()
+            return False
         return self.session.settled and self.running
 
     @property

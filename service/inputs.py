@@ -51,7 +51,9 @@ def build_source(
             on_stats=_stats_observer(settings),
             max_message_bytes=settings.max_message_bytes,
             on_all_failed=shutdown.failed,
-            **_audit_options(settings),
+            **_audit_options(
+                settings, None if settings.ws_url else embedded.rest_url()
+            ),
         )
         return source, products
     credentials = None
@@ -74,13 +76,14 @@ def build_source(
     return source, products
 
 
-def _audit_options(settings: Settings) -> dict:
-    """The REST audit's options of the source; its REST base defaults to the feed's
-    (the embedded local exchange's for sim: :func:`coinbase.rest.default_rest_url`)."""
+def _audit_options(settings: Settings, local_rest_url: str | None = None) -> dict:
+    """The REST audit's options of the source. Its REST base: ``ORDERBOOK_REST_URL``,
+    else the embedded local exchange's for sim, else the source's default for its
+    WebSocket URL (:func:`coinbase.rest.default_rest_url`)."""
     return {
         "audit_interval": settings.audit_interval,
         "audit_levels": settings.audit_levels,
-        "rest_url": settings.rest_url,
+        "rest_url": settings.rest_url or local_rest_url,
         "audit_rate": settings.audit_rate,
     }
 

@@ -87,6 +87,22 @@ def test_a_lower_rate_keeps_the_requests_just_sent():
     assert budget.wait() == pytest.approx(sent[-2] + 1 + WINDOW_MARGIN - clock.now)
 
 
+def test_a_request_that_left_late_is_counted_from_when_it_left():
+    clock = Clock()
+    budget = RequestBudget(3.0, clock=clock)
+    first = budget.take()
+    clock.now += 0.2  # the loop was busy: the request leaves 0.2 s after its turn
+    budget.left(first)
+    clock.now += 0.3
+    budget.left(budget.take())
+    clock.now += 0.4
+    budget.take()
+    # the fourth waits for a window from the first's real departure, not its turn
+    assert budget.wait() == pytest.approx(first + 0.2 + 1 + WINDOW_MARGIN - clock.now)
+    budget.left(-1.0)  # an unknown turn changes nothing
+    assert budget.wait() == pytest.approx(first + 0.2 + 1 + WINDOW_MARGIN - clock.now)
+
+
 def test_failures_back_off_exponentially_and_a_good_reply_resets():
     clock = Clock()
     budget = RequestBudget(
@@ -147,7 +163,8 @@ def test_round_robin_audits_each_product_about_every_interval_when_the_budget_al
 
 
 def test_round_robin_shares_a_short_budget_in_turn():
-    # 300 products at 3 requests a second: each about every 100 s (the issue's figure)
+    # 300 products at 3 requests a second: each about every 100 s (the issue's figure;
+    # 110 s here: 3 requests per 1 + WINDOW_MARGIN seconds)
     clock = Clock()
     plan, budget = RoundRobin(), RequestBudget(3.0, clock=clock)
     parts = [FakePart(f"P{i}-USD") for i in range(300)]
@@ -167,7 +184,7 @@ def test_round_robin_shares_a_short_budget_in_turn():
     counts = {len(t) for t in audits.values()}
     assert max(counts) - min(counts) <= 1 and min(counts) >= 8  # in turn, no starving
     gaps = [b - a for t in audits.values() for a, b in zip(t, t[1:], strict=False)]
-    assert 95 < min(gaps) and max(gaps) < 110
+    assert 100 < min(gaps) and max(gaps) < 115
 
 
 def test_a_product_without_a_book_is_passed_over_and_keeps_its_place():
@@ -221,7 +238,7 @@ class LoopPart(FakePart):
 
 @pytest.mark.slow
 def test_audits_stay_under_the_rate_and_arrive_in_order_with_the_parsed_books():
-    books = {f"P{i}-USD": ladder(100 + i, 60) for i in range(6)}
+    books = {f"P{i}-USD": ladder(100 + i, 60) for i in range(4)}
     with RestBookServer(books) as server:
         scheduler = AuditScheduler(3.0, settle_seconds=0.2)
         target = AuditTarget(server.url, "exchange", 5, 0.5)
@@ -416,5 +433,94 @@ def test_a_sim_run_audits_its_embedded_exchange_by_default():
     source, _ = build_source(settings, Shutdown())
     ws = source.url.rstrip("/")
     assert ws.startswith("ws://127.0.0.1:")
-    assert source.audit_target.base_url == "http" + ws[2:]
+    from local_exchange import embedded
+
+    assert source.audit_target.base_url == embedded.rest_url() == "http" + ws[2:]
     assert source.audit_target.interval == 60.0 and source.audit_target.levels == 50
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["exchange", "advanced-trade"])
+def test_audits_of_the_local_exchange_read_its_book_under_the_budget(
+    partitions, protocol
+):
+    """Against the local exchange's own REST (its default for sim): a still market, so
+    each REST book must be exactly the top of the snapshot the stream delivered."""
+    from local_exchange.server import LocalExchange
+
+    products = ["BTC-USD", "ETH-USD", "BTC-EUR"]
+    with LocalExchange(products, depth=30, rate=50) as exchange:
+        exchange.pause_market()  # before anyone subscribes: snapshots = REST books
+        scheduler = AuditScheduler(3.0, settle_seconds=0.1)
+        parts = [
+            build(
+                partitions,
+                products,
+                exchange.url(protocol),
+                product,
+                feed="sim",
+                protocol=protocol,
+                audit_interval=0.3,
+                audit_levels=10,
+                audit_scheduler=scheduler,
+            )
+            for product in products
+        ]
+        streams: dict[str, list] = {p: [] for p in products}
+
+        def audited(n: int) -> bool:
+            for part in parts:
+                streams[part.product_id] += [e for _, e in part.next_batch()]
+            return all(
+                sum(isinstance(e, BookAudit) for e in s) >= n for s in streams.values()
+            )
+
+        wait_until(lambda: audited(2), 30, "two audits of each product", poll=0.005)
+        exchange.rest_errors("429")
+        before = len(exchange.rest_requests())
+        wait_until(lambda: audited(4), 30, "two more audits of each", poll=0.005)
+        requests = exchange.rest_requests()
+    times = [t for t, _, _ in requests]
+    assert most_in_window(times, 1.0) <= 3
+    assert [s for _, _, s in requests].count(429) == 1
+    after_429 = next(i for i, (_, _, s) in enumerate(requests) if s == 429)
+    assert after_429 >= before and times[after_429 + 1] - times[after_429] >= 0.5
+    failed = 0
+    for product, stream in streams.items():
+        snapshot = next(e for e in stream if isinstance(e, BookSnapshot))
+        audits = [e for e in stream if isinstance(e, BookAudit)]
+        failed += sum(a.failure == "HTTP 429" for a in audits)
+        for audit in audits:
+            assert audit.product_id == product and audit.levels == 10
+            if audit.failure is None:
+                assert audit.bids == snapshot.bids[:10]
+                assert audit.asks == snapshot.asks[:10]
+        kinds = [type(e) for e in _audits(stream)]
+        assert kinds == [AuditStarted, BookAudit] * (len(kinds) // 2)
+    assert failed == 1 and scheduler.failures == {"HTTP 429": 1}
+
+
+@pytest.mark.slow
+def test_a_replay_served_by_the_local_exchange_is_not_audited(partitions, caplog):
+    """The local exchange serving a recording marks its data ``replay`` (see
+    coinbase/session.py) and has no REST book (it answers 501): its products are not
+    audited, and the process says so once."""
+    import coinbase_source
+    from tests.support.flow import free_port
+
+    coinbase_source._replay_said = False
+    scheduler = AuditScheduler(3.0)
+    part = build(
+        partitions,
+        ["BTC-USD"],
+        f"ws://127.0.0.1:{free_port()}/",
+        audit_interval=0.1,
+        audit_scheduler=scheduler,
+    )
+    part.session._awaiting_snapshot = False  # as if its snapshot had come
+    part._group.running = True
+    assert part.auditable
+    part.session.local_exchange = "replay"  # what the marker sets
+    assert not part.auditable and not part.auditable
+    said = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert said == ["replay: no REST books, audits skipped"]

@@ -11,8 +11,9 @@ pending about all the time, and every change message pays for noting its prices.
 
 Both event lists go through the real dataflow under ``run_main`` (a source of the
 decoded events -> book step -> spread filter -> a counting sink), runs interleaved,
-median of ``--repeat``, in messages per CPU second (steadier than wall time on a busy
-machine). Each path of the book step is measured: the plain fast path
+in messages per CPU second (steadier than wall time on a busy machine), the best and
+the median of ``--repeat`` runs each (on a machine shared with other work the best is
+the steadier estimate of the work itself; the median says what a busy machine sees). Each path of the book step is measured: the plain fast path
 (``UpdateBook``) and the book step with metrics (``BookStep``, what runs when the
 metrics API, depth records or a view are on). Decoding is done beforehand, so the
 flow's per-message work is smaller than the service's and the audit's share is
@@ -164,7 +165,7 @@ def measure(args) -> dict:
     print(
         f"{messages} messages ({changes} level changes) of {len(PRODUCTS)} products, "
         f"{audits} audits of {args.levels} levels a side (one per product every "
-        f"{args.interval:g} s of feed time), median of {args.repeat} runs, one worker"
+        f"{args.interval:g} s of feed time), {args.repeat} runs each, one worker"
     )
     results = {}
     for path_name, metrics in (("plain path", False), ("book step + metrics", True)):
@@ -175,15 +176,16 @@ def measure(args) -> dict:
             seconds, sink = run_flow(audited, metrics)
             times["audits on"].append(seconds)
             found = sink.audits
-        off = messages / statistics.median(times["audits off"])
-        on = messages / statistics.median(times["audits on"])
-        cost = 1 - on / off
-        results[path_name] = {"off": off, "on": on, "cost": cost, "audits": found}
-        print(
-            f"  {path_name:<20} audits off {off:>9,.0f} msg/CPU-s   audits on "
-            f"{on:>9,.0f} msg/CPU-s   cost {cost:6.1%}   target < 5% "
-            f"{'PASS' if cost < 0.05 else 'MISS'}"
-        )
+        for how, pick in (("best", min), ("median", statistics.median)):
+            off = messages / pick(times["audits off"])
+            on = messages / pick(times["audits on"])
+            cost = 1 - on / off
+            results[f"{path_name} {how}"] = {"off": off, "on": on, "cost": cost}
+            print(
+                f"  {path_name:<20} {how:<6} audits off {off:>9,.0f} msg/CPU-s   "
+                f"audits on {on:>9,.0f} msg/CPU-s   cost {cost:6.1%}   target < 5% "
+                f"{'PASS' if cost < 0.05 else 'MISS'}"
+            )
         print(f"  {'':<20} results: {dict(found)}")
         if found.get("drift") or found.get("match", 0) != audits:
             print("  DRIFT OR MISSING AUDITS ON A CLEAN FEED: the rule is broken")

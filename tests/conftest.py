@@ -62,11 +62,20 @@ AUDIT_RUN_TIMEOUT = 420.0
 """Seconds the asserting test waits for the run at most (it takes about 150 s alone)."""
 
 
+def _uses_audit_run(item) -> bool:
+    return "audit_run" in getattr(item, "fixturenames", ())
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
-    late = [i for i in items if "audit_run" in getattr(i, "fixturenames", ())]
+    late = [i for i in items if _uses_audit_run(i)]
     if late:
-        items[:] = [i for i in items if i not in late] + late
-    config.stash[_AUDIT_RUN] = bool(late)
+        items[:] = [i for i in items if not _uses_audit_run(i)] + late
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # after every deselection (-m "not slow", -k, --deselect): wanted only if selected
+    session.config.stash[_AUDIT_RUN] = any(map(_uses_audit_run, session.items))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -29,6 +29,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from events import BookReset, BookSnapshot
 from records import AuditRecord
 
 LABELS = ("product_id", "feed")
@@ -133,20 +134,20 @@ class BookMetrics:
     def observe(self, state: Any, event: Any) -> None:
         """After the book step applied ``event`` to ``state`` (a ``BookState``)."""
         p = self._product(event.product_id, event.feed)
-        p.last_ns = event.received_ns or time.time_ns()
         changes = getattr(event, "changes", None)
         if changes is not None:
             p.messages.inc()
             p.changes.inc(len(changes))
-        elif hasattr(event, "bids"):
+        elif type(event) is BookSnapshot:
             p.messages.inc()
             p.snapshots.inc()
             p.events = 0
-        elif hasattr(event, "reason"):  # a reset
+        elif type(event) is BookReset:
             RESETS.labels(event.product_id, event.feed, _reason(event.reason)).inc()
             p.events = 0
-        else:  # an audit's event: counted from its record (sink_observer)
+        else:  # an audit's event, no market data: counted from its record
             return
+        p.last_ns = event.received_ns or time.time_ns()
         if p.events % _LEVELS_EVERY == 0:
             book = state.book
             p.bids.set(len(book._bids) if book is not None else 0)

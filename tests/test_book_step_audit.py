@@ -376,3 +376,20 @@ def test_one_drift_is_counted_once_until_the_fresh_snapshot():
         [snapshot(), started(), audit(asks=wrong), snapshot(), started(), audit()]
     )
     assert out[-1].result == "match"
+
+
+def test_the_book_steps_metrics_take_audit_events_for_no_market_data():
+    from service.metrics import MESSAGES, SNAPSHOTS, BookMetrics
+
+    product = "MET-USD"
+    metrics, state = BookMetrics(), None
+    step = BookStep(metrics=metrics)
+    for event in [snapshot(), started(), audit(), changes((BID, D(99), D(7)))]:
+        event = type(event)(**{**_fields(event), "product_id": product})
+        state, _ = step(state, event)
+    assert SNAPSHOTS.labels(product, "sim")._value.get() == 1
+    assert MESSAGES.labels(product, "sim")._value.get() == 2  # snapshot + changes
+
+
+def _fields(event) -> dict:
+    return {name: getattr(event, name) for name in event.__slots__}

@@ -13,7 +13,12 @@ that it can be tested and benchmarked on its own. Rules, each a way a book goes 
 * a summary is emitted only when the top of book changed, and never for an empty-sided,
   locked or crossed book;
 * a book crossed or locked for ``RESYNC_AFTER_SECONDS`` of feed time asks its source
-  partition for a fresh snapshot (``resync``): the feed will not repair it.
+  partition for a fresh snapshot (``resync``): the feed will not repair it;
+* an audit (issue 19, docs/audit.md): :class:`events.AuditStarted` starts noting the
+  prices the stream touches; :class:`events.BookAudit` compares the REST book with the
+  book over the REST levels' price range, leaving the touched prices out, and emits an
+  :class:`records.AuditRecord`; untouched levels that differ are drift, and the product
+  asks for a fresh snapshot (``resync``) like a crossed book does.
 
 The requests go to the flow's :class:`resync.ResyncRequests`, the channel the flow's
 source owns: ``dataflow.get_flow`` gives it to :class:`UpdateBook` or :class:`BookStep`
@@ -27,22 +32,36 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from operator import itemgetter
 
 from common.decimals import CTX, plain
 from common.logs import RateLimitedLog
 from common.text import shown
-from events import BookChanges, BookEvent, BookReset, BookSnapshot
+from events import (
+    ASK,
+    BID,
+    AuditStarted,
+    BookAudit,
+    BookChanges,
+    BookEvent,
+    BookReset,
+    BookSnapshot,
+)
 from orderbook import BookCondition, OrderBook
-from records import OrderBookDepth, OrderBookSummary
+from records import AuditRecord, OrderBookDepth, OrderBookSummary
 from resync import ResyncRequests
 
 log = logging.getLogger(__name__)
 _bad_book_log = RateLimitedLog(log, interval_seconds=1.0)
 _failure_log = RateLimitedLog(log, interval_seconds=1.0)
 """Failed events of every product: at most one line a second, with a count of the rest."""
+_drift_log = RateLimitedLog(log, interval_seconds=1.0)
+"""Audits that found drift, every product: at most one warning a second."""
 STATUS_INTERVAL = 10.0
 RESYNC_AFTER_SECONDS = 3.0
 """Feed time a book may stay crossed or locked before it asks for a fresh snapshot."""
+MAX_NOTED = 100_000
+"""Prices a pending audit notes at most (a REST book that never comes)."""
 
 
 @dataclass
@@ -69,6 +88,14 @@ class BookState:
     quiet: bool = False
     """Log nothing for this book: a replay rebuilding it before its resume point (a
     flag of this product's state, so no other product or worker is silenced)."""
+    audit: PendingAudit | None = None
+    """The audit whose REST book is awaited (None: none, and the hot path pays one
+    ``is None`` check per change message for the whole feature)."""
+    snapshot_ns: int = 0
+    """Feed time (ns) of the book's snapshot: bounds the age of a drifted level."""
+    drifted: bool = False
+    """An audit found drift and the fresh snapshot has not come yet: later audits are
+    skipped, so that one drift is counted once."""
 
     def __getstate__(self) -> dict:
         return {"product_id": self.product_id, "feed": self.feed}
@@ -81,12 +108,43 @@ class BookState:
         return BookState(self.product_id, self.feed)
 
 
+class PendingAudit:
+    """An audit between its :class:`events.AuditStarted` and its
+    :class:`events.BookAudit`: the prices the stream touched meanwhile.
+
+    A price touched on either side counts as touched on both (a level that crossed
+    the spread meanwhile): never less fair, and no tuple per change. Noting them costs
+    one ``set.add`` a change, ~30 ns (the prices are the decoder's cached Decimals,
+    their hashes computed once); a set of (side, price) tuples, or keeping the change
+    lists to build the set later (they outlive the message, so memory is no longer
+    reused at once), cost about twice as much with audits every second
+    (bench/bench_audit.py). A pending audit whose REST book never comes stops noting
+    after :data:`MAX_NOTED` prices (checked with the status line, every
+    ``STATUS_INTERVAL``) and is skipped."""
+
+    __slots__ = ("cancelled", "requested_ns", "touched")
+
+    def __init__(self, requested_ns: int) -> None:
+        self.requested_ns = requested_ns
+        self.touched: set[Decimal] = set()
+        self.cancelled: str | None = None
+        """Why the comparison cannot be fair any more (a snapshot, a reset)."""
+
+    def bound(self) -> None:
+        if len(self.touched) > MAX_NOTED:  # the comparison is off anyway
+            self.cancelled = (
+                f"more than {MAX_NOTED} prices touched before the REST book"
+            )
+            self.touched.clear()
+
+
 def update_book(
     state: BookState | None,
     event: BookEvent,
     resync_requests: ResyncRequests | None = None,
-) -> tuple[BookState | None, OrderBookSummary | None]:
-    """Apply one event; return the new state and a summary if the top of book changed.
+) -> tuple[BookState | None, OrderBookSummary | AuditRecord | None]:
+    """Apply one event; return the new state and a summary if the top of book changed
+    (for a :class:`events.BookAudit`: its :class:`records.AuditRecord`).
 
     Never raises: whatever goes wrong with one event (a change the book refuses, a
     value outside the number domain that a source let through, a bug) drops that
@@ -106,7 +164,7 @@ def update_book(
 class UpdateBook:
     """:func:`update_book` for the dataflow's plain path, with the flow's resync
     channel: the summary as a ``(received_ns, summary)`` pair, the one shape every sink
-    and view gets.
+    and view gets (an audit record travels the same way, in the summary's place).
 
     One call more per event than the bare function, 70 to 100 ns on a 1.8 µs change
     (timeit); bench/bench_flow.py's plain fast path, best of 18 runs each before and
@@ -135,12 +193,20 @@ def _update_book(
     if isinstance(event, BookChanges):
         if state.book is None:
             return state, None
+        if state.audit is not None:  # the audit's whole cost when none is pending
+            note = state.audit.touched.add
+            for change in event.changes:
+                note(change[1])
         state.book.apply_changes(event.changes)
     elif isinstance(event, BookSnapshot):
         book = OrderBook(event.product_id)
         book.apply_snapshot(event.bids, event.asks)
         state.book = book
         state.last_top = None
+        state.snapshot_ns = feed_time_ns(event)
+        state.drifted = False
+        if state.audit is not None and state.audit.cancelled is None:
+            state.audit.cancelled = "a snapshot in between"
     elif isinstance(event, BookReset):
         if event.reason == "resume" and not state.quiet:
             log.info(
@@ -149,6 +215,8 @@ def _update_book(
             )
         _drop(state, f"reset: {event.reason}")
         return state, None
+    elif type(event) in _AUDIT_EVENTS:
+        return state, _audit(state, event, resync_requests)
     else:
         if not state.quiet:
             _failure_log.error(
@@ -200,6 +268,8 @@ def _failed(
 
 def _log_status(state: BookState) -> None:
     """Every STATUS_INTERVAL: a sign of life even when the spread filter passes nothing."""
+    if state.audit is not None:
+        state.audit.bound()
     if state.quiet:
         state.next_status_at = time.monotonic() + STATUS_INTERVAL
         return
@@ -228,8 +298,142 @@ def _drop(state: BookState, why: str) -> None:
     state.condition = BookCondition.AWAITING_SNAPSHOT
     state.invalid_since_ns = None
     state.resync_requested = False
+    if state.audit is not None and state.audit.cancelled is None:
+        state.audit.cancelled = "the book was dropped in between"
     if not state.quiet:
         log.debug("%s: book dropped (%s)", state.product_id, shown(why, 400))
+
+
+def _audit(
+    state: BookState,
+    event: AuditStarted | BookAudit,
+    resync_requests: ResyncRequests | None,
+) -> AuditRecord | None:
+    """Start noting touched prices (``AuditStarted``), or compare the REST book of a
+    ``BookAudit`` with the book: its audit record.
+
+    The fair-comparison rule (docs/audit.md): per side, the levels compared are the REST
+    book's and the book's over the REST levels' price range: from the best price to the
+    REST side's worst level when it gave all the levels asked (beyond it, REST shows
+    nothing to compare), the whole side when it gave fewer (its whole side). A price
+    counts when it is in one and not the other or has another size there, and is left
+    out when the stream touched it between the request and this event (the settle
+    window after the reply lets late stream updates arrive first). Untouched
+    differences are drift: the product asks for a fresh snapshot and one warning (at
+    most one a second over all products) names them.
+    """
+    if type(event) is AuditStarted:
+        state.audit = PendingAudit(event.received_ns)
+        return None
+    pending, state.audit = state.audit, None
+    received_ns = event.received_ns or time.time_ns()
+    record = {
+        "time": _utc(received_ns),
+        "levels": event.levels,
+        "requested": _utc(event.requested_ns),
+        "replied": _utc(event.replied_ns),
+        "feed": event.feed,
+    }
+    if event.failure is not None:
+        return AuditRecord(
+            state.product_id, result="failed", reason=str(event.failure), **record
+        )
+    skipped = None
+    if pending is None or pending.requested_ns != event.requested_ns:
+        skipped = "no pending request"
+    elif pending.cancelled is not None:
+        skipped = pending.cancelled
+    elif state.book is None:
+        skipped = "no book"
+    elif state.drifted:
+        skipped = "drift found, awaiting the fresh snapshot"
+    if skipped is not None:
+        return AuditRecord(state.product_id, result="skipped", reason=skipped, **record)
+    mismatches, compared, left_out = _compare(state.book, event, pending.touched)
+    result = "drift" if mismatches else "match"
+    audit = AuditRecord(
+        state.product_id,
+        result=result,
+        compared=compared,
+        touched=left_out,
+        mismatches=tuple(mismatches),
+        **record,
+    )
+    if mismatches:
+        state.drifted = True
+        reason = f"audit: {len(mismatches)} levels differ from the REST book"
+        if resync_requests is not None:
+            resync_requests.request(state.product_id, reason)
+        if not state.quiet:
+            _warn_drift(state, audit, event, received_ns)
+    return audit
+
+
+_ZERO = Decimal(0)
+
+
+def _compare(book: OrderBook, event: BookAudit, touched: set) -> tuple[list, int, int]:
+    """(mismatches best first, bids then asks; prices compared; prices left out).
+
+    No sort of the compared prices (Decimal comparisons: half the cost of an audit):
+    only the mismatches, usually none, are sorted."""
+    mismatches = []
+    compared = left_out = 0
+    for side, rest_levels in ((BID, event.bids), (ASK, event.asks)):
+        # all the levels asked: compare down to the worst; fewer: REST's whole side
+        bound = rest_levels[-1][0] if len(rest_levels) >= event.levels > 0 else None
+        ours = {}
+        for price, size in book.levels(side):
+            if bound is not None and (price < bound if side is BID else price > bound):
+                break
+            ours[price] = size
+        found = []
+        for price, theirs in rest_levels:
+            mine = ours.pop(price, _ZERO)
+            if price in touched:
+                left_out += 1
+            elif mine != theirs:
+                found.append((str(side), price, mine, theirs))
+        for price, mine in ours.items():  # levels REST does not have
+            if price in touched:
+                left_out += 1
+            else:
+                found.append((str(side), price, mine, _ZERO))
+        compared += len(rest_levels) + len(ours)
+        found.sort(key=itemgetter(1), reverse=side is BID)
+        mismatches += found
+    return mismatches, compared - left_out, left_out
+
+
+def _warn_drift(
+    state: BookState, audit: AuditRecord, event: BookAudit, now_ns: int
+) -> None:
+    """One line: product, levels with both sizes, and the age of their last change."""
+    untouched = (now_ns - event.requested_ns) / 1e9
+    since = ""
+    if state.snapshot_ns:
+        since = f", book snapshot {(now_ns - state.snapshot_ns) / 1e9:.1f} s ago"
+    levels = "; ".join(
+        f"{side} {plain(p)}: ours {plain(o)}, REST {plain(r)}"
+        for side, p, o, r in audit.mismatches[:5]
+    )
+    if len(audit.mismatches) > 5:
+        levels += f" (+{len(audit.mismatches) - 5} more)"
+    _drift_log.warning(
+        "%s [%s]: audit found drift, %d of %d levels differ from the REST book (%s); "
+        "unchanged for at least %.1f s%s; asking for a fresh snapshot",
+        shown(state.product_id),
+        state.feed,
+        len(audit.mismatches),
+        audit.compared,
+        levels,
+        untouched,
+        since,
+    )
+
+
+def _utc(ns: int) -> datetime | None:
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC) if ns else None
 
 
 def _summary_if_changed(
@@ -310,14 +514,16 @@ def event_time(event: BookSnapshot | BookChanges) -> datetime | None:
     return None
 
 
-Record = OrderBookSummary | OrderBookDepth
+Record = OrderBookSummary | OrderBookDepth | AuditRecord
+_AUDIT_EVENTS = frozenset((AuditStarted, BookAudit))
 
 
 class BookStep:
     """:func:`update_book` plus ``depth`` records: the book step when depth is on.
 
     Returns ``(state, None)`` when nothing is due, else ``(state, (received_ns,
-    summary or None, depth or None))``, for :meth:`SpreadFilter.records`. A depth record
+    summary or None, depth or None))``, for :meth:`SpreadFilter.records`; an audit
+    record takes the summary's place (the spread filter passes it on). A depth record
     of the top ``levels`` levels is due at every snapshot, then at most once per
     ``interval`` seconds of FEED time (the events' own time, so that a replay gives
     the records of the live run): on the first change applied after it elapsed.
@@ -355,6 +561,7 @@ class BookStep:
                 self.levels
                 and state.condition is BookCondition.OK
                 and state.book is not None
+                and type(event) not in _AUDIT_EVENTS  # they change nothing
             ):
                 t = event_time(event)
                 due = state.next_depth_at
@@ -433,16 +640,27 @@ class SpreadFilter:
         self, keyed: tuple[str, list[tuple[int, OrderBookSummary]]]
     ) -> list[tuple[int, OrderBookSummary]]:
         """For ``EachEvent(UpdateBook(...))``'s output: the ``(received_ns, summary)``
-        pairs kept."""
+        pairs kept; a ``(received_ns, audit record)`` pair is always kept (the
+        ``AttributeError`` of its missing ``spread_pct`` says so: no test per
+        summary, the second pass runs once per audit)."""
         threshold = self.threshold_pct
-        return [due for due in keyed[1] if due[1].spread_pct > threshold]
+        try:
+            return [due for due in keyed[1] if due[1].spread_pct > threshold]
+        except AttributeError:  # an audit record among them: never filtered
+            return [
+                due
+                for due in keyed[1]
+                if type(due[1]) is AuditRecord or due[1].spread_pct > threshold
+            ]
 
     def records(self, keyed: tuple[str, list[tuple]]) -> list:
         """For ``EachEvent(BookStep(...))``'s output: ``(received_ns, record)`` of each
-        record kept; depth records are never filtered."""
+        record kept; depth and audit records are never filtered."""
         kept = []
         for received_ns, summary, depth in keyed[1]:
-            if summary is not None and summary.spread_pct > self.threshold_pct:
+            if summary is not None and (
+                type(summary) is AuditRecord or summary.spread_pct > self.threshold_pct
+            ):
                 kept.append((received_ns, summary))
             if depth is not None and self.depth:
                 kept.append((received_ns, depth))

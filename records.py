@@ -1,8 +1,10 @@
-"""The records the dataflow emits: a top-of-book summary and a depth snapshot.
+"""The records the dataflow emits: a top-of-book summary, a depth snapshot, an audit.
 
 Pure values, no sockets, no Bytewax: :class:`OrderBookSummary` (what the spread filter
 looks at, emitted whenever the top of a book changes) and :class:`OrderBookDepth` (the top
-N levels of each side with liquidity bands and imbalance, at a cadence in feed time).
+N levels of each side with liquidity bands and imbalance, at a cadence in feed time)
+and :class:`AuditRecord` (what one comparison of a book with the exchange's REST book
+found, issue 19; built by :mod:`book_step`).
 Both serialise to one JSON object with a ``"type"`` and exact decimals as canonical
 strings, so nothing is lost to floating point. :class:`orderbook.OrderBook` builds them;
 this module knows nothing of the book but its public methods, one structure per module
@@ -29,7 +31,13 @@ from events import ASK, BID, Level
 if TYPE_CHECKING:
     from orderbook import OrderBook
 
-__all__ = ["DEPTH_BANDS_BPS", "OrderBookDepth", "OrderBookSummary"]
+__all__ = [
+    "DEPTH_BANDS_BPS",
+    "AuditRecord",
+    "Mismatch",
+    "OrderBookDepth",
+    "OrderBookSummary",
+]
 
 _ZERO = Decimal(0)
 _HUNDRED = Decimal(100)
@@ -283,6 +291,106 @@ class OrderBookDepth:
             f"  mid {plain(self.mid)}  imbalance {plain(self.imbalance)}"
             f"  within 10bps bid {plain(bid)} ask {plain(ask)}{feed}"
         )
+
+
+AUDIT_RESULTS = ("match", "drift", "skipped", "failed")
+"""Every value of :attr:`AuditRecord.result` (and of the metrics' ``result`` label)."""
+
+Mismatch = tuple[str, Decimal, Decimal, Decimal]
+"""``(side, price, our size, REST size)`` of one level that differs; a size of 0 is a
+level one of the two books does not have."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One audit of one product's book against the exchange's REST book: the ``audit``
+    record, whatever its result, so that a history says which stretches were verified.
+
+    ``result`` is one of :data:`AUDIT_RESULTS`: ``match`` (every compared level equal),
+    ``drift`` (``mismatches`` lists the untouched levels that differ, best first, bids
+    then asks), ``skipped`` (``reason``: no book, no pending request, a snapshot or a
+    reset in between) or ``failed`` (``reason``: why no REST book came). ``levels`` is
+    the number of levels a side asked of the REST book; ``compared`` the (side, price)
+    pairs compared, ``touched`` those left out because the stream changed them while
+    the REST book was taken. ``time`` is when the book step compared; ``requested`` and
+    ``replied`` when the REST request was sent and answered (the process's clock).
+    """
+
+    product_id: str
+    time: datetime | None
+    result: str
+    levels: int
+    compared: int = 0
+    touched: int = 0
+    mismatches: tuple[Mismatch, ...] = ()
+    reason: str | None = None
+    requested: datetime | None = None
+    replied: datetime | None = None
+    feed: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape (a fixed contract): decimals as canonical strings."""
+        return {
+            "type": "audit",
+            "product_id": self.product_id,
+            "time": _iso_utc(self.time),
+            "feed": self.feed,
+            "result": self.result,
+            "levels": self.levels,
+            "compared": self.compared,
+            "touched": self.touched,
+            "mismatches": [
+                {"side": side, "price": plain(p), "ours": plain(o), "rest": plain(r)}
+                for side, p, o, r in self.mismatches
+            ],
+            "reason": self.reason,
+            "requested": _iso_utc(self.requested),
+            "replied": _iso_utc(self.replied),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AuditRecord:
+        """Inverse of :meth:`to_dict` (numerically equal decimals, same instants)."""
+
+        def when(key: str) -> datetime | None:
+            value = data.get(key)
+            return None if value is None else datetime.fromisoformat(value)
+
+        return cls(
+            product_id=data["product_id"],
+            time=when("time"),
+            result=data["result"],
+            levels=int(data["levels"]),
+            compared=int(data.get("compared", 0)),
+            touched=int(data.get("touched", 0)),
+            mismatches=tuple(
+                (m["side"], Decimal(m["price"]), Decimal(m["ours"]), Decimal(m["rest"]))
+                for m in data.get("mismatches", ())
+            ),
+            reason=data.get("reason"),
+            requested=when("requested"),
+            replied=when("replied"),
+            feed=data.get("feed", ""),
+        )
+
+    def __str__(self) -> str:
+        feed = f"  [{self.feed}]" if self.feed else ""
+        detail = f"{self.compared} levels compared"
+        if self.mismatches:
+            shown_ = "; ".join(
+                f"{side} {plain(p)}: ours {plain(o)}, REST {plain(r)}"
+                for side, p, o, r in self.mismatches[:5]
+            )
+            more = len(self.mismatches) - 5
+            detail += f", {len(self.mismatches)} differ: {shown_}"
+            if more > 0:
+                detail += f" (+{more} more)"
+        if self.reason:
+            detail = f"{detail} ({self.reason})" if self.compared else self.reason
+        return f"{self.product_id}  audit {self.result}: {detail}{feed}"
 
 
 def _iso_utc(time: datetime | None) -> str | None:

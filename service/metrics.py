@@ -3,7 +3,8 @@
 Bytewax serves the process's default ``prometheus_client`` registry when
 ``BYTEWAX_DATAFLOW_API_ENABLED=true`` (port ``BYTEWAX_DATAFLOW_API_PORT``, 3030 by
 default), so the metrics below appear beside Bytewax's per-step ones. Every metric is
-labelled by ``product_id`` and ``feed``.
+labelled by ``product_id`` and ``feed``, except the audit's two (``product_id`` and
+``result``; ``product_id``).
 
 Who counts what:
 
@@ -11,6 +12,7 @@ Who counts what:
   changes, snapshots, resets by reason, book levels per side, age of the last update;
 * the dataflow's sink (:func:`sink_observer`): summaries delivered, spread in bps, and
   the latency from a frame's receive time on the socket to its records being written;
+  audits by result and drifted levels, from the audit records written (docs/audit.md);
 * the source partitions (:func:`observe_partition_stats`): reconnects, sequence gaps,
   malformed frames, backlog drops.
 
@@ -26,6 +28,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
+
+from events import BookReset, BookSnapshot
+from records import AuditRecord
 
 LABELS = ("product_id", "feed")
 
@@ -64,6 +69,18 @@ LATENCY = Histogram(
     "From a frame's receive time on the socket to its records written to the outputs",
     LABELS,
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+AUDITS = Counter(
+    "orderbook_audits",
+    "Audits of the book against the exchange's REST book, by result "
+    "(match, drift, skipped, failed)",
+    ("product_id", "result"),
+)
+AUDIT_DRIFT_LEVELS = Counter(
+    "orderbook_audit_drift_levels",
+    "Levels an audit found different from the REST book and untouched by the stream",
+    ("product_id",),
 )
 
 _LEVELS_EVERY = 32
@@ -117,18 +134,20 @@ class BookMetrics:
     def observe(self, state: Any, event: Any) -> None:
         """After the book step applied ``event`` to ``state`` (a ``BookState``)."""
         p = self._product(event.product_id, event.feed)
-        p.last_ns = event.received_ns or time.time_ns()
         changes = getattr(event, "changes", None)
         if changes is not None:
             p.messages.inc()
             p.changes.inc(len(changes))
-        elif hasattr(event, "bids"):
+        elif type(event) is BookSnapshot:
             p.messages.inc()
             p.snapshots.inc()
             p.events = 0
-        else:  # a reset
+        elif type(event) is BookReset:
             RESETS.labels(event.product_id, event.feed, _reason(event.reason)).inc()
             p.events = 0
+        else:  # an audit's event, no market data: counted from its record
+            return
+        p.last_ns = event.received_ns or time.time_ns()
         if p.events % _LEVELS_EVERY == 0:
             book = state.book
             p.bids.set(len(book._bids) if book is not None else 0)
@@ -165,6 +184,9 @@ def sink_observer() -> Callable[[list[tuple[int, Any]]], None]:
     def observe(items: list[tuple[int, Any]]) -> None:
         now = time.time_ns()
         for received_ns, record in items:
+            if type(record) is AuditRecord:
+                observe_audit(record)
+                continue
             count, spread, latency = children(record)
             if received_ns:
                 latency.observe((now - received_ns) / 1e9)
@@ -174,6 +196,13 @@ def sink_observer() -> Callable[[list[tuple[int, Any]]], None]:
                     spread.set(float(record.spread / record.mid) * 10_000)
 
     return observe
+
+
+def observe_audit(record: AuditRecord) -> None:
+    """Count one audit record: its result, and its drifted levels."""
+    AUDITS.labels(record.product_id, record.result).inc()
+    if record.mismatches:
+        AUDIT_DRIFT_LEVELS.labels(record.product_id).inc(len(record.mismatches))
 
 
 _PARTITION_COUNTERS = {

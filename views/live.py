@@ -68,10 +68,18 @@ def _age(seconds: float | None) -> str:
     return f"{seconds:.1f}s" if seconds < 60 else f"{seconds / 60:.0f}m"
 
 
+def _audit(row: dict) -> str:
+    """The last audit's result and age (``match 12.0s``), ``-`` before any."""
+    if row.get("audit") is None:
+        return "-"
+    return f"{row['audit']} {_age(row['audit_age'])}"
+
+
 def text_line(row: dict) -> str:
     """The text fallback's line for one product."""
+    audit = f"  audit {_audit(row)}" if row.get("audit") else ""
     if row["bid_price"] is None:
-        return f"{row['product_id']}  {row['state']}  age {_age(row['age'])}"
+        return f"{row['product_id']}  {row['state']}  age {_age(row['age'])}{audit}"
     liq = ""
     if row["bid_liquidity_10bps"] is not None:
         liq = (
@@ -85,7 +93,7 @@ def text_line(row: dict) -> str:
         f"  spread {row['spread_bps']:.4f} bps ({row['spread_pct']:.7f}%){wide}"
         f"  mid {_raw(row, 'mid')}  micro {_raw(row, 'microprice')}"
         f"  imb {_fmt(row['imbalance'], 3)}{liq}  {row['rate']:.1f} upd/s"
-        f"  {row['state']}  age {_age(row['age'])}  [{row['feed']}]"
+        f"  {row['state']}  age {_age(row['age'])}{audit}  [{row['feed']}]"
     )
 
 
@@ -292,6 +300,7 @@ class LiveView:
             "upd/s",
             "feed state",
             "age",
+            "audit",
         ):
             justify = "left" if name in ("product", "feed state") else "right"
             table.add_column(name, justify=justify, no_wrap=True)
@@ -301,7 +310,12 @@ class LiveView:
             )
             if r["bid_price"] is None:
                 table.add_row(
-                    r["product_id"], *["-"] * 11, state, _age(r["age"]), style="dim"
+                    r["product_id"],
+                    *["-"] * 11,
+                    state,
+                    _age(r["age"]),
+                    _audit(r),
+                    style="dim",
                 )
                 continue
             liq = "-"
@@ -322,6 +336,7 @@ class LiveView:
                 f"{r['rate']:.1f}",
                 state,
                 _age(r["age"]),
+                Text(_audit(r), style="bold red" if r["audit"] == "drift" else ""),
                 style="bold white on dark_red" if r["wide"] else None,
             )
         return table

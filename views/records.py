@@ -9,6 +9,10 @@ Two kinds of record, both plain dicts with decimals as strings:
   [["price", "size"], ...best first], "asks": [...], "mid", "bid_liquidity_10bps",
   "ask_liquidity_10bps"`` (and 50, 100), ``"imbalance"}``.
 
+* an **audit** record (``records.AuditRecord.to_dict()``, ``"type": "audit"``): what
+  the last comparison with the exchange's REST book found (``result``), see
+  docs/audit.md; the views show its result and age.
+
 A record without ``type`` is a summary when it has ``bid_price``, depth when it has
 ``bids``. Objects with a ``to_dict()`` (an ``OrderBookSummary``) are accepted too; the
 dataflow's ``(received_ns, record)`` pairs are unpacked by the views' sinks.
@@ -37,6 +41,9 @@ from common.text import shown
 
 SUMMARY = "summary"
 DEPTH = "depth"
+AUDIT = "audit"
+AUDIT_RESULTS = ("match", "drift", "skipped", "failed")
+"""What an audit record's ``result`` may say; anything else is not shown."""
 LIQUIDITY_BANDS = (10, 50, 100)
 """Basis points around mid of the depth records' ``*_liquidity_<N>bps`` fields."""
 EPOCH_MAX = 253_402_300_799.0
@@ -55,9 +62,9 @@ def as_record(item: Any) -> dict | None:
 
 
 def kind(record: dict) -> str | None:
-    """``"summary"``, ``"depth"`` or None for anything else."""
+    """``"summary"``, ``"depth"``, ``"audit"`` or None for anything else."""
     declared = record.get("type")
-    if declared in (SUMMARY, DEPTH):
+    if declared in (SUMMARY, DEPTH, AUDIT):
         return declared
     if declared is not None:
         return None

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 from common.domain import is_product_id
 from views.records import (
+    AUDIT,
+    AUDIT_RESULTS,
     DEPTH,
     SUMMARY,
     as_record,
@@ -68,6 +70,10 @@ class ProductView:
     """Least lag of the current window; with the previous window's, the baseline."""
     lag_floor_before: float | None = None
     lag_window_start: float = 0.0
+    audit: str | None = None
+    """The result of the product's last audit (one of ``AUDIT_RESULTS``), if any."""
+    audited: float = 0.0
+    """``time.monotonic()`` of the last audit record."""
 
     def note_lag(self, lag: float, now: float, window: float = LAG_WINDOW) -> None:
         self.lag = lag
@@ -140,6 +146,13 @@ class MarketBoard:
                 view = self._products.get(product)
                 if view is None:
                     view = self._products[product] = ProductView(product)
+                if what == AUDIT:  # no market data: state, lag and rate stay
+                    result = record.get("result")
+                    view.audit = result if result in AUDIT_RESULTS else None
+                    view.audited = now
+                    view.version += 1
+                    touched.append(product)
+                    continue
                 if what == SUMMARY:
                     view.summary = record
                     view.updates += 1
@@ -219,6 +232,8 @@ class MarketBoard:
             "microprice": num(s.get("microprice")),
             "imbalance": num(s.get("imbalance")),
             "raw": s,
+            "audit": view.audit,
+            "audit_age": now - view.audited if view.audited else None,
             "has_depth": bool(d),
             "depth_imbalance": num(d.get("imbalance")),
             "bids": levels(d, "bids")[:depth_levels] if d else [],

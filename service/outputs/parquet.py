@@ -43,7 +43,9 @@ Types: ``time`` a UTC timestamp (microseconds); prices, sizes and every derived 
 digits hold any price or notional. A value that does not fit (``1e-40``, ``1e25``) is
 never rounded: the other rows of its batch are stored, and the run stops through the
 output-failure path (one line naming the field and the value, status 1), with every
-file finished. Depth levels are list columns (``list<struct<price, size>>``). The
+file finished. Depth levels are list columns (``list<struct<price, size>>``); an audit
+record's mismatches are ``list<struct<side, price, ours, rest>>`` under ``type=audit``
+(docs/audit.md). The
 partition columns (``type``, ``product_id``, ``date``) live in the directory names, as
 Hive readers (DuckDB ``hive_partitioning``, pyarrow/pandas/polars datasets) expect.
 """
@@ -63,7 +65,7 @@ from pathlib import Path
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from common.text import shown
-from records import DEPTH_BANDS_BPS, OrderBookDepth, OrderBookSummary
+from records import DEPTH_BANDS_BPS, AuditRecord, OrderBookDepth, OrderBookSummary
 from service.outputs.registry import (
     OutputFailed,
     OutputKind,
@@ -131,7 +133,33 @@ def schemas():
         + [(name, dec) for name in _LIQUIDITY]
         + [("imbalance", dec)]
     )
-    return {"summary": summary, "depth": depth}
+    audit = pa.schema(
+        [
+            ("time", ts),
+            ("feed", pa.string()),
+            ("result", pa.string()),
+            ("levels", pa.int32()),
+            ("compared", pa.int32()),
+            ("touched", pa.int32()),
+            (
+                "mismatches",
+                pa.list_(
+                    pa.struct(
+                        [
+                            ("side", pa.string()),
+                            ("price", dec),
+                            ("ours", dec),
+                            ("rest", dec),
+                        ]
+                    )
+                ),
+            ),
+            ("reason", pa.string()),
+            ("requested", ts),
+            ("replied", ts),
+        ]
+    )
+    return {"summary": summary, "depth": depth, "audit": audit}
 
 
 def _levels(records: list, side: str) -> list:
@@ -168,10 +196,19 @@ _COLUMNS = {
         ),
         _attribute("imbalance"),
     ],
+    "audit": [
+        *(_attribute(name) for name in ("time", "feed", "result")),
+        *(_attribute(name) for name in ("levels", "compared", "touched")),
+        lambda records: [
+            [{"side": s, "price": p, "ours": o, "rest": r} for s, p, o, r in m]
+            for m in map(attrgetter("mismatches"), records)
+        ],
+        *(_attribute(name) for name in ("reason", "requested", "replied")),
+    ],
 }
 """Per kind, one function per schema column: the column's values of a list of records
 (built column by column at flush time: cheaper than a tuple per record)."""
-_KINDS = {OrderBookSummary: "summary", OrderBookDepth: "depth"}
+_KINDS = {OrderBookSummary: "summary", OrderBookDepth: "depth", AuditRecord: "audit"}
 
 
 def _build_table(pa, schema, kind: str, records: list):

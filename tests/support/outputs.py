@@ -56,6 +56,11 @@ def _json_shape(rel, hive: dict[str, str]) -> list[dict]:
                 value = _plain(value)
             elif isinstance(value, datetime):
                 value = _iso(value)
+            elif isinstance(value, list) and key == "mismatches":  # audit records
+                value = [
+                    {k: v if k == "side" else _plain(v) for k, v in m.items()}
+                    for m in value
+                ]
             elif isinstance(value, list):
                 value = [[_plain(lv["price"]), _plain(lv["size"])] for lv in value]
             record[key] = value
@@ -69,7 +74,7 @@ def parquet_records(root: Path) -> list[dict]:
 
     out = []
     con = duckdb.connect()
-    for kind in ("summary", "depth"):
+    for kind in ("summary", "depth", "audit"):
         if not list((root / f"type={kind}").rglob("*.parquet")):
             continue
         rel = con.sql(

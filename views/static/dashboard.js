@@ -151,6 +151,8 @@
       ["liq ±10bps", liq],
       ["updates/s", row.rate.toFixed(1)],
       ["lag", row.lag === null ? "-" : row.lag.toFixed(2) + " s"],
+      // the server sends only match/drift/skipped/failed (views/state.py)
+      ["audit", row.audit ? `<b class="audit-${row.audit}">${row.audit}</b> ${row.audit_age.toFixed(0)} s ago` : "-"],
     ];
     c.statsBox.innerHTML = cells.map(([k, v]) => `<span>${k}: ${v}</span>`).join("");
     c.imbar.firstChild.style.width = ((row.imbalance ?? 0.5) * 100).toFixed(1) + "%";

@@ -4,7 +4,7 @@ Per product: the time range (receive time), frames and snapshots, level changes,
 by reason (a new connection, an Advanced Trade sequence gap, a malformed frame, a new
 snapshot, a new file; the product's first start is not a reset), crossed and locked
 episodes (how many, and their total time: the book is rebuilt with
-:class:`orderbook.OrderBook` as the items go by, an episode runs from the item that
+a dict and a heap of prices per side as the items go by, an episode runs from the item that
 crossed or locked the book to the one that uncrossed it, or to a reset or the end), the
 longest silence (the longest time between two records of the product, and when it
 began), and what was skipped (damaged rows, updates before a snapshot...). Skips that
@@ -19,13 +19,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from heapq import heapify, heappop, heappush
 from typing import Any
 
-from events import BookChanges, BookReset, BookSnapshot
+from events import BID, BookChanges, BookReset, BookSnapshot
 from importers.stream import START, Item
-from orderbook import BookCondition, InvalidChange, OrderBook
-
-_EPISODES = {BookCondition.CROSSED: "crossed", BookCondition.LOCKED: "locked"}
 
 
 @dataclass
@@ -44,6 +42,8 @@ class ProductQuality:
     longest_silence_ns: int = 0
     silence_from_ns: int | None = None
     skipped: Counter = field(default_factory=Counter)
+    episodes_measured: bool = True
+    """False in the light report of a replay (``importers.replay.LIGHT``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -100,7 +100,7 @@ class ProductQuality:
         )
         resets = sum(self.resets.values())
         text += f"; {_counts(self.resets, 'reset', 'resets') if resets else 'no reset'}"
-        for kind in ("crossed", "locked"):
+        for kind in ("crossed", "locked") if self.episodes_measured else ():
             n = self.episodes[kind]
             if n:
                 text += (
@@ -109,6 +109,10 @@ class ProductQuality:
                 )
             else:
                 text += f"; never {kind}"
+        if not self.episodes_measured:
+            text += (
+                "; crossed or locked not measured (ORDERBOOK_REPLAY_REPORT measures it)"
+            )
         if self.silence_from_ns is not None:
             text += (
                 f"; longest silence {_duration(self.longest_silence_ns)} from "
@@ -158,13 +162,101 @@ class QualityReport:
         return "\n".join(lines)
 
 
+class _Top:
+    """The best bid and ask of one product's book, all a report needs of it (crossed
+    or locked after each item): each side's levels in a dict and its prices in a heap
+    (bids negated), a deleted price left in the heap until it comes to the top.
+
+    Why not :class:`orderbook.OrderBook`: its sorted sides cost more per change than a
+    dict and a heap push, and the report is made on every replay. Measured on
+    bench_importers' 100,004 items (330,373 level changes, 1,000-level books): 0.47 s
+    with an ``OrderBook`` per product, 0.2 s with this.
+    """
+
+    __slots__ = ("ask", "ask_heap", "asks", "bid", "bid_heap", "bids")
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.bids: dict = {}
+        self.asks: dict = {}
+        self.bid_heap: list = []
+        self.ask_heap: list = []
+        self.bid = self.ask = None
+
+    def snapshot(self, bids, asks) -> None:
+        self.bids = {p: s for p, s in dict(bids).items() if s}
+        self.asks = {p: s for p, s in dict(asks).items() if s}
+        self.bid_heap = [-p for p in self.bids]
+        self.ask_heap = list(self.asks)
+        heapify(self.bid_heap)
+        heapify(self.ask_heap)
+        self.bid = -self.bid_heap[0] if self.bid_heap else None
+        self.ask = self.ask_heap[0] if self.ask_heap else None
+
+    def changes(self, changes) -> None:
+        bids, asks = self.bids, self.asks
+        bid, ask = self.bid, self.ask
+        for side, price, size in changes:
+            if side == BID:
+                if size:
+                    if price not in bids:
+                        heappush(self.bid_heap, -price)
+                        if bid is None or price > bid:
+                            bid = price
+                    bids[price] = size
+                elif price == bid:
+                    del bids[price]
+                    bid = self._best_bid()
+                else:
+                    bids.pop(price, None)
+            elif size:
+                if price not in asks:
+                    heappush(self.ask_heap, price)
+                    if ask is None or price < ask:
+                        ask = price
+                asks[price] = size
+            elif price == ask:
+                del asks[price]
+                ask = self._best_ask()
+            else:
+                asks.pop(price, None)
+        self.bid, self.ask = bid, ask
+
+    def _best_bid(self):
+        heap, bids = self.bid_heap, self.bids
+        if len(heap) > 2 * len(bids) + 64:  # deleted prices: keep the heap small
+            heap[:] = [-p for p in bids]
+            heapify(heap)
+        while heap and -heap[0] not in bids:
+            heappop(heap)
+        return -heap[0] if heap else None
+
+    def _best_ask(self):
+        heap, asks = self.ask_heap, self.asks
+        if len(heap) > 2 * len(asks) + 64:
+            heap[:] = list(asks)
+            heapify(heap)
+        while heap and heap[0] not in asks:
+            heappop(heap)
+        return heap[0] if heap else None
+
+    def episode(self) -> str | None:
+        """``crossed``, ``locked`` or None (a side empty, or the book is fine)."""
+        bid, ask = self.bid, self.ask
+        if bid is None or ask is None or bid < ask:
+            return None
+        return "locked" if bid == ask else "crossed"
+
+
 class QualityTracker:
-    """Fed every written :class:`~importers.stream.Item` in order; :meth:`report` at
-    the end."""
+    """Fed every written :class:`~importers.stream.Item` (or a replay's events,
+    :meth:`add_event`) in order; :meth:`report` at the end."""
 
     def __init__(self) -> None:
         self.products: dict[str, ProductQuality] = {}
-        self._books: dict[str, OrderBook] = {}
+        self._books: dict[str, _Top] = {}
         self._episode: dict[str, tuple[str, int]] = {}
         self.skipped: Counter = Counter()
         self.ignored: Counter = Counter()
@@ -174,13 +266,16 @@ class QualityTracker:
         quality = self.products.get(product_id)
         if quality is None:
             quality = self.products[product_id] = ProductQuality(product_id)
-            self._books[product_id] = OrderBook(product_id)
+            self._books[product_id] = _Top()
         return quality
 
     def add(self, item: Item) -> None:
-        product = item.product_id
+        self.add_event(item.product_id, item.event, item.t_ns)
+
+    def add_event(self, product: str, event, t: int) -> None:
+        """One event of ``product`` received at ``t`` (ns); a reset's reason counts
+        unless it is :data:`~importers.stream.START`."""
         quality = self.products.get(product) or self._product(product)
-        t = item.t_ns
         last = quality.last_ns
         if last is None:
             quality.first_ns = t
@@ -189,27 +284,20 @@ class QualityTracker:
             quality.silence_from_ns = last
         quality.last_ns = t
         book = self._books[product]
-        event = item.event
         kind = type(event)
-        try:
-            if kind is BookChanges:
-                quality.frames += 1
-                quality.changes += len(event.changes)
-                book.apply_changes(event.changes)
-            elif kind is BookSnapshot:
-                quality.frames += 1
-                quality.snapshots += 1
-                book.apply_snapshot(event.bids, event.asks)
-            elif kind is BookReset:
-                if event.reason != START:
-                    quality.resets[event.reason] += 1
-                book.clear()
-        except InvalidChange:
-            quality.skipped["changes the book refused"] += 1
-        self._condition(product, quality, book.condition, t)
-
-    def _condition(self, product, quality, condition, t: int) -> None:
-        name = _EPISODES.get(condition)
+        if kind is BookChanges:
+            quality.frames += 1
+            quality.changes += len(event.changes)
+            book.changes(event.changes)
+        elif kind is BookSnapshot:
+            quality.frames += 1
+            quality.snapshots += 1
+            book.snapshot(event.bids, event.asks)
+        elif kind is BookReset:
+            if event.reason != START:
+                quality.resets[event.reason] += 1
+            book.clear()
+        name = book.episode()
         open_episode = self._episode.get(product)
         if open_episode is not None:
             if open_episode[0] == name:

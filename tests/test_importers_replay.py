@@ -104,9 +104,12 @@ def test_each_foreign_format_replays_as_its_converted_recording(
     assert set(direct) == set(PRODUCTS)
     assert all(len(v) > 20 for v in direct.values())
     _assert_final_tops_are_true(direct, session)
-    assert _leftovers(cache) == [f"orderbook-replay-{os.getuid()}"], (
-        "the temporary recording is removed at the end"
-    )
+    if kind == "tardis":  # replayed as read (importers/direct.py): nothing converted
+        assert _leftovers(cache) == []
+    else:
+        assert _leftovers(cache) == [f"orderbook-replay-{os.getuid()}"], (
+            "the temporary recording is removed at the end"
+        )
 
 
 def test_daily_files_of_several_products_merge_in_receive_order(
@@ -282,13 +285,22 @@ def test_products_narrow_what_is_converted(tmp_path, cache, session):
     assert str(refused.value) == (
         "ORDERBOOK_REPLAY: no book data of SOL-USD in the 1 file (ORDERBOOK_PRODUCTS)"
     )
-    assert _leftovers(cache) == [f"orderbook-replay-{os.getuid()}"]
+    assert _leftovers(cache) == [], "tardis.dev files are replayed as read"
 
 
 @pytest.mark.slow
-def test_two_processes_convert_once_and_report_every_product(tmp_path, two_days):
-    write_tardis_days(tmp_path, two_days)
-    replay = str(tmp_path / "coinbase_incremental_book_L2_*.csv.gz")
+@pytest.mark.parametrize("kind", ["tardis", "cryptofeed raw"])
+def test_two_processes_replay_and_report_every_product(tmp_path, two_days, kind):
+    """Under ``-p 2``: tardis.dev files are read directly by each process (each keeps
+    its own products); a cryptofeed capture is converted once, by one process, and
+    both replay that recording. Each process prints its products' quality; the JSON
+    report holds them all."""
+    if kind == "tardis":
+        write_tardis_days(tmp_path, two_days)
+        replay = str(tmp_path / "coinbase_incremental_book_L2_*.csv.gz")
+    else:
+        write_cryptofeed_raw(tmp_path, two_days)
+        replay = str(tmp_path / "COINBASE.ws.28.*")
     out, report, cache = tmp_path / "p2.jsonl", tmp_path / "r.json", tmp_path / "tmp"
     cache.mkdir()
     env = flow_env(
@@ -300,19 +312,23 @@ def test_two_processes_convert_once_and_report_every_product(tmp_path, two_days)
     )
     flow = FlowProcess(["bytewax.testing", "dataflow:flow", "-p", "2"], env)
     assert flow.finish(timeout=120) == 0, flow.stderr[-3000:]
-    assert flow.stderr.count("converting 4 files for the replay") == 1, flow.stderr
-    assert "replaying the conversion another process made" in flow.stderr
+    if kind == "tardis":
+        assert "converting" not in flow.stderr
+        assert flow.stderr.count("tardis.dev files, read directly (") == 2
+    else:
+        assert flow.stderr.count("converting 3 files for the replay") == 1, flow.stderr
+        assert "replaying the conversion another process made" in flow.stderr
     records = by_product(read_jsonl(out))
     _assert_final_tops_are_true(records, two_days)
     data = json.loads(report.read_text())
     assert [q["product_id"] for q in data["products"]] == list(PRODUCTS), (
         "each process's products merged into the one report"
     )
-    assert all(q["resets"] == {"next file": 1} for q in data["products"])
+    if kind == "tardis":
+        assert all(q["resets"] == {"next file": 1} for q in data["products"])
     assert flow.stderr.count("quality of the replay:") == 2
-    assert _leftovers(cache) == [f"orderbook-replay-{os.getuid()}"], (
-        "the temporary recording is removed at the end"
-    )
+    expected = [] if kind == "tardis" else [f"orderbook-replay-{os.getuid()}"]
+    assert _leftovers(cache) == expected, "the temporary recording is removed"
 
 
 def test_a_conversion_made_again_is_the_same_recording(tmp_path, two_days):

@@ -7,14 +7,15 @@ of 4 products), a tardis.dev .csv.gz replayed 1.9-2.1x slower than the same even
 this project's recording, though reading the CSV alone costs 1.06x the recording's
 read. Here the events the importer builds go to the books directly.
 
-When. :func:`importers.replay.open_replay` uses this source when every file is a
-tardis.dev ``incremental_book_L2`` file and the caller says the process replays alone
-(``direct``: one process, no recovery store; service/inputs.py decides). Under ``-p N``
-the conversion stays: it reads the files once for every process, and the processes then
-read only their own products' blocks; under ``-r`` the resume states stay the converted
-recording's. (This source's partitions save the same states, record indexes of the
-product, which a conversion of the same files would give.) cryptofeed captures are
-still converted: their products are only known by parsing every frame.
+When. :func:`importers.replay.open_replay` uses this source whenever every file is a
+tardis.dev ``incremental_book_L2`` file (``direct=False`` converts them, as before).
+Under ``-p N`` every process reads every file and keeps its own products' items: more
+CPU in all than a conversion shared by the processes, but no process waits for a
+conversion before its first event. Under ``-r`` a partition saves the states a replay
+of the converted recording would (the index of the product's next item and of its
+last reset: a conversion numbers the same items the same way) and resumes from them
+(below). cryptofeed captures are still converted first: their products are known only
+by parsing every frame, and a replay must name its products before it starts.
 
 How. The dataflow must know the products before it starts (they place the books): a
 scan of the files' text finds the symbols with a snapshot

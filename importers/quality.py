@@ -200,45 +200,52 @@ class _Top:
         bid, ask = self.bid, self.ask
         for side, price, size in changes:
             if side == BID:
-                if size:
-                    if price not in bids:
-                        heappush(self.bid_heap, -price)
-                        if bid is None or price > bid:
-                            bid = price
+                if not size:
+                    if bids.pop(price, None) is not None and price == bid:
+                        bid = self._best(self.bid_heap, bids, True)
+                elif price in bids:
                     bids[price] = size
-                elif price == bid:
-                    del bids[price]
-                    bid = self._best_bid()
                 else:
-                    bids.pop(price, None)
-            elif size:
-                if price not in asks:
-                    heappush(self.ask_heap, price)
-                    if ask is None or price < ask:
-                        ask = price
+                    bids[price] = size
+                    self._pushed(self.bid_heap, bids, -price, True)
+                    if bid is None or price > bid:
+                        bid = price
+            elif not size:
+                if asks.pop(price, None) is not None and price == ask:
+                    ask = self._best(self.ask_heap, asks, False)
+            elif price in asks:
                 asks[price] = size
-            elif price == ask:
-                del asks[price]
-                ask = self._best_ask()
             else:
-                asks.pop(price, None)
+                asks[price] = size
+                self._pushed(self.ask_heap, asks, price, False)
+                if ask is None or price < ask:
+                    ask = price
         self.bid, self.ask = bid, ask
 
-    def _best_bid(self):
-        heap, bids = self.bid_heap, self.bids
-        if len(heap) > 2 * len(bids) + 64:  # deleted prices: keep the heap small
-            heap[:] = [-p for p in bids]
-            heapify(heap)
-        while heap and -heap[0] not in bids:
-            heappop(heap)
-        return -heap[0] if heap else None
+    @classmethod
+    def _pushed(cls, heap: list, levels: dict, key, negated: bool) -> None:
+        """A new price into its side's heap (``key``: the price, negated for bids)."""
+        heappush(heap, key)
+        if len(heap) > 2 * len(levels) + 64:
+            cls._compact(heap, levels, negated)
 
-    def _best_ask(self):
-        heap, asks = self.ask_heap, self.asks
-        if len(heap) > 2 * len(asks) + 64:
-            heap[:] = list(asks)
-            heapify(heap)
-        while heap and heap[0] not in asks:
+    @staticmethod
+    def _compact(heap: list, levels: dict, negated: bool) -> None:
+        """Deleted prices piled up in the heap (a price added and deleted again and
+        again away from the top): the heap made again from the side's prices."""
+        heap[:] = [-p for p in levels] if negated else list(levels)
+        heapify(heap)
+
+    @classmethod
+    def _best(cls, heap: list, levels: dict, negated: bool):
+        """The side's best price after its best level was deleted."""
+        if len(heap) > 2 * len(levels) + 64:
+            cls._compact(heap, levels, negated)
+        if negated:
+            while heap and -heap[0] not in levels:
+                heappop(heap)
+            return -heap[0] if heap else None
+        while heap and heap[0] not in levels:
             heappop(heap)
         return heap[0] if heap else None
 

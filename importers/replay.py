@@ -5,29 +5,29 @@ and returns the source the dataflow reads:
 
 * **one recording of this project** is replayed as before by
   :class:`recording.replay.ReplaySource` (one partition per product, each worker reading
-  only its products' blocks): nothing of this module runs in between, unless a quality
-  report is asked for (below);
-* **anything else** (a tardis.dev or cryptofeed file, several files of any formats,
-  own recordings included) is converted at start by :func:`importers.convert.convert`
+  only its products' blocks), measured on the way for the quality report (below);
+* **tardis.dev files** (one or many) are read directly as one merged stream
+  (:mod:`importers.direct`): no temporary recording;
+* **anything else** (a cryptofeed capture, several files of mixed formats, own
+  recordings included) is converted at start by :func:`importers.convert.convert`
   into a temporary version 2 recording (the files merged by receive time, one stream
   per product, a product's files of successive days one after the other, the quality
   report computed on the way), and that recording is replayed by the same
   ``ReplaySource``.
 
-Why convert first rather than replay the merged stream directly. The conversion keeps
+Why convert these rather than replay the merged stream directly. The conversion keeps
 one replay path: the partitions, the placement of products on workers and processes,
 the resume states of ``-r`` (record indexes: a conversion is deterministic, so the
 recording made again after a restart has the same indexes), the protocol check and the
-end-of-replay paragraph are the recording's own. A direct stream would have every
-worker of every process parse every file (a cryptofeed capture holds every product in
-one file) and would need a partition design and resume states of its own. The cost is
-the conversion before the first record (reading, the quality report's books, writing)
-and the disk space of the converted recording (about the size of a tardis.dev
-.csv.gz). Measured with bench/bench_importers.py (100,004 messages of 4 products, the
-whole ``ORDERBOOK_REPLAY`` run through the dataflow, two runs on this shared 2-core
-machine): a tardis.dev .csv.gz took 1.9-2.1x the time of the same events replayed from
-this project's recording, a cryptofeed v3 capture (Advanced Trade) 2.5-2.6x. Convert
-once with ``python -m recording convert`` to replay the same files often.
+end-of-replay paragraph are the recording's own; and the replay must name its products
+before it starts, which for a cryptofeed capture means parsing every frame. The cost is
+the conversion before the first record and the disk space of the converted recording.
+Measured with bench/bench_importers.py (100,004 messages of 4 products, the whole
+``ORDERBOOK_REPLAY`` run through the dataflow, medians of rounds on this shared 2-core
+machine): a tardis.dev .csv.gz converted first took 1.9-2.7x the time of the same
+events replayed from this project's recording, read directly 1.2-1.5x (see
+:mod:`importers.direct`); a cryptofeed v3 capture (Advanced Trade, converted) 2.5-3.5x.
+Convert once with ``python -m recording convert`` to replay the same files often.
 
 Several processes (``-p N``) convert once. The temporary recording's place is keyed by
 the inputs (each file's real path, size and modification time) and the products asked
@@ -39,15 +39,16 @@ once its partitions ended (no other process still reads) removes the recording. 
 recording left by a killed run (the kernel drops a dead process's locks) is removed by
 the next replay that finds it unlocked.
 
-The quality report (:mod:`importers.quality`): per product, printed on stderr when the
-process's last partition ends (each process prints its own products, as the replay's
-own paragraph does), and written as JSON when ``report`` (``ORDERBOOK_REPLAY_REPORT``)
-names a file. For converted inputs it is the conversion's report (rows skipped, resets
-with their reasons, files cut off), free since it was computed while converting; the
-replay's own skips are added. For one recording of this project it is computed from the
-replayed events by a :class:`QualityTracker` per partition, only when the JSON report is
-asked for: the tracker rebuilds a book per product, which made a replay about 30%
-slower (0.5 s more for 100,004 messages replayed in 1.65 s), too much for every replay.
+The quality report (:mod:`importers.quality`): per product, printed on stderr at the
+end of every replay, when the process's last partition ends (each process prints its
+own products, as the replay's own paragraph does), and written as JSON when ``report``
+(``ORDERBOOK_REPLAY_REPORT``) names a file. For converted inputs it is the
+conversion's report (rows skipped, resets with their reasons, files cut off), free
+since it was computed while converting; for tardis.dev files read directly, the direct
+pass's; the replay's own skips are added. For one recording of this project it is
+measured from the replayed events per partition: by default the light report
+(:data:`LIGHT`: everything but crossed and locked episodes, within the noise of the
+replay's time), the full one (:data:`FULL`) when the JSON report is asked for.
 Under ``-p N`` every process merges its products into the one JSON file under a lock
 (a file written before this process started is a previous run's, and is replaced).
 """
@@ -617,11 +618,14 @@ class _ReportingPartition(StatefulSourcePartition):
         times = [event.received_ns for _, event in batch]
         if times.count(0):  # resets (and frames without a time): rare, one by one
             times = []
+            seen = self._last_ns is not None or self._frames > 0  # a frame before
             for _, event in batch:
                 if type(event) is BookReset:
-                    if self._last_ns is not None and event.reason == "reconnected":
+                    if seen and event.reason == "reconnected":
                         self._resets += 1
-                elif event.received_ns:
+                    continue
+                seen = True
+                if event.received_ns:
                     times.append(event.received_ns)
                 else:
                     self._frames += 1

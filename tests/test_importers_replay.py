@@ -359,3 +359,82 @@ def test_the_service_refuses_a_file_of_no_format_in_one_line(tmp_path):
     assert lines[0].startswith("orderbook: ORDERBOOK_REPLAY: ")
     assert "prices.bin: not importable: binary data" in lines[0]
     assert flow.stdout == ""
+
+
+def test_every_replay_of_a_recording_ends_with_its_quality_report(
+    tmp_path, cache, two_days, capsys
+):
+    """Without ``ORDERBOOK_REPLAY_REPORT`` the report is the light one (no crossed or
+    locked episodes, measured per batch): every other figure is the full report's."""
+    recording = tmp_path / "two-days.gz"
+    convert([str(p) for p in write_tardis_days(tmp_path, two_days)], recording)
+    capsys.readouterr()
+    assert _summaries(str(recording))
+    light = capsys.readouterr().err
+    assert _summaries(str(recording), ORDERBOOK_REPLAY_REPORT=str(tmp_path / "r.json"))
+    full = capsys.readouterr().err
+
+    def report(err: str, drop: str) -> list[str]:
+        lines = err.split("quality of the replay:\n", 1)[1].splitlines()
+        return [line.replace(drop, "") for line in lines[: len(PRODUCTS)]]
+
+    light_lines = report(
+        light, "; crossed or locked not measured (ORDERBOOK_REPLAY_REPORT measures it)"
+    )
+    assert light_lines == report(full, "; never crossed; never locked")
+    assert all("1 reset (1 connection)" in line for line in light_lines)
+    assert all("longest silence 0.4 s" in line for line in light_lines)
+
+
+def test_a_direct_replay_resumes_where_a_replay_of_its_conversion_would(
+    tmp_path, two_days, monkeypatch
+):
+    """The direct partitions save the converted recording's resume states (the
+    product's item index and last reset's), and a partition resumed mid-file rebuilds
+    the book and goes on to the true book."""
+    from importers.direct import DirectPartition, DirectSource, direct_products
+    from orderbook import OrderBook
+    from recording.replay import ReplayPartition, ReplaySource
+
+    paths = write_tardis_days(tmp_path, two_days)
+    monkeypatch.setattr(DirectPartition, "BATCH", 20)
+    monkeypatch.setattr(ReplayPartition, "BATCH", 20)
+    products = direct_products(paths, None)
+    assert products == list(PRODUCTS)
+
+    def drain(part) -> tuple[list, list]:
+        events, states = [], []
+        while True:
+            try:
+                events += [event for _, event in part.next_batch()]
+            except StopIteration:
+                return events, states
+            states.append(part.snapshot())
+
+    direct = {
+        p: drain(DirectSource(paths, products).build_part("s", p, None))
+        for p in products
+    }
+    converted = tmp_path / "converted.gz"
+    convert([str(p) for p in paths], converted)
+    for product in products:
+        _, states = drain(ReplaySource(converted).build_part("s", product, None))
+        assert direct[product][1][-1] == states[-1]
+        middle = direct[product][1][len(direct[product][1]) // 2]
+        assert 0 < middle["stream"] < middle["next"], (
+            "resumed after the next file's reset"
+        )
+        resumed, _ = drain(
+            DirectSource(paths, products).build_part("s", product, middle)
+        )
+        book = OrderBook(product)
+        for event in resumed:
+            if type(event).__name__ == "BookSnapshot":
+                book.apply_snapshot(event.bids, event.asks)
+            elif type(event).__name__ == "BookChanges":
+                book.apply_changes(event.changes)
+            else:
+                book.clear()
+        bids, asks = two_days.truth[product]
+        assert dict(book.bids) == bids and dict(book.asks) == asks
+        assert type(resumed[0]).__name__ == "BookSnapshot", "the rebuilt book first"

@@ -88,14 +88,16 @@ class _WorkerPass:
     PULL_ITEMS = 2000
     MAX_QUEUED = 50_000
 
-    def __init__(self, paths: list[Path], show_progress: bool) -> None:
+    def __init__(
+        self, paths: list[Path], show_progress: bool, episodes: bool = True
+    ) -> None:
         self.paths = paths
         self.show_progress = show_progress
         self.queues: dict[str, deque] = {}
         self.parts: list[DirectPartition] = []
         self.started = False
         self.done = False
-        self.tracker = QualityTracker()
+        self.tracker = QualityTracker(episodes)
         self.t0 = 0.0
         self.items = 0
         self._items: Any = iter(())
@@ -322,8 +324,11 @@ class DirectSource(FixedPartitionedSource[tuple[str, BookEvent], dict]):
         products: list[str],
         feed: str = "replay",
         progress: bool | None = None,
+        episodes: bool = True,
     ) -> None:
         self.paths = list(paths)
+        self.episodes = episodes
+        """Measure crossed and locked episodes (the full quality report)."""
         self.products = list(products)
         self.feed = feed
         self.progress = progress
@@ -353,7 +358,9 @@ class DirectSource(FixedPartitionedSource[tuple[str, BookEvent], dict]):
             found = self._passes.get(thread)
             if found is None or found.started:
                 show = sys.stderr.isatty() if self.progress is None else self.progress
-                found = self._passes[thread] = _WorkerPass(self.paths, show)
+                found = self._passes[thread] = _WorkerPass(
+                    self.paths, show, self.episodes
+                )
                 self._all.append(found)
         return found
 

@@ -261,7 +261,10 @@ class QualityTracker:
     """Fed every written :class:`~importers.stream.Item` (or a replay's events,
     :meth:`add_event`) in order; :meth:`report` at the end."""
 
-    def __init__(self) -> None:
+    def __init__(self, episodes: bool = True) -> None:
+        self.episodes = episodes
+        """False: no crossed or locked episodes measured (no book kept): the light
+        report of a replay (see ``importers.replay.LIGHT``)."""
         self.products: dict[str, ProductQuality] = {}
         self._books: dict[str, _Top] = {}
         self._episode: dict[str, tuple[str, int]] = {}
@@ -273,7 +276,9 @@ class QualityTracker:
         quality = self.products.get(product_id)
         if quality is None:
             quality = self.products[product_id] = ProductQuality(product_id)
-            self._books[product_id] = _Top()
+            quality.episodes_measured = self.episodes
+            if self.episodes:
+                self._books[product_id] = _Top()
         return quality
 
     def add(self, item: Item) -> None:
@@ -290,19 +295,27 @@ class QualityTracker:
             quality.longest_silence_ns = t - last
             quality.silence_from_ns = last
         quality.last_ns = t
-        book = self._books[product]
         kind = type(event)
         if kind is BookChanges:
             quality.frames += 1
             quality.changes += len(event.changes)
-            book.changes(event.changes)
         elif kind is BookSnapshot:
             quality.frames += 1
             quality.snapshots += 1
+        elif kind is BookReset and event.reason != START:
+            quality.resets[event.reason] += 1
+        book = self._books.get(product)
+        if book is not None:  # None: no episodes measured
+            self._follow(product, quality, book, event, kind, t)
+
+    def _follow(self, product, quality, book: _Top, event, kind, t: int) -> None:
+        """The event applied to the product's best prices; an episode that begins or
+        ends there counted."""
+        if kind is BookChanges:
+            book.changes(event.changes)
+        elif kind is BookSnapshot:
             book.snapshot(event.bids, event.asks)
         elif kind is BookReset:
-            if event.reason != START:
-                quality.resets[event.reason] += 1
             book.clear()
         name = book.episode()
         open_episode = self._episode.get(product)

@@ -414,7 +414,7 @@ def open_replay(
         except NoBookData as exc:
             raise ReplayInputError(str(exc)) from None
         prepared = PreparedReplay(paths[0], paths, [TARDIS_L2], direct=True)
-        source = DirectSource(paths, chosen, feed, progress)
+        source = DirectSource(paths, chosen, feed, progress, report is not None)
         return ReportingSource(source, prepared, report), prepared
     prepared = prepare_replay(paths, products, progress=progress, root=root)
     try:

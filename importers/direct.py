@@ -27,7 +27,10 @@ queued per partition (the others dropped), each partition emitting its product's
 as a replay of the converted recording would: a reset at the start, a reset
 ("reconnected") where the recording would hold a ``connected`` record, the snapshot
 and updates with the replay's feed and the receive time. A quality tracker sees every
-item on the way, so the quality report is the conversion's.
+item on the way, so the quality report is the conversion's; crossed and locked episodes
+are measured only for the full report (``ORDERBOOK_REPLAY_REPORT``): following each
+product's best prices costs about 15% of a replay's CPU time (bench_importers, 100,004
+messages), as much as the rest of what this source adds to a replay of a recording.
 """
 
 from __future__ import annotations

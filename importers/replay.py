@@ -45,7 +45,8 @@ own products, as the replay's own paragraph does), and written as JSON when ``re
 (``ORDERBOOK_REPLAY_REPORT``) names a file. For converted inputs it is the
 conversion's report (rows skipped, resets with their reasons, files cut off), free
 since it was computed while converting; for tardis.dev files read directly, the direct
-pass's; the replay's own skips are added. For one recording of this project it is
+pass's (light unless the JSON report is asked for, as below); the replay's own skips
+are added. For one recording of this project it is
 measured from the replayed events per partition: by default the light report
 (:data:`LIGHT`: everything but crossed and locked episodes, within the noise of the
 replay's time), the full one (:data:`FULL`) when the JSON report is asked for.

@@ -440,3 +440,29 @@ def test_a_direct_replay_resumes_where_a_replay_of_its_conversion_would(
             bids, asks = two_days.truth[product]
             assert top(dict(book.bids), dict(book.asks)) == top(bids, asks), product
             assert dict(book.bids) == bids and dict(book.asks) == asks
+
+
+def test_a_direct_replay_reports_episodes_only_when_the_full_report_is_asked(
+    tmp_path, cache, two_days, capsys
+):
+    """tardis.dev files read directly: the light report by default (as for a
+    recording), the full one, crossed and locked episodes included, with
+    ``ORDERBOOK_REPLAY_REPORT``; every other figure the same."""
+    replay = ",".join(str(p) for p in write_tardis_days(tmp_path, two_days))
+    capsys.readouterr()
+    assert _summaries(replay)
+    light = capsys.readouterr().err
+    assert _summaries(replay, ORDERBOOK_REPLAY_REPORT=str(tmp_path / "r.json"))
+    full = capsys.readouterr().err
+
+    def report(err: str, drop: str) -> list[str]:
+        lines = err.split("quality of the replay:\n", 1)[1].splitlines()
+        return [line.replace(drop, "") for line in lines[: len(PRODUCTS)]]
+
+    light_lines = report(
+        light, "; crossed or locked not measured (ORDERBOOK_REPLAY_REPORT measures it)"
+    )
+    assert light_lines == report(full, "; never crossed; never locked")
+    assert all("1 reset (1 next file)" in line for line in light_lines)
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert [q["crossed_episodes"] for q in data["products"]] == [0, 0]

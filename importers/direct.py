@@ -3,9 +3,11 @@
 Why. Converting first (:mod:`importers.replay`) reads the files, builds a frame's text
 for every message, compresses it into a recording, then the replay reads that recording
 again and decodes every frame: measured with bench/bench_importers.py (100,004 messages
-of 4 products), a tardis.dev .csv.gz replayed 1.9-2.1x slower than the same events from
-this project's recording, though reading the CSV alone costs 1.06x the recording's
-read. Here the events the importer builds go to the books directly.
+of 4 products, whole ``ORDERBOOK_REPLAY`` runs, 5 interleaved rounds), a tardis.dev
+.csv.gz converted first replayed in 2.41x the time of the same events from this
+project's recording, though reading the CSV alone costs 1.0-1.2x the recording's read.
+Here the events the importer builds go to the books directly: 1.26x (rounds
+1.11-1.28, wall and CPU time alike).
 
 When. :func:`importers.replay.open_replay` uses this source whenever every file is a
 tardis.dev ``incremental_book_L2`` file (``direct=False`` converts them, as before).

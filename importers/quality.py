@@ -169,8 +169,9 @@ class _Top:
 
     Why not :class:`orderbook.OrderBook`: its sorted sides cost more per change than a
     dict and a heap push, and the report is made on every replay. Measured on
-    bench_importers' 100,004 items (330,373 level changes, 1,000-level books): 0.47 s
-    with an ``OrderBook`` per product, 0.2 s with this.
+    bench_importers' 100,004 items (330,373 level changes, 1,000-level books), the two
+    interleaved on the busy machine: 0.42-0.78 s with an ``OrderBook`` per product,
+    0.26-0.46 s with this.
     """
 
     __slots__ = ("ask", "ask_heap", "asks", "bid", "bid_heap", "bids")

@@ -25,8 +25,9 @@ the conversion before the first record and the disk space of the converted recor
 Measured with bench/bench_importers.py (100,004 messages of 4 products, the whole
 ``ORDERBOOK_REPLAY`` run through the dataflow, medians of rounds on this shared 2-core
 machine): a tardis.dev .csv.gz converted first took 1.9-2.7x the time of the same
-events replayed from this project's recording, read directly 1.2-1.5x (see
-:mod:`importers.direct`); a cryptofeed v3 capture (Advanced Trade, converted) 2.5-3.5x.
+events replayed from this project's recording (2.41x in wall and CPU time, 5 rounds),
+read directly 1.26x (rounds 1.11-1.28; see :mod:`importers.direct`); a cryptofeed v3
+capture (Advanced Trade, converted) about 3x.
 Convert once with ``python -m recording convert`` to replay the same files often.
 
 Several processes (``-p N``) convert once. The temporary recording's place is keyed by
@@ -558,10 +559,12 @@ FULL, LIGHT = "full", "light"
 ``light`` (the default, printed at the end of every replay): counts, time range,
 resets, longest silence, skips; the receive times of each batch read with list and
 ``map`` operations, the counts taken from the replay's own. Measured with
-bench/bench_importers.py (100,004 messages): within the noise of the replay's time.
+bench/bench_importers.py (100,004 messages, 5 interleaved rounds): within the noise (the
+replay without any report took 0.92-1.10x its time).
 ``full`` (``ORDERBOOK_REPLAY_REPORT`` set): crossed and locked episodes as well, for
 which the tracker keeps each product's best prices (a dict and a heap per side, every
-level change applied once more): about 10% of a replay's time (0.2 s of 2.7 s)."""
+level change applied once more): about 20% of a replay's CPU time (1.15-1.22x the
+light report's in 5 rounds; the book-based tracker before it cost about 30%)."""
 
 
 class _ReportingPartition(StatefulSourcePartition):

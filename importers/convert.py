@@ -139,7 +139,7 @@ def convert(
         _join(output, _header(router.protocol, products, first_ns, readers), body)
     finally:
         body.unlink(missing_ok=True)
-    _gather(tracker, readers, router, products)
+    gather_skips(tracker, readers, router, products)
     return Conversion(
         output,
         router.protocol or "exchange",
@@ -153,7 +153,7 @@ def convert(
     )
 
 
-def _gather(tracker, readers, router, products) -> None:
+def gather_skips(tracker, readers, router, products) -> None:
     """What the readers and the router skipped, ignored and found cut off, into the
     report (skips of products left out by ``products`` left out)."""
     wanted = (lambda product: True) if products is None else products.__contains__
@@ -176,7 +176,7 @@ def _write(
 ) -> tuple[int, int, int | None]:
     frames = resets = 0
     first_ns = None
-    bar = _Progress(readers) if _show_progress(progress) else None
+    bar = Progress(readers) if _show_progress(progress) else None
     add = tracker.add
     items = read_items(readers, router)
     if products is not None:
@@ -245,10 +245,10 @@ def _show_progress(progress: bool | None) -> bool:
     return sys.stderr.isatty() if progress is None else progress
 
 
-class _Progress:
+class Progress:
     """A rich progress bar over the compressed bytes of every source, on stderr."""
 
-    def __init__(self, readers: list[Reader]) -> None:
+    def __init__(self, readers: list[Reader], label: str = "convert") -> None:
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -261,7 +261,7 @@ class _Progress:
         self.files = [lines for reader in readers for lines in lines_of(reader)]
         self.t0 = time.perf_counter()
         self.progress = Progress(
-            TextColumn("convert"),
+            TextColumn(label),
             BarColumn(),
             TaskProgressColumn(),
             TextColumn("{task.fields[frames]:,} frames  {task.fields[rate]:,.0f}/s"),
@@ -269,7 +269,7 @@ class _Progress:
             console=Console(file=sys.stderr),
         )
         self.task = self.progress.add_task(
-            "convert", total=sum(f.size for f in self.files) or 1, frames=0, rate=0.0
+            label, total=sum(f.size for f in self.files) or 1, frames=0, rate=0.0
         )
         self.progress.start()
 

@@ -84,6 +84,13 @@ class Lines:
             self.compression = compression_of(f.read(4))
 
     def __iter__(self) -> Iterator[bytes]:
+        for block in self.blocks():
+            yield from block.split(b"\n")
+
+    def blocks(self) -> Iterator[bytes]:
+        """The text in blocks of whole lines (no ``\\n`` at a block's end), for a scan
+        of the whole file that needs no line by line loop (:func:`importers.tardis.
+        snapshot_symbols`)."""
         with open(self.path, "rb") as f:
             if self.compression == PLAIN:
                 yield from self._plain(f)
@@ -94,9 +101,13 @@ class Lines:
         rest = b""
         while chunk := f.read(_CHUNK):
             self.position += len(chunk)
-            lines = (rest + chunk).split(b"\n")
-            rest = lines.pop()
-            yield from lines
+            data = rest + chunk
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                rest = data
+                continue
+            rest = data[cut + 1 :]
+            yield data[:cut]
         if rest:
             yield rest  # a last line without its newline is still whole text
 
@@ -109,9 +120,13 @@ class Lines:
                 data = decompressor.feed(chunk)
                 if not data:
                     continue
-                lines = (rest + data).split(b"\n")
-                rest = lines.pop()
-                yield from lines
+                data = rest + data
+                cut = data.rfind(b"\n")
+                if cut < 0:
+                    rest = data
+                    continue
+                rest = data[cut + 1 :]
+                yield data[:cut]
             if not decompressor.complete:
                 raise EOFError("the compressed data ends before its end marker")
         except (EOFError, zlib.error, zstandard.ZstdError) as exc:

@@ -5,29 +5,30 @@ and returns the source the dataflow reads:
 
 * **one recording of this project** is replayed as before by
   :class:`recording.replay.ReplaySource` (one partition per product, each worker reading
-  only its products' blocks): nothing of this module runs in between, unless a quality
-  report is asked for (below);
-* **anything else** (a tardis.dev or cryptofeed file, several files of any formats,
-  own recordings included) is converted at start by :func:`importers.convert.convert`
+  only its products' blocks), measured on the way for the quality report (below);
+* **tardis.dev files** (one or many) are read directly as one merged stream
+  (:mod:`importers.direct`): no temporary recording;
+* **anything else** (a cryptofeed capture, several files of mixed formats, own
+  recordings included) is converted at start by :func:`importers.convert.convert`
   into a temporary version 2 recording (the files merged by receive time, one stream
   per product, a product's files of successive days one after the other, the quality
   report computed on the way), and that recording is replayed by the same
   ``ReplaySource``.
 
-Why convert first rather than replay the merged stream directly. The conversion keeps
+Why convert these rather than replay the merged stream directly. The conversion keeps
 one replay path: the partitions, the placement of products on workers and processes,
 the resume states of ``-r`` (record indexes: a conversion is deterministic, so the
 recording made again after a restart has the same indexes), the protocol check and the
-end-of-replay paragraph are the recording's own. A direct stream would have every
-worker of every process parse every file (a cryptofeed capture holds every product in
-one file) and would need a partition design and resume states of its own. The cost is
-the conversion before the first record (reading, the quality report's books, writing)
-and the disk space of the converted recording (about the size of a tardis.dev
-.csv.gz). Measured with bench/bench_importers.py (100,004 messages of 4 products, the
-whole ``ORDERBOOK_REPLAY`` run through the dataflow, two runs on this shared 2-core
-machine): a tardis.dev .csv.gz took 1.9-2.1x the time of the same events replayed from
-this project's recording, a cryptofeed v3 capture (Advanced Trade) 2.5-2.6x. Convert
-once with ``python -m recording convert`` to replay the same files often.
+end-of-replay paragraph are the recording's own; and the replay must name its products
+before it starts, which for a cryptofeed capture means parsing every frame. The cost is
+the conversion before the first record and the disk space of the converted recording.
+Measured with bench/bench_importers.py (100,004 messages of 4 products, the whole
+``ORDERBOOK_REPLAY`` run through the dataflow, medians of rounds on this shared 2-core
+machine): a tardis.dev .csv.gz converted first took 1.9-2.7x the time of the same
+events replayed from this project's recording (2.41x in wall and CPU time, 5 rounds),
+read directly 1.26x (rounds 1.11-1.28; see :mod:`importers.direct`); a cryptofeed v3
+capture (Advanced Trade, converted) about 3x.
+Convert once with ``python -m recording convert`` to replay the same files often.
 
 Several processes (``-p N``) convert once. The temporary recording's place is keyed by
 the inputs (each file's real path, size and modification time) and the products asked
@@ -39,15 +40,17 @@ once its partitions ended (no other process still reads) removes the recording. 
 recording left by a killed run (the kernel drops a dead process's locks) is removed by
 the next replay that finds it unlocked.
 
-The quality report (:mod:`importers.quality`): per product, printed on stderr when the
-process's last partition ends (each process prints its own products, as the replay's
-own paragraph does), and written as JSON when ``report`` (``ORDERBOOK_REPLAY_REPORT``)
-names a file. For converted inputs it is the conversion's report (rows skipped, resets
-with their reasons, files cut off), free since it was computed while converting; the
-replay's own skips are added. For one recording of this project it is computed from the
-replayed events by a :class:`QualityTracker` per partition, only when the JSON report is
-asked for: the tracker rebuilds a book per product, which made a replay about 30%
-slower (0.5 s more for 100,004 messages replayed in 1.65 s), too much for every replay.
+The quality report (:mod:`importers.quality`): per product, printed on stderr at the
+end of every replay, when the process's last partition ends (each process prints its
+own products, as the replay's own paragraph does), and written as JSON when ``report``
+(``ORDERBOOK_REPLAY_REPORT``) names a file. For converted inputs it is the
+conversion's report (rows skipped, resets with their reasons, files cut off), free
+since it was computed while converting; for tardis.dev files read directly, the direct
+pass's (light unless the JSON report is asked for, as below); the replay's own skips
+are added. For one recording of this project it is
+measured from the replayed events per partition: by default the light report
+(:data:`LIGHT`: everything but crossed and locked episodes, within the noise of the
+replay's time), the full one (:data:`FULL`) when the JSON report is asked for.
 Under ``-p N`` every process merges its products into the one JSON file under a lock
 (a file written before this process started is a previous run's, and is replaced).
 """
@@ -71,6 +74,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import sub
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +84,10 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from common.text import shown
 from events import BookReset
 from importers.convert import ConvertError, convert
-from importers.detect import OWN_RECORDING, ImportFormatError, detect
+from importers.detect import OWN_RECORDING, TARDIS_L2, ImportFormatError, detect
+from importers.direct import DirectSource, NoBookData, direct_products
 from importers.quality import ProductQuality, QualityReport, QualityTracker
-from importers.stream import CONNECTION, START, Item
+from importers.stream import CONNECTION, START
 from recording.format import RecordingError
 from recording.reader import Recording
 from recording.replay import ReplaySource
@@ -114,6 +119,8 @@ class PreparedReplay:
     _lock: tuple[int, Path, Path] | None = None
     """``(descriptor, lock file, directory)`` while a converted recording is in use."""
     _closing: threading.Lock = field(default_factory=threading.Lock)
+    direct: bool = False
+    """Replayed as read (:mod:`importers.direct`): no recording, nothing to remove."""
 
     @property
     def converted(self) -> bool:
@@ -395,11 +402,22 @@ def open_replay(
     feed: str = "replay",
     progress: bool | None = None,
     root: os.PathLike | str | None = None,
+    direct: bool = True,
 ) -> tuple[FixedPartitionedSource, PreparedReplay]:
     """The replay's source and what was prepared for it (call its ``close`` at the
     end, or leave it to the process's exit). ``report``: where the quality report's
-    JSON goes. Raises :class:`ReplayInputError` or
+    JSON goes. ``direct``: tardis.dev files are replayed as they are read
+    (:mod:`importers.direct`); False converts them first, as other formats are. Raises :class:`ReplayInputError` or
     :class:`recording.format.RecordingError`."""
+    paths = [Path(p) for p in paths]
+    if direct and paths and all(_is_tardis(p) for p in paths):
+        try:
+            chosen = direct_products(paths, list(products) if products else None)
+        except NoBookData as exc:
+            raise ReplayInputError(str(exc)) from None
+        prepared = PreparedReplay(paths[0], paths, [TARDIS_L2], direct=True)
+        source = DirectSource(paths, chosen, feed, progress, report is not None)
+        return ReportingSource(source, prepared, report), prepared
     prepared = prepare_replay(paths, products, progress=progress, root=root)
     try:
         if prepared.converted and products:
@@ -420,9 +438,14 @@ def open_replay(
     except BaseException:
         prepared.close()
         raise
-    if not prepared.converted and report is None:
-        return source, prepared  # the plain replay, untouched
     return ReportingSource(source, prepared, report), prepared
+
+
+def _is_tardis(path: Path) -> bool:
+    try:
+        return detect(path).format == TARDIS_L2
+    except (ImportFormatError, OSError):
+        return False
 
 
 class ReportingSource(FixedPartitionedSource):
@@ -468,7 +491,10 @@ class ReportingSource(FixedPartitionedSource):
         self, step_id: str, for_part: str, resume_state: Any
     ) -> _ReportingPartition:
         inner = self.inner.build_part(step_id, for_part, resume_state)
-        track = not self.prepared.converted
+        if self.prepared.converted or self.prepared.direct:
+            track = None  # the report comes with the conversion or the direct pass
+        else:
+            track = FULL if self.report_path is not None else LIGHT
         part = _ReportingPartition(self, inner, for_part, track)
         with self._lock:
             self._parts.append(part)
@@ -494,6 +520,8 @@ class ReportingSource(FixedPartitionedSource):
         that holds the first product (so that ``-p N`` says them once)."""
         mine = {p.product: p for p in parts}
         converted = self.prepared.report
+        if self.prepared.direct:
+            converted = self.inner.quality_report()
         first = min(self.inner.products) in mine
         if converted is not None:
             found = {q.product_id: q for q in converted.products}
@@ -501,12 +529,7 @@ class ReportingSource(FixedPartitionedSource):
                 p: copy.deepcopy(found.get(p) or ProductQuality(p)) for p in mine
             }
         else:
-            qualities = {
-                product: part.tracker.report().products[0]
-                if part.tracker is not None and part.tracker.products
-                else ProductQuality(product)
-                for product, part in mine.items()
-            }
+            qualities = {product: part.quality() for product, part in mine.items()}
         for product, part in mine.items():
             qualities[product].skipped.update(getattr(part.inner, "skipped", {}))
         if converted is not None and first:
@@ -530,19 +553,39 @@ class ReportingSource(FixedPartitionedSource):
         merge_report_json(self.report_path, data, self.started_ns)
 
 
+FULL, LIGHT = "full", "light"
+"""How a replay of one recording of this project measures its products' quality.
+
+``light`` (the default, printed at the end of every replay): counts, time range,
+resets, longest silence, skips; the receive times of each batch read with list and
+``map`` operations, the counts taken from the replay's own. Measured with
+bench/bench_importers.py (100,004 messages, 5 interleaved rounds): within the noise (the
+replay without any report took 0.92-1.10x its time).
+``full`` (``ORDERBOOK_REPLAY_REPORT`` set): crossed and locked episodes as well, for
+which the tracker keeps each product's best prices (a dict and a heap per side, every
+level change applied once more): about 20% of a replay's CPU time (1.15-1.22x the
+light report's in 5 rounds; the book-based tracker before it cost about 30%)."""
+
+
 class _ReportingPartition(StatefulSourcePartition):
-    """A replay partition, its batches passed on as they are; ``track``: fed to a
-    quality tracker on the way."""
+    """A replay partition, its batches passed on as they are; measured on the way
+    (``track``: :data:`FULL`, :data:`LIGHT` or None)."""
 
     def __init__(
-        self, source: ReportingSource, inner: Any, product: str, track: bool
+        self, source: ReportingSource, inner: Any, product: str, track: str | None
     ) -> None:
         self.source = source
         self.inner = inner
         self.product = product
         self.ended = False
-        self.tracker = QualityTracker() if track else None
+        self.tracker = QualityTracker() if track == FULL else None
+        self.light = track == LIGHT
         self._last_ns: int | None = None
+        self._first_ns: int | None = None
+        self._frames = 0
+        self._resets = 0
+        self._silence = 0
+        self._silence_from: int | None = None
 
     def next_batch(self) -> list:
         try:
@@ -552,12 +595,15 @@ class _ReportingPartition(StatefulSourcePartition):
                 self.ended = True
                 self.source._ended()
             raise
-        if self.tracker is not None and batch:
-            self._track(batch)
+        if batch:
+            if self.light:
+                self._measure(batch)
+            elif self.tracker is not None:
+                self._track(batch)
         return batch
 
     def _track(self, batch: list) -> None:
-        add = self.tracker.add
+        add = self.tracker.add_event
         for product, event in batch:
             if type(event) is BookReset:
                 if self._last_ns is None:
@@ -568,7 +614,58 @@ class _ReportingPartition(StatefulSourcePartition):
             else:
                 t_ns = event.received_ns or self._last_ns or 0
                 self._last_ns = t_ns
-            add(Item(t_ns, product, event, None, ""))
+            add(product, event, t_ns)
+
+    def _measure(self, batch: list) -> None:
+        """The light report's figures of one batch (see :data:`LIGHT`): what
+        :meth:`_track` finds but crossed and locked episodes."""
+        times = [event.received_ns for _, event in batch]
+        if times.count(0):  # resets (and frames without a time): rare, one by one
+            times = []
+            seen = self._last_ns is not None or self._frames > 0  # a frame before
+            for _, event in batch:
+                if type(event) is BookReset:
+                    if seen and event.reason == "reconnected":
+                        self._resets += 1
+                    continue
+                seen = True
+                if event.received_ns:
+                    times.append(event.received_ns)
+                else:
+                    self._frames += 1
+            if not times:
+                return
+        self._frames += len(times)
+        last = self._last_ns
+        if last is None:
+            self._first_ns = times[0]
+        elif times[0] - last > self._silence:
+            self._silence, self._silence_from = times[0] - last, last
+        if len(times) > 1:
+            gaps = list(map(sub, times[1:], times))
+            longest = max(gaps)
+            if longest > self._silence:
+                self._silence = longest
+                self._silence_from = times[gaps.index(longest)]
+        self._last_ns = times[-1]
+
+    def quality(self) -> ProductQuality:
+        """This partition's product as measured (an empty one when not measured)."""
+        if self.tracker is not None and self.tracker.products:
+            return self.tracker.report().products[0]
+        quality = ProductQuality(self.product)
+        if self.light:
+            stats = getattr(self.inner, "stats", {})
+            quality.first_ns, quality.last_ns = self._first_ns, self._last_ns
+            quality.frames = self._frames
+            quality.snapshots = stats.get("snapshots", 0)
+            quality.changes = stats.get("changes", 0)
+            if self._resets:
+                quality.resets[CONNECTION] = self._resets
+            quality.longest_silence_ns = self._silence
+            quality.silence_from_ns = self._silence_from
+            quality.episodes_measured = False
+        return quality
 
     def next_awake(self):
         return self.inner.next_awake()
@@ -623,3 +720,65 @@ def _merged(previous: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     for key in ("skipped", "ignored_frames", "ended_early"):
         merged[key] = data[key] or previous.get(key) or data[key]
     return merged
+
+
+# -- the local exchange's --replay ------------------------------------------------------------
+
+
+def recording_to_serve(raw: str, *, progress: bool | None = None) -> Path:
+    """The recording ``python -m local_exchange --replay RAW`` serves: RAW itself when it
+    is one recording of this project; else RAW's files (comma-separated paths and globs,
+    as ``ORDERBOOK_REPLAY`` takes them) converted into a temporary recording, removed
+    when the process exits, with the conversion's summary and quality report on stderr.
+    :class:`ReplayInputError` (one line) for what cannot be served.
+
+    Why convert rather than refuse: the local exchange serves recorded frames to its
+    clients (the service, or any Coinbase client) as the exchange sent them; a
+    conversion is what makes a tardis.dev file or a cryptofeed capture such frames, and
+    a user who has one would otherwise have to run ``python -m recording convert``
+    first and remove its output after. The exchange holds a served recording in memory
+    whole, as before.
+    """
+    paths, missing = expand_replay(raw)
+    if missing:
+        raise ReplayInputError("; ".join(missing))
+    if not paths:
+        raise ReplayInputError("no file given")
+    if len(paths) == 1:
+        try:
+            Recording.open(paths[0])
+            return paths[0]
+        except RecordingError as own:
+            problem = own
+    else:
+        problem = None
+    try:
+        _check_foreign(paths, problem)
+    except ReplayInputError as exc:
+        raise ReplayInputError("; ".join(str(exc).splitlines())) from None
+    directory = Path(tempfile.mkdtemp(prefix="local-exchange-replay-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    output = directory / _recording_name(paths)
+    try:
+        result = convert(
+            [glob.escape(str(p)) for p in paths],
+            output,
+            overwrite=True,
+            progress=progress,
+        )
+    except ConvertError as exc:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise ReplayInputError("; ".join(str(exc).splitlines())) from None
+    _write_stderr_text(
+        f"{result.summary('a temporary recording to serve')}\n"
+        f"quality of the data:\n{result.report.to_text()}\n"
+    )
+    return output
+
+
+def _write_stderr_text(text: str) -> None:
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass

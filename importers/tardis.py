@@ -52,6 +52,10 @@ _PRICE_CACHE = 65_536
 """Distinct price texts remembered (the same few hundred levels near the top change again
 and again; a cached price skips the parse and its hash)."""
 
+_SIZE_CACHE = 4096
+"""Distinct size texts remembered: ``0`` (every deletion, about a third of the rows) and
+the round sizes that come back skip the parse and the domain check (about 1 µs)."""
+
 DAMAGED = "damaged rows"
 NOT_A_PRODUCT = "rows whose symbol is not a product id"
 BEFORE_SNAPSHOT = "rows before the first snapshot"
@@ -75,6 +79,7 @@ class TardisReader:
         self.rows = 0
         self.exchanges: set[str] = set()
         self._prices: dict[str, Decimal] = {}
+        self._sizes: dict[str, Decimal] = {}
         self._symbols: dict[str, bool] = {}
         self._in_snapshot: dict[str, bool] = {}
         self._times: tuple[str, object] = ("", None)
@@ -173,7 +178,7 @@ class TardisReader:
         """``(side, price, size)`` of the rows; a damaged row is counted and left out."""
         out = []
         append = out.append
-        prices = self._prices
+        prices, sizes = self._prices, self._sizes
         for row in rows:
             side = _SIDES.get(row[5])
             price = prices.get(row[6])
@@ -183,8 +188,16 @@ class TardisReader:
                     if len(prices) >= _PRICE_CACHE:
                         prices.clear()
                     prices[row[6]] = price
-                size = Decimal(row[7])
-                ok = domain.is_size(size)
+                size = sizes.get(row[7])
+                if size is None:
+                    size = Decimal(row[7])
+                    ok = domain.is_size(size)
+                    if ok:
+                        if len(sizes) >= _SIZE_CACHE:
+                            sizes.clear()
+                        sizes[row[7]] = size
+                else:
+                    ok = True
             except (InvalidOperation, ValueError):
                 ok = False
             if ok and side is not None:
@@ -204,3 +217,30 @@ class TardisReader:
             time = None
         self._times = (text, time)
         return time
+
+
+def snapshot_symbols(path: str | os.PathLike) -> set[str]:
+    """The symbols of ``path`` that have a snapshot row: the products its replay yields
+    (a symbol with no snapshot yields nothing, a symbol that is no product id is left
+    out), found before the replay starts, which must name its products.
+
+    A scan of the text, not of rows: ``bytes.find`` goes from one ``,true,`` (the
+    ``is_snapshot`` column of a snapshot row) to the next, passing over the update rows
+    in C. Measured on bench_importers' 100,004-message file (430,000 rows, 3.2 MB
+    gzip, four 1,000-level snapshots): 0.08 s, mostly the decompression, against
+    0.9 s to read its rows.
+    """
+    found: set[bytes] = set()
+    for block in Lines(path).blocks():
+        at = block.find(b",true,")
+        while at >= 0:
+            start = block.rfind(b"\n", 0, at) + 1
+            end = block.find(b"\n", at)
+            fields = block[start : end if end >= 0 else len(block)].split(b",")
+            if len(fields) == 8 and fields[4] == b"true":
+                found.add(fields[1])
+            if end < 0:
+                break
+            at = block.find(b",true,", end)
+    symbols = {s.decode("utf-8", "replace") for s in found}
+    return {symbol for symbol in symbols if is_product_id(symbol)}

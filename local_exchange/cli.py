@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-l2-streams", type=_integer("--max-l2-streams", 1, 10_000), default=16,
         help="Advanced Trade level2 products per connection (default 16)")  # fmt: skip
     add("--replay", metavar="PATH",
-        help="serve this recording (.jsonl.gz) instead of simulating")  # fmt: skip
+        help="serve this recording instead of simulating; tardis.dev CSV files and "
+             "cryptofeed captures (paths or globs, comma-separated) are converted "
+             "first")  # fmt: skip
     add("--speed", type=_number("--speed", 1e9), default=None,
         help="replay pacing: 1 = original, N = N times faster (default: as fast as possible)")  # fmt: skip
     return parser
@@ -86,10 +88,15 @@ def _config(
     args = parser.parse_args(argv)
     if args.speed is not None and not args.replay:
         parser.error("--speed only applies with --replay PATH")
-    if args.replay and not os.path.isfile(args.replay):
-        parser.error(
-            f"--replay must name an existing recording file, got {args.replay!r}"
-        )
+    if args.replay:
+        # a recording of this project, or foreign files (tardis.dev, cryptofeed)
+        # converted first into a temporary recording: importers/replay.py
+        from importers.replay import ReplayInputError, recording_to_serve
+
+        try:
+            args.replay = str(recording_to_serve(args.replay))
+        except ReplayInputError as exc:
+            parser.error(f"--replay: {exc}")
     env = os.environ
     try:
         return ExchangeConfig(

@@ -99,3 +99,59 @@ def test_the_report_read_back_from_its_json_is_the_same_report():
     assert again.to_dict() == report.to_dict()
     assert again.to_text() == report.to_text()
     assert again.products[0].silence_from_ns == T0 + 4 * S
+
+
+def test_the_best_prices_the_report_keeps_are_the_books_own():
+    """The tracker's sides (a dict and a heap of prices, a deleted price left in the
+    heap until it surfaces, the heap rebuilt when stale prices pile up) give the book's
+    condition after every message: checked against :class:`orderbook.OrderBook` over
+    random messages that delete the best levels often, re-add deleted prices, cross
+    and lock the book, and take new snapshots."""
+    import random
+
+    from importers.quality import _Top
+    from orderbook import BookCondition, OrderBook
+
+    rng = random.Random(5)
+    names = {BookCondition.CROSSED: "crossed", BookCondition.LOCKED: "locked"}
+    prices = [D(100) + D(i) / 4 for i in range(40)]
+    for _ in range(3):
+        book, top = OrderBook("BTC-USD"), _Top()
+        bids = [(p, D(1)) for p in prices[:20]]
+        asks = [(p, D(1)) for p in prices[20:]]
+        book.apply_snapshot(bids, asks)
+        top.snapshot(bids, asks)
+        for _ in range(3000):
+            if rng.random() < 0.002:
+                book.clear()
+                top.clear()
+            changes = []
+            for _ in range(rng.randint(1, 4)):
+                side = rng.choice(("bid", "ask"))
+                best = book.best_bid() if side == "bid" else book.best_ask()
+                if best is not None and rng.random() < 0.1:  # the best level goes
+                    changes.append((side, best[0], D(0)))
+                else:
+                    size = D(0) if rng.random() < 0.3 else D(rng.randint(1, 9))
+                    changes.append((side, rng.choice(prices), size))
+            book.apply_changes(changes)
+            top.changes([(BID if s == "bid" else s, p, z) for s, p, z in changes])
+            best_bid, best_ask = book.best_bid(), book.best_ask()
+            assert top.bid == (best_bid[0] if best_bid else None)
+            assert top.ask == (best_ask[0] if best_ask else None)
+            assert top.episode() == names.get(book.condition)
+            assert len(top.bid_heap) <= 2 * len(prices) + 65, "stale prices pile up"
+            assert len(top.ask_heap) <= 2 * len(prices) + 65, "stale prices pile up"
+
+
+def test_a_level_that_comes_and_goes_away_from_the_top_does_not_grow_the_heap():
+    from importers.quality import _Top
+
+    top = _Top()
+    top.snapshot([(D(100), D(1))], [(D(101), D(1))])
+    for _ in range(5000):  # the best never goes: only a push can clean the heap
+        top.changes([(BID, D(50), D(1)), ("ask", D(150), D(1))])
+        top.changes([(BID, D(50), D(0)), ("ask", D(150), D(0))])
+    assert len(top.bid_heap) <= 2 * len(top.bids) + 65
+    assert len(top.ask_heap) <= 2 * len(top.asks) + 65
+    assert (top.bid, top.ask) == (D(100), D(101))

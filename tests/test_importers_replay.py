@@ -104,9 +104,12 @@ def test_each_foreign_format_replays_as_its_converted_recording(
     assert set(direct) == set(PRODUCTS)
     assert all(len(v) > 20 for v in direct.values())
     _assert_final_tops_are_true(direct, session)
-    assert _leftovers(cache) == [f"orderbook-replay-{os.getuid()}"], (
-        "the temporary recording is removed at the end"
-    )
+    if kind == "tardis":  # replayed as read (importers/direct.py): nothing converted
+        assert _leftovers(cache) == []
+    else:
+        assert _leftovers(cache) == [f"orderbook-replay-{os.getuid()}"], (
+            "the temporary recording is removed at the end"
+        )
 
 
 def test_daily_files_of_several_products_merge_in_receive_order(
@@ -282,13 +285,22 @@ def test_products_narrow_what_is_converted(tmp_path, cache, session):
     assert str(refused.value) == (
         "ORDERBOOK_REPLAY: no book data of SOL-USD in the 1 file (ORDERBOOK_PRODUCTS)"
     )
-    assert _leftovers(cache) == [f"orderbook-replay-{os.getuid()}"]
+    assert _leftovers(cache) == [], "tardis.dev files are replayed as read"
 
 
 @pytest.mark.slow
-def test_two_processes_convert_once_and_report_every_product(tmp_path, two_days):
-    write_tardis_days(tmp_path, two_days)
-    replay = str(tmp_path / "coinbase_incremental_book_L2_*.csv.gz")
+@pytest.mark.parametrize("kind", ["tardis", "cryptofeed raw"])
+def test_two_processes_replay_and_report_every_product(tmp_path, two_days, kind):
+    """Under ``-p 2``: tardis.dev files are read directly by each process (each keeps
+    its own products); a cryptofeed capture is converted once, by one process, and
+    both replay that recording. Each process prints its products' quality; the JSON
+    report holds them all."""
+    if kind == "tardis":
+        write_tardis_days(tmp_path, two_days)
+        replay = str(tmp_path / "coinbase_incremental_book_L2_*.csv.gz")
+    else:
+        write_cryptofeed_raw(tmp_path, two_days)
+        replay = str(tmp_path / "COINBASE.ws.28.*")
     out, report, cache = tmp_path / "p2.jsonl", tmp_path / "r.json", tmp_path / "tmp"
     cache.mkdir()
     env = flow_env(
@@ -300,19 +312,23 @@ def test_two_processes_convert_once_and_report_every_product(tmp_path, two_days)
     )
     flow = FlowProcess(["bytewax.testing", "dataflow:flow", "-p", "2"], env)
     assert flow.finish(timeout=120) == 0, flow.stderr[-3000:]
-    assert flow.stderr.count("converting 4 files for the replay") == 1, flow.stderr
-    assert "replaying the conversion another process made" in flow.stderr
+    if kind == "tardis":
+        assert "converting" not in flow.stderr
+        assert flow.stderr.count("tardis.dev files, read directly (") == 2
+    else:
+        assert flow.stderr.count("converting 3 files for the replay") == 1, flow.stderr
+        assert "replaying the conversion another process made" in flow.stderr
     records = by_product(read_jsonl(out))
     _assert_final_tops_are_true(records, two_days)
     data = json.loads(report.read_text())
     assert [q["product_id"] for q in data["products"]] == list(PRODUCTS), (
         "each process's products merged into the one report"
     )
-    assert all(q["resets"] == {"next file": 1} for q in data["products"])
+    if kind == "tardis":
+        assert all(q["resets"] == {"next file": 1} for q in data["products"])
     assert flow.stderr.count("quality of the replay:") == 2
-    assert _leftovers(cache) == [f"orderbook-replay-{os.getuid()}"], (
-        "the temporary recording is removed at the end"
-    )
+    expected = [] if kind == "tardis" else [f"orderbook-replay-{os.getuid()}"]
+    assert _leftovers(cache) == expected, "the temporary recording is removed"
 
 
 def test_a_conversion_made_again_is_the_same_recording(tmp_path, two_days):
@@ -343,3 +359,110 @@ def test_the_service_refuses_a_file_of_no_format_in_one_line(tmp_path):
     assert lines[0].startswith("orderbook: ORDERBOOK_REPLAY: ")
     assert "prices.bin: not importable: binary data" in lines[0]
     assert flow.stdout == ""
+
+
+def test_every_replay_of_a_recording_ends_with_its_quality_report(
+    tmp_path, cache, two_days, capsys
+):
+    """Without ``ORDERBOOK_REPLAY_REPORT`` the report is the light one (no crossed or
+    locked episodes, measured per batch): every other figure is the full report's."""
+    recording = tmp_path / "two-days.gz"
+    convert([str(p) for p in write_tardis_days(tmp_path, two_days)], recording)
+    capsys.readouterr()
+    assert _summaries(str(recording))
+    light = capsys.readouterr().err
+    assert _summaries(str(recording), ORDERBOOK_REPLAY_REPORT=str(tmp_path / "r.json"))
+    full = capsys.readouterr().err
+
+    def report(err: str, drop: str) -> list[str]:
+        lines = err.split("quality of the replay:\n", 1)[1].splitlines()
+        return [line.replace(drop, "") for line in lines[: len(PRODUCTS)]]
+
+    light_lines = report(
+        light, "; crossed or locked not measured (ORDERBOOK_REPLAY_REPORT measures it)"
+    )
+    assert light_lines == report(full, "; never crossed; never locked")
+    assert all("1 reset (1 connection)" in line for line in light_lines)
+    assert all("longest silence 0.4 s" in line for line in light_lines)
+
+
+def test_a_direct_replay_resumes_where_a_replay_of_its_conversion_would(
+    tmp_path, two_days, monkeypatch
+):
+    """The direct partitions save the converted recording's resume states (the
+    product's item index and last reset's), and a partition resumed mid-file rebuilds
+    the book and goes on to the true book."""
+    from importers.direct import DirectPartition, DirectSource, direct_products
+    from orderbook import OrderBook
+    from recording.replay import ReplayPartition, ReplaySource
+
+    paths = write_tardis_days(tmp_path, two_days)
+    monkeypatch.setattr(DirectPartition, "BATCH", 20)
+    monkeypatch.setattr(ReplayPartition, "BATCH", 20)
+    products = direct_products(paths, None)
+    assert products == list(PRODUCTS)
+
+    def drain(part) -> tuple[list, list]:
+        events, states = [], []
+        while True:
+            try:
+                events += [event for _, event in part.next_batch()]
+            except StopIteration:
+                return events, states
+            states.append(part.snapshot())
+
+    direct = {
+        p: drain(DirectSource(paths, products).build_part("s", p, None))
+        for p in products
+    }
+    converted = tmp_path / "converted.gz"
+    convert([str(p) for p in paths], converted)
+    for product in products:
+        _, states = drain(ReplaySource(converted).build_part("s", product, None))
+        assert direct[product][1][-1] == states[-1]
+        middle = direct[product][1][len(direct[product][1]) // 2]
+        assert 0 < middle["stream"] < middle["next"], (
+            "resumed after the next file's reset"
+        )
+        resumed, _ = drain(
+            DirectSource(paths, products).build_part("s", product, middle)
+        )
+        assert type(resumed[0]).__name__ == "BookSnapshot", "the rebuilt book first"
+        for events in (direct[product][0], resumed):
+            book = OrderBook(product)
+            for event in events:
+                if type(event).__name__ == "BookSnapshot":
+                    book.apply_snapshot(event.bids, event.asks)
+                elif type(event).__name__ == "BookChanges":
+                    book.apply_changes(event.changes)
+                else:
+                    book.clear()
+            bids, asks = two_days.truth[product]
+            assert top(dict(book.bids), dict(book.asks)) == top(bids, asks), product
+            assert dict(book.bids) == bids and dict(book.asks) == asks
+
+
+def test_a_direct_replay_reports_episodes_only_when_the_full_report_is_asked(
+    tmp_path, cache, two_days, capsys
+):
+    """tardis.dev files read directly: the light report by default (as for a
+    recording), the full one, crossed and locked episodes included, with
+    ``ORDERBOOK_REPLAY_REPORT``; every other figure the same."""
+    replay = ",".join(str(p) for p in write_tardis_days(tmp_path, two_days))
+    capsys.readouterr()
+    assert _summaries(replay)
+    light = capsys.readouterr().err
+    assert _summaries(replay, ORDERBOOK_REPLAY_REPORT=str(tmp_path / "r.json"))
+    full = capsys.readouterr().err
+
+    def report(err: str, drop: str) -> list[str]:
+        lines = err.split("quality of the replay:\n", 1)[1].splitlines()
+        return [line.replace(drop, "") for line in lines[: len(PRODUCTS)]]
+
+    light_lines = report(
+        light, "; crossed or locked not measured (ORDERBOOK_REPLAY_REPORT measures it)"
+    )
+    assert light_lines == report(full, "; never crossed; never locked")
+    assert all("1 reset (1 next file)" in line for line in light_lines)
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert [q["crossed_episodes"] for q in data["products"]] == [0, 0]

@@ -211,3 +211,69 @@ def test_replay_skips_and_counts_records_whose_product_id_is_malformed(
     served = ReplayServer(path, None, stats)
     assert served.products == ("BTC-USD",)
     assert stats.snapshot()["replay_records_skipped"] == 2
+
+
+def _served_book(ex: LocalExchange, product: str) -> tuple[dict, dict]:
+    """A product's whole served stream applied to a book, until the normal close."""
+    from decimal import Decimal
+
+    bids: dict = {}
+    asks: dict = {}
+    with open_ws(ex) as ws:
+        ws.send(text(exchange_subscribe_root([product], ["level2_batch"])))
+        while True:
+            try:
+                msg = json.loads(ws.recv(timeout=10))
+            except ConnectionClosed:
+                break
+            if msg.get("type") == "snapshot":
+                bids = {Decimal(p): Decimal(s) for p, s in msg["bids"]}
+                asks = {Decimal(p): Decimal(s) for p, s in msg["asks"]}
+            for side, price, size in msg.get("changes", []):
+                book = bids if side == "buy" else asks
+                book[Decimal(price)] = Decimal(size)
+                if not Decimal(size):
+                    del book[Decimal(price)]
+    return bids, asks
+
+
+@pytest.mark.parametrize("kind", ["tardis", "cryptofeed raw"])
+def test_foreign_files_are_converted_first_and_served(tmp_path, capsys, kind) -> None:
+    """``--replay`` of a tardis.dev file or a cryptofeed capture: converted into a
+    temporary recording (the summary and quality report on stderr), then served: the
+    served frames rebuild the true book."""
+    from local_exchange.cli import _config, build_parser
+    from tests.support.foreign_files import (
+        market_session,
+        write_cryptofeed_raw,
+        write_tardis,
+    )
+
+    session = market_session(("BTC-USD", "ETH-USD"), batches=60)
+    if kind == "tardis":
+        replay = str(write_tardis(tmp_path / "day.csv.gz", session))
+    else:
+        write_cryptofeed_raw(tmp_path, session)
+        replay = str(tmp_path / "COINBASE.ws.28.*")
+    config = _config(build_parser(), ["--replay", replay, "--port", "0"])
+    err = capsys.readouterr().err
+    assert "to a temporary recording to serve" in err
+    assert "quality of the data:" in err and "BTC-USD: " in err
+    served = Path(config.recording)
+    assert served.exists() and Recording.open(served).products == ["BTC-USD", "ETH-USD"]
+    with LocalExchange(config=config) as ex:
+        for product, truth in session.truth.items():
+            assert _served_book(ex, product) == truth, product
+
+
+def test_a_file_no_importer_reads_is_refused_in_one_line(tmp_path, capsys) -> None:
+    from local_exchange.cli import _config, build_parser
+
+    junk = tmp_path / "notes.txt"
+    junk.write_text("hello\x1b[2J there\n")
+    with pytest.raises(SystemExit) as ended:
+        _config(build_parser(), ["--replay", str(junk)])
+    assert ended.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--replay: " in last and "notes.txt: not importable: text starting" in last
+    assert "\x1b" not in last

@@ -49,8 +49,10 @@ from coinbase.errors import (
     UnknownProduct,
 )
 from coinbase.fast_snapshot import (
+    decode_advanced_trade,
     decode_advanced_trade_snapshot,
     decode_exchange_snapshot,
+    decode_exchange_update,
 )
 from coinbase.feeds import PROTOCOLS
 from common import domain
@@ -221,7 +223,9 @@ def _classify_error(payload: dict) -> FeedError:
 class FrameDecoder:
     """Stateful decoder for ONE connection (AT sequence numbers are per connection)."""
 
-    def __init__(self, protocol: str, feed: str) -> None:
+    def __init__(self, protocol: str, feed: str, *, typed: bool = True) -> None:
+        """``typed=False`` decodes every frame the generic way (``orjson`` to dicts,
+        then walked): the reference the typed path is tested and benchmarked against."""
         if protocol not in PROTOCOLS:
             raise ValueError(
                 f"protocol must be one of {', '.join(PROTOCOLS)}; got {protocol!r}"
@@ -241,6 +245,11 @@ class FrameDecoder:
             _live_decoders += 1
         weakref.finalize(self, _decoder_gone)
         self._price_limit = price_cache_limit()
+        self._typed = (
+            (self._typed_exchange if protocol == "exchange" else self._typed_at)
+            if typed
+            else None
+        )
 
     def decode(self, frame: str | bytes, received_ns: int = 0) -> list[BookEvent]:
         """Events in ``frame``; [] for heartbeats/subscriptions/unknown types.
@@ -248,6 +257,9 @@ class FrameDecoder:
         Raises MalformedFrame, FeedError (error replies) or SequenceGap (AT only).
         """
         fast = self._fast_snapshot(frame, received_ns)
+        if fast is None and self._typed is not None and type(frame) is str:
+            # (str only: msgspec does not check the UTF-8 of bytes in keys it skips)
+            fast = self._typed(frame, received_ns)
         if fast is not None:
             return fast
         try:
@@ -285,6 +297,66 @@ class FrameDecoder:
                 received_ns,
             )
         ]
+
+    # -- typed updates: the wire schema of an update frame, or the generic path ---------
+    #
+    # An update frame that has exactly the wire schema (msgspec Structs, see
+    # coinbase/fast_snapshot.py) of a product already seen on this connection, and whose
+    # every change is in the domain, is decoded here; any other frame (a first frame of
+    # a product, a heartbeat, anything unusual or malformed) returns None and goes the
+    # generic way, which says precisely what is wrong. Both ways give the same events
+    # and the same errors (tests/test_coinbase_decode_typed.py compares them on
+    # generated and hostile frames). The typed way skips the dict per frame and the list
+    # per change.
+
+    def _typed_exchange(
+        self, frame: str | bytes, received_ns: int
+    ) -> list[BookEvent] | None:
+        msg = decode_exchange_update(frame)
+        if (
+            msg is None
+            or msg.type != "l2update"
+            or msg.product_id not in self._products
+        ):
+            return None
+        try:
+            changes = self._changes(msg.changes, _EXCHANGE_SIDES)
+        except _LEVEL_ERRORS:
+            return None
+        return [
+            BookChanges(
+                msg.product_id, changes, self._time(msg.time), self.feed, received_ns
+            )
+        ]
+
+    def _typed_at(self, frame: str | bytes, received_ns: int) -> list[BookEvent] | None:
+        msg = decode_advanced_trade(frame)
+        if msg is None or msg.channel != "l2_data":
+            return None
+        products = self._products
+        stamp = msg.timestamp
+        time = parse_time(stamp)
+        events: list[BookEvent] = []
+        for event in msg.events:
+            product_id = event.product_id
+            if event.type != "update" or product_id not in products:
+                return None
+            try:
+                changes = self._changes(
+                    [(u.side, u.price_level, u.new_quantity) for u in event.updates],
+                    _AT_SIDES,
+                )
+            except _LEVEL_ERRORS:
+                return None
+            if changes:
+                events.append(
+                    BookChanges(product_id, changes, time, self.feed, received_ns)
+                )
+        # last, as the generic way would raise it first: SequenceGap, or on
+        self._check_sequence(msg.sequence_num, True, frame)
+        if time is None and stamp is not None:
+            self.bad_times += 1
+        return events
 
     def _check_sequence(self, sequence: Any, is_book: bool, frame: Any) -> None:
         """Advanced Trade: every message of a connection numbered from 0, no gaps."""

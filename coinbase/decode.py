@@ -32,6 +32,7 @@ Decisions (the source relies on them):
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import weakref
 from datetime import UTC, datetime
@@ -150,6 +151,37 @@ def _levels(raw: list) -> list[Level]:
 
 
 _LEVEL_ERRORS = (InvalidOperation, TypeError, ValueError, IndexError, KeyError)
+
+_CHANGES_FIELDS = ("product_id", "changes", "time", "feed", "received_ns")
+if tuple(f.name for f in dataclasses.fields(BookChanges)) != _CHANGES_FIELDS:
+    raise ImportError(
+        "events.BookChanges changed: update coinbase.decode._changes_event"
+    )
+_new = object.__new__
+_set_product, _set_changes, _set_time, _set_feed, _set_received = (
+    getattr(BookChanges, name).__set__ for name in _CHANGES_FIELDS
+)
+
+
+def _changes_event(
+    product_id: str,
+    changes: list[Change],
+    time: datetime | None,
+    feed: str,
+    received_ns: int,
+) -> BookChanges:
+    """``BookChanges(product_id, changes, time, feed, received_ns)``, built through its
+    slots: a frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__``, 1.17 µs where this takes 0.32 (timeit, best of 5), once
+    per update frame. The same object (``==``, pickles alike); the check above fails
+    the import if the class gains or reorders a field."""
+    event = _new(BookChanges)
+    _set_product(event, product_id)
+    _set_changes(event, changes)
+    _set_time(event, time)
+    _set_feed(event, feed)
+    _set_received(event, received_ns)
+    return event
 
 
 def _why(exc: Exception) -> str:
@@ -320,11 +352,11 @@ class FrameDecoder:
         ):
             return None
         try:
-            changes = self._changes(msg.changes, _EXCHANGE_SIDES)
+            changes = self._str_changes(msg.changes, _EXCHANGE_SIDES)
         except _LEVEL_ERRORS:
             return None
         return [
-            BookChanges(
+            _changes_event(
                 msg.product_id, changes, self._time(msg.time), self.feed, received_ns
             )
         ]
@@ -342,7 +374,7 @@ class FrameDecoder:
             if event.type != "update" or product_id not in products:
                 return None
             try:
-                changes = self._changes(
+                changes = self._str_changes(
                     [(u.side, u.price_level, u.new_quantity) for u in event.updates],
                     _AT_SIDES,
                 )
@@ -350,7 +382,7 @@ class FrameDecoder:
                 return None
             if changes:
                 events.append(
-                    BookChanges(product_id, changes, time, self.feed, received_ns)
+                    _changes_event(product_id, changes, time, self.feed, received_ns)
                 )
         # last, as the generic way would raise it first: SequenceGap, or on
         self._check_sequence(msg.sequence_num, True, frame)
@@ -555,6 +587,56 @@ class FrameDecoder:
                     continue
             _, size = _level(raw_price, raw_size)
             append((_side(sides, raw_side), price, size))
+        return changes
+
+    def _str_changes(
+        self, raw_changes: list[tuple[str, str, str]], sides: dict[str, str]
+    ) -> list[Change]:
+        """:meth:`_changes` for triples of strings (the typed way): a known side, a
+        price and a size that pass the cheap domain tests. At the first change that
+        does not, :meth:`_changes` does the whole list again (and says what is wrong).
+        Saves the type tests of the generic loop and, for a price not in the cache
+        (about a third of them on the benches' market: 165,000 distinct prices in
+        659,000 changes), the generic ``_level`` check (``common.domain.price`` and a
+        size of "0"). With the typed frame and the slot-built event: 20,000 Exchange
+        frames of 3 changes from the benches' recording, 4.75 µs a frame the generic
+        way, 3.25 this way (CPU time, best of 9, fresh decoders, three runs)."""
+        changes: list[Change] = []
+        append = changes.append
+        cache = self._prices
+        price_of = cache.get
+        side_of = sides.get
+        for raw_side, raw_price, raw_size in raw_changes:
+            side = side_of(raw_side)
+            price = price_of(raw_price)
+            if price is None:  # a third of prices (tests/support: the benches' market)
+                price = Decimal(raw_price)
+                if not (  # common.domain.is_price, the cheap test first as for sizes
+                    _ZERO < price < LIMIT
+                    and (
+                        _adjusted(price) - len(raw_price) >= _SLACK
+                        or _adjusted(_remainder(price, QUANTUM, CTX)) == _FINEST
+                    )
+                ):
+                    return self._changes(raw_changes, sides)
+                if len(cache) >= self._price_limit:
+                    cache.clear()
+                    self._price_limit = price_cache_limit()
+                cache[raw_price] = price
+            size = Decimal(raw_size)
+            # the test of _changes: see there
+            if (
+                side is not None
+                and _ZERO <= size < LIMIT
+                and (
+                    _adjusted(size) - len(raw_size) >= _SLACK
+                    or not size
+                    or _adjusted(_remainder(size, QUANTUM, CTX)) == _FINEST
+                )
+            ):
+                append((side, price, size))
+            else:
+                return self._changes(raw_changes, sides)
         return changes
 
     def _at_snapshot(

@@ -266,9 +266,7 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, Any], ResumeState]):
             self._stream = 0
             self._emit_from = 0
             self._shadow: BookState | None = None
-            self._pending: list[BookEvent] = [
-                BookReset(product, "replay start", feed)
-            ]
+            self._pending: list[BookEvent] = [BookReset(product, "replay start", feed)]
         else:
             self._next = resume["next"]
             self._stream = resume["stream"]
@@ -305,10 +303,7 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, Any], ResumeState]):
                 batch.append(self._rebuilt_book())
             self._record(index, line, batch)
         if batch:
-            if self.key is not None:
-                return [(self.key, batch)]
-            product = self.product
-            return [(product, event) for event in batch]
+            return self._items(batch)
         if self._reader.done and not queue:
             if self._shadow is not None:  # resumed at the end: nothing follows
                 self._rebuilt_book()  # (only for the report's counts)
@@ -317,6 +312,13 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, Any], ResumeState]):
                 self._reader.finished()
             raise StopIteration
         return batch
+
+    def _items(self, events: list[BookEvent]) -> list[tuple[str, Any]]:
+        """One ``(key, events)`` item when keyed, else ``(product_id, event)`` each."""
+        if self.key is not None:
+            return [(self.key, events)]
+        product = self.product
+        return [(product, event) for event in events]
 
     def snapshot(self) -> ResumeState:
         if self._shadow is not None:  # still rebuilding: the resume point stands

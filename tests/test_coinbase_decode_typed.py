@@ -183,3 +183,15 @@ def test_an_update_of_a_known_product_takes_the_typed_way(monkeypatch):
         ]
         assert event.received_ns == 3
         monkeypatch.undo()
+
+
+def test_zero_sizes_of_any_form_decode_alike_and_few_are_remembered():
+    """A removal's size is remembered by its text (no parse the next time), a bounded
+    number of forms: a feed writing zero as "0E-1", "0E-2"... cannot grow the decoder."""
+    typed, generic = _primed("exchange", True), _primed("exchange", False)
+    for exponent in range(100):
+        zero = "0" if exponent == 0 else f"0E-{exponent}"
+        frame = json.dumps(frames.exchange_l2update(changes=[("sell", "101", zero)]))
+        for _ in range(2):  # the second time from the remembered forms
+            assert _outcome(typed, frame) == _outcome(generic, frame)
+    assert 0 < len(typed._zeros) <= decode_module._ZERO_FORMS

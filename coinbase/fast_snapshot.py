@@ -1,4 +1,6 @@
-"""Fast path for full-depth snapshots: typed msgspec decoding straight to Decimal levels.
+"""Typed msgspec decoding of Coinbase frames: full-depth snapshots straight to Decimal
+levels, and the wire schema of update frames (:class:`ExchangeUpdate`, the Advanced
+Trade envelope) for :class:`coinbase.decode.FrameDecoder`'s typed way (see there).
 
 A BTC-USD snapshot is 46,000 levels (1.3 MB on the Exchange feed, 5 MB on Advanced
 Trade). Decoding it into generic dicts and lists and then walking them in Python took

@@ -20,7 +20,7 @@ from coinbase.decode import FrameDecoder
 from tests.support import frames
 
 COMPARE = settings(
-    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 
 values = st.recursive(

@@ -2,7 +2,10 @@
 
 Run from the repository root: ``python bench/bench_orderbook.py`` (add ``--quick`` for
 a smaller run). Not a test: figures depend on the machine. Every figure is the median
-of several repeats timed with ``time.perf_counter_ns``. ``main()`` returns the figures.
+of several repeats timed with ``time.process_time_ns``: the process's CPU time, since
+everything here runs on one thread, and on a machine shared with other work the wall
+time also counts the waits for a core (at a load average of 5 on 2 cores, wall figures
+of one run swung 2x between repeats). ``main()`` returns the figures.
 """
 
 from __future__ import annotations
@@ -43,15 +46,15 @@ BASELINE_CHANGES = 2_000
 def _median_ns(
     run: Callable[[], object], repeats: int, setup: Callable[[], object] | None = None
 ) -> int:
-    """Median wall time of ``run()`` over ``repeats``; ``setup()`` is not timed."""
+    """Median CPU time of ``run()`` over ``repeats``; ``setup()`` is not timed."""
     times = []
     for _ in range(repeats):
         if setup is not None:
             setup()
         gc.collect()
-        start = time.perf_counter_ns()
+        start = time.process_time_ns()
         run()
-        times.append(time.perf_counter_ns() - start)
+        times.append(time.process_time_ns() - start)
     return int(statistics.median(times))
 
 

@@ -61,6 +61,7 @@ from common.decimals import CTX
 from common.domain import DECIMALS, LIMIT, QUANTUM, all_prices, all_sizes, is_product_id
 from common.text import shown
 from events import ASK, BID, BookChanges, BookEvent, BookSnapshot, Change, Level
+from orderbook import CheckedChanges
 
 __all__ = ["FrameDecoder", "parse_time"]
 
@@ -260,7 +261,9 @@ class FrameDecoder:
 
     def __init__(self, protocol: str, feed: str, *, typed: bool = True) -> None:
         """``typed=False`` decodes every frame the generic way (``orjson`` to dicts,
-        then walked): the reference the typed path is tested and benchmarked against."""
+        then walked) into plain lists of changes, which the book checks again: the
+        decoding before issue 21, the reference the typed way is tested and
+        benchmarked against."""
         if protocol not in PROTOCOLS:
             raise ValueError(
                 f"protocol must be one of {', '.join(PROTOCOLS)}; got {protocol!r}"
@@ -282,6 +285,7 @@ class FrameDecoder:
             _live_decoders += 1
         weakref.finalize(self, _decoder_gone)
         self._price_limit = price_cache_limit()
+        self._new_changes = CheckedChanges if typed else list
         self._typed = (
             (self._typed_exchange if protocol == "exchange" else self._typed_at)
             if typed
@@ -562,9 +566,11 @@ class FrameDecoder:
         The hot loop of every update. Prices go through the decoder's cache: a live
         book keeps changing the same few hundred levels near the top, and a cached
         ``Decimal`` skips both the parse and its hash (about 0.85 µs per fresh
-        ``Decimal`` price, paid again when the book looks it up).
+        ``Decimal`` price, paid again when the book looks it up). Every value is
+        checked, so the list is a :class:`orderbook.CheckedChanges` (a plain list
+        with ``typed=False``).
         """
-        changes: list[Change] = []
+        changes: list[Change] = self._new_changes()
         append = changes.append
         cache = self._prices
         for raw_side, raw_price, raw_size in raw_changes:
@@ -609,8 +615,9 @@ class FrameDecoder:
 
         A removal's size ("0", "0.00000000", "0.00": 35% of the sizes of the benches'
         market, 231,000 of 659,000) is taken from :attr:`_zeros` without a parse: a
-        zero is always in the size domain, whatever its form."""
-        changes: list[Change] = []
+        zero is always in the size domain, whatever its form. A
+        :class:`orderbook.CheckedChanges`, as every value is checked."""
+        changes: list[Change] = CheckedChanges()
         append = changes.append
         cache = self._prices
         price_of = cache.get

@@ -42,6 +42,7 @@ from typing import Any
 # orjson parses Coinbase frames ~3x faster than json (bench/bench_feed.py); it is pinned.
 from orjson import loads
 
+from coinbase import fast_snapshot
 from coinbase.errors import (
     AuthError,
     FeedError,
@@ -50,6 +51,7 @@ from coinbase.errors import (
     UnknownProduct,
 )
 from coinbase.fast_snapshot import (
+    TYPED_ERRORS,
     decode_advanced_trade,
     decode_advanced_trade_snapshot,
     decode_exchange_snapshot,
@@ -64,6 +66,7 @@ from events import ASK, BID, BookChanges, BookEvent, BookSnapshot, Change, Level
 from orderbook import CheckedChanges
 
 __all__ = ["FrameDecoder", "parse_time"]
+
 
 _EARLIEST_REAL_TIME = datetime(2010, 1, 1, tzinfo=UTC)
 _EXCHANGE_SIDES = {"buy": BID, "sell": ASK}
@@ -286,8 +289,14 @@ class FrameDecoder:
         weakref.finalize(self, _decoder_gone)
         self._price_limit = price_cache_limit()
         self._new_changes = CheckedChanges if typed else list
+        # the function, not a bound method: that would be a reference cycle, and a
+        # decoder must die with its last reference (its share of PRICE_CACHE_BUDGET)
         self._typed = (
-            (self._typed_exchange if protocol == "exchange" else self._typed_at)
+            (
+                FrameDecoder._typed_exchange
+                if protocol == "exchange"
+                else FrameDecoder._typed_at
+            )
             if typed
             else None
         )
@@ -297,10 +306,12 @@ class FrameDecoder:
 
         Raises MalformedFrame, FeedError (error replies) or SequenceGap (AT only).
         """
-        fast = self._fast_snapshot(frame, received_ns)
+        fast = None
+        if len(frame) >= fast_snapshot.MIN_FRAME_BYTES:  # (no calls for the others)
+            fast = self._fast_snapshot(frame, received_ns)
         if fast is None and self._typed is not None and type(frame) is str:
             # (str only: msgspec does not check the UTF-8 of bytes in keys it skips)
-            fast = self._typed(frame, received_ns)
+            fast = self._typed(self, frame, received_ns)
         if fast is not None:
             return fast
         try:
@@ -353,12 +364,11 @@ class FrameDecoder:
     def _typed_exchange(
         self, frame: str | bytes, received_ns: int
     ) -> list[BookEvent] | None:
-        msg = decode_exchange_update(frame)
-        if (
-            msg is None
-            or msg.type != "l2update"
-            or msg.product_id not in self._products
-        ):
+        try:
+            msg = decode_exchange_update(frame)
+        except TYPED_ERRORS:
+            return None
+        if msg.type != "l2update" or msg.product_id not in self._products:
             return None
         try:
             changes = self._str_changes(msg.changes, _EXCHANGE_SIDES)

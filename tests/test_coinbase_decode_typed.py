@@ -195,3 +195,19 @@ def test_zero_sizes_of_any_form_decode_alike_and_few_are_remembered():
         for _ in range(2):  # the second time from the remembered forms
             assert _outcome(typed, frame) == _outcome(generic, frame)
     assert 0 < len(typed._zeros) <= decode_module._ZERO_FORMS
+
+
+def test_a_decoder_dies_with_its_last_reference():
+    """No reference cycle: a decoder dropped gives back its share of the process's
+    price cache budget at once, not at the next cyclic collection."""
+    import gc
+
+    gc.disable()
+    try:
+        before = decode_module._live_decoders
+        decoders = [FrameDecoder(p, "t", typed=True) for p in UPDATES for _ in range(5)]
+        assert decode_module._live_decoders == before + 10
+        del decoders
+        assert decode_module._live_decoders == before
+    finally:
+        gc.enable()

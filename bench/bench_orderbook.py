@@ -94,16 +94,22 @@ def advanced_trade_snapshot_to_book(raw: bytes) -> OrderBook:
 # -- the whole path of an update: wire frame -> events -> book -> top -----------------
 
 
+def _compact(frame: dict) -> str:
+    """JSON as Coinbase sends it: no spaces (as book_shape's snapshots, via orjson)."""
+    return json.dumps(frame, separators=(",", ":"))
+
+
 def update_frames(
     protocol: str, messages: list[list[tuple[str, object, object]]]
 ) -> list[str]:
-    """The messages as the feed sends them (str, as the WebSocket hands them over)."""
+    """The messages as the feed sends them (compact JSON text, a str as the WebSocket
+    hands it over)."""
     out = []
     if protocol == "exchange":
         sides = {"bid": "buy", "ask": "sell"}
         for i, message in enumerate(messages):
             out.append(
-                json.dumps(
+                _compact(
                     {
                         "type": "l2update",
                         "product_id": "BTC-USD",
@@ -125,7 +131,7 @@ def update_frames(
             for s, p, q in message
         ]
         out.append(
-            json.dumps(
+            _compact(
                 {
                     "channel": "l2_data",
                     "client_id": "",

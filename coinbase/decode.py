@@ -52,6 +52,7 @@ from coinbase.errors import (
 )
 from coinbase.fast_snapshot import (
     TYPED_ERRORS,
+    at_triple,
     decode_advanced_trade,
     decode_advanced_trade_snapshot,
     decode_exchange_snapshot,
@@ -381,8 +382,11 @@ class FrameDecoder:
         ]
 
     def _typed_at(self, frame: str | bytes, received_ns: int) -> list[BookEvent] | None:
-        msg = decode_advanced_trade(frame)
-        if msg is None or msg.channel != "l2_data":
+        try:
+            msg = decode_advanced_trade(frame)
+        except TYPED_ERRORS:
+            return None
+        if msg.channel != "l2_data":
             return None
         products = self._products
         stamp = msg.timestamp
@@ -394,8 +398,7 @@ class FrameDecoder:
                 return None
             try:
                 changes = self._str_changes(
-                    [(u.side, u.price_level, u.new_quantity) for u in event.updates],
-                    _AT_SIDES,
+                    list(map(at_triple, event.updates)), _AT_SIDES
                 )
             except _LEVEL_ERRORS:
                 return None

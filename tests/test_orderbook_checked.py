@@ -21,7 +21,7 @@ sizes = st.sampled_from([Decimal("0"), Decimal("0E-8"), Decimal("1.5"), Decimal(
 changes = st.lists(st.tuples(st.sampled_from([BID, ASK]), prices, sizes), max_size=8)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(st.lists(changes, min_size=1, max_size=12))
 def test_checked_changes_give_the_book_plain_ones_give(messages):
     start = OrderBook("BTC-USD")

@@ -14,8 +14,11 @@ messages in the recording / wall time of the command (start-up included), the me
 printed beside the ``-w 1`` baseline of the same run. Every layout must give each product
 the same summaries as the baseline.
 
-Target: ``-p 2 -w 1`` >= 1.7x the messages/s of ``-w 1`` (on a 2-core machine). ``-w 2``
-has no target: two threads of one process share one interpreter lock.
+Targets (issue 21): ``-w 1`` at least 150,000 messages a second, and ``-p 2 -w 1`` at
+least 1.8x the messages/s of ``-w 1`` (on a 2-core machine), each the median of 5 runs.
+``-w 2`` has no target: two threads of one process share one interpreter lock. Each
+figure is also given per CPU second (the process's user + system time): on a machine
+shared with other work, wall time says more about the neighbours than about the code.
 
 What the figure depends on, besides the split itself: the recording is written in
 version 2 blocks, so each process decompresses only its own products' half; and a process
@@ -50,7 +53,10 @@ LAYOUTS = {
     "-w 2": ["bytewax.run", "dataflow:flow", "-w", "2"],
     "-p 2 -w 1": ["bytewax.testing", "dataflow:flow", "-p", "2", "-w", "1"],
 }
-TARGET = 1.7
+TARGET = 1.8
+"""``-p 2 -w 1`` over ``-w 1`` (issue 21)."""
+TARGET_RATE = 150_000
+"""Messages a second of ``-w 1`` (issue 21)."""
 
 
 RETRY = "error connecting to worker"
@@ -139,7 +145,10 @@ def main() -> dict[str, float]:
             f"  {name:<10} {rate:>9,.0f} msg/s  ({statistics.median(walls[name]):5.2f} s)"
             f"  {ratio:4.2f}x the -w 1 baseline of {base:,.0f} msg/s"
         )
-        line += f"  cpu {statistics.median(cpus[name]):5.2f} s"
+        cpu = statistics.median(cpus[name])
+        line += f"  cpu {cpu:5.2f} s ({messages / cpu:,.0f} msg per cpu s)"
+        if name == "-w 1":
+            line += f"   target >= {TARGET_RATE:,} msg/s {_mark(rate >= TARGET_RATE)}"
         if name == "-p 2 -w 1":
             line += f"   target >= {TARGET}x {_mark(ratio >= TARGET)}"
         print(line)

@@ -1,4 +1,6 @@
-"""Fast path for full-depth snapshots: typed msgspec decoding straight to Decimal levels.
+"""Typed msgspec decoding of Coinbase frames: full-depth snapshots straight to Decimal
+levels, and the wire schema of update frames (:class:`ExchangeUpdate`, the Advanced
+Trade envelope) for :class:`coinbase.decode.FrameDecoder`'s typed way (see there).
 
 A BTC-USD snapshot is 46,000 levels (1.3 MB on the Exchange feed, 5 MB on Advanced
 Trade). Decoding it into generic dicts and lists and then walking them in Python took
@@ -17,6 +19,7 @@ The domain is checked in bulk (:func:`common.domain.all_prices`/``all_sizes``: a
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
+from operator import attrgetter
 from typing import NamedTuple
 
 import msgspec
@@ -57,6 +60,32 @@ class _AtEnvelope(msgspec.Struct):
 
 _EXCHANGE = msgspec.json.Decoder(_ExchangeSnapshot)
 _ADVANCED_TRADE = msgspec.json.Decoder(_AtEnvelope)
+
+
+class ExchangeUpdate(msgspec.Struct, gc=False):  # strings only: nothing to collect
+    """An Exchange ``l2update`` frame, exactly as the wire has it (extra keys ignored)."""
+
+    type: str
+    product_id: str
+    changes: list[tuple[str, str, str]]
+    time: str | None = None
+
+
+decode_exchange_update = msgspec.json.Decoder(ExchangeUpdate).decode
+"""The frame as an :class:`ExchangeUpdate`; raises one of :data:`TYPED_ERRORS` when it
+has another shape (another type, a number for a string, a change of two items, bad
+JSON...): the caller's generic path then decodes it and says what is wrong. Typed
+decoding builds no dict per frame and no list per change: 1.1 µs for a 3-change frame
+where ``orjson.loads`` took 1.5 µs (100,000 frames of the benches' recording, best of 3).
+"""
+TYPED_ERRORS = (msgspec.DecodeError, msgspec.ValidationError)
+
+
+decode_advanced_trade = _ADVANCED_TRADE.decode
+"""An Advanced Trade frame whose events are all of the ``l2_data`` shape (typed, as
+:func:`decode_exchange_update`; raises one of :data:`TYPED_ERRORS` otherwise)."""
+at_triple = attrgetter("side", "price_level", "new_quantity")
+"""``(side, price_level, new_quantity)`` of an Advanced Trade update, built in C."""
 
 
 class FastSnapshot(NamedTuple):

@@ -220,8 +220,14 @@ def replay_report(reader: _WorkerReader) -> str:
     return text + "."
 
 
-class ReplayPartition(StatefulSourcePartition[tuple[str, BookEvent], ResumeState]):
-    """One product's events in file order, as fast as the dataflow takes them."""
+class ReplayPartition(StatefulSourcePartition[tuple[str, Any], ResumeState]):
+    """One product's events in file order, as fast as the dataflow takes them.
+
+    Items: ``(product_id, event)``, one per event; or, with a ``key`` (the dataflow's
+    routing key, see :meth:`ReplaySource.key_by`), ONE item ``(key, [events])`` per
+    poll (at most :attr:`BATCH` events), the shape of the live source's items, so that
+    Bytewax's work per item and per step is paid once per poll, not once per event.
+    """
 
     BATCH = 500
 
@@ -232,8 +238,10 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, BookEvent], ResumeState
         protocol: str,
         feed: str,
         resume: ResumeState | None,
+        key: str | None = None,
     ) -> None:
         self.product = product
+        self.key = key
         self._protocol = protocol
         self._feed = feed
         self._decoder = FrameDecoder(protocol, feed)
@@ -258,7 +266,7 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, BookEvent], ResumeState
             self._stream = 0
             self._emit_from = 0
             self._shadow: BookState | None = None
-            self._pending = [(product, BookReset(product, "replay start", feed))]
+            self._pending: list[BookEvent] = [BookReset(product, "replay start", feed)]
         else:
             self._next = resume["next"]
             self._stream = resume["stream"]
@@ -274,7 +282,7 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, BookEvent], ResumeState
 
     # -- the partition ------------------------------------------------------------------
 
-    def next_batch(self) -> list[tuple[str, BookEvent]]:
+    def next_batch(self) -> list[tuple[str, Any]]:
         batch, self._pending = self._pending, []
         queue = self._queue
         while len(batch) < self.BATCH:
@@ -295,7 +303,7 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, BookEvent], ResumeState
                 batch.append(self._rebuilt_book())
             self._record(index, line, batch)
         if batch:
-            return batch
+            return self._items(batch)
         if self._reader.done and not queue:
             if self._shadow is not None:  # resumed at the end: nothing follows
                 self._rebuilt_book()  # (only for the report's counts)
@@ -304,6 +312,13 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, BookEvent], ResumeState
                 self._reader.finished()
             raise StopIteration
         return batch
+
+    def _items(self, events: list[BookEvent]) -> list[tuple[str, Any]]:
+        """One ``(key, events)`` item when keyed, else ``(product_id, event)`` each."""
+        if self.key is not None:
+            return [(self.key, events)]
+        product = self.product
+        return [(product, event) for event in events]
 
     def snapshot(self) -> ResumeState:
         if self._shadow is not None:  # still rebuilding: the resume point stands
@@ -327,9 +342,7 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, BookEvent], ResumeState
             self._awaiting_snapshot_since = index
             self._decoder = FrameDecoder(self._protocol, self._feed)
             self.stats["resets"] += 1
-            out.append(
-                (self.product, BookReset(self.product, "reconnected", self._feed))
-            )
+            out.append(BookReset(self.product, "reconnected", self._feed))
             return
         frame = record.get("frame")
         if not isinstance(frame, str):
@@ -354,7 +367,7 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, BookEvent], ResumeState
             elif type(event) is BookSnapshot:
                 self.stats["snapshots"] += 1
                 self._awaiting_snapshot_since = None
-            out.append((self.product, event))
+            out.append(event)
 
     def _stray_connected(self) -> None:
         """Updates follow a ``connected`` record with no snapshot: not a real reconnection."""
@@ -410,19 +423,19 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, BookEvent], ResumeState
         """A record before the resume point: rebuild the book from it, emit nothing."""
         events: list = []
         self._record(index, line, events)
-        for _, event in events:
+        for event in events:
             self._shadow, summary = update_book(self._shadow, event)
             if summary is not None:
                 self._last_summary = summary
         self.stats["warmup"] += 1
 
-    def _rebuilt_book(self) -> tuple[str, BookEvent]:
+    def _rebuilt_book(self) -> BookEvent:
         """The book rebuilt up to the resume point, as one event for the book step."""
         state, self._shadow = self._shadow, None
         for key in ("frames", "changes", "snapshots", "resets"):
             self.stats.pop(key, None)
         if state is None or state.book is None:
-            return self.product, BookReset(self.product, "resumed", self._feed)
+            return BookReset(self.product, "resumed", self._feed)
         book = state.book
         last = self._last_summary
         summary_time = last.time if last is not None and state.last_top else None
@@ -433,7 +446,7 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, BookEvent], ResumeState
             summary_time,
             self._feed,
         )
-        return self.product, event
+        return event
 
 
 def _valid_resume(resume: Any) -> bool:
@@ -556,7 +569,7 @@ def _check_protocol(recording: Recording, products: list[str]) -> None:
         )
 
 
-class ReplaySource(FixedPartitionedSource[tuple[str, BookEvent], ResumeState]):
+class ReplaySource(FixedPartitionedSource[tuple[str, Any], ResumeState]):
     """A recording as a finite Bytewax source: a partition per product, ends at the end.
 
     ``progress``: show a progress bar on stderr; None (default) shows it when stderr is
@@ -596,6 +609,16 @@ class ReplaySource(FixedPartitionedSource[tuple[str, BookEvent], ResumeState]):
         self.resync_requests = resync_requests or ResyncRequests()
         self._readers: dict[int, _WorkerReader] = {}
         self._readers_lock = threading.Lock()
+        self.keys: dict[str, str] | None = None
+        """Set by :meth:`key_by`: the partitions' items are then ``(key, [events])``."""
+
+    def key_by(self, keys: dict[str, str]) -> None:
+        """Hand each product's events as ONE item ``(keys[product], [events])`` per
+        poll (a product missing from ``keys``: keyed by its id), for partitions built
+        after this call: the shape of the live source's items, which a dataflow that
+        calls this handles, so it needs no routing step. Without this call the items
+        stay ``(product_id, event)``, one per event."""
+        self.keys = dict(keys)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -634,4 +657,5 @@ class ReplaySource(FixedPartitionedSource[tuple[str, BookEvent], ResumeState]):
             self.recording.protocol,
             self.feed,
             resume_state,
+            None if self.keys is None else self.keys.get(for_part, for_part),
         )

@@ -24,7 +24,7 @@ from dataflow import get_flow
 from events import BID, BookChanges, BookSnapshot
 from recording.format import RecordingError, product_of_line
 from recording.reader import Recording
-from recording.replay import ReplaySource
+from recording.replay import COUNTED, ReplaySource
 from service.placement import bytewax_worker_for_key, routing_keys
 from service.settings import Settings
 from tests.support.flow import FlowProcess, by_product, flow_env, read_jsonl
@@ -557,3 +557,36 @@ def test_the_service_ends_a_replay_that_could_never_produce_anything_in_one_line
     assert len(lines) == 1, flow.stderr[-3000:]
     assert lines[0].startswith("orderbook: ORDERBOOK_REPLAY: "), lines
     assert "\x1b" not in flow.stderr and flow.stdout == ""
+
+
+# -- 7. one item per product per poll, the live source's shape (issue 21) ------------------
+
+
+def _drain(part) -> list:
+    items = []
+    while True:
+        try:
+            items += part.next_batch()
+        except StopIteration:
+            return items
+
+
+@pytest.mark.parametrize("resume", [None, {"next": 9, "stream": 0, "counted": COUNTED}])
+def test_a_keyed_replay_hands_each_poll_as_one_item_of_the_same_events(clean, resume):
+    """``key_by`` (what a dataflow that takes ``(key, [events])`` items calls): each
+    poll is ONE item keyed by the routing key, holding exactly the events, in order,
+    that the per-event items of an unkeyed replay hold (a resumed one too)."""
+    plain = ReplaySource(clean, progress=False)
+    per_event = _drain(plain.build_part("in", "BTC-USD", resume))
+    keyed_source = ReplaySource(clean, progress=False)
+    keyed_source.key_by({"BTC-USD": "BTC-USD~7", "ETH-USD": "ETH-USD~1"})
+    part = keyed_source.build_part("in", "BTC-USD", resume)
+    part.BATCH = 25  # several polls
+    items = _drain(part)
+    assert len(items) > 1
+    assert all(key == "BTC-USD~7" and 0 < len(events) <= 25 for key, events in items)
+    assert [e for _, events in items for e in events] == [e for _, e in per_event]
+    assert all(product == "BTC-USD" for product, _ in per_event)
+    # a product the keys do not name is keyed by its id
+    other = keyed_source.build_part("in", "BTC-EUR", None).next_batch()
+    assert [key for key, _ in other] == ["BTC-EUR"]

@@ -1,0 +1,213 @@
+"""The typed way (msgspec Structs of the wire schema) and the generic way (orjson dicts)
+decode every frame alike: the same events, the same errors, the same decoder state.
+
+A decoder decodes an update frame of a product it has seen through the typed way, and
+falls back to the generic way for anything the typed way does not accept; so each case
+primes two decoders (``typed=True`` and ``typed=False``) with the same valid frames, then
+feeds both the frame under test and compares everything observable.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import coinbase.decode as decode_module
+from coinbase.decode import FrameDecoder
+from tests.support import frames
+
+COMPARE = settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12)
+    | st.sampled_from(
+        [
+            "65000.01",
+            "65000.0100",
+            "-1",
+            "0",
+            "0E-40",
+            "1e400",
+            "1E+14",
+            "99999999999999.99",
+            "1.000000000000001",
+            "NaN",
+            "Infinity",
+            "buy",
+            "sell",
+            "bid",
+            "offer",
+            "l2update",
+            "update",
+            "snapshot",
+            "l2_data",
+            "ETH-USD",
+            "../x",
+            "2026-01-01T00:00:00Z",
+            "1970-01-01T00:00:00Z",
+            "2026-01-01T00:00:00",
+            "",
+        ]
+    ),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+UPDATES = {
+    "exchange": frames.exchange_l2update(
+        changes=[("buy", "99.50", "3"), ("sell", "100.25", "0.00000000")]
+    ),
+    "advanced-trade": frames.at_update(
+        2, changes=[("bid", "99.50", "3"), ("offer", "100.25", "0")]
+    ),
+}
+
+
+def _primed(protocol: str, typed: bool) -> FrameDecoder:
+    """A decoder that has seen a snapshot and an update of BTC-USD (AT: seq 0 and 1)."""
+    decoder = FrameDecoder(protocol, "test", typed=typed)
+    if protocol == "exchange":
+        first = [frames.exchange_snapshot(), frames.exchange_l2update()]
+    else:
+        first = [frames.at_snapshot(0), frames.at_update(1)]
+    for frame in first:
+        decoder.decode(json.dumps(frame), 1)
+    return decoder
+
+
+def _outcome(decoder: FrameDecoder, frame: str | bytes) -> tuple:
+    try:
+        result: tuple = ("events", decoder.decode(frame, 7))
+    except Exception as exc:
+        result = (
+            "error",
+            type(exc).__name__,
+            str(exc),
+            getattr(exc, "resync", None),
+        )
+    return (*result, decoder.next_sequence, decoder.bad_times)
+
+
+def assert_alike(protocol: str, frame: str | bytes) -> tuple:
+    typed = _outcome(_primed(protocol, True), frame)
+    generic = _outcome(_primed(protocol, False), frame)
+    assert typed == generic
+    return typed
+
+
+def _mutate(frame: object, path: list[int], value: object) -> object:
+    """``frame`` with the element at ``path`` (keys/indices, as far as they go) replaced."""
+    if not path or not isinstance(frame, (dict, list)) or not frame:
+        return value
+    if isinstance(frame, dict):
+        key = sorted(frame)[path[0] % len(frame)]
+        return {**frame, key: _mutate(frame[key], path[1:], value)}
+    index = path[0] % len(frame)
+    copy = list(frame)
+    copy[index] = _mutate(frame[index], path[1:], value)
+    return copy
+
+
+@pytest.mark.parametrize("protocol", sorted(UPDATES))
+def test_valid_updates_decode_alike(protocol):
+    kind, events, *_ = assert_alike(protocol, json.dumps(UPDATES[protocol]))
+    assert kind == "events"
+    assert [len(e.changes) for e in events] == [2]
+
+
+@COMPARE
+@given(
+    st.sampled_from(sorted(UPDATES)),
+    st.lists(st.integers(min_value=0, max_value=40), min_size=1, max_size=5),
+    values,
+)
+def test_mutated_updates_decode_alike(protocol, path, value):
+    assert_alike(protocol, json.dumps(_mutate(UPDATES[protocol], path, value)))
+
+
+@COMPARE
+@given(st.sampled_from(sorted(UPDATES)), st.text(max_size=120) | st.binary(max_size=80))
+def test_arbitrary_text_decodes_alike(protocol, raw):
+    assert_alike(protocol, raw)
+
+
+@pytest.mark.parametrize(
+    "protocol, frame, why",
+    [
+        ("exchange", '{"type":"l2update","product_id":"BTC-USD","changes":[["buy","1","2"]],"changes":[]}', "duplicate key: last wins"),
+        ("exchange", '{"type":"l2update","product_id":"BTC-USD","changes":[["buy","1","2","3"]]}', "a change of four"),
+        ("exchange", '{"type":"l2update","product_id":"BTC-USD","changes":[["buy",1.5,"2"]]}', "a float price"),
+        ("exchange", '{"type":"l2update","product_id":"BTC-USD","changes":[["buy","1","2"]],"time":7}', "a number for the time"),
+        ("exchange", '{"type":"l2update","product_id":"BTC-USD","changes":[["buy","1","2"]],"x":"\\ud800"}', "a lone surrogate in an extra key"),
+        ("exchange", b'{"type":"l2update","product_id":"BTC-USD","changes":[["buy","1","2"]],"x":"\xff"}', "bad UTF-8 in an extra key"),
+        ("exchange", '{"type":"l2update","product_id":"ETH-USD","changes":[["buy","1","2"]]}', "a product not seen yet"),
+        ("exchange", '{"type":"l2update","product_id":"BTC-USD","changes":[["buy","1","2"]]} x', "trailing text"),
+        ("advanced-trade", json.dumps(frames.at_update(5)), "a sequence gap"),
+        ("advanced-trade", json.dumps(frames.at_update(2, changes=[("bid", "1", "1E-15")])), "a gap-free frame with a bad size"),
+        ("advanced-trade", json.dumps(frames.at_update(7, changes=[("bid", "NaN", "1")])), "a gap and a bad price"),
+        ("advanced-trade", json.dumps({**frames.at_update(2), "timestamp": "0001-01-01T00:00:00Z"}), "a placeholder time"),
+        ("advanced-trade", json.dumps({**frames.at_update(2), "sequence_num": 2.0}), "a float sequence number"),
+        ("advanced-trade", json.dumps(frames.at_heartbeats(2)), "a heartbeat"),
+    ],
+)  # fmt: skip
+def test_edge_frames_decode_alike(protocol, frame, why):
+    assert_alike(protocol, frame)
+
+
+def test_an_update_of_a_known_product_takes_the_typed_way(monkeypatch):
+    """The typed way builds no dict: with ``orjson.loads`` gone from the decoder, a
+    known product's update still decodes (the generic way would fail)."""
+    for protocol in sorted(UPDATES):
+        decoder = _primed(protocol, True)
+
+        def no_generic(frame):
+            raise AssertionError("the generic way was taken")
+
+        monkeypatch.setattr(decode_module, "loads", no_generic)
+        (event,) = decoder.decode(json.dumps(UPDATES[protocol]), 3)
+        assert [(str(s), str(p), str(q)) for s, p, q in event.changes] == [
+            ("bid", "99.50", "3"),
+            ("ask", "100.25", "0E-8" if protocol == "exchange" else "0"),
+        ]
+        assert event.received_ns == 3
+        monkeypatch.undo()
+
+
+def test_zero_sizes_of_any_form_decode_alike_and_few_are_remembered():
+    """A removal's size is remembered by its text (no parse the next time), a bounded
+    number of forms: a feed writing zero as "0E-1", "0E-2"... cannot grow the decoder."""
+    typed, generic = _primed("exchange", True), _primed("exchange", False)
+    for exponent in range(100):
+        zero = "0" if exponent == 0 else f"0E-{exponent}"
+        frame = json.dumps(frames.exchange_l2update(changes=[("sell", "101", zero)]))
+        for _ in range(2):  # the second time from the remembered forms
+            assert _outcome(typed, frame) == _outcome(generic, frame)
+    assert 0 < len(typed._zeros) <= decode_module._ZERO_FORMS
+
+
+def test_a_decoder_dies_with_its_last_reference():
+    """No reference cycle: a decoder dropped gives back its share of the process's
+    price cache budget at once, not at the next cyclic collection."""
+    import gc
+
+    gc.disable()
+    try:
+        before = decode_module._live_decoders
+        decoders = [FrameDecoder(p, "t", typed=True) for p in UPDATES for _ in range(5)]
+        assert decode_module._live_decoders == before + 10
+        del decoders
+        assert decode_module._live_decoders == before
+    finally:
+        gc.enable()

@@ -484,6 +484,18 @@ class ReportingSource(FixedPartitionedSource):
         """The replay's resync channel, for the flow's book step (never taken)."""
         return self.inner.resync_requests
 
+    def key_by(self, keys: dict[str, str]) -> None:
+        """Items keyed as the flow's book step wants them, one per product per poll
+        (:meth:`recording.replay.ReplaySource.key_by`), when the replay can: the flow
+        then needs no routing step."""
+        key_by = getattr(self.inner, "key_by", None)
+        if key_by is not None:
+            key_by(keys)
+            self.keyed = True
+
+    keyed = False
+    """Whether the inner replay hands ``(key, [events])`` items (after :meth:`key_by`)."""
+
     def list_parts(self) -> list[str]:
         return self.inner.list_parts()
 
@@ -595,16 +607,21 @@ class _ReportingPartition(StatefulSourcePartition):
                 self.ended = True
                 self.source._ended()
             raise
-        if batch:
+        if batch and (self.light or self.tracker is not None):
+            if self.source.keyed:  # (key, [events]) items: one per product and poll
+                events = batch[0][1] if len(batch) == 1 else _events_of(batch)
+            else:  # (product_id, event) items
+                events = [event for _, event in batch]
             if self.light:
-                self._measure(batch)
-            elif self.tracker is not None:
-                self._track(batch)
+                self._measure(events)
+            else:
+                self._track(events)
         return batch
 
-    def _track(self, batch: list) -> None:
+    def _track(self, events: list) -> None:
         add = self.tracker.add_event
-        for product, event in batch:
+        for event in events:
+            product = event.product_id
             if type(event) is BookReset:
                 if self._last_ns is None:
                     continue  # the replay's start: no book yet
@@ -616,14 +633,14 @@ class _ReportingPartition(StatefulSourcePartition):
                 self._last_ns = t_ns
             add(product, event, t_ns)
 
-    def _measure(self, batch: list) -> None:
-        """The light report's figures of one batch (see :data:`LIGHT`): what
+    def _measure(self, events: list) -> None:
+        """The light report's figures of one poll's events (see :data:`LIGHT`): what
         :meth:`_track` finds but crossed and locked episodes."""
-        times = [event.received_ns for _, event in batch]
+        times = [event.received_ns for event in events]
         if times.count(0):  # resets (and frames without a time): rare, one by one
             times = []
             seen = self._last_ns is not None or self._frames > 0  # a frame before
-            for _, event in batch:
+            for event in events:
                 if type(event) is BookReset:
                     if seen and event.reason == "reconnected":
                         self._resets += 1
@@ -675,6 +692,10 @@ class _ReportingPartition(StatefulSourcePartition):
 
     def close(self) -> None:
         self.inner.close()
+
+
+def _events_of(batch: list) -> list:
+    return [event for _, events in batch for event in events]
 
 
 def _write_stderr(text: str) -> None:

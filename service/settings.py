@@ -130,7 +130,8 @@ STALL_SECONDS_MIN, STALL_SECONDS_MAX = 1.0, 3600.0
 SETTINGS_HELP.update(
     {
         "ORDERBOOK_STALL_SECONDS": (
-            "seconds a live feed may deliver while the dataflow takes nothing before "
+            "seconds a live feed may deliver while the dataflow takes nothing, or a "
+            "cluster peer may answer nothing, before "
             f"the process exits with status 1 (0: never; else {STALL_SECONDS_MIN:g} to "
             f"{STALL_SECONDS_MAX:g}; default {STALL_SECONDS_DEFAULT:g})"
         ),

@@ -104,7 +104,7 @@ def get_flow(
             views_wiring.attach(
                 books,
                 settings,
-                products,
+                cluster.own_products(products),  # a member shows the books it holds
                 terminal=record_stream,
                 add_closer=SHUTDOWN.add_closer,
             )

@@ -66,6 +66,47 @@ def cluster_place(
     return process_id, str(args.addresses).split(";")
 
 
+def workers_per_process(argv: Sequence[str], env: Mapping[str, str]) -> int:
+    """``-w``/``--workers-per-process`` as ``bytewax.run`` reads it (default
+    ``BYTEWAX_WORKERS_PER_PROCESS``, else 1); 1 when unparsable."""
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    parser.add_argument(
+        "-w", "--workers-per-process", default=env.get("BYTEWAX_WORKERS_PER_PROCESS")
+    )
+    try:
+        args, _ = parser.parse_known_args(list(argv))
+        return max(int(args.workers_per_process or 1), 1)
+    except (argparse.ArgumentError, SystemExit, TypeError, ValueError):
+        return 1
+
+
+def own_products(
+    products: Iterable[str],
+    argv: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> list[str]:
+    """The products this cluster member reads (and keeps the books of, see
+    ``service/placement.py``) under ``-i``/``-a``; every product otherwise.
+
+    Bytewax 0.21 gives partition ``i`` of the sorted partition names to worker
+    ``i % (processes x workers)``, and process ``p`` runs workers ``p x w`` to
+    ``p x w + w - 1`` (``service.placement.source_worker_for_product``). The views use
+    it so that a member's live view and dashboard list the products it holds, not the
+    other members' ones as "awaiting snapshot" forever.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    env = os.environ if env is None else env
+    products = list(products)
+    place = cluster_place(argv, env)
+    if place is None:
+        return products
+    process_id, addresses = place
+    workers = workers_per_process(argv, env)
+    total = len(addresses) * workers
+    ordered = sorted(products)
+    return [p for p in products if (ordered.index(p) % total) // workers == process_id]
+
+
 def local_lower_ports(process_id: int, addresses: Sequence[str]) -> list[int]:
     """Ports of the processes below ``process_id`` whose host is a loopback address."""
     ports = []

@@ -349,3 +349,31 @@ def test_a_live_idle_peer_is_never_taken_for_a_quiet_one(timeout):
     assert cluster.quiet_after(timeout) >= cluster.keepalive_idle(timeout) + 1
     if timeout >= 3:
         assert cluster.quiet_after(timeout) <= timeout * 0.7
+
+
+@pytest.mark.parametrize("members,workers", [(3, 1), (2, 2), (3, 2)])
+def test_each_member_shows_the_products_it_holds_and_they_cover_all(members, workers):
+    """A cluster member's views list the products whose partitions Bytewax gives its
+    workers, not the other members' ones (which would read "awaiting snapshot" for
+    ever): the members' lists are disjoint, cover every product, and agree with
+    service.placement's rule for Bytewax's partition placement."""
+    from service.placement import source_worker_for_product
+
+    products = ["BTC-USD", "ETH-USD", "SOL-USD", "BTC-EUR", "ETH-EUR", "LTC-USD", "X-Y"]
+    addresses = ";".join(f"10.0.0.{i}:2101" for i in range(members))
+    shown = [
+        cluster.own_products(
+            products, ["-i", str(p), "-a", addresses, "-w", str(workers)], {}
+        )
+        for p in range(members)
+    ]
+    assert sorted(sum(shown, [])) == sorted(products)
+    for p, mine in enumerate(shown):
+        assert mine  # 7 products over at most 6 workers: everyone holds some
+        for product in mine:
+            worker = source_worker_for_product(products, product, members * workers)
+            assert worker // workers == p
+    # outside a cluster, and with the worker count from the environment
+    assert cluster.own_products(products, ["dataflow:flow"], {}) == products
+    env = {"BYTEWAX_WORKERS_PER_PROCESS": str(workers)}
+    assert cluster.own_products(products, ["-i", "0", "-a", addresses], env) == shown[0]

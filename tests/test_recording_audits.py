@@ -384,3 +384,36 @@ def test_the_recorder_command_records_audits_and_says_how_many(tmp_path, capsys)
     assert books and all(len(b["bids"]) == 3 and b["levels"] == 3 for b in books)
     with pytest.raises(SystemExit):
         recorder_main([str(tmp_path / "x.jsonl.gz"), "--audit-levels", "0"])
+
+
+def test_the_service_replays_recorded_audits_to_its_outputs_and_reports_frames_only(
+    tmp_path, capsys
+):
+    """The real dataflow: the audit records reach the outputs, and the quality report
+    (light and full) counts the recording's frames, not its audit events."""
+    from bytewax.testing import TestingSink, run_main
+
+    from dataflow import get_flow
+    from service.settings import Settings
+
+    session = _session()
+    bids, asks = _book_after(session)
+    t = session[-1]["t_ns"]
+    path = _write(
+        tmp_path / "flow.jsonl.gz",
+        [*session, ("requested", t + 1), _audit(bids, asks, t + 1, t + 2)],
+    )
+    frames = sum("frame" in r for r in session)
+    for report in (None, tmp_path / "q.json"):
+        out: list = []
+        env = {"ORDERBOOK_REPLAY": str(path), "ORDERBOOK_SPREAD_THRESHOLD": "0"}
+        if report is not None:
+            env["ORDERBOOK_REPLAY_REPORT"] = str(report)
+        run_main(get_flow(Settings.from_env(env), sink=TestingSink(out)))
+        audits = [r.to_dict() for _, r in out if isinstance(r, AuditRecord)]
+        assert [(a["result"], a["compared"]) for a in audits] == [
+            ("match", 2 * LEVELS)
+        ]
+        err = capsys.readouterr().err
+        assert f"; {frames} frames (" in err, err
+    assert json.loads(report.read_text())["products"][0]["frames"] == frames

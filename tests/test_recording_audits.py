@@ -411,9 +411,7 @@ def test_the_service_replays_recorded_audits_to_its_outputs_and_reports_frames_o
             env["ORDERBOOK_REPLAY_REPORT"] = str(report)
         run_main(get_flow(Settings.from_env(env), sink=TestingSink(out)))
         audits = [r.to_dict() for _, r in out if isinstance(r, AuditRecord)]
-        assert [(a["result"], a["compared"]) for a in audits] == [
-            ("match", 2 * LEVELS)
-        ]
+        assert [(a["result"], a["compared"]) for a in audits] == [("match", 2 * LEVELS)]
         err = capsys.readouterr().err
         assert f"; {frames} frames (" in err, err
     assert json.loads(report.read_text())["products"][0]["frames"] == frames

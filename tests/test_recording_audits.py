@@ -360,8 +360,11 @@ def test_a_recording_with_audits_replays_to_the_audits_its_rest_books_imply(tmp_
 
 @pytest.mark.slow
 def test_the_recorder_command_records_audits_and_says_how_many(tmp_path, capsys):
+    """From the command line, the first REST reply not JSON: recorded as the failure,
+    replayed as a ``failed`` audit; the later books with the levels asked."""
     out = tmp_path / "cli.jsonl.gz"
     with LocalExchange([PRODUCT], depth=20, rate=20) as exchange:
+        exchange.rest_errors("not_json", 1)
         status = recorder_main(
             [
                 str(out),
@@ -370,7 +373,7 @@ def test_the_recorder_command_records_audits_and_says_how_many(tmp_path, capsys)
                 "--url",
                 exchange.url(),
                 "--duration",
-                "2.5",
+                "3",
                 "--audit-interval",
                 "0.5",
                 "--audit-levels",
@@ -381,7 +384,12 @@ def test_the_recorder_command_records_audits_and_says_how_many(tmp_path, capsys)
     said = capsys.readouterr().out
     assert " REST audits to " in said, said
     books = [r["audit"] for _, r in Recording.open(out).records() if "audit" in r]
-    assert books and all(len(b["bids"]) == 3 and b["levels"] == 3 for b in books)
+    assert len(books) >= 2 and all(b["levels"] == 3 for b in books)
+    assert books[0]["failure"] == "not JSON" and "bids" not in books[0]
+    assert all(len(b["bids"]) == len(b["asks"]) == 3 for b in books[1:])
+    audits, _, _ = _replayed(out)
+    assert (audits[0].result, audits[0].reason) == ("failed", "not JSON")
+    assert {a.result for a in audits[1:]} == {"match"}
     with pytest.raises(SystemExit):
         recorder_main([str(tmp_path / "x.jsonl.gz"), "--audit-levels", "0"])
 

@@ -360,7 +360,7 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, Any], ResumeState]):
         else:
             record = line
         frame = record.get("frame")
-        if not isinstance(frame, str) or "event" in record:
+        if not isinstance(frame, str) or record.get("event") == CONNECTED:
             self._not_a_frame(index, record, out)
             return
         t_ns = record.get("t_ns")

@@ -423,3 +423,46 @@ def test_the_service_replays_recorded_audits_to_its_outputs_and_reports_frames_o
         err = capsys.readouterr().err
         assert f"; {frames} frames (" in err, err
     assert json.loads(report.read_text())["products"][0]["frames"] == frames
+
+
+def test_a_resumed_replay_does_not_audit_again_before_its_resume_point(tmp_path):
+    """Audits before the resume point were written by the run that saved it: the warm-up
+    rebuilds the book without them (the rebuilt book's summary keeps the time of the
+    last summary, not of an audit); those after it are compared as usual."""
+    session = _session()
+    first, second = session[:30], session[30:]
+    t1, t2 = first[-1]["t_ns"], second[-1]["t_ns"]
+    b1, a1 = _book_after(first)
+    b2, a2 = _book_after(session)
+    decoder, state, last_summary = FrameDecoder("exchange", "t"), None, None
+    for r in first[1:]:
+        for event in decoder.decode(r["frame"], r["t_ns"]):
+            state, summary = update_book(state, event)
+            last_summary = summary or last_summary
+    records = [
+        *first,
+        ("requested", t1 + 1000),
+        _audit(b1, a1, t1 + 1000, t1 + 500_000),
+        *second,
+        ("requested", t2 + 1),
+        _audit(b2, a2, t2 + 1, t2 + 2),
+    ]
+    path = _write(tmp_path / "resume.jsonl.gz", records)
+    resume_at = len(first) + 2  # the first audit's two records are before it
+    source = ReplaySource(path, progress=False)
+    part = source.build_part(
+        "t", PRODUCT, {"next": resume_at, "stream": 0, "counted": "per product"}
+    )
+    state, results, events = None, [], []
+    while True:
+        try:
+            batch = part.next_batch()
+        except StopIteration:
+            break
+        for _, event in batch:
+            events.append(event)
+            state, out = update_book(state, event)
+            if isinstance(out, AuditRecord):
+                results.append((out.result, out.requested))
+    assert results == [("match", _utc(t2 + 1))]
+    assert type(events[0]) is BookSnapshot and events[0].time == last_summary.time

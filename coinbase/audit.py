@@ -44,11 +44,11 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from coinbase.pacing import Backoff
 from coinbase.rest import RestBook, book_url, parse_book
-from coinbase.runner import LOOP
+from coinbase.runner import LOOP, LoopRunner
 from common.logs import RateLimitedLog
 from common.text import redact_url, shown
 from events import AuditStarted, BookAudit, BookEvent
@@ -272,6 +272,7 @@ class AuditScheduler:
         settle_seconds: float = AUDIT_SETTLE_SECONDS,
         timeout_seconds: float = REQUEST_TIMEOUT_SECONDS,
         budget: RequestBudget | None = None,
+        runner: LoopRunner | Any = LOOP,
     ) -> None:
         # Imported here, on the thread that builds the source, not at import: httpx
         # takes 0.25 to 0.5 s to import on a busy machine, which a run without audits
@@ -280,6 +281,10 @@ class AuditScheduler:
 
         self._httpx = httpx
         self.budget = budget or RequestBudget(rate)
+        self.runner = runner
+        """Runs the scheduler's work (anything with ``call_soon(fn, *args)`` callable
+        from any thread): the feeds' loop, or the recorder's (``python -m recording``
+        records the audits on the loop that writes its frames, in their stream order)."""
         self.settle_seconds = settle_seconds
         self.timeout_seconds = timeout_seconds
         self.plan = RoundRobin()
@@ -303,14 +308,14 @@ class AuditScheduler:
         with self._lock:
             self._registered += 1
             self.finished.clear()
-        LOOP.call_soon(self._add, part, target)
+        self.runner.call_soon(self._add, part, target)
 
     def unregister(self, part: AuditedPart) -> bool:
         """True when it was the last: the scheduler then stops and sets ``finished``."""
         with self._lock:
             self._registered -= 1
             last = self._registered == 0
-        LOOP.call_soon(self._remove, part)
+        self.runner.call_soon(self._remove, part)
         return last
 
     # -- loop thread ----------------------------------------------------------------------

@@ -82,7 +82,7 @@ import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from common.text import shown
-from events import BookReset
+from events import AuditStarted, BookAudit, BookReset
 from importers.convert import ConvertError, convert
 from importers.detect import OWN_RECORDING, TARDIS_L2, ImportFormatError, detect
 from importers.direct import DirectSource, NoBookData, direct_products
@@ -403,11 +403,14 @@ def open_replay(
     progress: bool | None = None,
     root: os.PathLike | str | None = None,
     direct: bool = True,
+    audits: bool = True,
 ) -> tuple[FixedPartitionedSource, PreparedReplay]:
     """The replay's source and what was prepared for it (call its ``close`` at the
     end, or leave it to the process's exit). ``report``: where the quality report's
     JSON goes. ``direct``: tardis.dev files are replayed as they are read
-    (:mod:`importers.direct`); False converts them first, as other formats are. Raises :class:`ReplayInputError` or
+    (:mod:`importers.direct`); False converts them first, as other formats are.
+    ``audits``: replay the REST audits a recording holds (False:
+    ``ORDERBOOK_AUDIT_INTERVAL=0``). Raises :class:`ReplayInputError` or
     :class:`recording.format.RecordingError`."""
     paths = [Path(p) for p in paths]
     if direct and paths and all(_is_tardis(p) for p in paths):
@@ -434,6 +437,7 @@ def open_replay(
             list(products) if products else None,
             feed,
             progress,
+            audits=audits,
         )
     except BaseException:
         prepared.close()
@@ -446,6 +450,9 @@ def _is_tardis(path: Path) -> bool:
         return detect(path).format == TARDIS_L2
     except (ImportFormatError, OSError):
         return False
+
+
+_NO_STATS: Counter = Counter()
 
 
 class ReportingSource(FixedPartitionedSource):
@@ -478,6 +485,12 @@ class ReportingSource(FixedPartitionedSource):
     @property
     def products(self) -> list[str]:
         return self.inner.products
+
+    @property
+    def recorded_audits(self) -> bool:
+        """The replayed recording says it holds REST audits (see
+        :attr:`recording.replay.ReplaySource.recorded_audits`)."""
+        return bool(getattr(self.inner, "recorded_audits", False))
 
     @property
     def resync_requests(self) -> ResyncRequests:
@@ -612,11 +625,22 @@ class _ReportingPartition(StatefulSourcePartition):
                 events = batch[0][1] if len(batch) == 1 else _events_of(batch)
             else:  # (product_id, event) items
                 events = [event for _, event in batch]
+            if self.inner_stats.get("audit events"):  # the quality of the frames only
+                events = [
+                    e
+                    for e in events
+                    if type(e) is not AuditStarted and type(e) is not BookAudit
+                ]
             if self.light:
                 self._measure(events)
             else:
                 self._track(events)
         return batch
+
+    @property
+    def inner_stats(self) -> Counter:
+        """The replay partition's counts (a recording's REST audits among them)."""
+        return getattr(self.inner, "stats", _NO_STATS)
 
     def _track(self, events: list) -> None:
         add = self.tracker.add_event

@@ -114,6 +114,8 @@ class ReplayServer:
             return
         if record.get("event") is not None:
             return  # a (re)connection marker: the recorded frames after it say it all
+        if "audit" in record:
+            return  # a recorded REST book (recording.format): its server is this one
         frame, pid, t_ns = (
             record.get("frame"),
             record.get("product_id"),

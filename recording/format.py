@@ -10,7 +10,22 @@ A recording is a gzip file of JSON lines (``zcat`` shows it, :func:`gzip.open` r
   received>}``;
 * and one line per (re)connection: ``{"t_ns": ..., "product_id": ..., "event":
   "connected"}``, so that a replay knows the stream starts afresh there (Advanced Trade
-  sequence numbers restart, a new snapshot follows).
+  sequence numbers restart, a new snapshot follows);
+* with REST audits recorded (``python -m recording --audit-interval S``; the header then
+  says ``"audits": {"interval": S, "levels": N}``), two more kinds, written in the
+  product's stream order by the same scheduler and settle rule as the live service's
+  (:mod:`coinbase.audit`): ``{"t_ns": <the REST request sent>, "product_id": ...,
+  "event": "audit_requested"}`` where the live source puts its
+  :class:`events.AuditStarted`, and, where it puts the answering
+  :class:`events.BookAudit` (the reply plus the 1 s settle window), ``{"t_ns": ...,
+  "product_id": ..., "audit": {"levels": N, "requested_ns": ..., "replied_ns": ...,
+  "bids": [["price", "size"], ...], "asks": [...]}}``, the best ``levels`` a side best
+  first as the exact strings of the REST reply, or ``"failure": "HTTP 429"`` (or
+  ``"timeout"``, ``"not JSON"``...) instead of ``bids`` and ``asks``. A replay turns them
+  back into those two events at their place, so its book step repeats the live run's
+  comparisons (:mod:`recording.replay`). Readers that predate them skip both kinds
+  and count them (``an unknown event``, ``a record without a frame``), and so does the
+  local exchange serving a recording: no version bump.
 
 Frames are kept as the exact text received, so a replay exercises the real parsers.
 
@@ -34,17 +49,23 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import orjson
 
-from common.domain import is_product_id
+from common.domain import DomainError, is_product_id, price, size
 from common.text import shown
+from events import BookAudit
 
 FORMAT = "coinbase-l2-recording"
 VERSION = 2
 READABLE_VERSIONS = (1, 2)
 CONNECTED = "connected"
+AUDIT_REQUESTED = "audit_requested"
+AUDIT = "audit"
+MAX_AUDIT_LEVELS = 1000
+"""Levels a side an audit record may hold (``ORDERBOOK_AUDIT_LEVELS``' bound)."""
 PROTOCOLS = ("exchange", "advanced-trade")
 
 
@@ -125,6 +146,81 @@ def connected_record(product_id: str, t_ns: int) -> bytes:
     return (
         orjson.dumps({"t_ns": t_ns, "product_id": product_id, "event": CONNECTED})
         + b"\n"
+    )
+
+
+def audit_requested_record(product_id: str, t_ns: int) -> bytes:
+    """A REST audit's request left at ``t_ns``: a replay's :class:`events.AuditStarted`."""
+    return (
+        orjson.dumps({"t_ns": t_ns, "product_id": product_id, "event": AUDIT_REQUESTED})
+        + b"\n"
+    )
+
+
+def audit_record(event: BookAudit, t_ns: int) -> bytes:
+    """A :class:`events.BookAudit` as it entered the product's stream at ``t_ns``: the
+    REST book's levels as the exact strings parsed (``str`` of a Decimal keeps them), or
+    its failure."""
+    audit: dict[str, Any] = {
+        "levels": event.levels,
+        "requested_ns": event.requested_ns,
+        "replied_ns": event.replied_ns,
+    }
+    if event.failure is not None:
+        audit["failure"] = event.failure
+    else:
+        audit["bids"] = [[str(p), str(s)] for p, s in event.bids]
+        audit["asks"] = [[str(p), str(s)] for p, s in event.asks]
+    record = {"t_ns": t_ns, "product_id": event.product_id, AUDIT: audit}
+    return orjson.dumps(record) + b"\n"
+
+
+def _levels(value: Any, levels: int, side: str) -> list[tuple[Decimal, Decimal]]:
+    if not isinstance(value, list) or len(value) > levels:
+        raise DomainError(f"its {side} are not a list of at most {levels} levels")
+    out = []
+    for level in value:
+        if not isinstance(level, list) or len(level) != 2:
+            raise DomainError(f"its {side} hold a level that is not [price, size]")
+        out.append((price(level[0]), size(level[1])))
+    return out
+
+
+def audit_of(record: dict[str, Any], product_id: str, feed: str) -> BookAudit | str:
+    """The :class:`events.BookAudit` of an audit record, or why it is not one (one line:
+    the replay skips and counts it). Prices and sizes must be in the number domain of
+    :mod:`common.domain`, as the live REST parser's are."""
+    audit = record.get(AUDIT)
+    if not isinstance(audit, dict):
+        return "an audit record that is not an object"
+    levels = audit.get("levels")
+    times = (audit.get("requested_ns"), audit.get("replied_ns"), record.get("t_ns"))
+    if type(levels) is not int or not 1 <= levels <= MAX_AUDIT_LEVELS:
+        return f"an audit record without levels from 1 to {MAX_AUDIT_LEVELS}"
+    if not all(type(t) is int and t >= 0 for t in times):
+        return "an audit record without integer times"
+    failure = audit.get("failure")
+    if failure is not None:
+        if not isinstance(failure, str):
+            return "an audit record whose failure is not text"
+        bids: list = []
+        asks: list = []
+    else:
+        try:
+            bids = _levels(audit.get("bids"), levels, "bids")
+            asks = _levels(audit.get("asks"), levels, "asks")
+        except DomainError as exc:
+            return f"an audit record whose REST book is bad ({shown(str(exc), 120)})"
+    return BookAudit(
+        product_id,
+        feed,
+        bids,
+        asks,
+        levels,
+        times[0],
+        times[1],
+        shown(failure, 200) if failure is not None else None,
+        times[2],
     )
 
 

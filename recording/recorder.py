@@ -6,6 +6,15 @@ connections and messages per second per IP), jittered backoff and watchdog (a si
 connection is replaced, not recorded as a gap of hours). Every (re)connection is written
 as a ``connected`` record, where a replay resets the product's book.
 
+REST audits (``--audit-interval S``, off by default): the recorder runs the live
+service's audit scheduler (:class:`coinbase.audit.AuditScheduler`: the same round-robin,
+request budget, backoff and 1 s settle window) on its own event loop, the loop that
+writes the frames, and writes an ``audit_requested`` record where the live source puts
+:class:`events.AuditStarted` and an ``audit`` record (the REST book's best levels, or
+the failure) where it puts :class:`events.BookAudit`: a replay of the recording repeats
+the live run's comparisons (see :mod:`recording.format`). A product is audited only
+while its connection has had its snapshot.
+
 The command refuses, with one line and exit status 2 before connecting: an output
 directory that does not exist, and an existing file unless ``--overwrite`` (replace it)
 or ``--append`` (add to that recording: same protocol, products among its header's), and
@@ -43,7 +52,8 @@ from coinbase.feeds import FEEDS, subscribe_messages
 from common import validation
 from common.text import redact_url, shown
 from common.validation import ConfigError
-from recording.format import MAX_RECORDED_FRAME, RecordingError
+from events import AuditStarted, BookAudit, BookEvent
+from recording.format import MAX_AUDIT_LEVELS, MAX_RECORDED_FRAME, RecordingError
 from recording.reader import Recording
 from recording.writer import RecordingWriter
 
@@ -54,6 +64,10 @@ CONNECT_ATTEMPTS = 5
 """Connection attempts before a recorder that never connected gives up. The backoff
 between them (0.25 s doubling, jittered) makes about 2 to 4 s in all, plus each attempt's
 own time (a refused port answers at once; a silent host takes the 10 s open timeout)."""
+
+
+AUDIT_CLOSE_SECONDS = 5.0
+"""How long the end of a recording waits for the audits' HTTP client to close."""
 
 
 class RecorderError(Exception):
@@ -85,8 +99,20 @@ def write_error(path: str | os.PathLike, exc: OSError, started: bool = True) -> 
     return f"cannot write {str(path)!r}: {exc.strerror or exc}{kept}"
 
 
+class _ThisLoop:
+    """The recorder's own loop as an audit scheduler's runner (see
+    :attr:`coinbase.audit.AuditScheduler.runner`)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def call_soon(self, fn, *args) -> None:
+        self._loop.call_soon_threadsafe(fn, *args)
+
+
 class _ProductRecorder:
-    """A Connection handler that writes one product's frames as they arrive."""
+    """A Connection handler that writes one product's frames as they arrive; the audit
+    scheduler's view of the product (``auditable``, ``put_audit``) when audits are on."""
 
     def __init__(
         self, run: _Run, feed: str, product_id: str, credentials, url: str
@@ -94,6 +120,8 @@ class _ProductRecorder:
         self._run = run
         self._writer = run.writer
         self._feed = feed
+        self.feed = feed
+        self.product_id = product_id
         self._protocol = FEEDS[feed].protocol
         self._product_id = product_id
         self._credentials = credentials
@@ -145,7 +173,26 @@ class _ProductRecorder:
             return None
         return None
 
+    @property
+    def auditable(self) -> bool:
+        """Connected, with this connection's snapshot recorded."""
+        return self.settled and not self._run.stop.is_set()
+
+    def put_audit(self, event: BookEvent) -> None:
+        """An audit event of the scheduler, written where it enters the stream (the
+        loop that writes the frames: their order); dropped once recording stopped."""
+        if self._run.stop.is_set() or self._run.failure is not None:
+            return
+        try:
+            if type(event) is AuditStarted:
+                self._writer.audit_requested(self.product_id, event.received_ns)
+            elif type(event) is BookAudit:
+                self._writer.audit(event, event.received_ns)
+        except OSError as exc:
+            self._run.write_failed(exc)
+
     def closed(self, reason: str, close_code: int | None) -> bool:
+        self.settled = False  # no audit of a product while it reconnects
         if self._run.failure is not None:
             return False
         log.warning("%s: %s; reconnecting", self._product_id, reason)
@@ -201,7 +248,12 @@ def check_output(
 
 
 def _open_writer(
-    path: str | os.PathLike, mode: str, feed: str, url: str, products: list[str]
+    path: str | os.PathLike,
+    mode: str,
+    feed: str,
+    url: str,
+    products: list[str],
+    audits: dict | None = None,
 ) -> RecordingWriter:
     try:
         if mode == "append" and Path(path).exists():
@@ -213,6 +265,8 @@ def _open_writer(
             "products": list(products),
             "started": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         }
+        if audits is not None:
+            header["audits"] = audits
         return RecordingWriter(path, header)
     except OSError as exc:
         raise RecorderError(write_error(path, exc, started=False)) from None
@@ -230,6 +284,10 @@ async def record(
     *,
     mode: str = "new",
     watchdog_seconds: float = 5.0,
+    audit_interval: float = 0.0,
+    audit_levels: int = 50,
+    audit_rate: float = 3.0,
+    rest_url: str | None = None,
 ) -> dict[str, int]:
     """Record every frame of ``products`` until ``duration`` elapses or ``stop`` is set.
 
@@ -245,23 +303,33 @@ async def record(
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     if duration is not None:
         duration = validation.number("duration", duration)
+    target = _audit_target(
+        feed, url, audit_interval, audit_levels, audit_rate, rest_url
+    )
     problem = check_output(path, mode, spec.protocol, products)
     if problem is not None:
         raise FileExistsError(problem)
     stop = stop or asyncio.Event()
-    writer = _open_writer(path, mode, feed, url, products)
+    audits = (
+        None
+        if target is None
+        else {"interval": target.interval, "levels": target.levels}
+    )
+    writer = _open_writer(path, mode, feed, url, products, audits)
     run = _Run(writer, stop)
+    recorders = [_ProductRecorder(run, feed, p, credentials, url) for p in products]
     tasks = [
         asyncio.create_task(
             Connection(
                 url,
-                name=p,
+                name=r.product_id,
                 watchdog_seconds=watchdog_seconds,
                 max_size=MAX_RECORDED_FRAME,
-            ).run(_ProductRecorder(run, feed, p, credentials, url))
+            ).run(r)
         )
-        for p in products
+        for r in recorders
     ]
+    scheduler = _start_audits(target, audit_rate, recorders)
     started = time.monotonic()
     try:
         while not stop.is_set():
@@ -282,6 +350,7 @@ async def record(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await _stop_audits(scheduler, recorders)
         try:
             writer.close()
         except OSError as exc:  # the last records could not be written
@@ -290,7 +359,72 @@ async def record(
             progress.write("\n")
     if run.failure is not None:
         raise RecorderError(run.failure)
-    return {"frames": writer.frames, "bytes": writer.frame_bytes}
+    return {
+        "frames": writer.frames,
+        "bytes": writer.frame_bytes,
+        "audits": writer.audits,
+    }
+
+
+def _start_audits(target, rate: float, recorders: list[_ProductRecorder]):
+    """The audit scheduler, on this loop, with every product registered (or None)."""
+    if target is None:
+        return None
+    from coinbase.audit import AuditScheduler
+
+    scheduler = AuditScheduler(rate, runner=_ThisLoop(asyncio.get_running_loop()))
+    for r in recorders:
+        scheduler.register(r, target)
+    return scheduler
+
+
+async def _stop_audits(scheduler, recorders: list[_ProductRecorder]) -> None:
+    """No more audits; returns when the scheduler's HTTP client is closed (it runs on
+    this loop: waited for on another thread) or :data:`AUDIT_CLOSE_SECONDS` passed."""
+    if scheduler is None:
+        return
+    for r in recorders:
+        scheduler.unregister(r)
+    await asyncio.get_running_loop().run_in_executor(
+        None, scheduler.finished.wait, AUDIT_CLOSE_SECONDS
+    )
+
+
+def _audit_target(
+    feed: str,
+    url: str,
+    interval: float,
+    levels: int,
+    rate: float,
+    rest_url: str | None,
+):
+    """The audits' target, or None when off; bad values: ConfigError (one line)."""
+    interval = validation.number(
+        "--audit-interval", interval, low=0.0, low_open=False, high=86_400.0
+    )
+    levels = validation.integer("--audit-levels", levels, 1, MAX_AUDIT_LEVELS)
+    validation.number("--audit-rate", rate, high=10.0)
+    rest_url = validation.http_url("--rest-url", rest_url)
+    if not interval:
+        return None
+    from coinbase.audit import AuditTarget
+    from coinbase.rest import default_rest_url
+
+    protocol = FEEDS[feed].protocol
+    base = rest_url or default_rest_url(feed, url, protocol)
+    return AuditTarget(base, protocol, levels, interval)
+
+
+def _seconds_or_off(name: str, value: str) -> float:
+    return validation.number(name, value, low=0.0, low_open=False, high=86_400.0)
+
+
+def _audit_levels(name: str, value: str) -> int:
+    return validation.integer(name, value, 1, MAX_AUDIT_LEVELS)
+
+
+def _audit_rate(name: str, value: str) -> float:
+    return validation.number(name, value, high=10.0)
 
 
 def _refuse(message: str, status: int = 2) -> int:
@@ -324,10 +458,37 @@ def main(argv: list[str] | None = None) -> int:
     existing.add_argument(
         "--append", action="store_true", help="add to an existing recording"
     )
+    audit = parser.add_argument_group(
+        "REST audits", "record the REST books a replay audits its books against"
+    )
+    audit.add_argument(
+        "--audit-interval",
+        type=validation.argparse_type("--audit-interval", _seconds_or_off),
+        default=0.0,
+        help="seconds between two REST audits of one product (default 0: off)",
+    )
+    audit.add_argument(
+        "--audit-levels",
+        type=validation.argparse_type("--audit-levels", _audit_levels),
+        default=50,
+        help=f"levels a side recorded, 1 to {MAX_AUDIT_LEVELS} (default 50)",
+    )
+    audit.add_argument(
+        "--audit-rate",
+        type=validation.argparse_type("--audit-rate", _audit_rate),
+        default=3.0,
+        help="REST requests a second, above 0 and at most 10 (default 3)",
+    )
+    audit.add_argument(
+        "--rest-url",
+        help="the REST base (default: Coinbase's for the feed, the --url's host for "
+        "a local exchange)",
+    )
     args = parser.parse_args(argv)
     try:
         products = list(validation.products("--products", args.products))
         url = validation.ws_url("--url", args.url)
+        rest_url = validation.http_url("--rest-url", args.rest_url)
     except ConfigError as exc:
         parser.error(str(exc))
     mode = "overwrite" if args.overwrite else "append" if args.append else "new"
@@ -361,13 +522,21 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr,
             stop,
             mode=mode,
+            audit_interval=args.audit_interval,
+            audit_levels=args.audit_levels,
+            audit_rate=args.audit_rate,
+            rest_url=rest_url,
         )
 
     try:
         totals = asyncio.run(run())
     except RecorderError as exc:
         return _refuse(str(exc), 1)
-    print(f"wrote {totals['frames']} frames ({totals['bytes']} bytes) to {args.output}")
+    audits = f" and {totals['audits']} REST audits" if totals["audits"] else ""
+    print(
+        f"wrote {totals['frames']} frames ({totals['bytes']} bytes){audits} to "
+        f"{args.output}"
+    )
     return 0
 
 

@@ -26,7 +26,15 @@ Decisions a replay makes differently from a live feed (a file cannot be asked ag
   :data:`SNIFF_FRAMES` frames of each product are looked at, within the file's first
   :data:`SNIFF_BYTES`: every one of the other protocol's shape). A frame of the other
   protocol met later is skipped and counted as such, and the report says when it was
-  every frame of a product.
+  every frame of a product;
+* REST audits recorded with the frames (``python -m recording --audit-interval``, see
+  :mod:`recording.format`) become :class:`events.AuditStarted` and
+  :class:`events.BookAudit` at their place in the product's stream, so the book step
+  repeats the live run's comparisons and writes the same audit records (a book that
+  drifted is not resynced: a file cannot be asked again, so its later audits are
+  ``skipped`` until the recording's next snapshot). ``audits=False`` (the service's
+  ``ORDERBOOK_AUDIT_INTERVAL=0``) leaves them out. An audit record that cannot be read
+  is skipped and counted like a bad frame.
 
 Recovery (``-r``). The resume state of a partition is ``{"next": i, "stream": s,
 "counted": "per product"}``: the index of the next record of its product to emit and the
@@ -60,11 +68,21 @@ from coinbase.decode import FrameDecoder
 from coinbase.errors import FeedError, MalformedFrame, SequenceGap
 from common.logs import RateLimitedLog
 from common.text import shown
-from events import BookChanges, BookEvent, BookReset, BookSnapshot
+from events import (
+    AuditStarted,
+    BookAudit,
+    BookChanges,
+    BookEvent,
+    BookReset,
+    BookSnapshot,
+)
 from recording.format import (
+    AUDIT,
+    AUDIT_REQUESTED,
     CONNECTED,
     PROTOCOLS,
     RecordingError,
+    audit_of,
     frame_of,
     parse_record,
     protocol_of_frame,
@@ -189,6 +207,8 @@ def replay_report(reader: _WorkerReader) -> str:
             f"; {reader.reader.blocks_read:,} blocks read, "
             f"{reader.reader.blocks_skipped:,} passed unread"
         )
+    if stats["audits"]:
+        text += f"; {stats['audits']:,} recorded REST audits replayed"
     if stats["stray connected records"]:
         text += (
             f"; {stats['stray connected records']:,} stray 'connected' records (a reset "
@@ -239,9 +259,11 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, Any], ResumeState]):
         feed: str,
         resume: ResumeState | None,
         key: str | None = None,
+        audits: bool = True,
     ) -> None:
         self.product = product
         self.key = key
+        self._audits = audits
         self._protocol = protocol
         self._feed = feed
         self._decoder = FrameDecoder(protocol, feed)
@@ -337,21 +359,9 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, Any], ResumeState]):
                 return
         else:
             record = line
-        if record.get("event") == CONNECTED:
-            self._stream = index
-            self._awaiting_snapshot_since = index
-            self._decoder = FrameDecoder(self._protocol, self._feed)
-            self.stats["resets"] += 1
-            out.append(BookReset(self.product, "reconnected", self._feed))
-            return
         frame = record.get("frame")
-        if not isinstance(frame, str):
-            if "event" in record:
-                self._skip(
-                    index, f"an unknown event {shown(repr(record['event']), 40)}"
-                )
-            else:
-                self._skip(index, "a record without a frame")
+        if not isinstance(frame, str) or record.get("event") == CONNECTED:
+            self._not_a_frame(index, record, out)
             return
         t_ns = record.get("t_ns")
         if type(t_ns) is not int or t_ns < 0:
@@ -368,6 +378,41 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, Any], ResumeState]):
                 self.stats["snapshots"] += 1
                 self._awaiting_snapshot_since = None
             out.append(event)
+
+    def _not_a_frame(self, index: int, record: dict, out: list) -> None:
+        """A record without a frame: a (re)connection, a REST audit, or unreadable."""
+        event = record.get("event")
+        if event == CONNECTED:
+            self._stream = index
+            self._awaiting_snapshot_since = index
+            self._decoder = FrameDecoder(self._protocol, self._feed)
+            self.stats["resets"] += 1
+            out.append(BookReset(self.product, "reconnected", self._feed))
+        elif event == AUDIT_REQUESTED or AUDIT in record:
+            self._audit(index, record, out)
+        elif "event" in record:
+            self._skip(index, f"an unknown event {shown(repr(event), 40)}")
+        else:
+            self._skip(index, "a record without a frame")
+
+    def _audit(self, index: int, record: dict, out: list) -> None:
+        """A recorded REST audit, as the live source put it into the stream."""
+        if not self._audits:
+            return
+        self.stats["audit events"] += 1
+        if AUDIT not in record:
+            t_ns = record.get("t_ns")
+            if type(t_ns) is not int or t_ns < 0:
+                self._skip(index, "an audit request without an integer t_ns")
+                return
+            out.append(AuditStarted(self.product, self._feed, t_ns))
+            return
+        event = audit_of(record, self.product, self._feed)
+        if isinstance(event, str):
+            self._skip(index, event)
+            return
+        self.stats["audits"] += 1
+        out.append(event)
 
     def _stray_connected(self) -> None:
         """Updates follow a ``connected`` record with no snapshot: not a real reconnection."""
@@ -424,6 +469,8 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, Any], ResumeState]):
         events: list = []
         self._record(index, line, events)
         for event in events:
+            if type(event) is AuditStarted or type(event) is BookAudit:
+                continue  # audited before the resume point: its record was written
             self._shadow, summary = update_book(self._shadow, event)
             if summary is not None:
                 self._last_summary = summary
@@ -432,7 +479,14 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, Any], ResumeState]):
     def _rebuilt_book(self) -> BookEvent:
         """The book rebuilt up to the resume point, as one event for the book step."""
         state, self._shadow = self._shadow, None
-        for key in ("frames", "changes", "snapshots", "resets"):
+        for key in (
+            "frames",
+            "changes",
+            "snapshots",
+            "resets",
+            "audits",
+            "audit events",
+        ):
             self.stats.pop(key, None)
         if state is None or state.book is None:
             return BookReset(self.product, "resumed", self._feed)
@@ -585,8 +639,11 @@ class ReplaySource(FixedPartitionedSource[tuple[str, Any], ResumeState]):
         feed: str = "replay",
         progress: bool | None = None,
         resync_requests: ResyncRequests | None = None,
+        audits: bool = True,
     ) -> None:
         self.recording = Recording.open(path)
+        self.audits = audits
+        """Replay the REST audits the recording holds (see the module docstring)."""
         recorded = self.recording.products
         if products is None:
             if not recorded:
@@ -611,6 +668,13 @@ class ReplaySource(FixedPartitionedSource[tuple[str, Any], ResumeState]):
         self._readers_lock = threading.Lock()
         self.keys: dict[str, str] | None = None
         """Set by :meth:`key_by`: the partitions' items are then ``(key, [events])``."""
+
+    @property
+    def recorded_audits(self) -> bool:
+        """The header says the recorder recorded REST audits (an ``audits`` field).
+        A recording appended to with audits keeps its first header: its audits are
+        replayed all the same."""
+        return bool(self.recording.header.get("audits"))
 
     def key_by(self, keys: dict[str, str]) -> None:
         """Hand each product's events as ONE item ``(keys[product], [events])`` per
@@ -658,4 +722,5 @@ class ReplaySource(FixedPartitionedSource[tuple[str, Any], ResumeState]):
             self.feed,
             resume_state,
             None if self.keys is None else self.keys.get(for_part, for_part),
+            self.audits,
         )

@@ -28,8 +28,11 @@ from typing import Any
 
 import orjson
 
+from events import BookAudit
 from recording.format import (
     MAX_BLOCK_TEXT,
+    audit_record,
+    audit_requested_record,
     connected_record,
     encode_block,
     frame_record,
@@ -76,6 +79,8 @@ class RecordingWriter:
         self.frame_bytes = 0
         self.blocks = 0
         self.too_large = 0
+        self.audits = 0
+        """REST audit requests recorded."""
         """Records not written: alone longer than a block may be."""
         self._last_flush = time.monotonic()
         self._file = open(self.path, "ab" if append else "wb")
@@ -105,6 +110,15 @@ class RecordingWriter:
     def connected(self, product_id: str, t_ns: int | None = None) -> None:
         """A (re)connection of ``product_id``: a replay resets its book here."""
         self._add(product_id, connected_record(product_id, t_ns or time.time_ns()))
+
+    def audit_requested(self, product_id: str, t_ns: int) -> None:
+        """A REST audit's request of ``product_id`` left at ``t_ns``."""
+        self._add(product_id, audit_requested_record(product_id, t_ns))
+        self.audits += 1
+
+    def audit(self, event: BookAudit, t_ns: int | None = None) -> None:
+        """The REST book (or failure) answering the product's last request."""
+        self._add(event.product_id, audit_record(event, t_ns or time.time_ns()))
 
     def _add(self, product_id: str, line: bytes) -> bool:
         if self.failed is not None:

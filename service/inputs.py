@@ -11,7 +11,7 @@ from coinbase.feeds import DEFAULT_PRODUCTS
 from importers.replay import ReplayInputError, open_replay
 from recording.format import RecordingError
 from service.runtime import Shutdown
-from service.settings import ConfigError, Settings
+from service.settings import REPLAY_NO_AUDITS, ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +25,15 @@ def build_source(
     if settings.replay is not None:  # every format, one file or many: importers.replay
         try:
             source, prepared = open_replay(
-                settings.replay, settings.products, report=settings.replay_report
+                settings.replay,
+                settings.products,
+                report=settings.replay_report,
+                audits=settings.replay_audits,
             )
         except (RecordingError, ReplayInputError) as exc:
             raise ConfigError(f"ORDERBOOK_REPLAY: {exc}") from None
+        if settings.replay_audits and not getattr(source, "recorded_audits", False):
+            log.warning("%s", REPLAY_NO_AUDITS)  # once: audits asked, none recorded
         shutdown.add_closer(
             prepared.close
         )  # a converted recording removed on a signal too

@@ -193,6 +193,10 @@ class Settings:
     rest_url: str | None = field(default=None, repr=False)
     """None: the feed's (Coinbase's, or the local exchange's); may carry credentials."""
     audit_rate: float = AUDIT_RATE_DEFAULT
+    replay_audits: bool = False
+    """A replay repeats the REST audits its recording holds (``ORDERBOOK_AUDIT_INTERVAL``
+    not 0); a recording without any says :data:`REPLAY_NO_AUDITS` once
+    (``service.inputs``)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -283,6 +287,8 @@ def parse_audit(env: Mapping[str, str]) -> dict:
     )
     return {
         "audit_interval": 0.0 if _replaying(env) else interval,
+        "replay_audits": _replaying(env)
+        and not _audits_off(env.get("ORDERBOOK_AUDIT_INTERVAL")),
         "audit_levels": validation.integer(
             "ORDERBOOK_AUDIT_LEVELS",
             env.get("ORDERBOOK_AUDIT_LEVELS", str(AUDIT_LEVELS_DEFAULT)),
@@ -329,9 +335,8 @@ def settings_warnings(env: Mapping[str, str]) -> tuple[str, ...]:
             "(set ORDERBOOK_REPLAY)"
         )
     if _replaying(env):
-        # audits asked for, by default or explicitly: one line, whatever else is set
-        if not _audits_off(env.get("ORDERBOOK_AUDIT_INTERVAL")):
-            found.append(REPLAY_NO_AUDITS)
+        # REPLAY_NO_AUDITS: said by service.inputs, which knows whether the recording
+        # holds REST audits to repeat
         ignored = [k for k in IGNORED_BY_REPLAY if k in env]
         if ignored:
             found.append(

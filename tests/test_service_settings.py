@@ -98,18 +98,20 @@ def test_live_feed_settings_given_with_a_replay_are_warned_about(tmp_path):
     assert Settings.from_env(replay).warnings == ()
 
 
-def test_a_replay_says_once_that_it_skips_the_audits(tmp_path):
+def test_a_replay_repeats_recorded_audits_unless_they_are_off(tmp_path):
     rec = tmp_path / "r.jsonl.gz"
     rec.write_bytes(b"")
-    # asked for by default or explicitly: one line, whatever else is set; off: none
+    # asked for by default or explicitly: the replay repeats the recorded audits (and
+    # service.inputs says once when the recording holds none); off: none
     for audit in ({}, {"ORDERBOOK_AUDIT_INTERVAL": "5", "ORDERBOOK_AUDIT_RATE": "2"}):
         s = Settings.from_env({"ORDERBOOK_REPLAY": str(rec), **audit})
-        assert s.warnings == ("replay: no REST books, audits skipped",)
+        assert s.warnings == () and s.replay_audits
         assert s.audit_interval == 0
     s = Settings.from_env(
         {"ORDERBOOK_REPLAY": str(rec), "ORDERBOOK_AUDIT_INTERVAL": "0.0"}
     )
-    assert s.warnings == () and s.audit_interval == 0
+    assert s.warnings == () and s.audit_interval == 0 and not s.replay_audits
+    assert not Settings.from_env({"ORDERBOOK_FEED": "sim"}).replay_audits
 
 
 @pytest.mark.parametrize(

@@ -131,7 +131,7 @@ def run(workdir: Path) -> dict:
             BYTEWAX_DATAFLOW_API_PORT=str(metrics_port),
             ORDERBOOK_METRICS_ADDRESS="0.0.0.0",
         )
-        flow = FlowProcess(["bytewax.run", "dataflow:flow"], env)
+        flow = FlowProcess(["bytewax.run", "dataflow:flow"], env, die_with_parent=True)
         tail = Tail(out)
         try:
             _scenario(exchange, flow, tail, report)
@@ -250,6 +250,8 @@ def _epoch(text: str | None) -> float:
 
 def main(argv: list[str]) -> int:
     workdir = Path(argv[0])
+    # SIGTERM (stop_background) unwinds: the flow and the exchange are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
         report = run(workdir)
     except Exception as exc:  # the test reads why
@@ -306,12 +308,19 @@ def report_of(proc, workdir: Path, timeout: float) -> dict:
 
 
 def stop_background(proc) -> None:
-    """End the run and every process it started (its own process group)."""
+    """End the run: SIGTERM first, so that it stops its flow and exchange itself,
+    SIGKILL to its process group 30 s later (its flow dies with it then)."""
     import os
+    import subprocess
 
-    if proc.poll() is None:
+    for sig, grace in ((signal.SIGTERM, 30.0), (signal.SIGKILL, None)):
+        if proc.poll() is not None:
+            return
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, sig)
         except ProcessLookupError:
             pass
-        proc.wait()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue

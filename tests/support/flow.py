@@ -85,7 +85,9 @@ class FlowProcess:
     runs, each waiting forever for a peer on Bytewax's fixed ports 2101/2102).
     """
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str], *, die_with_parent: bool = False
+    ) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", *args],
             cwd=REPO,
@@ -94,6 +96,7 @@ class FlowProcess:
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
+            preexec_fn=_die_with_parent if die_with_parent else None,
         )
         self.stdout = ""
         self.stderr = ""
@@ -167,3 +170,15 @@ def by_product(records: list[dict]) -> dict[str, list[dict]]:
     for record in records:
         out.setdefault(record["product_id"], []).append(record)
     return out
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the thread that started it ends (Linux
+    ``PR_SET_PDEATHSIG``), for a process started by a helper process that may itself
+    be killed (the background audit run, tests/support/audit_run.py): its own process
+    group would otherwise outlive it, found as services running for 45 minutes after
+    a killed pytest."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)

@@ -33,7 +33,9 @@ def build_source(
         except (RecordingError, ReplayInputError) as exc:
             raise ConfigError(f"ORDERBOOK_REPLAY: {exc}") from None
         if settings.replay_audits and not getattr(source, "recorded_audits", False):
-            log.warning("%s", REPLAY_NO_AUDITS)  # once: audits asked, none recorded
+            # once, when the run starts (log_resumes), so that a start that fails
+            # later (a dashboard port in use) still says one line only
+            source.start_notice = REPLAY_NO_AUDITS  # audits asked, none recorded
         shutdown.add_closer(
             prepared.close
         )  # a converted recording removed on a signal too
@@ -122,6 +124,8 @@ class ResumeLoggingSource(FixedPartitionedSource):
         self.inner = inner
         self.on_build = on_build
         """Called at every partition built: the flow runs (the stall watchdog starts)."""
+        self.start_notice: str | None = getattr(inner, "start_notice", None)
+        """A warning the inner source has for the run, said at its first partition."""
 
     def list_parts(self) -> list[str]:
         return self.inner.list_parts()
@@ -135,6 +139,9 @@ class ResumeLoggingSource(FixedPartitionedSource):
                 "snapshot",
                 for_part,
             )
+        notice, self.start_notice = self.start_notice, None
+        if notice is not None:
+            log.warning("%s", notice)
         part = self.inner.build_part(step_id, for_part, resume_state)
         if self.on_build is not None:
             self.on_build()

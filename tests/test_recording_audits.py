@@ -266,7 +266,7 @@ def test_the_local_exchange_serving_a_recording_passes_audit_records_by(tmp_path
 def test_the_replay_says_it_has_no_rest_books_only_without_recorded_audits(
     tmp_path, caplog
 ):
-    from service.inputs import build_source
+    from service.inputs import build_source, log_resumes
     from service.settings import REPLAY_NO_AUDITS, Settings
 
     class Shutdown:
@@ -292,6 +292,11 @@ def test_the_replay_says_it_has_no_rest_books_only_without_recorded_audits(
         caplog.clear()
         with caplog.at_level(logging.WARNING):
             source, _ = build_source(Settings.from_env(env), Shutdown())
+            # said when the run starts (its first partition), not when it is built
+            assert REPLAY_NO_AUDITS not in [r.getMessage() for r in caplog.records]
+            started = log_resumes(source)
+            for part in started.list_parts():
+                started.build_part("input", part, None).close()
         messages = [r.getMessage() for r in caplog.records]
         said.append(messages.count(REPLAY_NO_AUDITS))
         assert source.inner.audits == (interval != "0")

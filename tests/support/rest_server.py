@@ -17,6 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Self
 from urllib.parse import parse_qs, urlsplit
 
+from tests.support.exchange_client import busiest_window
+
 FAULTS = ("429", "500", "timeout", "not_json")
 
 
@@ -65,13 +67,7 @@ class RestBookServer:
 
     def windows(self, seconds: float = 1.0) -> int:
         """The most requests seen in any window of ``seconds`` (half-open)."""
-        times = sorted(t for t, _, _ in self.requests)
-        best, start = 0, 0
-        for end, t in enumerate(times):
-            while t - times[start] >= seconds:
-                start += 1
-            best = max(best, end - start + 1)
-        return best
+        return busiest_window(sorted(t for t, _, _ in self.requests), seconds)
 
     def __enter__(self) -> Self:
         self._thread.start()

@@ -226,6 +226,9 @@ class DirectPartition(StatefulSourcePartition[tuple[str, BookEvent], dict]):
         self._reader = reader
         reader.register(self)
         self._queue = reader.queues[product]
+        self.key: str | None = None
+        """Set by :meth:`DirectSource.key_by`: each poll is then ONE item
+        ``(key, [events])``, the live source's and the replay's shape."""
 
     def next_batch(self) -> list[tuple[str, BookEvent]]:
         batch, self._pending = self._pending, []
@@ -248,6 +251,8 @@ class DirectPartition(StatefulSourcePartition[tuple[str, BookEvent], dict]):
                 batch.append(self._rebuilt_book())
             self._event(index, item, batch)
         if batch:
+            if self.key is not None:
+                return [(self.key, [event for _, event in batch])]
             return batch
         if self._reader.done and not queue:
             if not self.ended:
@@ -369,12 +374,24 @@ class DirectSource(FixedPartitionedSource[tuple[str, BookEvent], dict]):
                 self._all.append(found)
         return found
 
+    keys: dict[str, str] | None = None
+
+    def key_by(self, keys: dict[str, str]) -> None:
+        """Hand each partition's poll as ONE item ``(keys[product], [events])`` (a
+        product missing from ``keys``: keyed by its id), for partitions built after
+        this call, as :meth:`recording.replay.ReplaySource.key_by`: the dataflow then
+        needs no routing step."""
+        self.keys = dict(keys)
+
     def build_part(
         self, step_id: str, for_part: str, resume_state: Any
     ) -> DirectPartition:
-        return DirectPartition(
+        part = DirectPartition(
             self._pass_for_this_worker(), for_part, self.feed, resume_state
         )
+        if self.keys is not None:
+            part.key = self.keys.get(for_part, for_part)
+        return part
 
     def quality_report(self) -> QualityReport:
         """The report of this process's passes (each of its own products)."""

@@ -415,6 +415,18 @@ def test_a_direct_replay_resumes_where_a_replay_of_its_conversion_would(
         p: drain(DirectSource(paths, products).build_part("s", p, None))
         for p in products
     }
+    # keyed as the dataflow asks (`key_by`): one item a poll, the same events
+    keyed_source = DirectSource(paths, products)
+    keyed_source.key_by({products[0]: products[0] + "~7"})
+    part = keyed_source.build_part("s", products[0], None)
+    items = []
+    while True:
+        try:
+            items += part.next_batch()
+        except StopIteration:
+            break
+    assert len(items) > 1 and {key for key, _ in items} == {products[0] + "~7"}
+    assert [e for _, events in items for e in events] == direct[products[0]][0]
     converted = tmp_path / "converted.gz"
     convert([str(p) for p in paths], converted)
     for product in products:

@@ -45,6 +45,7 @@ from importers.stream import (
     price_of,
     time_of_us,
 )
+from orderbook import CheckedChanges
 
 FEED = "tardis"
 _SIDES = {"bid": BID, "ask": ASK}
@@ -174,9 +175,13 @@ class TardisReader:
         if item is not None:
             yield item
 
-    def _changes(self, symbol: str, rows: list[list[str]]) -> list:
-        """``(side, price, size)`` of the rows; a damaged row is counted and left out."""
-        out = []
+    def _changes(self, symbol: str, rows: list[list[str]]) -> CheckedChanges:
+        """``(side, price, size)`` of the rows; a damaged row is counted and left out.
+
+        Every value is checked here by the rules of :mod:`common.domain`, so the list
+        is an :class:`orderbook.CheckedChanges`, which the book applies without checking
+        again, as the Coinbase decoders' lists (620 -> 437 ns a change)."""
+        out = CheckedChanges()
         append = out.append
         prices, sizes = self._prices, self._sizes
         for row in rows:

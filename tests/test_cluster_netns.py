@@ -285,6 +285,6 @@ def test_readyz_waits_for_every_book_and_a_partition_ends_every_member(
             (
                 f"orderbook: lost cluster peer process 1 ({lab.address(1)}:2101): "
                 f"no answer for {STALL} s (unreachable); ",
-                f"orderbook: the dataflow made no progress for {STALL:.1f} s while ",
+                "orderbook: the dataflow made no progress for ",
             )
         ), said[i]

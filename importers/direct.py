@@ -41,7 +41,6 @@ import glob
 import logging
 import os
 import sys
-import threading
 import time
 from collections import Counter, deque
 from pathlib import Path
@@ -55,6 +54,7 @@ from importers.convert import PROGRESS_EVERY, Progress, gather_skips
 from importers.quality import QualityReport, QualityTracker
 from importers.sources import Router, merged, open_sources
 from importers.tardis import snapshot_symbols
+from recording.replay import ThreadPasses
 from resync import ResyncRequests
 
 log = logging.getLogger(__name__)
@@ -343,36 +343,17 @@ class DirectSource(FixedPartitionedSource[tuple[str, BookEvent], dict]):
         self.feed = feed
         self.progress = progress
         self.resync_requests = ResyncRequests()
-        self._passes: dict[int, _WorkerPass] = {}
-        self._all: list[_WorkerPass] = []
-        self._lock = threading.Lock()
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_passes"], state["_all"] = {}, []
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
+        self._passes = ThreadPasses()
 
     def list_parts(self) -> list[str]:
         return sorted(self.products)
 
     def _pass_for_this_worker(self) -> _WorkerPass:
-        # as recording.replay.ReplaySource: the partitions built on one thread share
-        # one pass; a pass that has started already is never joined
-        thread = threading.get_ident()
-        with self._lock:
-            found = self._passes.get(thread)
-            if found is None or found.started:
-                show = sys.stderr.isatty() if self.progress is None else self.progress
-                found = self._passes[thread] = _WorkerPass(
-                    self.paths, show, self.episodes
-                )
-                self._all.append(found)
-        return found
+        return self._passes.for_this_thread(self._new_pass)
+
+    def _new_pass(self) -> _WorkerPass:
+        show = sys.stderr.isatty() if self.progress is None else self.progress
+        return _WorkerPass(self.paths, show, self.episodes)
 
     keys: dict[str, str] | None = None
 
@@ -395,8 +376,7 @@ class DirectSource(FixedPartitionedSource[tuple[str, BookEvent], dict]):
 
     def quality_report(self) -> QualityReport:
         """The report of this process's passes (each of its own products)."""
-        with self._lock:
-            passes = list(self._all)
+        passes = self._passes.all()
         products = {}
         whole = QualityReport([], Counter(), Counter(), [])
         for number, one in enumerate(passes):

@@ -58,7 +58,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -623,6 +623,44 @@ def _check_protocol(recording: Recording, products: list[str]) -> None:
         )
 
 
+class ThreadPasses:
+    """The passes over a replay's input, one per Bytewax worker thread.
+
+    Bytewax builds every partition of a worker on that worker's thread, before it reads
+    any: the partitions built on one thread share one pass over the input. A pass that
+    has started already is never joined (a later run on the thread gets a new one).
+    Used by :class:`ReplaySource` and ``importers.direct.DirectSource``. A copy
+    (``pickle``, ``copy.deepcopy``) starts with no pass: passes belong to the process
+    that reads.
+    """
+
+    def __init__(self) -> None:
+        self._by_thread: dict[int, Any] = {}
+        self._all: list = []
+        self._lock = threading.Lock()
+
+    def for_this_thread(self, make: Callable[[], Any]) -> Any:
+        """This thread's pass: ``make()``'s, made if it has none or it has ``started``."""
+        thread = threading.get_ident()
+        with self._lock:
+            found = self._by_thread.get(thread)
+            if found is None or found.started:
+                found = self._by_thread[thread] = make()
+                self._all.append(found)
+        return found
+
+    def all(self) -> list:
+        """Every pass made in this process, in the order made."""
+        with self._lock:
+            return list(self._all)
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+
 class ReplaySource(FixedPartitionedSource[tuple[str, Any], ResumeState]):
     """A recording as a finite Bytewax source: a partition per product, ends at the end.
 
@@ -664,8 +702,7 @@ class ReplaySource(FixedPartitionedSource[tuple[str, Any], ResumeState]):
         self.feed = feed
         self.progress = progress
         self.resync_requests = resync_requests or ResyncRequests()
-        self._readers: dict[int, _WorkerReader] = {}
-        self._readers_lock = threading.Lock()
+        self._readers = ThreadPasses()
         self.keys: dict[str, str] | None = None
         """Set by :meth:`key_by`: the partitions' items are then ``(key, [events])``."""
 
@@ -684,32 +721,17 @@ class ReplaySource(FixedPartitionedSource[tuple[str, Any], ResumeState]):
         stay ``(product_id, event)``, one per event."""
         self.keys = dict(keys)
 
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_readers"] = {}
-        del state["_readers_lock"]
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._readers_lock = threading.Lock()
-
     def list_parts(self) -> list[str]:
         return sorted(self.products)
 
     def _reader_for_this_worker(self) -> _WorkerReader:
-        # Bytewax builds every partition of a worker on that worker's thread, before it
-        # reads any: the partitions built on one thread share one pass over the file. A
-        # reader that has started already is never joined (a later run on the thread).
-        thread = threading.get_ident()
-        with self._readers_lock:
-            reader = self._readers.get(thread)
-            if reader is None or reader.started:
-                reader = _WorkerReader(self.recording, f"process {os.getpid()}")
-                reader.show_progress = (
-                    sys.stderr.isatty() if self.progress is None else self.progress
-                )
-                self._readers[thread] = reader
+        return self._readers.for_this_thread(self._new_reader)
+
+    def _new_reader(self) -> _WorkerReader:
+        reader = _WorkerReader(self.recording, f"process {os.getpid()}")
+        reader.show_progress = (
+            sys.stderr.isatty() if self.progress is None else self.progress
+        )
         return reader
 
     def build_part(

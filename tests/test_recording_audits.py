@@ -26,7 +26,7 @@ from recording.replay import ReplaySource
 from recording.writer import RecordingWriter
 from records import AuditRecord
 from tests.support.flow import wait_until
-from tests.support.recordings import HEADER, session_records
+from tests.support.recordings import HEADER, polled, session_records
 
 PRODUCT = "BTC-USD"
 
@@ -46,21 +46,11 @@ def _replayed(path: Path, **source_args) -> tuple[list[AuditRecord], list, dict]
     states: dict = {}
     audits: list[AuditRecord] = []
     events: list = []
-    live = list(parts)
-    for _ in range(100_000):
-        if not live:
-            break
-        for part in list(live):
-            try:
-                batch = part.next_batch()
-            except StopIteration:
-                live.remove(part)
-                continue
-            for product, event in batch:
-                events.append(event)
-                states[product], out = update_book(states.get(product), event)
-                if isinstance(out, AuditRecord):
-                    audits.append(out)
+    for product, event in polled(parts, 100_000):
+        events.append(event)
+        states[product], out = update_book(states.get(product), event)
+        if isinstance(out, AuditRecord):
+            audits.append(out)
     skipped = {p.product: dict(p.skipped) for p in parts}
     return audits, events, skipped
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -171,24 +172,33 @@ def report_of(stderr: str, path: Path) -> str:
     return reports[-1]
 
 
-def replay_by_hand(path: Path) -> int:
-    """Drive every partition of a replay to its end; apply every event; return events."""
-    source = ReplaySource(path, progress=False)
-    parts = [source.build_part("fuzz", p, None) for p in source.list_parts()]
-    states: dict = {}
-    events = 0
+def polled(parts: list, rounds: int, snapshot: bool = False) -> Iterator[tuple]:
+    """``(product, event)`` of every partition, polled in turn to its end (each one's
+    ``snapshot()`` taken after every poll with ``snapshot``); AssertionError when they
+    have not all ended after ``rounds`` rounds."""
     live = list(parts)
-    for _ in range(10_000):
+    for _ in range(rounds):
         if not live:
-            return events
+            return
         for part in list(live):
             try:
                 batch = part.next_batch()
             except StopIteration:
                 live.remove(part)
                 continue
-            for product, event in batch:
-                states[product], _ = update_book(states.get(product), event)
-                events += 1
-            part.snapshot()
+            yield from batch
+            if snapshot:
+                part.snapshot()
     raise AssertionError("the replay never ended")
+
+
+def replay_by_hand(path: Path) -> int:
+    """Drive every partition of a replay to its end; apply every event; return events."""
+    source = ReplaySource(path, progress=False)
+    parts = [source.build_part("fuzz", p, None) for p in source.list_parts()]
+    states: dict = {}
+    events = 0
+    for product, event in polled(parts, 10_000, snapshot=True):
+        states[product], _ = update_book(states.get(product), event)
+        events += 1
+    return events

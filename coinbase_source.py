@@ -71,7 +71,7 @@ from coinbase.multiplex import (
     ConnectionStep,
 )
 from coinbase.pacing import Backoff
-from coinbase.rest import ADVANCED_TRADE_MAX_LIMIT, default_rest_url
+from coinbase.rest import ADVANCED_TRADE_MAX_LIMIT, REPLAY_NO_AUDITS, default_rest_url
 from coinbase.runner import LOOP
 from coinbase.session import Action, Session, SessionStats
 from common import validation
@@ -84,9 +84,6 @@ __all__ = ["CoinbaseSource", "PartitionProgress"]
 
 log = logging.getLogger(__name__)
 
-REPLAY_NO_AUDITS = "replay: no REST books, audits skipped"
-"""What a served replay says once when audits were asked for (as a replay of files
-does: ``service.settings``)."""
 MAX_BACKLOG = 100_000
 """Events queued for the dataflow beyond which the partition drops them and resyncs."""
 BEHIND_EVENTS = 10_000

@@ -38,13 +38,25 @@ from common.domain import DomainError, price, product_id, size
 from common.text import shown
 from events import Level
 
-__all__ = ["REST_URLS", "RestBook", "book_url", "default_rest_url", "parse_book"]
+__all__ = [
+    "REPLAY_NO_AUDITS",
+    "REST_URLS",
+    "RestBook",
+    "book_url",
+    "default_rest_url",
+    "parse_book",
+]
 
 REST_URLS = {
     EXCHANGE: "https://api.exchange.coinbase.com",
     ADVANCED_TRADE: "https://api.coinbase.com",
 }
 """Coinbase's public REST base of each protocol (``ORDERBOOK_REST_URL`` overrides it)."""
+
+REPLAY_NO_AUDITS = "replay: no REST books, audits skipped"
+"""What a replay says once, when audits are on and it holds no recorded REST books: a
+replay cannot ask one (a replay of files: ``service.inputs``; a replay served by the
+local exchange: ``coinbase_source``)."""
 
 ADVANCED_TRADE_MAX_LIMIT = 1000
 """``ORDERBOOK_AUDIT_LEVELS``' bound, which the ``limit`` parameter stays within."""

@@ -8,10 +8,11 @@ from collections.abc import Callable
 from bytewax.inputs import FixedPartitionedSource, Source, StatefulSourcePartition
 
 from coinbase.feeds import DEFAULT_PRODUCTS
+from coinbase.rest import REPLAY_NO_AUDITS
 from importers.replay import ReplayInputError, open_replay
 from recording.format import RecordingError
 from service.runtime import Shutdown
-from service.settings import REPLAY_NO_AUDITS, ConfigError, Settings
+from service.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 

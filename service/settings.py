@@ -121,7 +121,6 @@ SETTINGS_HELP.update(
         ),
     }
 )
-REPLAY_NO_AUDITS = "replay: no REST books, audits skipped"
 
 
 # -- stalls and health (service/health.py) ---------------------------------------------
@@ -195,7 +194,7 @@ class Settings:
     audit_rate: float = AUDIT_RATE_DEFAULT
     replay_audits: bool = False
     """A replay repeats the REST audits its recording holds (``ORDERBOOK_AUDIT_INTERVAL``
-    not 0); a recording without any says :data:`REPLAY_NO_AUDITS` once
+    not 0); a recording without any says :data:`coinbase.rest.REPLAY_NO_AUDITS` once
     (``service.inputs``)."""
 
     @classmethod

@@ -256,8 +256,9 @@ def test_the_local_exchange_serving_a_recording_passes_audit_records_by(tmp_path
 def test_the_replay_says_it_has_no_rest_books_only_without_recorded_audits(
     tmp_path, caplog
 ):
+    from coinbase.rest import REPLAY_NO_AUDITS
     from service.inputs import build_source, log_resumes
-    from service.settings import REPLAY_NO_AUDITS, Settings
+    from service.settings import Settings
 
     class Shutdown:
         def failed(self, message: str) -> None:

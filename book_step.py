@@ -185,6 +185,28 @@ class UpdateBook:
             return state, None
         return state, (event.received_ns, summary)
 
+    def each(
+        self, state: BookState | None, events: list[BookEvent]
+    ) -> tuple[BookState | None, list[tuple[int, OrderBookSummary]]]:
+        """:meth:`__call__` over a list of events (what :class:`EachEvent` runs): the
+        same guard per event (one failing event costs its book, never the outputs of
+        the others), the same outputs in order, two Python calls fewer per event
+        (``__call__`` and :func:`update_book`): about 0.15 µs an event of 5 (in process,
+        80,000 events of the benches' recording, a busy machine)."""
+        resync_requests = self.resync_requests
+        outs = []
+        for event in events:
+            try:
+                if state is None:
+                    state = BookState(event.product_id, event.feed)
+                state, summary = _update_book(state, event, resync_requests)
+            except Exception as exc:
+                state = _failed(state, exc, "unappliable event", resync_requests)
+                continue
+            if summary is not None:
+                outs.append((event.received_ns, summary))
+        return state, outs
+
 
 def _update_book(
     state: BookState, event: BookEvent, resync_requests: ResyncRequests | None
@@ -436,6 +458,9 @@ def _utc(ns: int) -> datetime | None:
     return datetime.fromtimestamp(ns / 1e9, tz=UTC) if ns else None
 
 
+_OK = BookCondition.OK
+
+
 def _summary_if_changed(
     state: BookState,
     event: BookSnapshot | BookChanges,
@@ -455,9 +480,10 @@ def _summary_if_changed(
         state.last_top = None
         _watch_invalid(state, event, condition, resync_requests)
         return None
-    state.condition = BookCondition.OK
-    state.invalid_since_ns = None
-    state.resync_requested = False
+    if state.condition is not _OK:  # (those two are reset with it, see _watch_invalid)
+        state.condition = _OK
+        state.invalid_since_ns = None
+        state.resync_requested = False
     if top == state.last_top:
         return None
     state.last_top = top
@@ -607,6 +633,9 @@ class EachEvent:
         if type(item) is not list:
             state, out = step(state, item)
             return state, [] if out is None else [out]
+        each = getattr(step, "each", None)
+        if each is not None:  # the step's own loop (UpdateBook.each)
+            return each(state, item)
         outs = []
         for event in item:
             state, out = step(state, event)

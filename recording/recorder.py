@@ -45,7 +45,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from coinbase.connection import Connection
 from coinbase.decode import FrameDecoder
 from coinbase.errors import FeedError
 from coinbase.feeds import FEEDS, subscribe_messages
@@ -309,6 +308,10 @@ async def record(
     problem = check_output(path, mode, spec.protocol, products)
     if problem is not None:
         raise FileExistsError(problem)
+    # here, not at the top: a replay imports this module (importers.convert's
+    # check_output) but needs no connection, and the import costs it 40 ms at start
+    from coinbase.connection import Connection
+
     stop = stop or asyncio.Event()
     audits = (
         None

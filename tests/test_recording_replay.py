@@ -64,13 +64,13 @@ def test_each_product_is_read_by_the_worker_that_holds_its_book(clean):
 
 def test_other_products_lines_are_skipped_before_any_json_parsing(clean, monkeypatch):
     parsed: list[bytes] = []
-    real = replay_module.parse_record
+    real = replay_module._loads  # the replay's own JSON parsing of a record's line
 
     def counting(line):
         parsed.append(line)
         return real(line)
 
-    monkeypatch.setattr(replay_module, "parse_record", counting)
+    monkeypatch.setattr(replay_module, "_loads", counting)
     got = replay(clean, products=["ETH-EUR"], products_arg=None)
     assert set(got) == {"ETH-EUR"}
     assert parsed and all(product_of_line(line) == b"ETH-EUR" for line in parsed)

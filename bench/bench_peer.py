@@ -52,6 +52,10 @@ Targets (issue 21, one process): at least 1.5x cryptofeed's highest rate, at mos
 its CPU per message.
 
     python bench/bench_peer.py [--quick] [--python313 PATH]
+
+``--stages RATE`` instead shows where ours spends its time at RATE msg/s (CPU per thread,
+and each Python step alone); ``--idle ROUNDS`` shows what an idle bare Bytewax flow costs
+per ``next_awake`` policy (the bound Bytewax's 1-ms worker loop sets on a quiet service).
 """
 
 from __future__ import annotations
@@ -784,6 +788,95 @@ def in_process_stages(session: Session, messages: int) -> None:
         )
 
 
+IDLE_FLOW = r"""
+import json, os, re, sys, threading, time
+from datetime import datetime, timedelta, timezone
+from bytewax import operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.run import cli_main
+
+AFTER = None if sys.argv[1] == "none" else timedelta(milliseconds=float(sys.argv[1]))
+WARM, WINDOW = float(sys.argv[2]), float(sys.argv[3])
+polls = [0]
+
+class Part(StatefulSourcePartition):
+    def next_batch(self):
+        polls[0] += 1
+        return []
+    def next_awake(self):
+        return None if AFTER is None else datetime.now(timezone.utc) + AFTER
+    def snapshot(self):
+        return None
+
+class Source(FixedPartitionedSource):
+    def list_parts(self):
+        return ["0"]
+    def build_part(self, step_id, key, resume):
+        return Part()
+
+class Null(StatelessSinkPartition):
+    def write_batch(self, items):
+        pass
+
+class Sink(DynamicSink):
+    def build(self, *args):
+        return Null()
+
+def wakeups():
+    text = open(f"/proc/self/task/{threading.main_thread().native_id}/status").read()
+    return int(re.search(r"\nvoluntary_ctxt_switches:\s+(\d+)", text).group(1))
+
+def measure():
+    time.sleep(WARM)
+    t0, c0, p0, w0 = time.monotonic(), time.process_time(), polls[0], wakeups()
+    time.sleep(WINDOW)
+    t1, c1, p1, w1 = time.monotonic(), time.process_time(), polls[0], wakeups()
+    span = t1 - t0
+    print(json.dumps({"cores": (c1 - c0) / span, "polls": (p1 - p0) / span,
+                      "wakeups": (w1 - w0) / span}), flush=True)
+    os._exit(0)
+
+flow = Dataflow("idle")
+op.output("out", op.input("in", flow, Source()), Sink())
+threading.Thread(target=measure, daemon=True).start()
+cli_main(flow, workers_per_process=1)
+"""
+"""A bare Bytewax flow, one worker, one partition that never has data, and whose
+``next_awake`` returns ``sys.argv[1]`` (``none``, or milliseconds from now): its CPU,
+polls and the worker thread's wake-ups (voluntary context switches) a second."""
+
+IDLE_AWAKES = ("none", "1", "10", "100")
+
+
+def idle(rounds: int, warm: float = 2.0, window: float = 6.0) -> None:
+    """Does a later ``next_awake`` let an idle Bytewax worker sleep? (See
+    docs/performance.md: it does not; the worker steps at least every millisecond.)"""
+    print(
+        f"a bare Bytewax flow (one worker, one empty partition), {window:g} s after "
+        f"{warm:g} s, per next_awake; {rounds} alternating round(s):"
+    )
+    for r in range(rounds):
+        for awake in IDLE_AWAKES if r % 2 == 0 else IDLE_AWAKES[::-1]:
+            done = subprocess.run(
+                [sys.executable, "-c", IDLE_FLOW, awake, str(warm), str(window)],
+                capture_output=True,
+                text=True,
+                timeout=warm + window + 60,
+                cwd=ROOT,
+            )
+            lines = [x for x in done.stdout.splitlines() if x.startswith("{")]
+            if not lines:
+                raise RuntimeError(f"idle flow failed:\n{done.stderr[-2000:]}")
+            got = orjson.loads(lines[-1])
+            when = "None" if awake == "none" else f"now + {awake} ms"
+            print(
+                f"  next_awake {when:>14}: {got['cores']:.4f} of a core, "
+                f"{got['polls']:5.0f} polls/s, worker wake-ups {got['wakeups']:5.0f}/s"
+            )
+
+
 def stages(rate: float, seconds: float) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-peer-") as tmp_dir:
         tmp = Path(tmp_dir)
@@ -946,7 +1039,16 @@ def main() -> int:
         metavar="RATE",
         help="instead: where ours spends its time at RATE msg/s (see docs/performance.md)",
     )
+    parser.add_argument(
+        "--idle",
+        type=int,
+        metavar="ROUNDS",
+        help="instead: an idle bare Bytewax flow's CPU and wake-ups per next_awake",
+    )
     args = parser.parse_args()
+    if args.idle:
+        idle(args.idle)
+        return 0
     if args.stages:
         stages(args.stages, 10.0)
         return 0

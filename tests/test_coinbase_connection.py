@@ -1,0 +1,129 @@
+"""coinbase.connection's reading: complete text messages go straight from websockets'
+parser to the handler (``_BoundedConnection.frame_sink``), the rest through ``recv()``;
+both ways keep the order, a reason to stop ends the reading at once, and what websockets
+refuses (bad UTF-8) still ends the connection as it did."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from coinbase.connection import Connection
+from coinbase.pacing import Backoff, ConnectionPacer
+from tests.support.scripted_server import ScriptedConnection, ScriptedServer
+
+pytestmark = pytest.mark.slow
+
+
+class Recorder:
+    """A handler that keeps what it is given and stops at the first close."""
+
+    settled = True
+
+    def __init__(self, stop_at: str | None = None, fail_at: str | None = None) -> None:
+        self.frames: list[str | bytes] = []
+        self.closes: list[str] = []
+        self.stop_at = stop_at
+        self.fail_at = fail_at
+
+    def opened(self) -> list[dict]:
+        return [{"type": "hello"}]
+
+    def received(self, frame: str | bytes, received_ns: int) -> str | None:
+        assert received_ns > 0
+        self.frames.append(frame)
+        if frame == self.fail_at:
+            raise RuntimeError("a handler bug")
+        return "enough" if frame == self.stop_at else None
+
+    def closed(self, reason: str, close_code: int | None) -> bool:
+        self.closes.append(reason)
+        return False  # never reconnect
+
+    def connect_failed(self, reason: str) -> None:
+        self.closes.append(f"connect failed: {reason}")
+
+    def retrying(self) -> None:  # pragma: no cover - closed() never asks for it
+        pass
+
+
+def read_all(script, handler: Recorder) -> None:
+    with ScriptedServer(script) as server:
+        connection = Connection(
+            server.url,
+            name="test",
+            watchdog_seconds=10.0,
+            backoff=Backoff(initial=0.01),
+            pacer=ConnectionPacer(100),
+            message_pacer=ConnectionPacer(100),
+        )
+        asyncio.run(asyncio.wait_for(connection.run(handler), 20))
+
+
+def test_text_fragmented_and_binary_messages_arrive_in_order() -> None:
+    async def script(conn: ScriptedConnection) -> None:
+        await conn.recv_json()
+        await conn.send("a")
+        await conn.ws.send(["b1", "b2"])  # one message in two fragments
+        await conn.send("c")
+        await conn.ws.send(b"d")  # binary
+        for k in range(200):  # many in few reads: the direct way
+            await conn.send(f"e{k}")
+        await conn.ws.send(iter(["f1", "f2", "f3"]))
+        await conn.send("g")
+
+    handler = Recorder()
+    read_all(script, handler)
+    assert handler.frames == (
+        ["a", "b1b2", "c", b"d"] + [f"e{k}" for k in range(200)] + ["f1f2f3", "g"]
+    )
+    assert handler.closes == ["server closed the connection (code 1000)"]
+
+
+def test_a_reason_to_stop_ends_the_reading_at_once() -> None:
+    async def script(conn: ScriptedConnection) -> None:
+        await conn.recv_json()
+        for k in range(50):
+            await conn.send(f"m{k}")
+        await conn.hold(5)
+
+    handler = Recorder(stop_at="m9")
+    read_all(script, handler)
+    assert handler.frames == [f"m{k}" for k in range(10)]
+    assert handler.closes == ["enough"]
+
+
+def test_a_handler_error_ends_the_connection_and_is_logged(caplog) -> None:
+    async def script(conn: ScriptedConnection) -> None:
+        await conn.recv_json()
+        for k in range(20):
+            await conn.send(f"m{k}")
+        await conn.hold(5)
+
+    class Once(Recorder):
+        def retrying(self) -> None:  # the second connection stops at its first frame
+            self.fail_at, self.stop_at = None, "m0"
+
+    handler = Once(fail_at="m4")
+    read_all(script, handler)
+    # the failing frame ended the first connection's reading: m5... were never read
+    assert handler.frames == ["m0", "m1", "m2", "m3", "m4", "m0"]
+    assert handler.closes == ["enough"]
+    assert "unexpected error in the connection loop" in caplog.text
+    assert "a handler bug" in caplog.text
+
+
+def test_bad_utf8_in_a_text_message_still_ends_the_connection() -> None:
+    async def script(conn: ScriptedConnection) -> None:
+        await conn.recv_json()
+        await conn.send("a")
+        await conn.ws.send(b'{"x":"\xff"}', text=True)  # unchecked by the server
+        await conn.send("never read")
+        await conn.hold(5)
+
+    handler = Recorder()
+    read_all(script, handler)
+    assert handler.frames == ["a"]
+    assert len(handler.closes) == 1
+    assert "1007" in handler.closes[0] or "invalid" in handler.closes[0].lower()

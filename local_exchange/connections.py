@@ -129,6 +129,8 @@ class Connection:
 
 BURST = 512
 """Frames queued together that are sent with one socket write."""
+SILENCE_STEP = 0.05
+"""Seconds a sender held by a silence sleeps before it looks again."""
 
 
 async def send_loop(
@@ -178,7 +180,8 @@ async def _send(
     if not burst:
         return
     while (wait := silent_for()) > 0:
-        await asyncio.sleep(wait)
+        # in short steps, so that an ended silence (end_silence) ends the wait too
+        await asyncio.sleep(min(wait, SILENCE_STEP))
     if len(burst) == 1:
         await ws.send(burst[0][1])
     else:

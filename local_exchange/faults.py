@@ -125,6 +125,9 @@ class Faults:
         self._silent_until = max(self._silent_until, time.monotonic() + seconds)
         self._stats.count("faults", "go_silent")
 
+    def end_silence(self) -> None:
+        self._silent_until = 0.0
+
     def malformed(
         self,
         count: int,

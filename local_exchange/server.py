@@ -481,6 +481,12 @@ class LocalExchange:
         seconds = validation.number("seconds", seconds, high=3600, low_open=False)
         self._on_loop(lambda: self._faults.silence(seconds))
 
+    def end_silence(self) -> None:
+        """End a silence now: queued frames follow within :data:`SILENCE_STEP` s. A test
+        silences the exchange with a generous bound and ends it once it saw what the
+        silence was for, instead of waiting out a fixed window."""
+        self._on_loop(self._faults.end_silence)
+
     def send_malformed(
         self, count: int = 1, kinds: Sequence[str] | None = None
     ) -> None:

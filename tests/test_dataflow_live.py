@@ -135,12 +135,13 @@ def test_books_recover_from_every_fault(tmp_path):
         wait_until(lambda: _malformed_all_sent(exchange), 20, "the malformed frames")
         accepted = exchange.stats["connections_accepted"]
         opened = exchange.stats["connections_open"]
-        exchange.go_silent(2.5)
+        exchange.go_silent(30)  # at most: ended once the watchdog reconnected
         flow.wait_for(
             lambda: exchange.stats["connections_accepted"] >= accepted + opened,
             20,
             "reconnection after the watchdog saw silence",
         )
+        exchange.end_silence()
         flow.wait_for(_more_summaries(out), 30, "updates on every rebuilt book")
         exchange.pause_market()
         records = settle(lambda: read_jsonl(out))

@@ -63,7 +63,9 @@ def test_replayed_depth_records_are_the_true_top_levels_at_each_pause(
 
     path = tmp_path / "true-book.jsonl.gz"
     moments: list[tuple[datetime, dict[str, tuple]]] = []
-    with LocalExchange(PRODUCTS, depth=50, rate=40, seed=17) as exchange:
+    # 100 update batches a second: the 30 frames per product before each pause come in
+    # 0.3 s (0.75 s at 40)
+    with LocalExchange(PRODUCTS, depth=50, rate=100, seed=17) as exchange:
         stop = threading.Event()
         failure: list[BaseException] = []
 

@@ -72,6 +72,28 @@ def test_go_silent_sends_nothing_then_resumes(exchange: LocalExchange) -> None:
         assert "l2update" in kinds
 
 
+def test_end_silence_ends_a_long_silence_at_once(exchange: LocalExchange) -> None:
+    """Tests silence the exchange with a generous bound and end it once they saw what
+    the silence was for: the queued frames follow at once, not after the hour."""
+    with open_ws(exchange) as ws:
+        ws.send(
+            text(exchange_subscribe_root(["BTC-USD"], ["level2_batch", "heartbeat"]))
+        )
+        recv_until(ws, lambda m: m["type"] == "heartbeat")
+        exchange.go_silent(3600)
+        deadline = time.monotonic() + 0.1
+        while time.monotonic() < deadline:  # a frame already on the wire
+            try:
+                ws.recv(timeout=0.1)
+            except TimeoutError:
+                break
+        with pytest.raises(TimeoutError):
+            ws.recv(timeout=0.3)
+        exchange.end_silence()
+        kinds = {recv(ws, 10)["type"] for _ in range(20)}
+        assert "l2update" in kinds
+
+
 @pytest.mark.parametrize("protocol", ["exchange", "advanced-trade"])
 def test_send_malformed_injects_each_kind_without_changing_truth(
     exchange: LocalExchange, protocol: str

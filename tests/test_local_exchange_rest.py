@@ -402,16 +402,16 @@ def test_silent_corruption_leaves_the_client_wrong_at_exactly_that_level(
 
 @pytest.mark.slow
 def test_corruption_stays_while_the_market_runs() -> None:
-    """400 frames (two seconds) of a fast market (200 batches a second) after the
-    corruption: the client's book is still wrong there, and only there."""
-    with LocalExchange(["ETH-USD"], depth=300, rate=200) as exchange:
+    """400 frames of a fast market (500 batches a second: 0.8 s; it was 2 s at 200)
+    after the corruption: the client's book is still wrong there, and only there."""
+    with LocalExchange(["ETH-USD"], depth=300, rate=500) as exchange:
         books = ReferenceBooks()
         with open_ws(exchange, "advanced-trade") as ws:
             ws.send(text(at_subscribe(["ETH-USD"])))
             snap, _ = recv_until(ws, lambda m: m.get("channel") == "l2_data")
             books.apply_at(snap)
             done = exchange.corrupt("ETH-USD", "wrong_size", hold=60)
-            for _ in range(400):  # two seconds of market, however long they take
+            for _ in range(400):  # 400 frames of market, however long they take
                 books.apply_at(recv(ws))
             exchange.pause_market()
             drain_with_marker(exchange, ws, books.apply_at)
@@ -523,9 +523,11 @@ def test_the_projects_own_source_keeps_the_corruption_until_a_resync(
     at exactly the corrupted level (and nowhere else) however long the market runs on;
     a resync of that product alone makes it the true book again."""
     products = ["BTC-USD", "ETH-USD"]
+    # 200 update batches a second: the 50 events after the corruption come in 0.25 s
+    # (1 s at 50)
     with (
         LocalExchange(
-            products, depth=200, rate=50, seed=5, heartbeat_interval=0.1
+            products, depth=200, rate=200, seed=5, heartbeat_interval=0.1
         ) as exchange,
         contextlib.ExitStack() as cleanup,
     ):

@@ -37,20 +37,34 @@ def mock_cluster():
 
 
 def consume(brokers: str, topic: str, expected: int, timeout: float = 60) -> list:
-    from confluent_kafka import Consumer
+    """Every record of ``topic`` from its start, up to ``expected`` of them.
+
+    The consumer is assigned every partition of the topic instead of subscribing as a
+    group member: the mock cluster's group join took 3.1 s per call, the assignment
+    0.06 s (the same records, in the same order per partition)."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     consumer = Consumer(
         {
             "bootstrap.servers": brokers,
             "group.id": f"test-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
         }
     )
-    consumer.subscribe([topic])
     got = []
     deadline = time.monotonic() + timeout
     try:
-        while len(got) < expected and time.monotonic() < deadline:
+        partitions = {}
+        while not partitions and time.monotonic() < deadline:
+            found = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            if found is not None and found.error is None:
+                partitions = found.partitions
+            else:
+                time.sleep(0.05)  # the topic is not there yet: poll its metadata
+        consumer.assign(
+            [TopicPartition(topic, n, OFFSET_BEGINNING) for n in partitions]
+        )
+        while partitions and len(got) < expected and time.monotonic() < deadline:
             msg = consumer.poll(0.5)
             if msg is not None and msg.error() is None:
                 got.append((msg.key().decode(), json.loads(msg.value())))

@@ -34,9 +34,14 @@ PRODUCTS = ["BTC-USD", "ETH-USD", "BTC-EUR", "ETH-EUR"]
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory):
     path = tmp_path_factory.mktemp("rec") / "session.jsonl.gz"
-    with LocalExchange(PRODUCTS, depth=150, rate=40, seed=11) as exchange:
+    # 100 update batches a second per product for 1 s: the frames 40 a second gave in
+    # the 2.5 s this fixture used to wait; heartbeats 5 a second, so that every kind of
+    # frame is in the second (the default is one a second)
+    with LocalExchange(
+        PRODUCTS, depth=150, rate=100, seed=11, heartbeat_interval=0.2
+    ) as exchange:
         totals = asyncio.run(
-            record(path, PRODUCTS, "exchange", exchange.url(), duration=2.5)
+            record(path, PRODUCTS, "exchange", exchange.url(), duration=1.0)
         )
     assert totals["frames"] > 100
     return path
@@ -187,7 +192,9 @@ def test_a_recording_replays_to_the_summaries_of_the_live_run(tmp_path):
     both have their snapshots, the replay must reproduce the live run summary for summary."""
     live_out = tmp_path / "live.jsonl"
     path = tmp_path / "same-market.jsonl.gz"
-    with LocalExchange(PRODUCTS, depth=150, rate=40, seed=13) as exchange:
+    # 100 update batches a second per product: the 80 summaries come in under a
+    # second (2 s at 40 a second)
+    with LocalExchange(PRODUCTS, depth=150, rate=100, seed=13) as exchange:
         env = flow_env(
             ORDERBOOK_WS_URL=exchange.url(),
             ORDERBOOK_PRODUCTS=",".join(PRODUCTS),

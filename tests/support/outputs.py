@@ -18,13 +18,15 @@ def small_recording(path: Path, messages: int = 2000) -> Path:
 
 
 def sim_flow_to_jsonl_and_parquet(out: Path, pq: Path) -> FlowProcess:
-    """The real flow, 2 workers, on the simulated feed (a 200-level book, a summary at
-    every change, depth records of 3 levels), writing every record to the JSON lines
-    ``out`` and to ``parquet:pq``: the JSON lines are what the Parquet files must hold.
-    Started, not waited for."""
+    """The real flow, 2 workers, on the simulated feed (a 200-level book, 100 update
+    batches a second per product, a summary at every change, depth records of 3
+    levels), writing every record to the JSON lines ``out`` and to ``parquet:pq``: the
+    JSON lines are what the Parquet files must hold. Started, not waited for. (At the
+    default 20 batches a second the tests waited 5 s for their 300 records.)"""
     env = flow_env(
         ORDERBOOK_FEED="sim",
         ORDERBOOK_SIM_DEPTH="200",
+        ORDERBOOK_SIM_RATE="100",
         ORDERBOOK_SPREAD_THRESHOLD="0",
         ORDERBOOK_DEPTH_LEVELS="3",
         ORDERBOOK_OUTPUT=f"jsonl:{out},parquet:{pq}",

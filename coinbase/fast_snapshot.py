@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 from operator import attrgetter
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import msgspec
 
@@ -40,23 +40,36 @@ class _ExchangeSnapshot(msgspec.Struct):
     time: str | None = None
 
 
+# The Advanced Trade frame as the typed decoders take it: any other channel, event type
+# or side is a ValidationError (the caller's generic way then decodes the frame, as for
+# any frame of another shape). A ``Literal`` is matched in C and hands over the one
+# interned string instead of a new one per field. The event and the envelope hold
+# lists, yet they too are left out of the cyclic GC: decoded from JSON, read once and
+# dropped, they cannot be part of a cycle, and every tracked object a frame allocates
+# brings the next collection nearer (with a 46,000-level book in memory). The
+# envelope's fields are declared in wire order (``client_id`` is skipped), which msgspec
+# matches fastest; ``kw_only`` lets the optional ``timestamp`` come before the required
+# fields. Measured on the benches' 28,566 update frames (3.5 changes each), decoding
+# alone: XXX
+
+
 class _AtUpdate(msgspec.Struct, gc=False):  # strings only: nothing to collect
-    side: str
+    side: Literal["bid", "offer"]
     price_level: str
     new_quantity: str
 
 
-class _AtEvent(msgspec.Struct):
-    type: str
+class _AtEvent(msgspec.Struct, gc=False):
+    type: Literal["update", "snapshot"]
     product_id: str
     updates: list[_AtUpdate]
 
 
-class _AtEnvelope(msgspec.Struct):
-    channel: str
+class _AtEnvelope(msgspec.Struct, gc=False, kw_only=True):
+    channel: Literal["l2_data"]
+    timestamp: str | None = None
     sequence_num: int
     events: list[_AtEvent]
-    timestamp: str | None = None
 
 
 _EXCHANGE = msgspec.json.Decoder(_ExchangeSnapshot)
@@ -83,8 +96,9 @@ TYPED_ERRORS = (msgspec.DecodeError, msgspec.ValidationError)
 
 
 decode_advanced_trade = _ADVANCED_TRADE.decode
-"""An Advanced Trade frame whose events are all of the ``l2_data`` shape (typed, as
-:func:`decode_exchange_update`; raises one of :data:`TYPED_ERRORS` otherwise)."""
+"""An Advanced Trade ``l2_data`` frame whose events all have the wire shape of a
+snapshot or an update (typed, as :func:`decode_exchange_update`; raises one of
+:data:`TYPED_ERRORS` otherwise)."""
 at_triple = attrgetter("side", "price_level", "new_quantity")
 """``(side, price_level, new_quantity)`` of an Advanced Trade update, built in C."""
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 from operator import attrgetter
-from typing import Literal, NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
 import msgspec
 
@@ -65,10 +65,16 @@ class _AtEvent(msgspec.Struct, gc=False):
     updates: list[_AtUpdate]
 
 
+_SEQUENCE = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+"""A sequence number in the int64 range (msgspec's bounds): ``orjson`` makes a float of
+an integer of 2**64 or more, which the generic way refuses as a sequence number, where
+msgspec gives the int; anything beyond goes the generic way, which says so."""
+
+
 class _AtEnvelope(msgspec.Struct, gc=False, kw_only=True):
     channel: Literal["l2_data"]
     timestamp: str | None = None
-    sequence_num: int
+    sequence_num: _SEQUENCE
     events: list[_AtEvent]
 
 

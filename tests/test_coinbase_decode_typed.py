@@ -166,6 +166,65 @@ def test_edge_frames_decode_alike(protocol, frame, why):
     assert_alike(protocol, frame)
 
 
+def _at(sequence_num=2, *events, **fields):
+    """An Advanced Trade frame of ``events`` (``(type, product, changes)``)."""
+    frame = frames.at_l2_data(
+        sequence_num,
+        [
+            {**frames.at_update(0, product, changes)["events"][0], "type": kind}
+            for kind, product, changes in events
+        ],
+    )
+    frame.update(fields)
+    return {key: value for key, value in frame.items() if value is not ...}
+
+
+GOOD = ("update", "BTC-USD", [("bid", "99.50", "3"), ("offer", "100.25", "0")])
+
+
+@pytest.mark.parametrize(
+    "frame, why",
+    [
+        (_at(2, GOOD, ("update", "BTC-USD", [("offer", "101", "0.00000000"), ("bid", "98", "1.5")])), "two update events"),
+        (_at(2, GOOD, ("update", "BTC-USD", [("bid", "97", "1E-15")])), "a bad size in the second event (the first's prices cached)"),
+        (_at(2, GOOD, ("update", "ETH-USD", [("bid", "97", "1")])), "a product not seen yet in the second event"),
+        (_at(2, GOOD, ("update", "../x", [("bid", "97", "1")])), "a badly shaped product id in the second event"),
+        (_at(2, GOOD, ("snapshot", "BTC-USD", [("bid", "97", "1")])), "an update then a snapshot"),
+        (_at(2, ("snapshot", "BTC-USD", [("bid", "97", "1"), ("offer", "103", "2")])), "a small snapshot of a known product"),
+        (_at(2, ("trade", "BTC-USD", [("bid", "97", "1")])), "another event type"),
+        (_at(2, ("update", "BTC-USD", [("buy", "97", "1")])), "an Exchange side"),
+        (_at(2, ("update", "BTC-USD", [("Bid", "97", "1")])), "a side in another case"),
+        (_at(2, ("update", "BTC-USD", [("bid", "0", "1")])), "a zero price"),
+        (_at(2, ("update", "BTC-USD", [("bid", "1E+14", "1")])), "a price at the limit"),
+        (_at(2, ("update", "BTC-USD", [("bid", "1.000000000000001", "1")])), "a price of 15 decimals"),
+        (_at(2, ("update", "BTC-USD", [("bid", "97", "-1")])), "a negative size"),
+        (_at(2, ("update", "BTC-USD", [("bid", "97", "-0")])), "a negative zero size"),
+        (_at(2, ("update", "BTC-USD", [("bid", "97", "0E+3")])), "a zero size with an exponent"),
+        (_at(2, ("update", "BTC-USD", [("offer", "97", "abc")])), "a size that is no number"),
+        (_at(2, ("update", "BTC-USD", [])), "an update of no changes"),
+        (_at(2), "no events"),
+        (_at(2, GOOD, channel="market_trades"), "book-shaped events on another channel"),
+        (_at(2, GOOD, channel="l2_data "), "a channel with a trailing space"),
+        (_at(2**70, GOOD), "a sequence number beyond 64 bits"),
+        (_at(-1, GOOD), "a negative sequence number"),
+        (_at(1, GOOD), "a repeated sequence number"),
+        (_at(True, GOOD), "true for the sequence number"),
+        (_at(2, GOOD, timestamp=...), "no timestamp"),
+        (_at(2, GOOD, timestamp=None), "a null timestamp"),
+        (_at(2, GOOD, timestamp=17), "a number for the timestamp"),
+        (_at(2, GOOD, timestamp="2026-08-09T21:05:48.483587501"), "a naive timestamp"),
+        (_at(2, GOOD, timestamp="2026-08-09T21:05:48.483587501Z"), "a timestamp in nanoseconds"),
+        (_at(2, GOOD, client_id=7, extra={"a": [1, 2]}), "other and unknown keys"),
+        (_at(2, GOOD, events={"type": "update"}), "events not a list"),
+    ],
+)  # fmt: skip
+def test_advanced_trade_edge_frames_decode_alike(frame, why):
+    """The typed Advanced Trade way reads the changes off msgspec's structs, declares
+    the channel, the event types and the sides it takes, and checks the sequence
+    inline: whatever it refuses, the generic way decodes the same."""
+    assert_alike("advanced-trade", json.dumps(frame))
+
+
 def test_an_update_of_a_known_product_takes_the_typed_way(monkeypatch):
     """The typed way builds no dict: with ``orjson.loads`` gone from the decoder, a
     known product's update still decodes (the generic way would fail)."""
@@ -183,6 +242,41 @@ def test_an_update_of_a_known_product_takes_the_typed_way(monkeypatch):
         ]
         assert event.received_ns == 3
         monkeypatch.undo()
+
+
+def test_an_advanced_trade_update_builds_no_triple_per_change(monkeypatch):
+    """The typed Advanced Trade way reads each change's fields off msgspec's struct:
+    no ``(side, price, size)`` triple is built for a well-formed frame (before, one
+    tuple and a list per frame went through ``at_triple``); a frame with a change to
+    refuse still gets them, for the generic loop that says what is wrong."""
+    decoder = _primed("advanced-trade", True)
+
+    def no_triples(update):
+        raise AssertionError("a triple was built")
+
+    monkeypatch.setattr(decode_module, "at_triple", no_triples)
+    (event,) = decoder.decode(json.dumps(UPDATES["advanced-trade"]), 3)
+    assert [(s, str(p), str(q)) for s, p, q in event.changes] == [
+        ("bid", "99.50", "3"),
+        ("ask", "100.25", "0"),
+    ]
+    with pytest.raises(AssertionError, match="a triple was built"):
+        decoder.decode(json.dumps(_at(3, ("update", "BTC-USD", [("bid", "0", "1")]))))
+
+
+def test_advanced_trade_structs_are_left_out_of_the_cyclic_gc():
+    """What msgspec builds of an Advanced Trade frame (envelope, events, updates) is
+    read once and dropped and cannot form a cycle: none of it is tracked by the GC, so
+    a frame brings the next collection (over a 46,000-level book) less near."""
+    import gc
+
+    from coinbase.fast_snapshot import decode_advanced_trade
+
+    msg = decode_advanced_trade(json.dumps(UPDATES["advanced-trade"]))
+    (event,) = msg.events
+    assert not gc.is_tracked(msg)
+    assert not gc.is_tracked(event)
+    assert not any(gc.is_tracked(update) for update in event.updates)
 
 
 def test_zero_sizes_of_any_form_decode_alike_and_few_are_remembered():

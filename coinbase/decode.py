@@ -418,8 +418,10 @@ class FrameDecoder:
         it would take a list of ``(side, price, size)`` triples built for it: the same
         tests in the same order, and at the first change that does not pass them the
         triples for :meth:`_changes`, which does the whole list again (and says what is
-        wrong). No list and no tuple per change before the changes themselves: on the
-        benches' 28,566 Advanced Trade frames (3.5 changes each), see the commit."""
+        wrong). No list per frame and no tuple per change before the changes
+        themselves: on bench/bench_orderbook.py's 28,566 Advanced Trade frames (3.5
+        changes each), decode + apply + top 1,595 -> 1,488 ns a change (CPU time, 15
+        alternating rounds, medians)."""
         changes: list[Change] = CheckedChanges()
         append = changes.append
         cache = self._prices

@@ -244,6 +244,29 @@ def test_an_update_of_a_known_product_takes_the_typed_way(monkeypatch):
         monkeypatch.undo()
 
 
+@pytest.mark.parametrize("sequence", [2**63, 2**64 - 1, 2**64, 2**70, -(2**63) - 1])
+def test_a_sequence_number_beyond_int64_goes_the_generic_way(sequence):
+    """orjson reads an integer of 2**64 or more as a float, which the generic way
+    refuses as a sequence number (and moves nothing), where msgspec would give the
+    int: the typed ways (an update, and a snapshot big enough for the fast snapshot
+    decoder) leave any number beyond int64 to the generic way. Before, both said
+    SequenceGap and moved ``next_sequence`` past it."""
+    assert_alike("advanced-trade", json.dumps(_at(sequence, GOOD)))
+    bids, asks = frames.ladder(mid=50_000, levels=400)
+    snapshot = json.dumps(frames.at_snapshot(sequence, bids=bids, asks=asks))
+    assert len(snapshot) >= decode_module.fast_snapshot.MIN_FRAME_BYTES
+    decoder = FrameDecoder("advanced-trade", "test")
+    outcome = _outcome(decoder, snapshot)
+    if sequence < 2**64 and sequence >= 0:  # an int for orjson too: a gap from 0
+        assert outcome[:2] == ("error", "SequenceGap")
+        assert decoder.next_sequence == sequence + 1
+    else:
+        assert outcome[:2] == ("error", "MalformedFrame")
+        assert outcome[2].startswith("missing or non-integer 'sequence_num'")
+        assert outcome[3] is True
+        assert decoder.next_sequence == 0
+
+
 def test_an_advanced_trade_update_builds_no_triple_per_change(monkeypatch):
     """The typed Advanced Trade way reads each change's fields off msgspec's struct:
     no ``(side, price, size)`` triple is built for a well-formed frame (before, one

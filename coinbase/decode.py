@@ -88,6 +88,9 @@ def parse_time(value: Any) -> datetime | None:
     return parsed
 
 
+_fromisoformat = datetime.fromisoformat  # (FrameDecoder._typed_at: parse_time inline)
+
+
 _ZERO = Decimal(0)
 _FINEST = -DECIMALS
 _SLACK = _FINEST - 1
@@ -387,8 +390,21 @@ class FrameDecoder:
         except TYPED_ERRORS:
             return None  # (also any channel but l2_data: see fast_snapshot._AtEnvelope)
         products = self._products
+        # parse_time(stamp), inline for what msgspec hands over (a str or None):
+        # fromisoformat is 50 ns of parse_time's 140, the call and the type test the
+        # rest; decode + apply + top of the benches' Advanced Trade frames 1,510 ->
+        # 1,487 ns a change (CPU time, 15 alternating rounds, medians). Checked
+        # against parse_time on generated timestamps (test_coinbase_decode_typed.py).
         stamp = msg.timestamp
-        time = parse_time(stamp)
+        time = None
+        if stamp is not None:
+            try:
+                time = _fromisoformat(stamp)
+            except ValueError:
+                pass
+            else:
+                if time.tzinfo is None or time < _EARLIEST_REAL_TIME:
+                    time = None
         events: list[BookEvent] = []
         for event in msg.events:
             product_id = event.product_id

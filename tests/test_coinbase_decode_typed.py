@@ -10,6 +10,7 @@ feeds both the frame under test and compares everything observable.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -242,6 +243,48 @@ def test_an_update_of_a_known_product_takes_the_typed_way(monkeypatch):
         ]
         assert event.received_ns == 3
         monkeypatch.undo()
+
+
+OFFSETS = st.sampled_from(
+    [
+        None,
+        UTC,
+        timezone(timedelta(hours=5, minutes=30)),
+        timezone(-timedelta(hours=23, minutes=59)),
+    ]
+)
+ISO_TIMES = st.builds(
+    lambda moment, zone, digits, sep, zulu: (
+        moment.replace(tzinfo=zone).isoformat(sep=sep)
+        + ("." + digits if digits and not moment.microsecond else digits[:0])
+    ).replace("+00:00", "Z" if zulu else "+00:00"),
+    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+    OFFSETS,
+    st.text("0123456789", max_size=12),
+    st.sampled_from(["T", " ", "t"]),
+    st.booleans(),
+)
+
+
+@COMPARE
+@given(
+    ISO_TIMES
+    | st.text(max_size=40)
+    | st.sampled_from(
+        [
+            "2009-12-31T23:59:59.999999999Z",
+            "2010-01-01T00:00:00Z",
+            "2010-01-01T00:30:00+01:00",
+            "2026-08-09T21:05:01.483587501Z",
+            "2026-W32-7T21:05:01Z",
+            "20260809T210501Z",
+        ]
+    )
+)
+def test_advanced_trade_timestamps_decode_alike(stamp):
+    """The typed Advanced Trade way parses the envelope's timestamp inline; it gives
+    what parse_time gives (the generic way), bad_times alike, on any text."""
+    assert_alike("advanced-trade", json.dumps(_at(2, GOOD, timestamp=stamp)))
 
 
 @pytest.mark.parametrize("sequence", [2**63, 2**64 - 1, 2**64, 2**70, -(2**63) - 1])

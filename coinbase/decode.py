@@ -478,7 +478,7 @@ class FrameDecoder:
                     return self._changes(list(map(at_triple, updates)), _AT_SIDES)
                 if not size and len(zeros) < _ZERO_FORMS:
                     zeros[raw_size] = size
-            if side is not None:
+            if side is not None:  # (always: the struct takes only "bid" and "offer")
                 append((side, price, size))
             else:
                 return self._changes(list(map(at_triple, updates)), _AT_SIDES)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 from operator import attrgetter
-from typing import NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
 import msgspec
 
@@ -40,21 +40,39 @@ class _ExchangeSnapshot(msgspec.Struct):
     time: str | None = None
 
 
+# The Advanced Trade frame as the typed decoders take it: any other channel, event type
+# or side is a ValidationError (the caller's generic way then decodes the frame, as for
+# any frame of another shape). A ``Literal`` is matched in C and hands over the one
+# interned string instead of a new one per field. The event and the envelope hold
+# lists, yet they too are left out of the cyclic GC (no GC header, no tracking and
+# untracking): decoded from JSON, read once and dropped, they cannot be part of a cycle.
+# Measured on the whole path of bench/bench_orderbook.py's 28,566 update frames (3.5
+# changes each, decode + apply + top on the 45,000-level book, CPU time, 15 alternating
+# rounds, medians): the Literals 1,597 -> 1,564 ns a change, the GC left out 1,636 ->
+# 1,574. (Declaring the envelope's fields in wire order changed nothing measurable.)
+
+
 class _AtUpdate(msgspec.Struct, gc=False):  # strings only: nothing to collect
-    side: str
+    side: Literal["bid", "offer"]
     price_level: str
     new_quantity: str
 
 
-class _AtEvent(msgspec.Struct):
-    type: str
+class _AtEvent(msgspec.Struct, gc=False):
+    type: Literal["update", "snapshot"]
     product_id: str
     updates: list[_AtUpdate]
 
 
-class _AtEnvelope(msgspec.Struct):
-    channel: str
-    sequence_num: int
+_SEQUENCE = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+"""A sequence number in the int64 range (msgspec's bounds): ``orjson`` makes a float of
+an integer of 2**64 or more, which the generic way refuses as a sequence number, where
+msgspec gives the int; anything beyond goes the generic way, which says so."""
+
+
+class _AtEnvelope(msgspec.Struct, gc=False):
+    channel: Literal["l2_data"]
+    sequence_num: _SEQUENCE
     events: list[_AtEvent]
     timestamp: str | None = None
 
@@ -83,8 +101,9 @@ TYPED_ERRORS = (msgspec.DecodeError, msgspec.ValidationError)
 
 
 decode_advanced_trade = _ADVANCED_TRADE.decode
-"""An Advanced Trade frame whose events are all of the ``l2_data`` shape (typed, as
-:func:`decode_exchange_update`; raises one of :data:`TYPED_ERRORS` otherwise)."""
+"""An Advanced Trade ``l2_data`` frame whose events all have the wire shape of a
+snapshot or an update (typed, as :func:`decode_exchange_update`; raises one of
+:data:`TYPED_ERRORS` otherwise)."""
 at_triple = attrgetter("side", "price_level", "new_quantity")
 """``(side, price_level, new_quantity)`` of an Advanced Trade update, built in C."""
 

@@ -10,6 +10,7 @@ feeds both the frame under test and compares everything observable.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -166,6 +167,65 @@ def test_edge_frames_decode_alike(protocol, frame, why):
     assert_alike(protocol, frame)
 
 
+def _at(sequence_num=2, *events, **fields):
+    """An Advanced Trade frame of ``events`` (``(type, product, changes)``)."""
+    frame = frames.at_l2_data(
+        sequence_num,
+        [
+            {**frames.at_update(0, product, changes)["events"][0], "type": kind}
+            for kind, product, changes in events
+        ],
+    )
+    frame.update(fields)
+    return {key: value for key, value in frame.items() if value is not ...}
+
+
+GOOD = ("update", "BTC-USD", [("bid", "99.50", "3"), ("offer", "100.25", "0")])
+
+
+@pytest.mark.parametrize(
+    "frame, why",
+    [
+        (_at(2, GOOD, ("update", "BTC-USD", [("offer", "101", "0.00000000"), ("bid", "98", "1.5")])), "two update events"),
+        (_at(2, GOOD, ("update", "BTC-USD", [("bid", "97", "1E-15")])), "a bad size in the second event (the first's prices cached)"),
+        (_at(2, GOOD, ("update", "ETH-USD", [("bid", "97", "1")])), "a product not seen yet in the second event"),
+        (_at(2, GOOD, ("update", "../x", [("bid", "97", "1")])), "a badly shaped product id in the second event"),
+        (_at(2, GOOD, ("snapshot", "BTC-USD", [("bid", "97", "1")])), "an update then a snapshot"),
+        (_at(2, ("snapshot", "BTC-USD", [("bid", "97", "1"), ("offer", "103", "2")])), "a small snapshot of a known product"),
+        (_at(2, ("trade", "BTC-USD", [("bid", "97", "1")])), "another event type"),
+        (_at(2, ("update", "BTC-USD", [("buy", "97", "1")])), "an Exchange side"),
+        (_at(2, ("update", "BTC-USD", [("Bid", "97", "1")])), "a side in another case"),
+        (_at(2, ("update", "BTC-USD", [("bid", "0", "1")])), "a zero price"),
+        (_at(2, ("update", "BTC-USD", [("bid", "1E+14", "1")])), "a price at the limit"),
+        (_at(2, ("update", "BTC-USD", [("bid", "1.000000000000001", "1")])), "a price of 15 decimals"),
+        (_at(2, ("update", "BTC-USD", [("bid", "97", "-1")])), "a negative size"),
+        (_at(2, ("update", "BTC-USD", [("bid", "97", "-0")])), "a negative zero size"),
+        (_at(2, ("update", "BTC-USD", [("bid", "97", "0E+3")])), "a zero size with an exponent"),
+        (_at(2, ("update", "BTC-USD", [("offer", "97", "abc")])), "a size that is no number"),
+        (_at(2, ("update", "BTC-USD", [])), "an update of no changes"),
+        (_at(2), "no events"),
+        (_at(2, GOOD, channel="market_trades"), "book-shaped events on another channel"),
+        (_at(2, GOOD, channel="l2_data "), "a channel with a trailing space"),
+        (_at(2**70, GOOD), "a sequence number beyond 64 bits"),
+        (_at(-1, GOOD), "a negative sequence number"),
+        (_at(1, GOOD), "a repeated sequence number"),
+        (_at(True, GOOD), "true for the sequence number"),
+        (_at(2, GOOD, timestamp=...), "no timestamp"),
+        (_at(2, GOOD, timestamp=None), "a null timestamp"),
+        (_at(2, GOOD, timestamp=17), "a number for the timestamp"),
+        (_at(2, GOOD, timestamp="2026-08-09T21:05:48.483587501"), "a naive timestamp"),
+        (_at(2, GOOD, timestamp="2026-08-09T21:05:48.483587501Z"), "a timestamp in nanoseconds"),
+        (_at(2, GOOD, client_id=7, extra={"a": [1, 2]}), "other and unknown keys"),
+        (_at(2, GOOD, events={"type": "update"}), "events not a list"),
+    ],
+)  # fmt: skip
+def test_advanced_trade_edge_frames_decode_alike(frame, why):
+    """The typed Advanced Trade way reads the changes off msgspec's structs, declares
+    the channel, the event types and the sides it takes, and checks the sequence
+    inline: whatever it refuses, the generic way decodes the same."""
+    assert_alike("advanced-trade", json.dumps(frame))
+
+
 def test_an_update_of_a_known_product_takes_the_typed_way(monkeypatch):
     """The typed way builds no dict: with ``orjson.loads`` gone from the decoder, a
     known product's update still decodes (the generic way would fail)."""
@@ -183,6 +243,106 @@ def test_an_update_of_a_known_product_takes_the_typed_way(monkeypatch):
         ]
         assert event.received_ns == 3
         monkeypatch.undo()
+
+
+OFFSETS = st.sampled_from(
+    [
+        None,
+        UTC,
+        timezone(timedelta(hours=5, minutes=30)),
+        timezone(-timedelta(hours=23, minutes=59)),
+    ]
+)
+ISO_TIMES = st.builds(
+    lambda moment, zone, digits, sep, zulu: (
+        moment.replace(tzinfo=zone).isoformat(sep=sep)
+        + ("." + digits if digits and not moment.microsecond else digits[:0])
+    ).replace("+00:00", "Z" if zulu else "+00:00"),
+    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+    OFFSETS,
+    st.text("0123456789", max_size=12),
+    st.sampled_from(["T", " ", "t"]),
+    st.booleans(),
+)
+
+
+@COMPARE
+@given(
+    ISO_TIMES
+    | st.text(max_size=40)
+    | st.sampled_from(
+        [
+            "2009-12-31T23:59:59.999999999Z",
+            "2010-01-01T00:00:00Z",
+            "2010-01-01T00:30:00+01:00",
+            "2026-08-09T21:05:01.483587501Z",
+            "2026-W32-7T21:05:01Z",
+            "20260809T210501Z",
+        ]
+    )
+)
+def test_advanced_trade_timestamps_decode_alike(stamp):
+    """The typed Advanced Trade way parses the envelope's timestamp inline; it gives
+    what parse_time gives (the generic way), bad_times alike, on any text."""
+    assert_alike("advanced-trade", json.dumps(_at(2, GOOD, timestamp=stamp)))
+
+
+@pytest.mark.parametrize("sequence", [2**63, 2**64 - 1, 2**64, 2**70, -(2**63) - 1])
+def test_a_sequence_number_beyond_int64_goes_the_generic_way(sequence):
+    """orjson reads an integer of 2**64 or more as a float, which the generic way
+    refuses as a sequence number (and moves nothing), where msgspec would give the
+    int: the typed ways (an update, and a snapshot big enough for the fast snapshot
+    decoder) leave any number beyond int64 to the generic way. Before, both said
+    SequenceGap and moved ``next_sequence`` past it."""
+    assert_alike("advanced-trade", json.dumps(_at(sequence, GOOD)))
+    bids, asks = frames.ladder(mid=50_000, levels=400)
+    snapshot = json.dumps(frames.at_snapshot(sequence, bids=bids, asks=asks))
+    assert len(snapshot) >= decode_module.fast_snapshot.MIN_FRAME_BYTES
+    decoder = FrameDecoder("advanced-trade", "test")
+    outcome = _outcome(decoder, snapshot)
+    if sequence < 2**64 and sequence >= 0:  # an int for orjson too: a gap from 0
+        assert outcome[:2] == ("error", "SequenceGap")
+        assert decoder.next_sequence == sequence + 1
+    else:
+        assert outcome[:2] == ("error", "MalformedFrame")
+        assert outcome[2].startswith("missing or non-integer 'sequence_num'")
+        assert outcome[3] is True
+        assert decoder.next_sequence == 0
+
+
+def test_an_advanced_trade_update_builds_no_triple_per_change(monkeypatch):
+    """The typed Advanced Trade way reads each change's fields off msgspec's struct:
+    no ``(side, price, size)`` triple is built for a well-formed frame (before, one
+    tuple and a list per frame went through ``at_triple``); a frame with a change to
+    refuse still gets them, for the generic loop that says what is wrong."""
+    decoder = _primed("advanced-trade", True)
+
+    def no_triples(update):
+        raise AssertionError("a triple was built")
+
+    monkeypatch.setattr(decode_module, "at_triple", no_triples)
+    (event,) = decoder.decode(json.dumps(UPDATES["advanced-trade"]), 3)
+    assert [(s, str(p), str(q)) for s, p, q in event.changes] == [
+        ("bid", "99.50", "3"),
+        ("ask", "100.25", "0"),
+    ]
+    with pytest.raises(AssertionError, match="a triple was built"):
+        decoder.decode(json.dumps(_at(3, ("update", "BTC-USD", [("bid", "0", "1")]))))
+
+
+def test_advanced_trade_structs_are_left_out_of_the_cyclic_gc():
+    """What msgspec builds of an Advanced Trade frame (envelope, events, updates) is
+    read once and dropped and cannot form a cycle: none of it is tracked by the GC, so
+    a frame brings the next collection (over a 46,000-level book) less near."""
+    import gc
+
+    from coinbase.fast_snapshot import decode_advanced_trade
+
+    msg = decode_advanced_trade(json.dumps(UPDATES["advanced-trade"]))
+    (event,) = msg.events
+    assert not gc.is_tracked(msg)
+    assert not gc.is_tracked(event)
+    assert not any(gc.is_tracked(update) for update in event.updates)
 
 
 def test_zero_sizes_of_any_form_decode_alike_and_few_are_remembered():

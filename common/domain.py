@@ -120,6 +120,44 @@ def is_size(value: Decimal) -> bool:
         return False
 
 
+_SLACK = -DECIMALS - 1
+
+
+def price_in(text: str) -> Decimal | None:
+    """The price ``text`` says, or None where :func:`price` would raise: one call for
+    a reader's hot loop, which has the text at hand (and a text, unlike a Decimal,
+    bounds the number of digits).
+
+    Every digit of a coefficient is a character of its text, so its exponent is at
+    least ``adjusted() - len(text) + 1``: ``value.adjusted() - len(text) >= -15``
+    proves at most 14 decimals without the exact test (``"6421.5"``, ``"0.20371215"``);
+    the exact one runs only for what is left (``"0.00000100"``, ``"1E-15"``). Measured
+    (timeit, best of 5): ``"64123.45"`` 0.50 µs through :func:`price`, 0.30 here."""
+    try:
+        value = Decimal(text)
+        if _ZERO < value < LIMIT and (
+            value.adjusted() - len(text) >= _SLACK or _decimals_ok(value)
+        ):
+            return value
+    except (InvalidOperation, ValueError, TypeError):
+        pass
+    return None
+
+
+def size_in(text: str) -> Decimal | None:
+    """The size ``text`` says, or None where :func:`size` would raise (the cheap test
+    of :func:`price_in` first; a zero, which only removes a level, in any form)."""
+    try:
+        value = Decimal(text)
+        if _ZERO <= value < LIMIT and (
+            value.adjusted() - len(text) >= _SLACK or not value or _decimals_ok(value)
+        ):
+            return value
+    except (InvalidOperation, ValueError, TypeError):
+        pass
+    return None
+
+
 def _parse(value: object, what: str) -> Decimal:
     if type(value) is Decimal:
         return value

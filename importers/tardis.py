@@ -35,13 +35,14 @@ from decimal import Decimal
 from itertools import chain
 
 from common.domain import is_product_id, price_in, size_in
-from events import ASK, BID, BookChanges, BookSnapshot
+from events import ASK, BID, BookSnapshot
 from importers.detect import TARDIS_L2, TARDIS_L2_HEADER
 from importers.inputs import Lines
 from importers.stream import (
     NEW_SNAPSHOT,
     Item,
     Streams,
+    changes_of,
     time_of_us,
 )
 from orderbook import CheckedChanges
@@ -56,6 +57,8 @@ _SIZE_CACHE = 4096
 """Distinct size texts remembered: ``0`` (every deletion, about a third of the rows) and
 the round sizes that come back skip the parse and the domain check (about 1 µs)."""
 
+_NO_ROW = [None] * 8
+"""The "previous row" before the first: no row's fields equal its."""
 _ASCII_SPACE = " \t\n\r\x0b\x0c"
 
 DAMAGED = "damaged rows"
@@ -106,8 +109,7 @@ class TardisReader:
         :func:`common.domain.size_in` only the first time its text is seen (a cache
         per column). Measured on bench_importers' file (100,004 messages, 338,373 rows,
         CPU time, median of 5): 0.81 s to read its items before, 0.69 s so."""
-        key: tuple[str, str, str] | None = None
-        first: list[str] = []
+        first: list = _NO_ROW  # the first row of the message being read
         count = 0
         changes: CheckedChanges | None = None
         skipped = self.skipped
@@ -118,12 +120,12 @@ class TardisReader:
             if len(fields) != 8:
                 self._damaged(line)
                 continue
-            row_key = (fields[1], fields[3], fields[4])
-            if row_key != key:
+            # a message: the rows of one symbol sharing local_timestamp and is_snapshot
+            if fields[3] != first[3] or fields[1] != first[1] or fields[4] != first[4]:
                 if count:
-                    yield from self._message(key, first, changes, count)
-                key, first, count = row_key, fields, 0
-                changes = CheckedChanges() if self._valid(row_key) else None
+                    yield from self._message(first, changes, count)
+                first, count = fields, 0
+                changes = CheckedChanges() if self._valid(fields) else None
             count += 1
             if changes is None:
                 continue  # a message with a bad symbol, time or flag: only counted
@@ -133,11 +135,11 @@ class TardisReader:
             if size is None:
                 size = self._size(fields[7])
             if side is None or price is None or size is None:
-                skipped[row_key[0], DAMAGED] += 1
+                skipped[first[1], DAMAGED] += 1
             else:
                 changes.append((side, price, size))
         if count:
-            yield from self._message(key, first, changes, count)
+            yield from self._message(first, changes, count)
 
     def _lines(self) -> Iterator[str]:
         """The lines after the header (none, and counted, when the first line that is
@@ -191,31 +193,27 @@ class TardisReader:
 
     # -- one message: the rows of one symbol sharing local_timestamp and is_snapshot ----
 
-    def _valid(self, key: tuple[str, str, str]) -> bool:
+    def _valid(self, first: list[str]) -> bool:
         """Whether a message's rows are read (else :meth:`_message` counts them)."""
-        symbol, local, flag = key
+        symbol, local, flag = first[1], first[3], first[4]
         valid = self._symbols.get(symbol)
         if valid is None:
             valid = self._symbols[symbol] = is_product_id(symbol)
-        return (
-            valid
-            and local.isdigit()
-            and int(local) > 0
-            and (flag == "true" or flag == "false")
-        )
+        if not valid or not (flag == "true" or flag == "false") or not local.isdigit():
+            return False
+        try:
+            return int(local) > 0
+        except ValueError:  # a digit int() does not read ("²"): a damaged time
+            return False
 
     def _message(
-        self,
-        key: tuple[str, str, str],
-        first: list[str],
-        changes: CheckedChanges | None,
-        count: int,
+        self, first: list[str], changes: CheckedChanges | None, count: int
     ) -> tuple[Item, ...] | list[Item]:
         """The items of one message of ``count`` rows, ``first`` the first of them;
         ``changes`` its valid rows, None when :meth:`_valid` said no (a sequence, not a
         generator: one fewer object a message)."""
         self.rows += count
-        symbol, local, flag = key
+        symbol, local, flag = first[1], first[3], first[4]
         if changes is None:
             if not self._symbols[symbol]:
                 self.skipped[None, NOT_A_PRODUCT] += count
@@ -255,7 +253,7 @@ class TardisReader:
             self.skipped[symbol, BEFORE_SNAPSHOT] += count
             return ()
         return (
-            streams.update(t_ns, BookChanges(symbol, changes, time, FEED, t_ns), None),
+            streams.update(t_ns, changes_of(symbol, changes, time, FEED, t_ns), None),
         )
 
     def _time(self, text: str):

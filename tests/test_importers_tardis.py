@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import pytest
 
+from events import BID
 from importers.convert import convert
 from importers.tardis import BEFORE_SNAPSHOT, DAMAGED, NOT_A_PRODUCT, TardisReader
 from tests.support.foreign_files import (
@@ -180,3 +181,20 @@ def test_crlf_a_bom_blank_lines_and_small_blocks_read_as_plain_lines(
     assert [(i.t_ns, i.product_id, i.event) for i in reader] == want
     assert reader.skipped == expected.skipped == {("BTC-USD", DAMAGED): 1}
     assert reader.rows == expected.rows == len(rows)
+
+
+def test_a_time_of_digits_int_cannot_read_is_a_damaged_message(tmp_path):
+    """``"²".isdigit()`` is true but ``int("²")`` raises: such a local_timestamp is
+    damaged (its message's rows counted), not a crash of the whole reader."""
+    rows = [
+        "coinbase,BTC-USD,1780000000000000,1780000000000000,true,bid,100,1",
+        "coinbase,BTC-USD,1780000000000000,1780000000000000,true,ask,101,1",
+        "coinbase,BTC-USD,1780000000000001,178000000000000\u00b2,false,bid,99,2",
+        "coinbase,BTC-USD,1780000000000001,178000000000000\u00b2,false,ask,102,2",
+        "coinbase,BTC-USD,1780000000000002,1780000000000002,false,bid,98,5",
+    ]
+    reader = TardisReader(write_tardis(tmp_path / "b.csv", None, rows=rows))
+    items = list(reader)
+    assert [type(i.event).__name__ for i in items] == ["BookSnapshot", "BookChanges"]
+    assert items[1].event.changes == [(BID, Decimal(98), Decimal(5))]
+    assert reader.skipped == {("BTC-USD", DAMAGED): 2}

@@ -48,6 +48,7 @@ from importers.stream import (
 from orderbook import CheckedChanges
 
 FEED = "tardis"
+_new_item = tuple.__new__
 _SIDES = {"bid": BID, "ask": ASK}
 _PRICE_CACHE = 65_536
 """Distinct price texts remembered (the same few hundred levels near the top change again
@@ -114,7 +115,8 @@ class TardisReader:
         changes: CheckedChanges | None = None
         skipped = self.skipped
         side_of = _SIDES.get
-        price_of, size_of = self._prices.get, self._sizes.get
+        sizes = self._sizes
+        price_of, size_of = self._prices.get, sizes.get
         for line in self._lines():
             fields = line.split(",")
             if len(fields) != 8:
@@ -132,8 +134,12 @@ class TardisReader:
             side = side_of(fields[5])
             price = price_of(fields[6]) or self._price(fields[6])
             size = size_of(fields[7])
-            if size is None:
-                size = self._size(fields[7])
+            if size is None:  # most sizes are new: no method call for them
+                size = size_in(fields[7])
+                if size is not None:
+                    if len(sizes) >= _SIZE_CACHE:
+                        sizes.clear()
+                    sizes[fields[7]] = size
             if side is None or price is None or size is None:
                 skipped[first[1], DAMAGED] += 1
             else:
@@ -169,15 +175,6 @@ class TardisReader:
                 self._prices.clear()
             self._prices[text] = price
         return price
-
-    def _size(self, text: str) -> Decimal | None:
-        """A size not in the cache: checked, then remembered (None: not a size)."""
-        size = size_in(text)
-        if size is not None:
-            if len(self._sizes) >= _SIZE_CACHE:
-                self._sizes.clear()
-            self._sizes[text] = size
-        return size
 
     def _texts(self) -> Iterator[list[str]]:
         """The file's lines as text, a block at a time, without their ``\\r``.
@@ -252,9 +249,9 @@ class TardisReader:
         if symbol not in streams.live:
             self.skipped[symbol, BEFORE_SNAPSHOT] += count
             return ()
-        return (
-            streams.update(t_ns, changes_of(symbol, changes, time, FEED, t_ns), None),
-        )
+        # streams.update's item, the product known live (0.67 -> 0.39 µs an item)
+        event = changes_of(symbol, changes, time, FEED, t_ns)
+        return (_new_item(Item, (t_ns, symbol, event, None, streams.source, None)),)
 
     def _time(self, text: str):
         """The exchange time of a message (rows of one message share it: cached)."""

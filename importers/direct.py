@@ -54,7 +54,7 @@ from importers.convert import PROGRESS_EVERY, Progress, gather_skips
 from importers.quality import QualityReport, QualityTracker
 from importers.sources import Router, merged, open_sources
 from importers.stream import changes_of
-from importers.tardis import snapshot_symbols
+from importers.tardis import TardisReader, snapshot_symbols
 from recording.replay import ThreadPasses
 from resync import ResyncRequests
 
@@ -95,9 +95,15 @@ class _WorkerPass:
     MAX_QUEUED = 50_000
 
     def __init__(
-        self, paths: list[Path], show_progress: bool, episodes: bool = True
+        self,
+        paths: list[Path],
+        show_progress: bool,
+        episodes: bool = True,
+        feed: str | None = None,
     ) -> None:
         self.paths = paths
+        self.feed = feed
+        """The replay's feed, given to the tardis readers' events (None: theirs)."""
         self.show_progress = show_progress
         self.queues: dict[str, deque] = {}
         self.parts: list[DirectPartition] = []
@@ -122,6 +128,10 @@ class _WorkerPass:
         if problems:  # checked at start: a file removed or changed since
             log.error("the replay cannot read its files: %s", "; ".join(problems))
             readers = []
+        if self.feed is not None:
+            for reader in readers:
+                if isinstance(reader, TardisReader):
+                    reader.feed = self.feed
         self._readers = readers
         self._items = self._router.route(merged(readers))
         if self.show_progress and readers:
@@ -268,7 +278,12 @@ class DirectPartition(StatefulSourcePartition[tuple[str, BookEvent], dict]):
         kind = type(event)
         if kind is BookChanges:
             stats["changes"] += len(event.changes)
-            event = changes_of(product, event.changes, event.time, feed, item.t_ns)
+            if (
+                event.feed != feed
+                or event.received_ns != item.t_ns
+                or event.product_id != product
+            ):  # (a tardis reader's events are the replay's already: kept as they are)
+                event = changes_of(product, event.changes, event.time, feed, item.t_ns)
         elif kind is BookSnapshot:
             stats["snapshots"] += 1
             event = BookSnapshot(
@@ -354,7 +369,7 @@ class DirectSource(FixedPartitionedSource[tuple[str, BookEvent], dict]):
 
     def _new_pass(self) -> _WorkerPass:
         show = sys.stderr.isatty() if self.progress is None else self.progress
-        return _WorkerPass(self.paths, show, self.episodes)
+        return _WorkerPass(self.paths, show, self.episodes, self.feed)
 
     keys: dict[str, str] | None = None
 

@@ -76,6 +76,9 @@ class TardisReader:
 
     format = TARDIS_L2
     protocol = "exchange"
+    feed = FEED
+    """The feed of the book events built (a direct replay sets its own: its partitions
+    then pass the events on as they are, :class:`importers.direct.DirectPartition`)."""
 
     def __init__(self, path: str | os.PathLike, source: str = "0") -> None:
         self.lines = Lines(path)
@@ -238,7 +241,7 @@ class TardisReader:
                     sorted(((p, s) for p, s in bids.items() if s), reverse=True),
                     sorted((p, s) for p, s in asks.items() if s),
                     time,
-                    FEED,
+                    self.feed,
                     t_ns,
                 )
                 out.append(streams.snapshot(t_ns, event, None))
@@ -250,7 +253,7 @@ class TardisReader:
             self.skipped[symbol, BEFORE_SNAPSHOT] += count
             return ()
         # streams.update's item, the product known live (0.67 -> 0.39 µs an item)
-        event = changes_of(symbol, changes, time, FEED, t_ns)
+        event = changes_of(symbol, changes, time, self.feed, t_ns)
         return (_new_item(Item, (t_ns, symbol, event, None, streams.source, None)),)
 
     def _time(self, text: str):

@@ -7,7 +7,11 @@ of 4 products, whole ``ORDERBOOK_REPLAY`` runs, 5 interleaved rounds), a tardis.
 .csv.gz converted first replayed in 2.41x the time of the same events from this
 project's recording, though reading the CSV alone costs 1.0-1.2x the recording's read.
 Here the events the importer builds go to the books directly: 1.26x (rounds
-1.11-1.28, wall and CPU time alike).
+1.11-1.28, wall and CPU time alike). Once the recording's own replay got faster (typed
+decoding, keyed items) that was 1.42x of its CPU time; the reader's single loop over
+the rows (:meth:`importers.tardis.TardisReader._items`) and the events passed on as
+the reader built them (below) brought it to 1.16-1.19x (bench_importers --repeat 3,
+three runs each, medians).
 
 When. :func:`importers.replay.open_replay` uses this source whenever every file is a
 tardis.dev ``incremental_book_L2`` file (``direct=False`` converts them, as before).

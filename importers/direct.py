@@ -11,7 +11,8 @@ Here the events the importer builds go to the books directly: 1.26x (rounds
 decoding, keyed items) that was 1.42x of its CPU time; the reader's single loop over
 the rows (:meth:`importers.tardis.TardisReader._items`) and the events passed on as
 the reader built them (below) brought it to 1.16-1.19x (bench_importers --repeat 3,
-three runs each, medians).
+three runs each, medians); against main's still faster replay of 002b050, 1.53x before
+and 1.21-1.31x after.
 
 When. :func:`importers.replay.open_replay` uses this source whenever every file is a
 tardis.dev ``incremental_book_L2`` file (``direct=False`` converts them, as before).

@@ -39,10 +39,11 @@ exponent), and a ``1e-40`` size or ``1e25`` price made Parquet refuse its whole 
 Speed: :func:`is_price` costs about 0.2 µs a value; the decoders' hot loops inline a
 cheaper sufficient test first (every digit of a coefficient is a character of its text,
 so ``value.adjusted() - len(text) >= -15`` already proves at most 14 decimals: +30 ns a
-size) and fall back to the exact one. A 46,000-level snapshot is checked in bulk
-(:func:`all_prices`, :func:`all_sizes`: a ``min`` and a ``sum`` per list where the
-range check they replace took a ``min`` and a ``max``: +3%, 30.3 -> 31.3 ms for the
-Exchange form). The exact exponent test is context-free: ``value.remainder_near(
+size) and fall back to the exact one; :func:`price_in` and :func:`size_in` do the same
+for a reader that holds the text (the tardis.dev importer). A 46,000-level snapshot is
+checked in bulk (:func:`all_prices`, :func:`all_sizes`: a ``min`` and a ``sum`` per
+list where the range check they replace took a ``min`` and a ``max``: +3%, 30.3 ->
+31.3 ms for the Exchange form). The exact exponent test is context-free: ``value.remainder_near(
 QUANTUM, CTX)`` is a zero of exponent exactly -14 iff the value has at most 14 decimals
 (for a value below 1e14, whose quotient fits CTX's 34 digits; ``%`` would not do: in 28
 digits the remainder of ``1.99...9E-14`` with 40 nines rounds up to ``1E-14``), whatever
@@ -118,6 +119,44 @@ def is_size(value: Decimal) -> bool:
         return _ZERO <= value < LIMIT and (not value or _decimals_ok(value))
     except InvalidOperation:
         return False
+
+
+_SLACK = -DECIMALS - 1
+
+
+def price_in(text: str) -> Decimal | None:
+    """The price ``text`` says, or None where :func:`price` would raise: one call for
+    a reader's hot loop, which has the text at hand (and a text, unlike a Decimal,
+    bounds the number of digits).
+
+    Every digit of a coefficient is a character of its text, so its exponent is at
+    least ``adjusted() - len(text) + 1``: ``value.adjusted() - len(text) >= -15``
+    proves at most 14 decimals without the exact test (``"6421.5"``, ``"0.20371215"``);
+    the exact one runs only for what is left (``"0.00000100"``, ``"1E-15"``). Measured
+    (timeit, best of 5): ``"64123.45"`` 0.40 µs through :func:`price`, 0.23 here."""
+    try:
+        value = Decimal(text)
+        if _ZERO < value < LIMIT and (
+            value.adjusted() - len(text) >= _SLACK or _decimals_ok(value)
+        ):
+            return value
+    except (InvalidOperation, ValueError, TypeError):
+        pass
+    return None
+
+
+def size_in(text: str) -> Decimal | None:
+    """The size ``text`` says, or None where :func:`size` would raise (the cheap test
+    of :func:`price_in` first; a zero, which only removes a level, in any form)."""
+    try:
+        value = Decimal(text)
+        if _ZERO <= value < LIMIT and (
+            value.adjusted() - len(text) >= _SLACK or not value or _decimals_ok(value)
+        ):
+            return value
+    except (InvalidOperation, ValueError, TypeError):
+        pass
+    return None
 
 
 def _parse(value: object, what: str) -> Decimal:

@@ -7,7 +7,12 @@ of 4 products, whole ``ORDERBOOK_REPLAY`` runs, 5 interleaved rounds), a tardis.
 .csv.gz converted first replayed in 2.41x the time of the same events from this
 project's recording, though reading the CSV alone costs 1.0-1.2x the recording's read.
 Here the events the importer builds go to the books directly: 1.26x (rounds
-1.11-1.28, wall and CPU time alike).
+1.11-1.28, wall and CPU time alike). Once the recording's own replay got faster (typed
+decoding, keyed items) that was 1.42x of its CPU time; the reader's single loop over
+the rows (:meth:`importers.tardis.TardisReader._items`) and the events passed on as
+the reader built them (below) brought it to 1.16-1.19x (bench_importers --repeat 3,
+three runs each, medians); against main's still faster replay of 002b050, 1.53x before
+and 1.21-1.31x after.
 
 When. :func:`importers.replay.open_replay` uses this source whenever every file is a
 tardis.dev ``incremental_book_L2`` file (``direct=False`` converts them, as before).
@@ -53,7 +58,8 @@ from events import BookChanges, BookEvent, BookReset, BookSnapshot
 from importers.convert import PROGRESS_EVERY, Progress, gather_skips
 from importers.quality import QualityReport, QualityTracker
 from importers.sources import Router, merged, open_sources
-from importers.tardis import snapshot_symbols
+from importers.stream import changes_of
+from importers.tardis import TardisReader, snapshot_symbols
 from recording.replay import ThreadPasses
 from resync import ResyncRequests
 
@@ -94,9 +100,15 @@ class _WorkerPass:
     MAX_QUEUED = 50_000
 
     def __init__(
-        self, paths: list[Path], show_progress: bool, episodes: bool = True
+        self,
+        paths: list[Path],
+        show_progress: bool,
+        episodes: bool = True,
+        feed: str | None = None,
     ) -> None:
         self.paths = paths
+        self.feed = feed
+        """The replay's feed, given to the tardis readers' events (None: theirs)."""
         self.show_progress = show_progress
         self.queues: dict[str, deque] = {}
         self.parts: list[DirectPartition] = []
@@ -121,6 +133,10 @@ class _WorkerPass:
         if problems:  # checked at start: a file removed or changed since
             log.error("the replay cannot read its files: %s", "; ".join(problems))
             readers = []
+        if self.feed is not None:
+            for reader in readers:
+                if isinstance(reader, TardisReader):
+                    reader.feed = self.feed
         self._readers = readers
         self._items = self._router.route(merged(readers))
         if self.show_progress and readers:
@@ -267,7 +283,12 @@ class DirectPartition(StatefulSourcePartition[tuple[str, BookEvent], dict]):
         kind = type(event)
         if kind is BookChanges:
             stats["changes"] += len(event.changes)
-            event = BookChanges(product, event.changes, event.time, feed, item.t_ns)
+            if (
+                event.feed != feed
+                or event.received_ns != item.t_ns
+                or event.product_id != product
+            ):  # (a tardis reader's events are the replay's already: kept as they are)
+                event = changes_of(product, event.changes, event.time, feed, item.t_ns)
         elif kind is BookSnapshot:
             stats["snapshots"] += 1
             event = BookSnapshot(
@@ -353,7 +374,7 @@ class DirectSource(FixedPartitionedSource[tuple[str, BookEvent], dict]):
 
     def _new_pass(self) -> _WorkerPass:
         show = sys.stderr.isatty() if self.progress is None else self.progress
-        return _WorkerPass(self.paths, show, self.episodes)
+        return _WorkerPass(self.paths, show, self.episodes, self.feed)
 
     keys: dict[str, str] | None = None
 

@@ -32,8 +32,10 @@ from common.domain import (
     is_product_id,
     is_size,
     price,
+    price_in,
     product_id,
     size,
+    size_in,
 )
 from orderbook import OrderBook
 from records import OrderBookDepth, OrderBookSummary
@@ -101,6 +103,72 @@ def test_floats_and_hostile_text_are_refused_escaped_and_cut() -> None:
         size("\x1b[31m" + "9" * 10_000)
     message = str(info.value)
     assert "\x1b" not in message and len(message) < 200
+
+
+def _by_raising(check, text):
+    try:
+        return check(text)
+    except DomainError:
+        return None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "6421.5",
+        "0.00000000000001",  # 14 decimals: in
+        "0.000000000000001",  # 15: out
+        "0.000000000000010",  # 15 as written, though the value has 14: out
+        "0.00000100",  # the cheap test cannot tell: the exact one says in
+        "1E-14",
+        "10E-15",  # 15 as written: out
+        "1.5E-14",
+        "1E+13",
+        "1E+14",
+        "1e14",
+        "99999999999999.99999999999999",
+        "99999999999999.999999999999990",
+        "100000000000000",
+        "0",
+        "-0",
+        "0E-40",
+        "0E+40",
+        "0.00",
+        "-1",
+        "1e-999999999",
+        "1.00000000000000000000",
+        " 5",
+        "1_000.5",
+        "\u0663.5",  # Arabic-Indic three: a digit to Decimal
+        "NaN",
+        "sNaN",
+        "-Infinity",
+        "",
+        "abc",
+        "0.-1",
+    ],
+)
+def test_price_in_and_size_in_agree_with_price_and_size(text: str) -> None:
+    """The readers' one-call checks take exactly the values price() and size() take."""
+    for quick, check in ((price_in, price), (size_in, size)):
+        got, want = quick(text), _by_raising(check, text)
+        assert got == want and str(got) == str(want), (quick.__name__, text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(-(10**30), 10**30),
+    st.integers(-40, 20),
+    st.sampled_from(["{c}E{e}", "{p}", "{p}000", "00{p}"]),
+)
+def test_price_in_and_size_in_agree_on_any_decimal_text(coefficient, exponent, form):
+    value = D(f"{coefficient}E{exponent}")
+    plain = f"{value:f}"
+    if form == "{p}000" and "." not in plain:
+        plain += "."  # trailing zeros after the point: more decimals as written
+    text = form.format(c=coefficient, e=exponent, p=plain)
+    assert price_in(text) == _by_raising(price, text)
+    assert size_in(text) == _by_raising(size, text)
 
 
 def test_product_ids_have_coinbase_shape() -> None:

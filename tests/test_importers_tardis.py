@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import pytest
 
+from events import BID
 from importers.convert import convert
 from importers.tardis import BEFORE_SNAPSHOT, DAMAGED, NOT_A_PRODUCT, TardisReader
 from tests.support.foreign_files import (
@@ -157,3 +158,43 @@ def test_the_reader_yields_items_in_receive_order_with_exact_times(tmp_path):
     # the exchange's time (0.5 ms before the receive time) is the frame's time
     assert update.t_ns == 1_780_012_770_001_002_000
     assert update.frame().endswith('"time":"2026-05-28T23:59:30.000502Z"}')
+
+
+def test_crlf_a_bom_blank_lines_and_small_blocks_read_as_plain_lines(
+    tmp_path, monkeypatch
+):
+    """The reader decodes a block of lines at a time: CRLF endings, a byte-order mark
+    before the header, blank lines, bytes that are no UTF-8 and messages cut by a
+    block's end (16-byte blocks here) give the items and counts of a plain file."""
+    session = market_session(("BTC-USD", "ETH-USD"), batches=30)
+    rows = tardis_rows(session)
+    t = rows[-1].split(",")[3]
+    rows.insert(len(rows) // 2, f"coinbase,BTC-USD,{t},{t},false,bid,1\xe9,1")
+    plain = write_tardis(tmp_path / "plain.csv", session, rows=rows)
+    expected = TardisReader(plain)
+    want = [(i.t_ns, i.product_id, i.event) for i in expected]
+    data = plain.read_bytes().replace("\xe9".encode(), b"\xe9")  # latin-1: no UTF-8
+    crlf = tmp_path / "crlf.csv"
+    crlf.write_bytes(b"\n \r\n\xef\xbb\xbf" + data.replace(b"\n", b"\r\n") + b"\r\n")
+    monkeypatch.setattr("importers.inputs._CHUNK", 16)
+    reader = TardisReader(crlf)
+    assert [(i.t_ns, i.product_id, i.event) for i in reader] == want
+    assert reader.skipped == expected.skipped == {("BTC-USD", DAMAGED): 1}
+    assert reader.rows == expected.rows == len(rows)
+
+
+def test_a_time_of_digits_int_cannot_read_is_a_damaged_message(tmp_path):
+    """``"²".isdigit()`` is true but ``int("²")`` raises: such a local_timestamp is
+    damaged (its message's rows counted), not a crash of the whole reader."""
+    rows = [
+        "coinbase,BTC-USD,1780000000000000,1780000000000000,true,bid,100,1",
+        "coinbase,BTC-USD,1780000000000000,1780000000000000,true,ask,101,1",
+        "coinbase,BTC-USD,1780000000000001,178000000000000\u00b2,false,bid,99,2",
+        "coinbase,BTC-USD,1780000000000001,178000000000000\u00b2,false,ask,102,2",
+        "coinbase,BTC-USD,1780000000000002,1780000000000002,false,bid,98,5",
+    ]
+    reader = TardisReader(write_tardis(tmp_path / "b.csv", None, rows=rows))
+    items = list(reader)
+    assert [type(i.event).__name__ for i in items] == ["BookSnapshot", "BookChanges"]
+    assert items[1].event.changes == [(BID, Decimal(98), Decimal(5))]
+    assert reader.skipped == {("BTC-USD", DAMAGED): 2}

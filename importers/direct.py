@@ -54,11 +54,10 @@ from typing import Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from book_step import BookState, update_book
-from events import BookChanges, BookEvent, BookReset, BookSnapshot
+from events import BookChanges, BookEvent, BookReset, BookSnapshot, book_changes
 from importers.convert import PROGRESS_EVERY, Progress, gather_skips
 from importers.quality import QualityReport, QualityTracker
 from importers.sources import Router, merged, open_sources
-from importers.stream import changes_of
 from importers.tardis import TardisReader, snapshot_symbols
 from recording.replay import ThreadPasses
 from resync import ResyncRequests
@@ -288,7 +287,9 @@ class DirectPartition(StatefulSourcePartition[tuple[str, BookEvent], dict]):
                 or event.received_ns != item.t_ns
                 or event.product_id != product
             ):  # (a tardis reader's events are the replay's already: kept as they are)
-                event = changes_of(product, event.changes, event.time, feed, item.t_ns)
+                event = book_changes(
+                    product, event.changes, event.time, feed, item.t_ns
+                )
         elif kind is BookSnapshot:
             stats["snapshots"] += 1
             event = BookSnapshot(

@@ -16,7 +16,6 @@ snapshot, are dropped (counted): they would change a book nobody holds.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -90,38 +89,6 @@ def price_of(text: str) -> Decimal:
 def size_of(text: str) -> Decimal:
     """A size in the service's domain (:func:`common.domain.size`)."""
     return domain.size(text)
-
-
-_CHANGES_FIELDS = ("product_id", "changes", "time", "feed", "received_ns")
-if tuple(f.name for f in dataclasses.fields(BookChanges)) != _CHANGES_FIELDS:
-    raise ImportError("events.BookChanges changed: update importers.stream.changes_of")
-_new = object.__new__
-_set_product, _set_changes, _set_time, _set_feed, _set_received = (
-    getattr(BookChanges, name).__set__ for name in _CHANGES_FIELDS
-)
-
-
-def changes_of(
-    product_id: str,
-    changes: list,
-    time: datetime | None,
-    feed: str,
-    received_ns: int,
-) -> BookChanges:
-    """``BookChanges(product_id, changes, time, feed, received_ns)`` built through its
-    slots, as :mod:`coinbase.decode` builds its events: a frozen dataclass's
-    ``__init__`` sets each field through ``object.__setattr__`` (0.58 µs, timeit, best
-    of 5; this takes about 0.3), and a direct replay of a tardis.dev file builds two a
-    message (the reader's, then the partition's with the replay's feed). The same
-    object (``==``, pickles alike); the check above fails the import if the class gains
-    or reorders a field."""
-    event = _new(BookChanges)
-    _set_product(event, product_id)
-    _set_changes(event, changes)
-    _set_time(event, time)
-    _set_feed(event, feed)
-    _set_received(event, received_ns)
-    return event
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

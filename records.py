@@ -253,6 +253,8 @@ _SUMMARY_SLOTS = tuple(
 """The slots' setters, in the fields' order: :meth:`OrderBookSummary.from_top`."""
 
 _JSON_STRINGS: dict[str, str] = {}
+"""A module-level memo, process-wide by nature: the results of a pure function, the same
+for every flow and worker thread of the process (a lost race only computes one twice)."""
 _JSON_STRINGS_MAX = 4096
 
 

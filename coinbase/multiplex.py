@@ -185,6 +185,7 @@ class ConnectionSession:
         self.sessions: dict[str, Session] = {}
         self.frames = 0
         self.foreign = 0
+        self._frames_at_connect = 0
         self._credentials = credentials
         self._decoder: FrameDecoder | None = None
         self._connected = False
@@ -232,6 +233,7 @@ class ConnectionSession:
     def connect(self, now: float | None = None) -> list[dict]:
         """A new connection: every live product subscribed in one message per channel."""
         self._connected = True
+        self._frames_at_connect = self.frames
         self._joining.clear()
         self._resubscribing.clear()
         self._deadlines.clear()
@@ -244,6 +246,14 @@ class ConnectionSession:
         return group_messages(
             self._subscribe_as, [s.product_id for s in active], self._credentials, now
         )
+
+    @property
+    def frames_on_connection(self) -> int:
+        """Frames received on the live connection (0 when none): what a test compares
+        with what the local exchange sent (``LocalExchange.open_frames``) to know that
+        all was read. Costs nothing per frame: :attr:`frames` is counted anyway, and
+        only its value at :meth:`connect` is kept."""
+        return self.frames - self._frames_at_connect if self._connected else 0
 
     def _feed(self) -> str:
         first = next(iter(self.sessions.values()), None)

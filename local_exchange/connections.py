@@ -85,7 +85,9 @@ class Connection:
         "overflowed",
         "protocol",
         "queue",
+        "queued",
         "replays_running",
+        "sent",
         "seq",
         "skip_pending",
         "subs",
@@ -106,6 +108,10 @@ class Connection:
         self.tasks: list[asyncio.Task] = []
         self.replays_running = 0
         self.overflowed = False
+        self.queued = 0
+        """Frames put in :attr:`queue`, ever (with :attr:`sent`: whether all went out)."""
+        self.sent = 0
+        """Frames written to the socket, ever (:meth:`LocalExchange.open_frames`)."""
 
     def put(self, label: str, payload: Any) -> None:
         """Queue a frame (``label`` names it in the stats)."""
@@ -116,6 +122,7 @@ class Connection:
             self.ws.transport.abort()
             return
         self.queue.put_nowait((label, payload))
+        self.queued += 1
 
     def l2_products(self) -> list[str]:
         seen: dict[str, None] = {}
@@ -153,15 +160,15 @@ async def send_loop(
             burst: list[tuple[str, str]] = []
             for label, payload in queued:
                 if isinstance(payload, asyncio.Future):
-                    await _send(ws, burst, stats, silent_for)  # what came before it
+                    await _send(conn, burst, stats, silent_for)  # what came before it
                     burst = []
                     payload = await payload
                 if payload is CLOSE:
-                    await _send(ws, burst, stats, silent_for)
+                    await _send(conn, burst, stats, silent_for)
                     await ws.close(1000, "end of recording")
                     return
                 burst.append((label, conn.protocol.frame_text(conn, payload)))
-            await _send(ws, burst, stats, silent_for)
+            await _send(conn, burst, stats, silent_for)
     except ConnectionClosed:
         pass
     except asyncio.CancelledError:
@@ -172,13 +179,14 @@ async def send_loop(
 
 
 async def _send(
-    ws: ServerConnection,
+    conn: Connection,
     burst: list[tuple[str, str]],
     stats: Stats,
     silent_for: Callable[[], float],
 ) -> None:
     if not burst:
         return
+    ws = conn.ws
     while (wait := silent_for()) > 0:
         # in short steps, so that an ended silence (end_silence) ends the wait too
         await asyncio.sleep(min(wait, SILENCE_STEP))
@@ -193,6 +201,7 @@ async def _send(
                 ws.protocol.send_text(text.encode())
             ws.transport.write(b"".join(ws.protocol.data_to_send()))
     stats.sent(burst)
+    conn.sent += len(burst)
 
 
 class Registry:

@@ -461,6 +461,19 @@ class LocalExchange:
     def stats(self) -> dict:
         return self._stats.snapshot()
 
+    def open_frames(self) -> tuple[int, int]:
+        """``(queued, sent)``: frames queued for and written to the connections open
+        now, summed. Equal when nothing waits to be sent; a test compares ``sent`` with
+        what its clients received on their live connections to know, exactly, when all
+        was read (instead of waiting for a quiet second: tests/support/source_partitions.py).
+        Closed connections leave the sums, as they leave the clients'."""
+
+        def sums() -> tuple[int, int]:
+            conns = self._registry.conns
+            return sum(c.queued for c in conns), sum(c.sent for c in conns)
+
+        return self._on_loop(sums)
+
     # ------------------------------------------------------------------ market control
     def pause_market(self) -> None:
         """Stop generating; on return every generated change is in every send queue."""

@@ -16,13 +16,18 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from decimal import Decimal
 
 import pytest
 
 from local_exchange.server import LocalExchange
 from tests.support import netns
-from tests.support.flow import flow_env, last_by_product, read_jsonl, settle, wait_until
+from tests.support.flow import (
+    await_true_tops,
+    flow_env,
+    last_by_product,
+    read_jsonl,
+    wait_until,
+)
 from tests.support.recovery import saved_book_states, split_store, state_product
 
 pytestmark = pytest.mark.slow
@@ -89,15 +94,7 @@ def _books_become_true(exchange: LocalExchange, members, timeout: float) -> floa
     took = time.monotonic() - started
     exchange.pause_market()
     try:
-        last = last_by_product(settle(lambda: _records(members), quiet_seconds=1.0))
-        for product in PRODUCTS:
-            got = last[product]
-            assert (
-                Decimal(got["bid_price"]),
-                Decimal(got["bid_size"]),
-                Decimal(got["ask_price"]),
-                Decimal(got["ask_size"]),
-            ) == exchange.true_top(product), product
+        await_true_tops(exchange, lambda: _records(members), PRODUCTS)
         owners = {
             p for m in members for p in {r["product_id"] for r in read_jsonl(m.out)}
         }

@@ -155,6 +155,23 @@ def test_a_disconnect_resets_and_waits_for_a_fresh_snapshot() -> None:
     assert session.stats.reconnects == 1 and session.stats.resets == 2
 
 
+def test_frames_on_connection_counts_the_live_connections_frames_only() -> None:
+    """What tests compare with the local exchange's sent frames to know all was read:
+    every frame of the live connection (junk too), none once it ended, from 0 again on
+    the next."""
+    session = connected()
+    assert session.conn.frames_on_connection == 0
+    for frame in (subscriptions(), snapshot(), update(), "[1, 2]"):
+        session.receive(frame, 1)
+    assert session.conn.frames_on_connection == 4
+    session.disconnect("connection closed")
+    assert session.conn.frames_on_connection == 0
+    session.connect(now=0)
+    session.receive(snapshot(), 2)
+    assert session.conn.frames_on_connection == 1
+    assert session.conn.frames == 5
+
+
 def test_consecutive_resets_are_collapsed() -> None:
     session = connected()
     assert session.disconnect("first").events == []  # nothing since the start reset

@@ -95,8 +95,26 @@ def test_local_exchange_faults_end_with_the_true_book(
         if feed == "advanced-trade":
             exchange.skip_sequence()
         healthy = fresh_snapshots(parts)
-        exchange.go_silent(0.8)
+        reconnects = {p: part.stats.reconnects for p, part in parts.items()}
+        exchange.go_silent(30)  # at most: ended once every watchdog saw the silence
+        feed_books(
+            parts,
+            books,
+            lambda: all(
+                part.stats.reconnects > reconnects[p]
+                and (part.stats.last_disconnect or "").startswith("watchdog")
+                for p, part in parts.items()
+            ),
+        )
+        exchange.end_silence()
         feed_books(parts, books, healthy)
+        # changes on the rebuilt books, not their snapshots alone, are checked below
+        live = {p: part.stats.events for p, part in parts.items()}
+        feed_books(
+            parts,
+            books,
+            lambda: all(part.stats.events >= live[p] + 5 for p, part in parts.items()),
+        )
         assert_books_match(exchange, parts, books)
     for part in parts.values():
         stats = part.stats.as_dict()

@@ -22,12 +22,12 @@ from local_exchange.server import LocalExchange
 from tests.support.flow import (
     REPO,
     FlowProcess,
+    await_true_tops,
     by_product,
     flow_env,
     free_port,
     last_by_product,
     read_jsonl,
-    settle,
     wait_until,
 )
 from tests.support.frames import write_exchange_recording
@@ -35,18 +35,6 @@ from tests.support.frames import write_exchange_recording
 pytestmark = pytest.mark.slow  # processes, sockets and threads
 
 PRODUCTS = ["BTC-USD", "ETH-USD", "BTC-EUR", "ETH-EUR"]
-
-
-def _true_top_matches(exchange: LocalExchange, last: dict[str, dict]) -> None:
-    for product in PRODUCTS:
-        bid, bid_size, ask, ask_size = exchange.true_top(product)
-        got = last[product]
-        assert (
-            Decimal(got["bid_price"]),
-            Decimal(got["bid_size"]),
-            Decimal(got["ask_price"]),
-            Decimal(got["ask_size"]),
-        ) == (bid, bid_size, ask, ask_size), product
 
 
 def _never_crossed(records: list[dict]) -> None:
@@ -104,8 +92,7 @@ def test_last_summary_equals_true_top_and_sigterm_exits_cleanly(tmp_path, protoc
         flow.wait_for(_all_products_seen(out), 30, "a summary of every product")
         flow.wait_for(_more_summaries(out), 30, "updates on every book")
         exchange.pause_market()
-        records = settle(lambda: read_jsonl(out))
-        _true_top_matches(exchange, last_by_product(records))
+        records = await_true_tops(exchange, lambda: read_jsonl(out), PRODUCTS)
         _never_crossed(records)
         # The local exchange says who it is: its data is labelled sim whatever URL and
         # feed led there, never mistaken for market data.
@@ -144,8 +131,7 @@ def test_books_recover_from_every_fault(tmp_path):
         exchange.end_silence()
         flow.wait_for(_more_summaries(out), 30, "updates on every rebuilt book")
         exchange.pause_market()
-        records = settle(lambda: read_jsonl(out))
-        _true_top_matches(exchange, last_by_product(records))
+        records = await_true_tops(exchange, lambda: read_jsonl(out), PRODUCTS)
         _never_crossed(records)
         assert flow.stop(signal.SIGINT) == 0
     assert "Traceback" not in flow.stderr
@@ -166,8 +152,7 @@ def test_sequence_gap_on_advanced_trade_rebuilds_the_book(tmp_path):
         )
         flow.wait_for(_more_summaries(out), 30, "updates on every rebuilt book")
         exchange.pause_market()
-        records = settle(lambda: read_jsonl(out))
-        _true_top_matches(exchange, last_by_product(records))
+        records = await_true_tops(exchange, lambda: read_jsonl(out), PRODUCTS)
         _never_crossed(records)
         assert flow.stop() == 0
 
@@ -212,12 +197,10 @@ def test_an_unknown_product_is_named_and_the_others_keep_running(tmp_path):
         )
         flow.wait_for(_more_summaries(out, served), 30, "updates on the rebuilt books")
         exchange.pause_market()
-        records = settle(lambda: read_jsonl(out))
+        records = await_true_tops(
+            exchange, lambda: read_jsonl(out), served, sizes=False
+        )
         assert flow.stop() == 0
-        for product in served:
-            bid, _, ask, _ = exchange.true_top(product)
-            got = last_by_product(records)[product]
-            assert (Decimal(got["bid_price"]), Decimal(got["ask_price"])) == (bid, ask)
     assert "NOPE-USD" in flow.stderr
     assert "temporary trouble" in flow.stderr
     assert "NOPE-USD" not in {r["product_id"] for r in records}

@@ -69,13 +69,14 @@ def test_the_recorder_reconnects_a_silent_connection(tmp_path: pathlib.Path) -> 
             30,
             "the first connection's snapshot",
         )
-        exchange.go_silent(1.0)
+        exchange.go_silent(60)  # at most: ended once the recorder subscribed again
         await asyncio.to_thread(
             wait_until,
             lambda: exchange.stats["subscribes"] >= 2,  # "connected" written before it
             30,
             "the recorder to subscribe again",
         )
+        exchange.end_silence()
         stop.set()
         await task
 

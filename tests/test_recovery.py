@@ -31,10 +31,10 @@ from service.settings import ConfigError
 from tests.support.flow import (
     REPO,
     FlowProcess,
+    await_true_tops,
     flow_env,
     last_by_product,
     read_jsonl,
-    settle,
     wait_until,
 )
 from tests.support.recovery import saved_book_states, state_product
@@ -109,7 +109,9 @@ def test_killed_and_resumed_run_rebuilds_books_from_fresh_snapshots(tmp_path):
         )
         snapshots_after = exchange.stats["frames_sent"].get("snapshot", 0)
         exchange.pause_market()
-        records = settle(lambda: read_jsonl(second_out))
+        records = await_true_tops(
+            exchange, lambda: read_jsonl(second_out), PRODUCTS, sizes=False
+        )
         assert second.stop() == 0
 
     assert snapshots_after - snapshots_before >= len(PRODUCTS)

@@ -17,8 +17,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent.parent
 
@@ -144,7 +146,10 @@ class FlowProcess:
 def settle(
     read: Callable[[], list], quiet_seconds: float = 1.0, timeout: float = 20
 ) -> list:
-    """Wait until ``read()`` stops growing for ``quiet_seconds``; return its last value."""
+    """Wait until ``read()`` stops growing for ``quiet_seconds``; return its last value.
+
+    A fixed window: only for a caller with no exact condition to await (prefer
+    :func:`wait_until`, or :func:`await_true_tops` after ``pause_market``)."""
     deadline = time.monotonic() + timeout
     last = read()
     last_change = time.monotonic()
@@ -156,6 +161,46 @@ def settle(
         elif time.monotonic() - last_change >= quiet_seconds:
             return now
     return last
+
+
+def await_true_tops(
+    exchange: Any,
+    read: Callable[[], list[dict]],
+    products: Iterable[str],
+    sizes: bool = True,
+    timeout: float = 30,
+) -> list[dict]:
+    """After ``exchange.pause_market()``: wait until the last summary ``read()`` holds
+    for every product is the exchange's true top of book (prices, and sizes unless
+    ``sizes`` is False); return those records.
+
+    Exact, where :func:`settle` waited for a quiet second: the paused true book no
+    longer moves, so a correct flow's last summaries end there, and a wrong book never
+    does (this fails, naming the first product that differs)."""
+    products = list(products)
+
+    def top(record: dict | None) -> tuple | None:
+        if record is None:
+            return None
+        fields = ("bid_price", "bid_size", "ask_price", "ask_size")
+        return tuple(Decimal(record[f]) for f in (fields if sizes else fields[::2]))
+
+    def true(product: str) -> tuple:
+        bid, bid_size, ask, ask_size = exchange.true_top(product)
+        return (bid, bid_size, ask, ask_size) if sizes else (bid, ask)
+
+    def matched() -> list[dict] | None:
+        records = read()
+        last = last_by_product(records)
+        return records if all(top(last.get(p)) == true(p) for p in products) else None
+
+    try:
+        return wait_until(matched, timeout, "every last summary to be the true top")  # type: ignore[return-value]
+    except AssertionError:
+        last = last_by_product(read())
+        for product in products:
+            assert top(last.get(product)) == true(product), product
+        raise
 
 
 def last_by_product(records: list[dict]) -> dict[str, dict]:

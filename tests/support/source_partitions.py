@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from coinbase.auth import Credentials
+from coinbase.runner import LOOP
 from coinbase_source import CoinbaseSource, _CoinbasePartition
 from events import BookChanges, BookEvent, BookReset, BookSnapshot
 from tests.support import flow as support_flow
@@ -181,12 +182,6 @@ def settled(parts: dict[str, _CoinbasePartition]) -> Callable[[], bool]:
     return lambda: all(part.session.settled for part in parts.values())
 
 
-QUIET_SECONDS = 1.0
-"""No book frame sent nor book event received for this long: all has been applied. (0.3 s
-was once too short on a machine with a load average near 40: a thread stalled longer.)"""
-_BOOK_LABELS = ("snapshot", "l2update", "l2_data")
-
-
 def assert_books_match(exchange: LocalExchange, parts: dict, books: dict) -> None:
     apply_all_after_pause(exchange, parts, books)
     for product, book in books.items():
@@ -196,19 +191,24 @@ def assert_books_match(exchange: LocalExchange, parts: dict, books: dict) -> Non
 
 
 def apply_all_after_pause(exchange: LocalExchange, parts: dict, books: dict) -> None:
-    """Pause the market and apply events until every frame sent has been applied."""
+    """Pause the market and apply events until every frame sent has been applied.
+
+    Exact, not a quiet window: once paused, the exchange has queued every change it
+    generated; all was read when what it queued and sent on its open connections equals
+    what the partitions' connections received (counted on the feed loop's thread, where
+    a frame's events are queued in the same step), and one more poll then takes every
+    event. (It waited for 1 s without progress before: ~1 s a call, ~12 s of the suite;
+    0.3 s had once been too short on a loaded machine.)"""
     exchange.pause_market()
-    seen: list[tuple[int, int]] = [(-1, -1)]
+    groups = {id(part._group): part._group for part in parts.values()}
 
-    def quiet() -> bool:
-        sent = exchange.stats["frames_sent"]
-        now = (
-            sum(part.stats.events for part in parts.values()),
-            sum(sent.get(label, 0) for label in _BOOK_LABELS),
-        )
-        if now != seen[0]:
-            seen[0], quiet.since = now, time.monotonic()  # type: ignore[attr-defined]
-        return time.monotonic() - quiet.since > QUIET_SECONDS  # type: ignore[attr-defined]
+    async def received() -> int:
+        return sum(group.session.frames_on_connection for group in groups.values())
 
-    quiet.since = time.monotonic()  # type: ignore[attr-defined]
-    feed_books(parts, books, quiet, timeout=20)
+    def all_read() -> bool:
+        client = LOOP.submit(received()).result(timeout=10)
+        queued, sent = exchange.open_frames()
+        return client == sent == queued
+
+    feed_books(parts, books, all_read, timeout=20)
+    feed_books(parts, books, lambda: True)  # the events of the last frames read

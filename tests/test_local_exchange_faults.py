@@ -52,20 +52,23 @@ def test_drop_connections_aborts_clients_and_new_ones_work(
     )
 
 
+def _silenced(exchange: LocalExchange, ws, seconds: float) -> None:
+    """Subscribe, see the feed flow, silence the exchange for ``seconds`` and read what
+    was already on the wire (a frame may still arrive; after that, silence)."""
+    ws.send(text(exchange_subscribe_root(["BTC-USD"], ["level2_batch", "heartbeat"])))
+    recv_until(ws, lambda m: m["type"] == "heartbeat")
+    exchange.go_silent(seconds)
+    deadline = time.monotonic() + 0.1
+    while time.monotonic() < deadline:
+        try:
+            ws.recv(timeout=0.1)
+        except TimeoutError:
+            break
+
+
 def test_go_silent_sends_nothing_then_resumes(exchange: LocalExchange) -> None:
     with open_ws(exchange) as ws:
-        ws.send(
-            text(exchange_subscribe_root(["BTC-USD"], ["level2_batch", "heartbeat"]))
-        )
-        recv_until(ws, lambda m: m["type"] == "heartbeat")
-        exchange.go_silent(2.0)
-        # A frame already on the wire may still arrive; after that, silence.
-        deadline = time.monotonic() + 0.1
-        while time.monotonic() < deadline:
-            try:
-                ws.recv(timeout=0.1)
-            except TimeoutError:
-                break
+        _silenced(exchange, ws, 2.0)
         with pytest.raises(TimeoutError):  # the silence itself is under test: no wait
             ws.recv(timeout=0.6)  # for a condition can replace these 0.6 s
         kinds = {recv(ws, 3)["type"] for _ in range(20)}
@@ -76,17 +79,7 @@ def test_end_silence_ends_a_long_silence_at_once(exchange: LocalExchange) -> Non
     """Tests silence the exchange with a generous bound and end it once they saw what
     the silence was for: the queued frames follow at once, not after the hour."""
     with open_ws(exchange) as ws:
-        ws.send(
-            text(exchange_subscribe_root(["BTC-USD"], ["level2_batch", "heartbeat"]))
-        )
-        recv_until(ws, lambda m: m["type"] == "heartbeat")
-        exchange.go_silent(3600)
-        deadline = time.monotonic() + 0.1
-        while time.monotonic() < deadline:  # a frame already on the wire
-            try:
-                ws.recv(timeout=0.1)
-            except TimeoutError:
-                break
+        _silenced(exchange, ws, 3600)
         with pytest.raises(TimeoutError):
             ws.recv(timeout=0.3)
         exchange.end_silence()

@@ -429,8 +429,14 @@ class _Reader:
 
     def take(self, frame: str | bytes, received_ns: int) -> None:
         ended = self.ended
-        if ended.done():
-            return  # the connection is ending: the rest is not read
+        if ended.done() or self.deadline.expired():
+            # The connection is ending: the rest is not read. A frame handed over by
+            # data_received after the watchdog fired (its cancellation of the reader
+            # is delivered at the reader's next step) would otherwise still reach the
+            # session: a snapshot after "no snapshot within" made a feed that never
+            # kept to its watchdog look like one that had delivered a book, never given
+            # up (tests/test_coinbase_source.py, seen on a busy machine).
+            return
         handler = self.handler
         try:
             verdict = handler.received(frame, received_ns)

@@ -127,3 +127,30 @@ def test_bad_utf8_in_a_text_message_still_ends_the_connection() -> None:
     assert handler.frames == ["a"]
     assert len(handler.closes) == 1
     assert "1007" in handler.closes[0] or "invalid" in handler.closes[0].lower()
+
+
+def test_a_frame_handed_over_after_the_watchdog_fired_is_not_read() -> None:
+    """websockets' data_received may hand a frame over after the watchdog's deadline
+    fired and before the reader's cancellation is delivered: that frame must not
+    reach the session (a snapshot there made a feed that never kept to its watchdog
+    look like one that had delivered a book)."""
+    from types import SimpleNamespace
+
+    from coinbase.connection import _Reader
+
+    async def run() -> list:
+        handler = Recorder()
+        owner = SimpleNamespace(watchdog=1.0, _live=False)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(0.01) as deadline:
+                reader = _Reader(owner, None, handler, deadline)
+                # after the deadline's own timer: the watchdog has fired by then
+                loop.call_at(deadline.when() + 0.001, reader.take, "late", 1)
+                await asyncio.sleep(1)
+        except TimeoutError:
+            pass
+        await asyncio.sleep(0.01)
+        return handler.frames
+
+    assert asyncio.run(run()) == []

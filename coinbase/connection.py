@@ -430,12 +430,20 @@ class _Reader:
     def take(self, frame: str | bytes, received_ns: int) -> None:
         ended = self.ended
         if ended.done() or self.deadline.expired():
-            # The connection is ending: the rest is not read. A frame handed over by
-            # data_received after the watchdog fired (its cancellation of the reader
-            # is delivered at the reader's next step) would otherwise still reach the
-            # session: a snapshot after "no snapshot within" made a feed that never
-            # kept to its watchdog look like one that had delivered a book, never given
-            # up (tests/test_coinbase_source.py, seen on a busy machine).
+            # The connection is ending: the rest is not read. The watchdog's firing
+            # cancels the reader at its next step, while data_received may still hand
+            # frames over (and moving an expired deadline would raise).
+            return
+        if not self.owner._live and time.monotonic() >= self.deadline.when():
+            # Past the grace deadline, before its timer ran: a loop iteration runs its
+            # I/O callbacks before its due timers. Before the first book that frame
+            # is late, as the queued way (a task woken after the timer) treated it: a
+            # snapshot there made a feed that never kept to its watchdog look like one
+            # that had delivered a book, never given up (tests/test_coinbase_source.py,
+            # seen on a busy machine). The clock is time.monotonic(), not loop.time():
+            # uvloop's is read once per iteration, in milliseconds (never ahead of
+            # time.monotonic(), the clock of asyncio's). After the first book no check
+            # is made per frame.
             return
         handler = self.handler
         try:

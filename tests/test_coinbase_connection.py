@@ -154,3 +154,27 @@ def test_a_frame_handed_over_after_the_watchdog_fired_is_not_read() -> None:
         return handler.frames
 
     assert asyncio.run(run()) == []
+
+
+def test_a_frame_past_the_grace_deadline_is_late_even_before_its_timer_ran() -> None:
+    """Before the first book, a frame handed over once the grace deadline has passed
+    is late, even when the loop runs its I/O before the deadline's due timer."""
+    from types import SimpleNamespace
+
+    from coinbase.connection import _Reader
+
+    handler = Recorder()
+    handler.settled = False  # no book yet: the grace deadline counts
+
+    async def run() -> None:
+        owner = SimpleNamespace(watchdog=1.0, _live=False)
+        async with asyncio.timeout(3600) as deadline:
+            reader = _Reader(owner, None, handler, deadline)
+            reader.take("in time", 1)
+            deadline.reschedule(asyncio.get_running_loop().time() - 1)  # passed
+            reader.take("late", 2)  # its timer has not run: nothing awaited since
+            await asyncio.sleep(1)
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(run())
+    assert handler.frames == ["in time"]

@@ -172,12 +172,16 @@ def test_rest_failures_are_counted_backed_off_and_the_feed_goes_on(run):
     )
     assert "REST audit of" in run["stderr"]  # logged, at a limited rate
     # backed off: after a 429 or a 500 no request for at least the backoff's least
-    # delay (1 s, jittered from its upper half)
+    # delay (1 s, jittered from its upper half: 0.5 s), as the exchange noted the
+    # arrivals (ARRIVAL_JITTER); without a backoff the next would come 0.2 s later
     log = run["rest_requests"]
     for i, (t, _, status) in enumerate(log[:-1]):
         if status in (429, 500):
-            assert log[i + 1][0] - t >= 0.45, (status, log[i : i + 2])
-    # the feed and its summaries went on: every product, never silent for 3 s
+            gap = log[i + 1][0] - t
+            assert gap >= 0.5 - ARRIVAL_JITTER, (status, log[i : i + 2])
+    # the feed and its summaries went on: every product, never silent for 5 s (a
+    # REST request that blocked the feed would silence it for the 10-s timeout hold;
+    # the margin is for a machine the other tests keep busy)
     start, end = run["rest_errors_at"], run["rest_errors_done"]
     assert end - start >= 10  # the timeout alone holds a request 10 s
     for product in PRODUCTS:
@@ -186,4 +190,4 @@ def test_rest_failures_are_counted_backed_off_and_the_feed_goes_on(run):
         )
         assert times, product
         gaps = [b - a for a, b in zip([start, *times], [*times, end], strict=True)]
-        assert max(gaps) < 3.0, (product, max(gaps))
+        assert max(gaps) < 5.0, (product, max(gaps))

@@ -59,13 +59,10 @@ from importers.convert import PROGRESS_EVERY, Progress, gather_skips
 from importers.quality import QualityReport, QualityTracker
 from importers.sources import Router, merged, open_sources
 from importers.tardis import TardisReader, snapshot_symbols
-from recording.replay import ThreadPasses
+from recording.replay import COUNTED, ThreadPasses, valid_resume
 from resync import ResyncRequests
 
 log = logging.getLogger(__name__)
-
-COUNTED = "per product"
-"""The resume state's counting, as :mod:`recording.replay`'s (record indexes)."""
 
 
 class NoBookData(ValueError):
@@ -226,7 +223,7 @@ class DirectPartition(StatefulSourcePartition[tuple[str, BookEvent], dict]):
         self._shadow: BookState | None = None
         self._last_summary = None
         self._pending = [(product, BookReset(product, "replay start", feed))]
-        if resume is not None and not _valid_resume(resume):
+        if resume is not None and not valid_resume(resume):
             log.warning(
                 "%s: a resume state this version does not understand (%.80r): "
                 "replaying the product from its start",
@@ -334,16 +331,6 @@ class DirectPartition(StatefulSourcePartition[tuple[str, BookEvent], dict]):
         if self._shadow is not None:  # still rebuilding: the resume point stands
             resume_at = max(self._next, self._emit_from)
         return {"next": resume_at, "stream": self._stream, "counted": COUNTED}
-
-
-def _valid_resume(resume: Any) -> bool:
-    return (
-        isinstance(resume, dict)
-        and resume.get("counted") == COUNTED
-        and type(resume.get("next")) is int
-        and type(resume.get("stream")) is int
-        and 0 <= resume["stream"] <= resume["next"]
-    )
 
 
 class DirectSource(FixedPartitionedSource[tuple[str, BookEvent], dict]):

@@ -96,6 +96,9 @@ log = logging.getLogger(__name__)
 
 ResumeState = dict[str, Any]
 COUNTED = "per product"
+"""How a resume state counts (record indexes per product): a state counted otherwise is
+not resumed from. The direct replay of tardis.dev files (:mod:`importers.direct`) counts
+alike, so its states equal a replay of the files' conversion."""
 SNIFF_FRAMES = 8
 """Frames of each product looked at before a replay starts, to check the protocol."""
 SNIFF_BYTES = 8 * 2**20
@@ -291,7 +294,7 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, Any], ResumeState]):
         self.ended = False
         self._awaiting_snapshot_since: int | None = None
         self._last_summary = None
-        if resume is not None and not _valid_resume(resume):
+        if resume is not None and not valid_resume(resume):
             log.warning(
                 "%s: a resume state this version does not understand (%.80r): replaying "
                 "the product from its start",
@@ -584,7 +587,8 @@ class ReplayPartition(StatefulSourcePartition[tuple[str, Any], ResumeState]):
         return event
 
 
-def _valid_resume(resume: Any) -> bool:
+def valid_resume(resume: Any) -> bool:
+    """A resume state this replay (or :mod:`importers.direct`) can continue from."""
     return (
         isinstance(resume, dict)
         and resume.get("counted") == COUNTED

@@ -91,51 +91,40 @@ class Lines:
         """The text in blocks of whole lines (no ``\\n`` at a block's end), for a scan
         of the whole file that needs no line by line loop (:func:`importers.tardis.
         snapshot_symbols`)."""
-        with open(self.path, "rb") as f:
-            if self.compression == PLAIN:
-                yield from self._plain(f)
-            else:
-                yield from self._compressed(f)
-
-    def _plain(self, f) -> Iterator[bytes]:
         rest = b""
-        while chunk := f.read(_CHUNK):
-            self.position += len(chunk)
-            data = rest + chunk
-            cut = data.rfind(b"\n")
-            if cut < 0:
-                rest = data
-                continue
-            rest = data[cut + 1 :]
-            yield data[:cut]
+        with open(self.path, "rb") as f:
+            try:
+                for data in self._pieces(f):
+                    data = rest + data
+                    cut = data.rfind(b"\n")
+                    if cut < 0:
+                        rest = data
+                        continue
+                    rest = data[cut + 1 :]
+                    yield data[:cut]
+            except (EOFError, zlib.error, zstandard.ZstdError) as exc:
+                self.ended_early = str(exc) or type(exc).__name__
+                if rest:
+                    self.skipped["truncated last line"] += 1
+                return
         if rest:
             yield rest  # a last line without its newline is still whole text
 
-    def _compressed(self, f) -> Iterator[bytes]:
-        rest = b""
-        decompressor = _Decompressor(self.compression)
-        try:
+    def _pieces(self, f) -> Iterator[bytes]:
+        """The file's text as it is read, decompressed as its first bytes say; raises
+        when compressed data is damaged or ends before its end marker."""
+        if self.compression == PLAIN:
             while chunk := f.read(_CHUNK):
                 self.position += len(chunk)
-                data = decompressor.feed(chunk)
-                if not data:
-                    continue
-                data = rest + data
-                cut = data.rfind(b"\n")
-                if cut < 0:
-                    rest = data
-                    continue
-                rest = data[cut + 1 :]
-                yield data[:cut]
-            if not decompressor.complete:
-                raise EOFError("the compressed data ends before its end marker")
-        except (EOFError, zlib.error, zstandard.ZstdError) as exc:
-            self.ended_early = str(exc) or type(exc).__name__
-            if rest:
-                self.skipped["truncated last line"] += 1
+                yield chunk
             return
-        if rest:
-            yield rest
+        decompressor = _Decompressor(self.compression)
+        while chunk := f.read(_CHUNK):
+            self.position += len(chunk)
+            if data := decompressor.feed(chunk):
+                yield data
+        if not decompressor.complete:
+            raise EOFError("the compressed data ends before its end marker")
 
 
 def expand(patterns: list[str]) -> tuple[list[Path], list[str]]:

@@ -361,17 +361,14 @@ def test_the_service_refuses_a_file_of_no_format_in_one_line(tmp_path):
     assert flow.stdout == ""
 
 
-def test_every_replay_of_a_recording_ends_with_its_quality_report(
-    tmp_path, cache, two_days, capsys
-):
-    """Without ``ORDERBOOK_REPLAY_REPORT`` the report is the light one (no crossed or
-    locked episodes, measured per batch): every other figure is the full report's."""
-    recording = tmp_path / "two-days.gz"
-    convert([str(p) for p in write_tardis_days(tmp_path, two_days)], recording)
+def _light_report_as_full(replay: str, tmp_path, capsys) -> list[str]:
+    """Replay ``replay`` with the light quality report, then with the full one
+    (``ORDERBOOK_REPLAY_REPORT`` to ``tmp_path/r.json``); assert every product's line
+    is the same but for the crossed and locked episodes, and return the light lines."""
     capsys.readouterr()
-    assert _summaries(str(recording))
+    assert _summaries(replay)
     light = capsys.readouterr().err
-    assert _summaries(str(recording), ORDERBOOK_REPLAY_REPORT=str(tmp_path / "r.json"))
+    assert _summaries(replay, ORDERBOOK_REPLAY_REPORT=str(tmp_path / "r.json"))
     full = capsys.readouterr().err
 
     def report(err: str, drop: str) -> list[str]:
@@ -382,6 +379,17 @@ def test_every_replay_of_a_recording_ends_with_its_quality_report(
         light, "; crossed or locked not measured (ORDERBOOK_REPLAY_REPORT measures it)"
     )
     assert light_lines == report(full, "; never crossed; never locked")
+    return light_lines
+
+
+def test_every_replay_of_a_recording_ends_with_its_quality_report(
+    tmp_path, cache, two_days, capsys
+):
+    """Without ``ORDERBOOK_REPLAY_REPORT`` the report is the light one (no crossed or
+    locked episodes, measured per batch): every other figure is the full report's."""
+    recording = tmp_path / "two-days.gz"
+    convert([str(p) for p in write_tardis_days(tmp_path, two_days)], recording)
+    light_lines = _light_report_as_full(str(recording), tmp_path, capsys)
     assert all("1 reset (1 connection)" in line for line in light_lines)
     assert all("longest silence 0.4 s" in line for line in light_lines)
 
@@ -461,20 +469,7 @@ def test_a_direct_replay_reports_episodes_only_when_the_full_report_is_asked(
     recording), the full one, crossed and locked episodes included, with
     ``ORDERBOOK_REPLAY_REPORT``; every other figure the same."""
     replay = ",".join(str(p) for p in write_tardis_days(tmp_path, two_days))
-    capsys.readouterr()
-    assert _summaries(replay)
-    light = capsys.readouterr().err
-    assert _summaries(replay, ORDERBOOK_REPLAY_REPORT=str(tmp_path / "r.json"))
-    full = capsys.readouterr().err
-
-    def report(err: str, drop: str) -> list[str]:
-        lines = err.split("quality of the replay:\n", 1)[1].splitlines()
-        return [line.replace(drop, "") for line in lines[: len(PRODUCTS)]]
-
-    light_lines = report(
-        light, "; crossed or locked not measured (ORDERBOOK_REPLAY_REPORT measures it)"
-    )
-    assert light_lines == report(full, "; never crossed; never locked")
+    light_lines = _light_report_as_full(replay, tmp_path, capsys)
     assert all("1 reset (1 next file)" in line for line in light_lines)
     data = json.loads((tmp_path / "r.json").read_text())
     assert [q["crossed_episodes"] for q in data["products"]] == [0, 0]

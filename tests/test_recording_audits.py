@@ -450,15 +450,10 @@ def test_a_resumed_replay_does_not_audit_again_before_its_resume_point(tmp_path)
         "t", PRODUCT, {"next": resume_at, "stream": 0, "counted": "per product"}
     )
     state, results, events = None, [], []
-    while True:
-        try:
-            batch = part.next_batch()
-        except StopIteration:
-            break
-        for _, event in batch:
-            events.append(event)
-            state, out = update_book(state, event)
-            if isinstance(out, AuditRecord):
-                results.append((out.result, out.requested))
+    for _, event in polled([part], 100_000):
+        events.append(event)
+        state, out = update_book(state, event)
+        if isinstance(out, AuditRecord):
+            results.append((out.result, out.requested))
     assert results == [("match", _utc(t2 + 1))]
     assert type(events[0]) is BookSnapshot and events[0].time == last_summary.time

@@ -38,6 +38,7 @@ from common.decimals import plain
 from events import BookReset
 from local_exchange.market import Market
 from recording.replay import ReplaySource
+from tests.support.recordings import polled
 from tests.support.reference_book import ReferenceBook
 
 DAY_NS = 86_400 * 10**9
@@ -434,16 +435,11 @@ def replayed_books(path: Path) -> tuple[dict[str, ReferenceBook], dict[str, Any]
     parts = [source.build_part("replay", p, None) for p in source.list_parts()]
     for part in parts:
         book = books.setdefault(part.product, ReferenceBook())
-        while True:
-            try:
-                batch = part.next_batch()
-            except StopIteration:
-                break
-            for _, event in batch:
-                if isinstance(event, BookReset):
-                    book.reset()
-                else:
-                    book.apply(event)
+        for _, event in polled([part], 1_000_000):
+            if isinstance(event, BookReset):
+                book.reset()
+            else:
+                book.apply(event)
         counts[part.product] = {
             "stats": dict(part.stats),
             "skipped": dict(part.skipped),

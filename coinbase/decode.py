@@ -28,15 +28,24 @@ Decisions (the source relies on them):
 * Advanced Trade event time is the envelope ``timestamp``: per-level ``event_time``
   values are not monotonic across batches and the docs' snapshot uses the epoch.
 * Heartbeats, subscription acks and unknown types decode to ``[]``.
+* A number beyond a double (``1e400``, an integer of 400 digits) in a field the
+  decoder never reads loses nothing: the typed ways skip it unread, and the generic way,
+  when ``orjson`` refuses the document for it, reads it again with the standard library
+  (:func:`_loads_beyond_double`, on the error path only). In a field it reads (a price,
+  ``sequence_num``, a time...) it is refused for what it is, like any float there.
+  ``NaN``/``Infinity`` tokens are no JSON: refused both ways, wherever they are.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import weakref
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
+
+import msgspec
 
 # orjson parses Coinbase frames ~3x faster than json (bench/bench_feed.py); it is pinned.
 from orjson import loads
@@ -180,6 +189,41 @@ def _why(exc: Exception) -> str:
     return shown(exc, 120) or type(exc).__name__
 
 
+_skip_json = msgspec.json.Decoder(msgspec.Raw).decode
+"""Checks a document as the typed ways check the fields they skip, reading nothing."""
+_INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
+
+
+def _int_as_orjson(text: str) -> int | float:
+    """An integer as ``orjson`` reads it: exact from -2**63 to 2**64 - 1, else the
+    nearest float (``inf`` beyond a double; no ``int()`` of thousands of digits)."""
+    if len(text) <= 21:
+        value = int(text)
+        if _INT64_MIN <= value <= _UINT64_MAX:
+            return value
+    return float(text)
+
+
+def _loads_beyond_double(frame: str | bytes) -> Any:
+    """The document ``orjson`` refused, if it is JSON the typed ways take; else None.
+
+    ``orjson`` refuses a whole document for one number beyond a double (``1e400``, an
+    integer of 400 digits) where the typed ways (msgspec) skip a field they do not
+    read without converting it: a frame whose fields we read are valid would be lost
+    (a resync) the generic way only. So, on this error path only (nothing on the hot
+    path), the document is checked by msgspec's skipping (which refuses what the typed
+    ways refuse: ``NaN``/``Infinity`` tokens, lone surrogates, bad UTF-8, nesting past
+    the recursion limit...) and read by ``json.loads``, numbers as ``orjson`` reads
+    them: such a number becomes ``inf``, which any field we read refuses for what it
+    is (a float price, a non-integer ``sequence_num``, a time that is no text)."""
+    try:
+        text = frame if type(frame) is str else bytes(frame).decode()
+        _skip_json(text)
+        return json.loads(text, parse_int=_int_as_orjson)
+    except (ValueError, TypeError, RecursionError, msgspec.MsgspecError):
+        return None
+
+
 def _side(sides: dict[str, str], raw: Any) -> str:
     side = sides.get(raw) if type(raw) is str else None
     if side is None:
@@ -298,7 +342,11 @@ class FrameDecoder:
         try:
             payload = loads(frame)
         except (TypeError, ValueError) as exc:  # orjson.JSONDecodeError is a ValueError
-            raise MalformedFrame(f"invalid JSON ({shown(exc, 120)})", frame) from None
+            payload = _loads_beyond_double(frame)
+            if payload is None:
+                raise MalformedFrame(
+                    f"invalid JSON ({shown(exc, 120)})", frame
+                ) from None
         if type(payload) is not dict:
             raise MalformedFrame("frame is not a JSON object", frame, resync=False)
         if payload.get("type") == "error":

@@ -10,6 +10,7 @@ feeds both the frame under test and compares everything observable.
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -18,11 +19,43 @@ from hypothesis import strategies as st
 
 import coinbase.decode as decode_module
 from coinbase.decode import FrameDecoder
+from coinbase.errors import MalformedFrame
 from tests.support import frames
 
 COMPARE = settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
+
+
+class Bare:
+    """A JSON token written bare by :func:`_text`: numbers ``json.dumps`` never writes
+    (beyond a double, ``NaN``...), which the typed ways skip unread in a field they do
+    not declare and ``orjson`` reads or refuses."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+
+BARE_TOKENS = [
+    "1e400",
+    "-1e400",
+    "1E+400",
+    "1" + "0" * 400,
+    "-" + "9" * 30,
+    str(2**64),
+    "1e-400",
+    "NaN",
+    "Infinity",
+    "-Infinity",
+]
+_BARE = re.compile(r'"\\u0000bare\\u0000([^"]*)"')
+
+
+def _text(frame: object) -> str:
+    """``json.dumps(frame)`` with each :class:`Bare` token written bare."""
+    written = json.dumps(frame, default=lambda bare: f"\0bare\0{bare.token}")
+    return _BARE.sub(lambda match: match[1], written)
+
 
 values = st.recursive(
     st.none()
@@ -58,7 +91,8 @@ values = st.recursive(
             "2026-01-01T00:00:00",
             "",
         ]
-    ),
+    )
+    | st.sampled_from(BARE_TOKENS).map(Bare),
     lambda children: (
         st.lists(children, max_size=4)
         | st.dictionaries(st.text(max_size=8), children, max_size=3)
@@ -135,7 +169,46 @@ def test_valid_updates_decode_alike(protocol):
     values,
 )
 def test_mutated_updates_decode_alike(protocol, path, value):
-    assert_alike(protocol, json.dumps(_mutate(UPDATES[protocol], path, value)))
+    assert_alike(protocol, _text(_mutate(UPDATES[protocol], path, value)))
+
+
+def _insert(frame: object, which: int, key: str, value: object) -> object:
+    """``frame`` with ``key: value`` in one of its objects (the ``which``-th in document
+    order, modulo their number): an unknown key, or one the typed ways read."""
+    objects, target = -1, -1
+
+    def walk(node: object) -> object:
+        nonlocal objects
+        if isinstance(node, dict):
+            objects += 1
+            here = objects
+            out = {k: walk(v) for k, v in node.items()}
+            if here == target:
+                out[key] = value
+            return out
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    walk(frame)
+    target = which % (objects + 1)
+    objects = -1
+    return walk(frame)
+
+
+@COMPARE
+@given(
+    st.sampled_from(sorted(UPDATES)),
+    st.integers(min_value=0, max_value=10),
+    st.text(max_size=8)
+    | st.sampled_from(["x", "client_id", "event_time", "time", "sequence_num"]),
+    values,
+)
+def test_updates_with_another_field_decode_alike(protocol, which, key, value):
+    """A field added anywhere (the envelope, an event, an update): one the typed ways
+    skip unread, or one they read, holding anything, bare numbers beyond a double
+    included."""
+    assert_alike(protocol, _text(_insert(UPDATES[protocol], which, key, value)))
 
 
 @COMPARE
@@ -153,6 +226,11 @@ def test_arbitrary_text_decodes_alike(protocol, raw):
         ("exchange", '{"type":"l2update","product_id":"BTC-USD","changes":[["buy","1","2"]],"time":7}', "a number for the time"),
         ("exchange", '{"type":"l2update","product_id":"BTC-USD","changes":[["buy","1","2"]],"x":"\\ud800"}', "a lone surrogate in an extra key"),
         ("exchange", b'{"type":"l2update","product_id":"BTC-USD","changes":[["buy","1","2"]],"x":"\xff"}', "bad UTF-8 in an extra key"),
+        ("exchange", '{"type":"l2update","product_id":"BTC-USD","changes":[["buy","1","2"]],"x":["\\ud800",1e400]}', "a lone surrogate beside a number beyond a double"),
+        ("exchange", b'{"type":"l2update","product_id":"BTC-USD","changes":[["buy","1","2"]],"x":["\xff",1e400]}', "bad UTF-8 beside a number beyond a double"),
+        ("exchange", '\ufeff{"type":"l2update","product_id":"BTC-USD","changes":[["buy","1","2"]],"x":1e400}', "a byte order mark and a number beyond a double"),
+        ("exchange", b'\xef\xbb\xbf{"type":"l2update","product_id":"BTC-USD","changes":[["buy","1","2"]],"x":1e400}', "a UTF-8 byte order mark and a number beyond a double"),
+        ("exchange", '{"type":"l2update","product_id":"BTC-USD","changes":[["buy","1","2"]],"x":1e400} x', "a number beyond a double and trailing text"),
         ("exchange", '{"type":"l2update","product_id":"ETH-USD","changes":[["buy","1","2"]]}', "a product not seen yet"),
         ("exchange", '{"type":"l2update","product_id":"BTC-USD","changes":[["buy","1","2"]]} x', "trailing text"),
         ("advanced-trade", json.dumps(frames.at_update(5)), "a sequence gap"),
@@ -371,3 +449,187 @@ def test_a_decoder_dies_with_its_last_reference():
         assert decode_module._live_decoders == before
     finally:
         gc.enable()
+
+
+def _with(frame: dict, token: str, *path: str | int, key: str = "x") -> str:
+    """``frame`` as JSON text with ``key: token`` (a bare JSON token) in the object at
+    ``path``."""
+    node = frame = json.loads(json.dumps(frame))
+    for step in path:
+        node = node[step]
+    node[key] = Bare(token)
+    return _text(frame)
+
+
+BEYOND_DOUBLE = ["1e400", "-1e400", "1" + "0" * 400, "-" + "9" * 5000]
+"""Numbers ``orjson`` refuses a document for (5,000 digits: past Python's default limit
+of 4,300 for ``int()`` of a text too)."""
+BEYOND_IDS = ["1e400", "-1e400", "400 digits", "-5000 digits"]
+AT_UPDATE = UPDATES["advanced-trade"]
+EX_UPDATE = UPDATES["exchange"]
+
+
+@pytest.mark.parametrize("token", BEYOND_DOUBLE, ids=BEYOND_IDS)
+@pytest.mark.parametrize(
+    "protocol, frame, where",
+    [
+        ("exchange", lambda t: _with(EX_UPDATE, t), "an unknown key"),
+        ("exchange", lambda t: _with(EX_UPDATE, f"[[{t}], [1, {t}]]"), "nested in an unknown key"),
+        ("exchange", lambda t: _with(EX_UPDATE, t).encode(), "an unknown key of a bytes frame"),
+        ("advanced-trade", lambda t: _with(AT_UPDATE, t), "an unknown key of the envelope"),
+        ("advanced-trade", lambda t: _with(AT_UPDATE, t, key="client_id"), "client_id (not read)"),
+        ("advanced-trade", lambda t: _with(AT_UPDATE, t, "events", 0), "an unknown key of an event"),
+        ("advanced-trade", lambda t: _with(AT_UPDATE, t, "events", 0, "updates", 1, key="event_time"), "an update's event_time (not read)"),
+    ],
+)  # fmt: skip
+def test_a_number_beyond_a_double_in_a_field_never_read_loses_nothing(
+    protocol, frame, where, token
+):
+    """The typed ways skip a field they do not read without converting it; ``orjson``
+    refused the whole document, so the generic way lost the frame (a resync) where the
+    typed way applied it. Now both apply it."""
+    kind, events, *_ = assert_alike(protocol, frame(token))
+    assert kind == "events"
+    assert [[(s, str(p)) for s, p, _ in e.changes] for e in events] == [
+        [("bid", "99.50"), ("ask", "100.25")]
+    ]
+
+
+@pytest.mark.parametrize("protocol", sorted(UPDATES))
+@pytest.mark.parametrize("levels", [3, 1_500])
+def test_a_snapshot_with_a_number_beyond_a_double_in_an_unknown_key_decodes_at_any_size(
+    protocol, levels
+):
+    """A small snapshot goes the generic way, a big one (64 KiB or more) the typed
+    snapshot decoder, which skips the unknown key: both give the book (before, the
+    small one was invalid JSON, the big one a book)."""
+    bids, asks = frames.ladder(mid=50_000, levels=levels)
+    if protocol == "exchange":
+        snapshot = frames.exchange_snapshot(bids=bids, asks=asks)
+    else:
+        snapshot = frames.at_snapshot(0, bids=bids, asks=asks)
+    text = _with(snapshot, "1e400")
+    assert (len(text) >= decode_module.fast_snapshot.MIN_FRAME_BYTES) == (levels > 3)
+    for typed in (True, False):
+        (book,) = FrameDecoder(protocol, "test", typed=typed).decode(text)
+        assert (len(book.bids), len(book.asks)) == (levels, levels)
+
+
+def test_a_heartbeat_with_a_number_beyond_a_double_is_no_malformed_frame():
+    """A frame with no book data loses nothing either: before, it was invalid JSON and
+    (unreadable, so possibly book data) asked for a resync."""
+    heartbeat = _with(frames.exchange_heartbeat(), "1e400")
+    assert FrameDecoder("exchange", "test").decode(heartbeat) == []
+    heartbeats = _with(frames.at_heartbeats(0), "1" + "0" * 400)
+    assert FrameDecoder("advanced-trade", "test").decode(heartbeats) == []
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("protocol", sorted(UPDATES))
+def test_nan_and_infinity_tokens_are_invalid_json_both_ways(protocol, token):
+    """``NaN``/``Infinity`` are no JSON (RFC 8259): ``orjson`` refuses them, and so
+    does msgspec even in a field it skips; the generic way's second reading
+    (``json.loads``, which takes them) must not: both ways refuse the frame, wherever
+    the token is, a big snapshot included."""
+    typed_ = assert_alike(protocol, _with(UPDATES[protocol], token))
+    assert typed_[:2] == ("error", "MalformedFrame")
+    assert typed_[2].startswith("invalid JSON (")
+    assert typed_[3] is True
+    bids, asks = frames.ladder(mid=50_000, levels=400)
+    if protocol == "exchange":
+        big = _with(frames.exchange_snapshot(bids=bids, asks=asks), token)
+    else:
+        big = _with(frames.at_snapshot(0, bids=bids, asks=asks), token)
+    with pytest.raises(MalformedFrame, match=r"^invalid JSON \("):
+        FrameDecoder(protocol, "test").decode(big)
+
+
+def _replaced(frame: dict, token: str, *path: str | int) -> str:
+    *parents, last = path
+    return _with(frame, token, *parents, key=last)
+
+
+@pytest.mark.parametrize("token", BEYOND_DOUBLE[::2], ids=BEYOND_IDS[::2])
+@pytest.mark.parametrize(
+    "protocol, frame, outcome",
+    [
+        ("exchange", lambda t: _replaced(EX_UPDATE, t, "changes", 0, 1), "l2update of BTC-USD: bad change (price and size must be JSON strings, got float and str)"),
+        ("exchange", lambda t: _replaced(EX_UPDATE, t, "changes", 1, 2), "l2update of BTC-USD: bad change (price and size must be JSON strings, got str and float)"),
+        ("exchange", lambda t: _replaced(EX_UPDATE, t, "type"), "missing 'type'"),
+        ("exchange", lambda t: _replaced(EX_UPDATE, t, "product_id"), "missing or non-string 'product_id'"),
+        ("advanced-trade", lambda t: _replaced(AT_UPDATE, t, "events", 0, "updates", 0, "price_level"), "l2_data of BTC-USD: bad update (price and size must be JSON strings, got float and str)"),
+        ("advanced-trade", lambda t: _replaced(AT_UPDATE, t, "events", 0, "updates", 1, "new_quantity"), "l2_data of BTC-USD: bad update (price and size must be JSON strings, got str and float)"),
+        ("advanced-trade", lambda t: _replaced(AT_UPDATE, t, "sequence_num"), "missing or non-integer 'sequence_num'"),
+        ("advanced-trade", lambda t: _replaced(AT_UPDATE, t, "channel"), "missing 'channel'"),
+        ("exchange", lambda t: _replaced(EX_UPDATE, t, "time"), None),
+        ("advanced-trade", lambda t: _replaced(AT_UPDATE, t, "timestamp"), None),
+    ],
+)  # fmt: skip
+def test_a_number_beyond_a_double_in_a_field_read_is_refused_for_what_it_is(
+    protocol, frame, outcome, token
+):
+    """In a field the decoder reads, such a number is a float like any other there
+    (``inf``; an integer beyond 64 bits is a float for ``orjson`` too): both ways refuse
+    the frame with that reason, one line, where before it was "invalid JSON". A time
+    that is no text keeps the data with ``time=None`` (a bad time alone loses nothing)."""
+    result = assert_alike(protocol, frame(token))
+    if outcome is None:
+        kind, (event,), _, bad_times = result
+        assert (kind, event.time, len(event.changes), bad_times) == (
+            "events",
+            None,
+            2,
+            1,
+        )
+        return
+    kind, name, message, _, next_sequence, _ = result
+    assert (kind, name) == ("error", "MalformedFrame")
+    assert message.partition("; frame: ")[0] == outcome
+    assert "\n" not in message
+    if "sequence_num" in outcome:
+        assert next_sequence == 2  # not moved past a refused number
+
+
+@pytest.mark.parametrize("protocol", sorted(UPDATES))
+@pytest.mark.parametrize("depth", [2_000, 20_000])
+def test_a_field_nested_past_the_recursion_limit_raises_nothing_out_of_decode(
+    protocol, depth
+):
+    """msgspec skips a nested field recursively: nested past the interpreter's
+    recursion limit, it raised ``RecursionError`` out of ``decode`` (and out of the
+    dataflow) from the typed update way and the big-snapshot decoder. Now they leave
+    it to the generic way, which says the JSON is invalid (``orjson`` stops at a depth
+    of 1,024), with or without a number beyond a double beside it."""
+    nested = "[" * depth + "]" * depth
+    for token in (nested, f"[{nested}, 1e400]"):
+        result = assert_alike(protocol, _with(UPDATES[protocol], token))
+        assert result[:2] == ("error", "MalformedFrame")
+        assert result[2].startswith("invalid JSON (")
+    bids, asks = frames.ladder(mid=50_000, levels=400)
+    if protocol == "exchange":
+        big = _with(frames.exchange_snapshot(bids=bids, asks=asks), nested)
+    else:
+        big = _with(frames.at_snapshot(0, bids=bids, asks=asks), nested)
+    with pytest.raises(MalformedFrame, match=r"^invalid JSON \("):
+        FrameDecoder(protocol, "test").decode(big)
+
+
+@pytest.mark.parametrize("sequence", [2**63, 2**64 - 1, 2**64, -(2**63) - 1, 10**30])
+def test_the_second_reading_takes_integers_as_orjson_does(sequence):
+    """The generic way's second reading (``json.loads``) makes a float of an integer
+    beyond 64 bits, as ``orjson`` does: a sequence number gets the same verdict with or
+    without a number beyond a double elsewhere in the frame (a gap up to 2**64 - 1, a
+    non-integer beyond)."""
+    plain = json.dumps(_at(sequence, GOOD))
+    beside = _with(_at(sequence, GOOD), "1e400", "events", 0, "updates", 0)
+    verdicts = [
+        [
+            str(part).partition("; frame: ")[0]
+            for part in assert_alike("advanced-trade", f)
+        ]
+        for f in (plain, beside)
+    ]
+    assert verdicts[0] == verdicts[1]
+    assert verdicts[0][1] == (
+        "SequenceGap" if 0 <= sequence < 2**64 else "MalformedFrame"
+    )

@@ -31,7 +31,7 @@ Decisions (the source relies on them):
 * A number beyond a double (``1e400``, an integer of 400 digits) in a field the
   decoder never reads loses nothing: the typed ways skip it unread, and the generic way,
   when ``orjson`` refuses the document for it, reads it again with the standard library
-  (:func:`_loads_beyond_double`, on the error path only). In a field it reads (a price,
+  (:func:`loads_beyond_double`, on the error path only). In a field it reads (a price,
   ``sequence_num``, a time...) it is refused for what it is, like any float there.
   ``NaN``/``Infinity`` tokens are no JSON: refused both ways, wherever they are.
 """
@@ -83,7 +83,7 @@ from events import (
 )
 from orderbook import CheckedChanges
 
-__all__ = ["FrameDecoder", "parse_time"]
+__all__ = ["FrameDecoder", "loads_beyond_double", "parse_time"]
 
 
 _EARLIEST_REAL_TIME = datetime(2010, 1, 1, tzinfo=UTC)
@@ -204,7 +204,7 @@ def _int_as_orjson(text: str) -> int | float:
     return float(text)
 
 
-def _loads_beyond_double(frame: str | bytes) -> Any:
+def loads_beyond_double(frame: str | bytes) -> Any:
     """The document ``orjson`` refused, if it is JSON the typed ways take; else None.
 
     ``orjson`` refuses a whole document for one number beyond a double (``1e400``, an
@@ -342,7 +342,7 @@ class FrameDecoder:
         try:
             payload = loads(frame)
         except (TypeError, ValueError) as exc:  # orjson.JSONDecodeError is a ValueError
-            payload = _loads_beyond_double(frame)
+            payload = loads_beyond_double(frame)
             if payload is None:
                 raise MalformedFrame(
                     f"invalid JSON ({shown(exc, 120)})", frame

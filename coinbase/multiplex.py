@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from orjson import loads
 
 from coinbase.auth import Credentials
-from coinbase.decode import FrameDecoder
+from coinbase.decode import FrameDecoder, loads_beyond_double
 from coinbase.errors import (
     FeedError,
     MalformedFrame,
@@ -474,7 +474,7 @@ class ConnectionSession:
         try:
             payload = loads(frame)
         except (ValueError, TypeError):
-            payload = None
+            payload = loads_beyond_double(frame)  # a price of 1e400 names its product
         found: list[str] = []
         if isinstance(payload, dict):
             if self.protocol == ADVANCED_TRADE:

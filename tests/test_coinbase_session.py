@@ -437,6 +437,20 @@ def test_a_malformed_book_frame_of_one_product_resubscribes_it_alone(feed: str) 
     assert conn.settled
 
 
+def test_a_number_beyond_a_double_in_a_book_frame_blames_its_product_alone() -> None:
+    """A price of ``1e400`` makes the frame malformed, and ``orjson`` cannot read it:
+    the decoder's second reading still names its product, which is resubscribed alone
+    (before: the Advanced Trade connection resynced every product)."""
+    conn = live("advanced-trade")
+    bad = at(3, "update", "ETH-USD").replace(
+        '"price_level": "', '"price_level": 1e400, "p": "'
+    )
+    step = conn.receive(bad, 2)
+    assert routed(step) == {"ETH-USD": ["reset"]} and step.action is Action.CONTINUE
+    assert conn.sessions["ETH-USD"].stats.malformed_frames == 1
+    assert conn.sessions["BTC-USD"].stats.malformed_frames == 0
+
+
 def test_a_cut_exchange_frame_is_blamed_on_the_product_it_names() -> None:
     conn = live()
     step = conn.receive('{"type":"l2update","product_id":"SOL-USD","changes":[["bu', 2)

@@ -32,7 +32,8 @@ Decisions (the source relies on them):
   decoder never reads loses nothing: the typed ways skip it unread, and the generic way,
   when ``orjson`` refuses the document for it, reads it again with the standard library
   (:func:`loads_beyond_double`, on the error path only). In a field it reads (a price,
-  ``sequence_num``, a time...) it is refused for what it is, like any float there.
+  ``sequence_num``...) it is refused for what it is, like any float there (a time that
+  is a number is a bad time, as above).
   ``NaN``/``Infinity`` tokens are no JSON: refused both ways, wherever they are.
 """
 
@@ -214,8 +215,9 @@ def loads_beyond_double(frame: str | bytes) -> Any:
     path), the document is checked by msgspec's skipping (which refuses what the typed
     ways refuse: ``NaN``/``Infinity`` tokens, lone surrogates, bad UTF-8, nesting past
     the recursion limit...) and read by ``json.loads``, numbers as ``orjson`` reads
-    them: such a number becomes ``inf``, which any field we read refuses for what it
-    is (a float price, a non-integer ``sequence_num``, a time that is no text)."""
+    them: such a number becomes ``inf``, which any field we read takes for what it is
+    (a float price or a non-integer ``sequence_num``: refused; a time that is no text:
+    a bad time)."""
     try:
         text = frame if type(frame) is str else bytes(frame).decode()
         _skip_json(text)

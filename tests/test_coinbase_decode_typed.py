@@ -535,13 +535,7 @@ def test_nan_and_infinity_tokens_are_invalid_json_both_ways(protocol, token):
     assert typed_[:2] == ("error", "MalformedFrame")
     assert typed_[2].startswith("invalid JSON (")
     assert typed_[3] is True
-    bids, asks = frames.ladder(mid=50_000, levels=400)
-    if protocol == "exchange":
-        big = _with(frames.exchange_snapshot(bids=bids, asks=asks), token)
-    else:
-        big = _with(frames.at_snapshot(0, bids=bids, asks=asks), token)
-    with pytest.raises(MalformedFrame, match=r"^invalid JSON \("):
-        FrameDecoder(protocol, "test").decode(big)
+    _assert_big_snapshot_refused(protocol, token)
 
 
 def _replaced(frame: dict, token: str, *path: str | int) -> str:
@@ -605,11 +599,17 @@ def test_a_field_nested_past_the_recursion_limit_raises_nothing_out_of_decode(
         result = assert_alike(protocol, _with(UPDATES[protocol], token))
         assert result[:2] == ("error", "MalformedFrame")
         assert result[2].startswith("invalid JSON (")
+    _assert_big_snapshot_refused(protocol, nested)
+
+
+def _assert_big_snapshot_refused(protocol: str, token: str) -> None:
+    """A snapshot big enough for the typed snapshot decoder, ``token`` added to it, is
+    refused as invalid JSON."""
     bids, asks = frames.ladder(mid=50_000, levels=400)
     if protocol == "exchange":
-        big = _with(frames.exchange_snapshot(bids=bids, asks=asks), nested)
+        big = _with(frames.exchange_snapshot(bids=bids, asks=asks), token)
     else:
-        big = _with(frames.at_snapshot(0, bids=bids, asks=asks), nested)
+        big = _with(frames.at_snapshot(0, bids=bids, asks=asks), token)
     with pytest.raises(MalformedFrame, match=r"^invalid JSON \("):
         FrameDecoder(protocol, "test").decode(big)
 

@@ -27,7 +27,7 @@ its own (the process's CPU per message at 30,000 msg/s -20%: see
 ``StopIteration`` at the end of a served replay; ``next_awake`` returns None while
 items wait and a 1 ms poll otherwise, 8 ms once the product has been quiet for 16 ms
 (Bytewax offers no cross-thread wake-up; see :data:`QUIET_POLL_INTERVAL`); inline, the
-partition whose poll ran the loop stays on the 1 ms poll, so the loop runs every
+partition whose polls run the loop stays on the 1 ms poll, so the loop runs every
 millisecond while any product is read.
 
 A poll hands the dataflow ONE item, ``(key, [events])``: everything the product queued
@@ -186,6 +186,20 @@ def exit_process(message: str) -> None:
     os._exit(1)
 
 
+def _on_the_grid(interval: timedelta) -> datetime:
+    """``interval`` from now, rounded down to a whole millisecond of the clock: the
+    partitions polled in one step of the worker are due again at the same instant, and
+    are polled in one step again, instead of each on its own phase (a wake-up of the
+    worker each). Measured, the service inline, 50 products on 4 connections at 20
+    batches/s each: the worker's wake-ups 1,344 -> 1,003 a second (threaded, before
+    the grid: 978). Costs 0.5 µs a call instead of 0.2."""
+    ms = time.time_ns() // 1_000_000 + interval // _MS
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+_MS = timedelta(milliseconds=1)
+
+
 class PartitionProgress(NamedTuple):
     """One partition's counters, read by the service's stall watchdog and health
     endpoint (:meth:`CoinbaseSource.progress`) from a thread of their own."""
@@ -248,9 +262,6 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, list[BookEvent]], st
         the product awaits one."""
         self._book_resets = 0
         self._empty_polls = 0
-        self._pumped = False
-        """Whether this partition's last poll ran an inline loop (it then keeps the
-        1-ms poll while running: the loop needs somebody to run it)."""
         self._ended = False
         self._closed = False
         self._behind_log = RateLimitedLog(log, BEHIND_LOG_SECONDS)
@@ -301,7 +312,7 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, list[BookEvent]], st
         at one item per poll, 1.8 at sixteen) is paid per poll, shared by every event
         of the poll, and the events need no ``(product_id, event)`` tuple each.
         """
-        self._pumped = self._source.runner.pump()
+        self._source.runner.pump(self)
         batch = []
         for part in self._polled:
             events = part._take()
@@ -359,11 +370,23 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, list[BookEvent]], st
             return None
         if not any(part.running for part in polled):
             interval = IDLE_POLL_INTERVAL
-        elif self._empty_polls < QUIET_POLLS or self._pumped:
+        elif self._empty_polls < QUIET_POLLS or self._pumps_busy_loop():
             interval = POLL_INTERVAL
         else:
             interval = QUIET_POLL_INTERVAL
-        return datetime.now(UTC) + interval
+        return _on_the_grid(interval)
+
+    def _pumps_busy_loop(self) -> bool:
+        """Inline: whether this partition runs the loop (see :mod:`coinbase.runner`)
+        and the loop read a frame in its last ``QUIET_POLLS`` runs. The pumper keeps
+        the 1-ms poll for every product of the loop, not only its own; once the whole
+        loop is quiet it polls like a quiet product, and the first frame after a quiet
+        spell waits up to 8 ms more, as a quiet product's does. Measured, the service
+        with 50 products nearly quiet (0.2 batches/s each), two runs each: 0.047 and
+        0.051 of a core with the pumper always on the 1-ms poll, 0.032 and 0.036 with
+        this rule (the loop on its own thread: 0.029 and 0.030)."""
+        runner = self._source.runner
+        return runner.pumps_for(self) and runner.idle_pumps < QUIET_POLLS
 
     def snapshot(self) -> str:
         """Resume state: just the product; a resumed partition starts with a reset."""
@@ -383,6 +406,8 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, list[BookEvent]], st
         if audits is not None and audits.unregister(self) and not on_loop:
             runner.wait(audits.finished, _close_budget())  # its HTTP client closed
         self.session.close()
+        if runner.inline and not on_loop and self._source._all_closed():
+            runner.close()
 
     # -- connection side (the shared loop thread) -----------------------------------------
 
@@ -466,6 +491,7 @@ class _Group:
 
     def __init__(self, source: CoinbaseSource, index: int) -> None:
         self.source = source
+        self.runner = source.runner
         self.capacity = PRODUCTS_PER_CONNECTION[source.protocol]
         self.name = f"{source.feed} connection {index}"
         grace = source.watchdog_seconds * SNAPSHOT_GRACE_FACTOR
@@ -511,7 +537,7 @@ class _Group:
                 if poller is not part:
                     part._poller = poller
                     poller._polled = [*poller._polled, part]  # a new list: no lock
-        self.source.runner.call_soon(self._add, part)
+        self.runner.call_soon(self._add, part)
 
     def leave(self) -> bool:
         """A partition closed; True if it was the last (the connection is cancelled)."""
@@ -519,7 +545,7 @@ class _Group:
             self.open_parts -= 1
             last = self.open_parts == 0
         if last:
-            self.source.runner.call_soon(self._cancel)
+            self.runner.call_soon(self._cancel)
         return last
 
     # -- loop thread ----------------------------------------------------------------------
@@ -597,6 +623,7 @@ class _Group:
         return self.session.outgoing()
 
     def received(self, frame: str | bytes, received_ns: int) -> str | None:
+        self.runner.frames += 1
         step = self.session.receive(frame, received_ns)
         if step.events or step.send or step.stopped:
             self._apply(step)
@@ -851,6 +878,10 @@ class CoinbaseSource(FixedPartitionedSource[tuple[str, list[BookEvent]], str]):
         return [part.progress() for part in parts]
 
     # -- every partition failed: say so and stop -------------------------------------------
+
+    def _all_closed(self) -> bool:
+        with _sources_lock:
+            return all(part._closed for part in self._parts)
 
     def _delivered_any(self) -> bool:
         """Whether any partition of this source in this process ever got a snapshot."""

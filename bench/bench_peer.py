@@ -752,7 +752,7 @@ def in_process_stages(session: Session, messages: int) -> None:
     line = b"x" * 300
     rows = [
         (
-            "decode + session rules (coinbase.multiplex, the feed thread)",
+            "decode + session rules (coinbase.multiplex, the feed's loop)",
             lambda: receive(),
         ),
         ("route step (RouteByProduct)", lambda: [route(i) for i in items]),

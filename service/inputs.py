@@ -47,10 +47,13 @@ def build_source(
     # The live feed's modules are imported here, not at the top: a replay neither needs
     # them nor pays for them (0.08 s of a 0.29 s start, in every process of a cluster).
     from coinbase.auth import Credentials
+    from coinbase.runner import LoopRunner
     from coinbase_source import CoinbaseSource
     from local_exchange import embedded
 
     products = list(settings.products or DEFAULT_PRODUCTS)
+    # The flow's loop, run by the worker's polls: no feed thread (coinbase.runner)
+    runner = LoopRunner(inline=True)
     if settings.feed == "sim":
         url = settings.ws_url or embedded.exchange_url(
             products, settings.sim_depth, settings.sim_rate
@@ -67,6 +70,7 @@ def build_source(
                 settings, None if settings.ws_url else embedded.rest_url()
             ),
             poll_together=True,  # see CoinbaseSource: a poll per connection
+            runner=runner,
         )
         return source, products
     credentials = None
@@ -86,6 +90,7 @@ def build_source(
         on_all_failed=shutdown.failed,
         **_audit_options(settings),
         poll_together=True,
+        runner=runner,
     )
     return source, products
 

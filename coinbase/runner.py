@@ -9,7 +9,7 @@ built): 4 products 5 -> 2 threads, 50 products 51 -> 2 threads (see the report i
 
 The one cost: a frame is parsed on the loop, so a 60 ms full-depth snapshot delays the
 other products' frames by as much (before, GIL switching interleaved them at 5 ms);
-snapshots come once per connection.
+inline, it holds the worker's steps as long too. Snapshots come once per connection.
 
 **Inline** (``LoopRunner(inline=True)``, what the service runs): no thread. The worker
 that polls a partition runs the loop's due work first (:meth:`LoopRunner.pump`: the
@@ -17,10 +17,12 @@ sockets read without waiting, their frames decoded and queued, the timers that f
 due), at most every :data:`PUMP_INTERVAL`. Bytewax wakes its worker every millisecond
 anyway (its floor, see docs/performance.md), so the feed costs no wake-up of its own,
 and no frame crosses between two threads taking turns with the interpreter lock.
-Measured, the whole process's CPU per message (``bench/bench_peer.py --stages``, 4
-products, two alternating pairs): 30,000 msg/s 24.3 and 24.6 µs on a thread -> 19.4 and
-20.2 inline; 800 msg/s 162 -> 150. What it changes: the feed is read only while the
-dataflow polls (Bytewax polls only while the outputs keep up), so a stalled dataflow
+Measured, the whole process's CPU per message (``bench/bench_peer.py --stages 30000``,
+4 products, two alternating pairs): 26.6 and 24.5 µs on a thread -> 20.4 and 19.9
+inline; at moderate rates over several connections 10% more (50 products x 20
+batches/s: asyncio's Python loop costs a little more than the thread's wake-ups did;
+docs/performance.md, "The feed read in the worker's polls"). What it changes: the feed
+is read only while the dataflow polls (Bytewax polls only while the outputs keep up), so a stalled dataflow
 leaves the socket unread instead of queueing events; the stall watchdog sees the time
 since the last pump instead (``coinbase_source``'s ``progress()``).
 
@@ -51,7 +53,9 @@ cost is per wake-up, and the worker's polls dominate)."""
 NEW_INLINE_LOOP = asyncio.new_event_loop
 """What makes an inline loop. One pump (``stop()`` then ``run_forever()``: one pass over
 the ready sockets and due timers, without waiting) costs 1.9 µs on asyncio's loop and
-10.8 on uvloop's (timeit, idle loops), and inline the frames arrive in batches, so
+10.5 to 10.8 on uvloop's, which sets up the signal wake-up at each run on the main
+thread, where Bytewax's ``-w 1`` worker runs (1.4 on another thread; timeit, idle
+loops). Inline the frames arrive in batches, so
 uvloop's cheaper read per frame no longer pays: the process's CPU per message at 30,000
 msg/s inline was 19.4 to 20.2 µs with asyncio's loop, 20.1 with uvloop's."""
 PUMP_INTERVAL = 0.0005

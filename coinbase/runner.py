@@ -91,6 +91,8 @@ class LoopRunner:
         """Frames the loop's connections read, ever (their handlers count them)."""
         self._frames_seen = 0
         self.idle_pumps = 0
+        self.last_frames = 0
+        """Frames the last pump read."""
         """Pumps in a row that read no frame: the pumper may poll less often once the
         loop has been quiet for a while (``coinbase_source``'s quiet rule)."""
         self.pumped_ns = time.time_ns()
@@ -147,10 +149,11 @@ class LoopRunner:
             loop.stop()  # stop() before run_forever(): one pass, no wait
             loop.run_forever()
             self.pumped_ns = time.time_ns()
-            if self.frames == self._frames_seen:
-                self.idle_pumps += 1
-            else:
+            self.last_frames = self.frames - self._frames_seen
+            if self.last_frames:
                 self._frames_seen, self.idle_pumps = self.frames, 0
+            else:
+                self.idle_pumps += 1
             return True
         finally:
             self._pumping.release()

@@ -18,6 +18,7 @@ import pytest
 import coinbase.runner
 from coinbase.runner import LoopRunner
 from coinbase_source import (
+    BUSY_FRAMES,
     POLL_INTERVAL,
     QUIET_POLL_INTERVAL,
     QUIET_POLLS,
@@ -244,4 +245,31 @@ def test_the_partition_that_runs_the_loop_polls_like_a_quiet_one_once_the_loop_i
         go.set()  # a frame: the loop is busy again
         collect(part, count("changes", 1))
         assert wait_after_poll() <= busy
+        part.close()
+
+
+@pytest.mark.slow
+def test_the_partition_that_runs_the_loop_is_polled_at_once_while_frames_pour_in(
+    partitions: list, inline: LoopRunner
+) -> None:
+    """A pump that read ``BUSY_FRAMES`` or more asks for the next poll at once: the
+    worker does not park a millisecond while the socket holds more."""
+    go = threading.Event()
+
+    async def script(conn: ScriptedConnection) -> None:
+        await conn.recv_json()
+        await conn.send(snapshot_frame())
+        await asyncio.to_thread(go.wait, 30)
+        for _ in range(BUSY_FRAMES * 50):  # some pump reads BUSY_FRAMES at least
+            await conn.send(update_frame())
+        await conn.hold()
+
+    with ScriptedServer(script) as server:
+        part = build(partitions, ["BTC-USD"], server.url, runner=inline)
+        collect(part, count("snapshot", 1))
+        wait_until(lambda: not polled(part) and inline.last_frames == 0)
+        assert part.next_awake() is not None  # a quiet loop: polled on the grid
+        go.set()
+        wait_until(lambda: polled(part) and inline.last_frames >= BUSY_FRAMES)
+        assert part.next_awake() is None
         part.close()

@@ -86,6 +86,7 @@ def test_one_poller_runs_the_loop_until_it_stops_polling(
     inline: LoopRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(coinbase.runner, "PUMP_INTERVAL", 0.0)
+    monkeypatch.setattr(coinbase.runner, "TAKE_OVER_SECONDS", 3600.0)
     assert inline.pump(ME)
     assert inline.pumps_for(ME) and not inline.pumps_for(OTHER)
     assert not inline.pump(OTHER)  # the loop ran just now: ME runs it

@@ -26,9 +26,10 @@ its own (the process's CPU per message at 30,000 msg/s -20%: see
 :mod:`coinbase.runner`). ``next_batch`` never blocks, and raises nothing but
 ``StopIteration`` at the end of a served replay; ``next_awake`` returns None while
 items wait and a 1 ms poll otherwise, 8 ms once the product has been quiet for 16 ms
-(Bytewax offers no cross-thread wake-up; see :data:`QUIET_POLL_INTERVAL`); inline, the
-partition whose polls run the loop stays on the 1 ms poll, so the loop runs every
-millisecond while any product is read.
+(Bytewax offers no cross-thread wake-up; see :data:`QUIET_POLL_INTERVAL`). Inline, one
+partition's polls run the loop (the *pumper*, :meth:`coinbase.runner.LoopRunner.pump`):
+it is polled again at once while the loop reads frames in bulk (:data:`BUSY_FRAMES`),
+every 1 ms while it reads any, and every 8 ms once the whole loop has been quiet.
 
 A poll hands the dataflow ONE item, ``(key, [events])``: everything the product queued
 since the last poll, keyed already (the product id, or the routing key the dataflow gives
@@ -420,7 +421,7 @@ class _CoinbasePartition(StatefulSourcePartition[tuple[str, list[BookEvent]], st
         if runner.inline and not on_loop and self._source._all_closed():
             runner.close()
 
-    # -- connection side (the shared loop thread) -----------------------------------------
+    # -- connection side (the loop: its thread, or the worker's pumps inline) --------------
 
     def put(self, events: list[BookEvent]) -> None:
         self._queue.extend(events)

@@ -42,7 +42,15 @@ from typing import Any
 
 import uvloop
 
-__all__ = ["LOOP", "NEW_INLINE_LOOP", "NEW_LOOP", "PUMP_INTERVAL", "LoopRunner"]
+__all__ = [
+    "CLOSE_SECONDS",
+    "LOOP",
+    "NEW_INLINE_LOOP",
+    "NEW_LOOP",
+    "PUMP_INTERVAL",
+    "TAKE_OVER_SECONDS",
+    "LoopRunner",
+]
 
 NEW_LOOP = uvloop.new_event_loop
 """What makes the feed thread's loop. uvloop's loop costs less per frame read: the feed
@@ -55,9 +63,9 @@ NEW_INLINE_LOOP = asyncio.new_event_loop
 the ready sockets and due timers, without waiting) costs 1.9 µs on asyncio's loop and
 10.5 to 10.8 on uvloop's, which sets up the signal wake-up at each run on the main
 thread, where Bytewax's ``-w 1`` worker runs (1.4 on another thread; timeit, idle
-loops). Inline the frames arrive in batches, so
-uvloop's cheaper read per frame no longer pays: the process's CPU per message at 30,000
-msg/s inline was 19.4 to 20.2 µs with asyncio's loop, 20.1 with uvloop's."""
+loops). Inline the frames arrive in batches, so uvloop's cheaper read per frame no
+longer pays: the process's CPU per message at 30,000 msg/s inline was 19.4 to 20.2 µs
+with asyncio's loop, 20.1 with uvloop's."""
 PUMP_INTERVAL = 0.0005
 """Seconds between two pumps at least."""
 CLOSE_SECONDS = 2.0
@@ -91,10 +99,10 @@ class LoopRunner:
         """Frames the loop's connections read, ever (their handlers count them)."""
         self._frames_seen = 0
         self.idle_pumps = 0
-        self.last_frames = 0
-        """Frames the last pump read."""
         """Pumps in a row that read no frame: the pumper may poll less often once the
         loop has been quiet for a while (``coinbase_source``'s quiet rule)."""
+        self.last_frames = 0
+        """Frames the last pump read: in bulk, the pumper is polled again at once."""
         self.pumped_ns = time.time_ns()
         """When an inline loop last ran (``time.time_ns()``): how long the feed has gone
         unread when the dataflow stops polling."""

@@ -15,7 +15,9 @@ Read in this order:
   connection), stated once (pure, both: unit-tested without a socket);
 * ``connection.py``: the asyncio connection: connect, pacing, backoff with jitter,
   watchdog; yields raw frames to a handler (a session, or the recorder);
-* ``runner.py``: the one event-loop thread all connections of a process share;
+* ``runner.py``: the event loop the connections run on: the process's one thread, or
+  inline, run by the polls of whoever reads the partitions (the service's Bytewax
+  worker);
 * ``pacing.py``: backoff and the process-wide pacers (injectable clock);
 * ``auth.py``: Exchange API credentials and the level2 signature;
 * ``rest.py``: the REST books of both protocols (URL, reply to top levels; pure) and

@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from decimal import Decimal
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from local_exchange.server import LocalExchange  # noqa: E402
 from tests.support import netns  # noqa: E402
-from tests.support.flow import flow_env, last_by_product, settle, wait_until  # noqa: E402
+from tests.support.flow import await_true_tops, flow_env, wait_until  # noqa: E402
 from tests.support.recovery import (  # noqa: E402
     saved_book_states,
     split_store,
@@ -86,19 +85,13 @@ def _every_book(paths, products, procs) -> float:
 
 
 def _true(exchange: LocalExchange, paths, products) -> bool:
+    """Whether every product's last summary reaches the paused market's true top."""
     exchange.pause_market()
     try:
-        last = last_by_product(settle(lambda: _records(paths), quiet_seconds=1.0))
-        return all(
-            (
-                Decimal(last[p]["bid_price"]),
-                Decimal(last[p]["bid_size"]),
-                Decimal(last[p]["ask_price"]),
-                Decimal(last[p]["ask_size"]),
-            )
-            == exchange.true_top(p)
-            for p in products
-        )
+        await_true_tops(exchange, lambda: _records(paths), products)
+        return True
+    except AssertionError:
+        return False
     finally:
         exchange.resume_market()
 

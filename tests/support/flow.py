@@ -3,7 +3,7 @@
 ``FlowProcess`` runs ``python -m bytewax.run dataflow:flow`` (or any module and
 arguments) the way a user does; ``flow_env`` gives it a clean environment; ``wait_until``
 and ``FlowProcess.wait_for`` wait for a condition instead of sleeping a fixed time;
-``settle`` waits until output stops growing; ``free_port`` gives a loopback port nobody
+``await_true_tops`` waits for a paused market's true tops; ``free_port`` gives a loopback port nobody
 listens on (for ``BYTEWAX_DATAFLOW_API_PORT``); ``run_script`` runs a snippet of Python
 in a process of its own (for code that ends its process).
 """
@@ -143,26 +143,6 @@ class FlowProcess:
         return self.proc.returncode
 
 
-def settle(
-    read: Callable[[], list], quiet_seconds: float = 1.0, timeout: float = 20
-) -> list:
-    """Wait until ``read()`` stops growing for ``quiet_seconds``; return its last value.
-
-    A fixed window: only for a caller with no exact condition to await (prefer
-    :func:`wait_until`, or :func:`await_true_tops` after ``pause_market``)."""
-    deadline = time.monotonic() + timeout
-    last = read()
-    last_change = time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        now = read()
-        if len(now) != len(last):
-            last, last_change = now, time.monotonic()
-        elif time.monotonic() - last_change >= quiet_seconds:
-            return now
-    return last
-
-
 def await_true_tops(
     exchange: Any,
     read: Callable[[], list[dict]],
@@ -174,8 +154,8 @@ def await_true_tops(
     for every product is the exchange's true top of book (prices, and sizes unless
     ``sizes`` is False); return those records.
 
-    Exact, where :func:`settle` waited for a quiet second: the paused true book no
-    longer moves, so a correct flow's last summaries end there, and a wrong book never
+    Exact, where waiting for the output to stay quiet a second was not: the paused
+    true book no longer moves, so a correct flow's last summaries end there, and a wrong book never
     does (this fails, naming the first product that differs)."""
     products = list(products)
 

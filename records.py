@@ -17,7 +17,7 @@ the book so that results never depend on ``decimal.getcontext()``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, getcontext, localcontext, setcontext
 from typing import TYPE_CHECKING, Any
@@ -26,6 +26,7 @@ import orjson
 
 from common.decimals import CTX, plain
 from common.domain import check_output
+from common.slots import slot_setters
 from events import ASK, BID, Level
 
 if TYPE_CHECKING:
@@ -247,8 +248,22 @@ class OrderBookSummary:
 
 
 _new = object.__new__
-_SUMMARY_SLOTS = tuple(
-    getattr(OrderBookSummary, f.name).__set__ for f in fields(OrderBookSummary)
+_SUMMARY_SLOTS = slot_setters(
+    OrderBookSummary,
+    (
+        "product_id",
+        "time",
+        "bid_price",
+        "bid_size",
+        "ask_price",
+        "ask_size",
+        "spread",
+        "spread_pct",
+        "mid",
+        "imbalance",
+        "microprice",
+        "feed",
+    ),
 )
 """The slots' setters, in the fields' order: :meth:`OrderBookSummary.from_top`."""
 

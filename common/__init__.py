@@ -9,6 +9,7 @@ Read in this order:
 * ``text.py``: text from a feed, a file or a user made safe to log or show (escaped,
   truncated), and secrets taken out of URLs and client settings;
 * ``logs.py``: logging that cannot flood;
+* ``slots.py``: frozen dataclasses filled through their slots, for the hot paths;
 * ``validation.py``: the one set of checks for settings, constructors and command lines
   (one-line :class:`~common.validation.ConfigError` naming the setting).
 """

@@ -16,8 +16,8 @@ every product of its connection: the grouping rules are stated once, in
 :mod:`coinbase.multiplex` (the module that implements them).
 
 Every connection of a source runs on ONE event loop (its ``runner``,
-:class:`coinbase.runner.LoopRunner`) instead of a thread and loop each. By default that is
-the process's shared loop thread (:data:`coinbase.runner.LOOP`). Measured with the
+:class:`coinbase.runner.LoopRunner`) instead of a thread and loop each. By default that
+is the process's shared loop thread (:data:`coinbase.runner.LOOP`). Measured with the
 partitions built (``threading.active_count()``): 4 products 5 -> 2 threads, 50 products
 51 -> 2 threads. The service passes an *inline* runner instead: the worker that polls
 runs the loop's due work at the start of ``next_batch`` (sockets read without waiting,

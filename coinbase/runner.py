@@ -22,9 +22,10 @@ Measured, the whole process's CPU per message (``bench/bench_peer.py --stages 30
 inline; at moderate rates over several connections 10% more (50 products x 20
 batches/s: asyncio's Python loop costs a little more than the thread's wake-ups did;
 docs/performance.md, "The feed read in the worker's polls"). What it changes: the feed
-is read only while the dataflow polls (Bytewax polls only while the outputs keep up), so a stalled dataflow
-leaves the socket unread instead of queueing events; the stall watchdog sees the time
-since the last pump instead (``coinbase_source``'s ``progress()``).
+is read only while the dataflow polls (Bytewax polls only while the outputs keep up),
+so a stalled dataflow leaves the socket unread instead of queueing events; the stall
+watchdog sees the time since the last pump instead (``coinbase_source``'s
+``progress()``).
 
 The threaded loop is ``uvloop``'s (libuv), not asyncio's default: see :data:`NEW_LOOP`;
 the inline one is asyncio's: see :data:`NEW_INLINE_LOOP`.

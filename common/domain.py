@@ -43,8 +43,8 @@ size) and fall back to the exact one; :func:`price_in` and :func:`size_in` do th
 for a reader that holds the text (the tardis.dev importer). A 46,000-level snapshot is
 checked in bulk (:func:`all_prices`, :func:`all_sizes`: a ``min`` and a ``sum`` per
 list where the range check they replace took a ``min`` and a ``max``: +3%, 30.3 ->
-31.3 ms for the Exchange form). The exact exponent test is context-free: ``value.remainder_near(
-QUANTUM, CTX)`` is a zero of exponent exactly -14 iff the value has at most 14 decimals
+31.3 ms for the Exchange form). The exact exponent test is context-free:
+``value.remainder_near(QUANTUM, CTX)`` is a zero of exponent exactly -14 iff the value has at most 14 decimals
 (for a value below 1e14, whose quotient fits CTX's 34 digits; ``%`` would not do: in 28
 digits the remainder of ``1.99...9E-14`` with 40 nines rounds up to ``1E-14``), whatever
 ``decimal.getcontext()`` says.

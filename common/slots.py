@@ -2,8 +2,9 @@
 message (``events.book_changes``, ``records.OrderBookSummary.from_top``).
 
 A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``; its
-slots' own setters do the same work in a third of the time (a 5-field
-``BookChanges`` 0.58 to 1.17 µs -> 0.3 to 0.35; a 12-field summary 1.08 -> 0.57, timeit).
+slots' own setters do the same work in a third to a half of the time (timeit: a
+5-field ``BookChanges`` 0.58 to 1.17 µs -> 0.3 to 0.35; a 12-field summary 1.08 ->
+0.57).
 The object is the same (``==``, pickles alike).
 """
 

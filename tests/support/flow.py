@@ -3,9 +3,9 @@
 ``FlowProcess`` runs ``python -m bytewax.run dataflow:flow`` (or any module and
 arguments) the way a user does; ``flow_env`` gives it a clean environment; ``wait_until``
 and ``FlowProcess.wait_for`` wait for a condition instead of sleeping a fixed time;
-``await_true_tops`` waits for a paused market's true tops; ``free_port`` gives a loopback port nobody
-listens on (for ``BYTEWAX_DATAFLOW_API_PORT``); ``run_script`` runs a snippet of Python
-in a process of its own (for code that ends its process).
+``await_true_tops`` waits for a paused market's true tops; ``free_port`` gives a
+loopback port nobody listens on (for ``BYTEWAX_DATAFLOW_API_PORT``); ``run_script``
+runs a snippet of Python in a process of its own (for code that ends its process).
 """
 
 from __future__ import annotations
@@ -155,8 +155,8 @@ def await_true_tops(
     ``sizes`` is False); return those records.
 
     Exact, where waiting for the output to stay quiet a second was not: the paused
-    true book no longer moves, so a correct flow's last summaries end there, and a wrong book never
-    does (this fails, naming the first product that differs)."""
+    true book no longer moves, so a correct flow's last summaries end there, and a
+    wrong book never does (this fails, naming the first product that differs)."""
     products = list(products)
 
     def top(record: dict | None) -> tuple | None:

@@ -7,7 +7,10 @@
 * ``recovery_store.py``: a ``-r`` recovery store checked before Bytewax opens it (a
   damaged one is refused in one line);
 * ``cluster.py``: cluster start-up: on one host a process waits for the lower
-  processes to listen, so Timely's first connect succeeds;
+  processes to listen, so Timely's first connect succeeds; a lost peer is named in one
+  line;
+* ``hangups.py``: the small process (standard library only) that times when each
+  peer's connection ended, for ``cluster.py``;
 * ``health.py``: the stall watchdog (``ORDERBOOK_STALL_SECONDS``) and the
   ``/livez``/``/readyz`` endpoint (``ORDERBOOK_HEALTH``) for orchestrators;
 * ``runtime.py``: process set-up (records kept apart from stdout noise, signals,

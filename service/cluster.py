@@ -32,6 +32,7 @@ import os
 import select
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -220,10 +221,9 @@ def await_lower_processes(
 # --- a lost peer: one line naming it, instead of Bytewax's panic traceback -----------
 
 _TCP_ESTABLISHED = "01"
-POLL_LOST = select.POLLRDHUP | select.POLLHUP | select.POLLERR
-"""A peer's connection closed (FIN: the process ended) or reset (RST); ``poll()``
-also reports POLLNVAL, unasked, once Timely has closed the socket itself. Timely closes
-a peer's socket only when that peer's thread ends, so any event names a lost peer."""
+HANGUPS_SCRIPT = str(Path(__file__).with_name("hangups.py"))
+"""The process that times the ends of the peers' connections (run by path, with the
+standard library only)."""
 NAMING_GRACE_SECONDS = 1.0
 PEER_TIMEOUT_SECONDS = 30.0
 """A peer that answers nothing this long is lost (the default of the stall watchdog)."""
@@ -329,9 +329,10 @@ class PeerWatch:
     ``python -m bytewax.run``: a Rust traceback that names nobody (measured across two
     network namespaces: status 1, 0.013 s after the kill). This thread finds Timely's
     connections to the peers once they exist (``/proc/self/net/tcp`` and
-    ``/proc/self/fd``; Timely offers no API) and blocks in ``poll()`` on their
-    descriptors for a hang-up only (never reading a byte: the data is Timely's), so the
-    first peer to go is known before the others notice this process ending too.
+    ``/proc/self/fd``; Timely offers no API), and a small process of its own
+    (``service/hangups.py``) blocks in ``poll()`` on them for a hang-up only (never
+    reading a byte: the data is Timely's) and notes when each ended, so the first peer
+    to go is known although the others end too, because of it, milliseconds later.
     :func:`watch_peers` turns the panic into one line naming it.
     """
 
@@ -361,46 +362,53 @@ class PeerWatch:
         return self._watched.wait(timeout)
 
     def _find(self) -> dict[int, set[int]]:
-        """fd -> candidate process ids, once every peer has a connection. Timely
-        starts no worker before that, so this may wait as long as a peer takes to
-        start: every 50 ms for 5 s, then every 0.5 s; names resolved at most once a
-        second."""
+        """fd -> candidate process ids, once every peer has a connection: the fds are
+        this watcher's own duplicates of Timely's (see :meth:`_run`). Timely starts no
+        worker before that, so this may wait as long as a peer takes to start: every
+        50 ms for 5 s, then every 0.5 s; names resolved at most once a second."""
         wanted = set(range(len(self.addresses))) - {self.process_id}
         started = time.monotonic()
         hosts, resolved_at = resolved(self.addresses), time.monotonic()
         while True:
             inodes = peer_connections(self.process_id, hosts, established())
-            fds = _socket_fds()
-            by_fd = {fds[i]: ids for i, ids in inodes.items() if i in fds}
-            if set().union(*by_fd.values(), set()) >= wanted:
-                return by_fd
+            held = _hold(inodes, _socket_fds())
+            if set().union(*held.values(), set()) >= wanted:
+                return held
+            for fd in held:
+                os.close(fd)
             now = time.monotonic()
             time.sleep(0.05 if now - started < 5 else 0.5)
             if now - resolved_at >= 1:
                 hosts, resolved_at = resolved(self.addresses), now
 
     def _run(self) -> None:
+        """Hold a duplicate of each peer's socket until the first loss is named, so
+        that a connection Timely has already closed can still be asked when it last
+        heard from its peer (:func:`ack_age`); time the ends in a process of its own
+        (``service/hangups.py``: this thread wakes late when the worker holds the
+        interpreter lock); name the first; then let go of everything."""
+        held: dict[int, set[int]] = {}
+        child = None
         try:
-            by_fd = self._find()
+            held = self._find()
             timeouts_before = aborts_on_timeout()
-            poller = select.poll()
-            for fd in by_fd:
+            for fd in held:
                 if self.timeout:
                     bound_silence(fd, self.timeout)
-                poller.register(fd, POLL_LOST)
+            child = time_ends(list(held))
             self._watched.set()
-            while by_fd:
-                events = poller.poll()
-                if not self.lost:
-                    self._first_loss([fd for fd, _ in events], by_fd, timeouts_before)
-                for fd, _ in events:
-                    # POLLNVAL: Timely's thread for that peer saw the hang-up first,
-                    # panicked and closed the socket before this thread woke
-                    poller.unregister(fd)
-                    by_fd.pop(fd, None)
+            ended = first_ends(child.stdout.fileno(), CLOSE_ORDER_SECONDS)
+            if ended:
+                self._first_loss(first_ended(ended), held, timeouts_before)
         except Exception:  # naming help only: never disturb the flow
             log.debug("watching the cluster's peers failed", exc_info=True)
+        finally:
             self._watched.set()
+            for fd in held:
+                os.close(fd)
+            if child is not None:
+                child.kill()
+                child.wait()
 
     def _first_loss(
         self, closed: list[int], by_fd: Mapping[int, set[int]], timeouts_before: int
@@ -412,9 +420,9 @@ class PeerWatch:
         same millisecond (every member's timeout started together). So when a watched
         connection (ended or not) has acknowledged nothing for over half the timeout
         (:func:`quiet_after`), the quietest ones are named, as unreachable: keepalive
-        makes a live peer answer within a third of it. Otherwise the closed ones are, and whether they timed out
-        is read from the namespace's count (the socket's own error is gone: Timely's
-        read took it)."""
+        makes a live peer answer within a third of it. Otherwise the closed ones are,
+        and whether they timed out is read from the namespace's count (the socket's own
+        error is gone: Timely's read took it)."""
         ages = {fd: ack_age(fd) for fd in by_fd}
         known = {fd: age for fd, age in ages.items() if age is not None}
         oldest = max(known.values(), default=0.0)
@@ -422,9 +430,7 @@ class PeerWatch:
             quiet = [by_fd[fd] for fd, age in known.items() if age >= 0.8 * oldest]
             lost, timed_out = set().union(*quiet), True
         else:
-            lost = set().union(
-                *(by_fd.get(fd, set()) for fd in first_closed(closed, ages))
-            )
+            lost = set().union(*(by_fd.get(fd, set()) for fd in closed))
             timed_out = aborts_on_timeout() > timeouts_before
         if lost:
             self.timed_out = timed_out
@@ -512,22 +518,82 @@ def ack_age(fd: int) -> float | None:
 
 
 CLOSE_ORDER_SECONDS = 0.005
-"""Closes this close together are not told apart (kernel ticks are 1 to 4 ms); a peer
+"""Ends this close together are not told apart (kernel ticks are 1 to 4 ms); a peer
 that ends because another did ends 14 to 30 ms later (measured)."""
 
 
-def first_closed(closed: Sequence[int], ages: Mapping[int, float | None]) -> list[int]:
-    """Of connections found ended in one ``poll()`` (the watcher may wake late on a
-    busy machine), the ones that ended first: those Timely had already closed (its
-    thread for that peer saw the end first), else the ones whose last segment (the
-    FIN) is the oldest."""
-    gone = [fd for fd in closed if ages.get(fd) is None]
-    if gone:
-        return gone
-    oldest = max(ages.get(fd) or 0.0 for fd in closed)
-    return [
-        fd for fd in closed if (ages.get(fd) or 0.0) >= oldest - CLOSE_ORDER_SECONDS
-    ]
+def first_ended(ended: Mapping[int, int]) -> list[int]:
+    """Of the connections' end times (fd -> ``time.monotonic_ns()``), the ones that
+    ended first: within :data:`CLOSE_ORDER_SECONDS` of the earliest."""
+    if not ended:
+        return []
+    first = min(ended.values())
+    bound = first + int(CLOSE_ORDER_SECONDS * 1e9)
+    return sorted(fd for fd, at in ended.items() if at <= bound)
+
+
+def time_ends(fds: Sequence[int], timeout: float = 10.0) -> subprocess.Popen:
+    """Start ``service/hangups.py`` on ``fds`` and return once it watches them (its
+    ``ready`` line). Its output then gives the ends (:func:`first_ends`); closing its
+    input or killing it lets go of its duplicates."""
+    child = subprocess.Popen(
+        [sys.executable, "-I", "-S", HANGUPS_SCRIPT, *map(str, fds)],
+        pass_fds=tuple(fds),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    out = child.stdout.fileno()
+    if not select.select([out], [], [], timeout)[0] or os.read(out, 6) != b"ready\n":
+        child.kill()
+        child.wait()
+        raise OSError("the process timing the peers' connections did not start")
+    return child
+
+
+def first_ends(fd: int, window: float) -> dict[int, int]:
+    """Read ``FD MONOTONIC_NS`` lines from the timing process (``fd``: its output)
+    until ``window`` seconds past the first end have passed: every end in that window
+    is known. Blocks until the first end; {} if the process ended without one."""
+    text = b""
+    deadline: float | None = None
+    while True:
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        text += chunk
+        if deadline is None:
+            deadline = time.monotonic() + window
+    ends: dict[int, int] = {}
+    for line in text.decode().splitlines():
+        watched, at = line.split()
+        ends[int(watched)] = int(at)
+    return ends
+
+
+def _hold(
+    inodes: Mapping[int, set[int]], fds: Mapping[int, int]
+) -> dict[int, set[int]]:
+    """A duplicate fd of each socket in ``inodes`` (inode -> candidate process ids)
+    that this process has open (``fds``: inode -> fd), checked to be that socket still
+    (Timely could have closed the fd and a new file taken its number)."""
+    held: dict[int, set[int]] = {}
+    for inode, ids in inodes.items():
+        if inode not in fds:
+            continue
+        try:
+            fd = os.dup(fds[inode])
+        except OSError:
+            continue
+        if os.fstat(fd).st_ino == inode:
+            held[fd] = ids
+        else:
+            os.close(fd)
+    return held
 
 
 def aborts_on_timeout(proc_net: Path = PROC_NET) -> int:

@@ -8,6 +8,7 @@ never listens is waited for until the deadline. The end-to-end test runs
 from __future__ import annotations
 
 import logging
+import select
 import signal
 import socket
 import sys
@@ -19,7 +20,14 @@ from pathlib import Path
 import pytest
 
 from service import cluster
-from tests.support.flow import REPO, FlowProcess, flow_env, free_port, read_jsonl
+from tests.support.flow import (
+    REPO,
+    FlowProcess,
+    flow_env,
+    free_port,
+    read_jsonl,
+    wait_until,
+)
 
 SAMPLE = REPO / "samples" / "sample.jsonl.gz"
 HAS_PROC_NET = Path("/proc/net/tcp").exists()
@@ -334,11 +342,46 @@ def test_a_timed_out_peer_is_said_to_be_unreachable():
 
 
 def test_of_connections_ended_together_the_first_is_named():
-    # Timely closed fd 7 itself (no age): its thread saw that peer end first
-    assert cluster.first_closed([7, 8], {7: None, 8: 0.002}) == [7]
-    # both readable: the older FIN came first; within 5 ms they are not told apart
-    assert cluster.first_closed([7, 8], {7: 0.030, 8: 0.004}) == [7]
-    assert cluster.first_closed([7, 8], {7: 0.030, 8: 0.027}) == [7, 8]
+    ms = 1_000_000
+    assert cluster.first_ended({7: 1000 * ms, 8: 1030 * ms}) == [7]
+    assert cluster.first_ended({7: 1030 * ms, 8: 1004 * ms}) == [8]
+    # within 5 ms they are not told apart
+    assert cluster.first_ended({7: 1000 * ms, 8: 1004 * ms}) == [7, 8]
+    assert cluster.first_ended({}) == []
+
+
+def _tcp_pair(server: socket.socket) -> tuple[socket.socket, socket.socket]:
+    member = socket.create_connection(server.getsockname())
+    peer, _ = server.accept()
+    return member, peer
+
+
+def test_connection_ends_are_timed_as_they_come_not_when_the_member_looks():
+    """The member reads the ends late (its watcher thread waits for the interpreter
+    lock); the timing process noted each as it came, so the first is still told."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        pairs = [_tcp_pair(server), _tcp_pair(server)]
+    fds = [member.fileno() for member, _ in pairs]
+    child = cluster.time_ends(fds)
+    try:
+        out = child.stdout.fileno()
+        pairs[1][1].close()  # peer 1 goes first
+        wait_until(lambda: select.select([out], [], [], 0)[0], 10, "the first end")
+        time.sleep(0.02)  # the gap to tell: a survivor ends 14-30 ms after the lost
+        pairs[0][1].close()
+        # this member reads only now, after both ended, as a starved watcher does
+        # (and until the timing process, done, ends its output)
+        ends = cluster.first_ends(out, 10.0)
+        assert cluster.first_ended(ends) == [fds[1]]
+        assert ends[fds[0]] - ends[fds[1]] >= 20_000_000
+        # it let go of its duplicates as they ended, and ends once done
+        assert child.wait(timeout=10) == 0
+    finally:
+        child.kill()
+        child.wait()
+        for member, peer in pairs:
+            member.close()
+            peer.close()
 
 
 @pytest.mark.parametrize("timeout", [1, 2, 3, 5, 30, 3600])

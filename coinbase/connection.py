@@ -160,7 +160,57 @@ class _BoundedConnection(ClientConnection):
         if failure is not None:
             failure.__traceback__ = None
 
+    # --- complete text frames split off the stream before websockets' parser ---------
+    _handshake: bytearray | None = None
+    """What the server sent before the connection opened (to find where frames begin)."""
+    _split = False
+    """Whether :meth:`data_received` knows where each frame begins (see there)."""
+    _head = b""
+    """The first bytes of a frame header held back until the rest arrives."""
+    _ws_left = 0
+    """Bytes websockets still needs of a frame it was given the start of."""
+
     def data_received(self, data: bytes) -> None:
+        """Complete text frames go straight to :attr:`frame_sink`; every other byte,
+        in order, to websockets' parser, always at a frame's start.
+
+        Why: websockets' parser (pure Python generators: ``Frame.parse`` on
+        ``read_exact``, a ``Frame`` built and checked, the protocol's bookkeeping) cost
+        3.8 µs a frame of a 300-byte Advanced Trade update, against 0.5 µs for reading
+        the header here; it was 13% of the process at 40,000 msg/s. A frame goes the
+        short way only when websockets would hand it to :meth:`process_event`'s sink
+        unchanged: a server frame (unmasked), text, final, no extension bit, within
+        ``max_size``, valid UTF-8, the connection open, no message being reassembled
+        or queued. Anything else (control frames, binary, fragments, a frame cut by the
+        end of a read, a header over ``max_size``) reaches websockets whole or from its
+        first byte, exactly as it arrived, so its checks, answers (pongs, closes) and
+        failures are unchanged. Boundaries are followed from the end of the opening
+        handshake; a connection whose first frames cannot be placed is left to
+        websockets alone."""
+        if self._split:
+            self._split_frames(data)
+            return
+        protocol = self.protocol
+        opening = protocol.state is State.CONNECTING
+        if opening:
+            if self._handshake is None:
+                self._handshake = bytearray()
+            self._handshake += data
+        self._parse(data)
+        if opening and protocol.state is State.OPEN:
+            self._split = _whole_frames(self._handshake)
+        if protocol.state is not State.CONNECTING:
+            self._handshake = None
+
+    def eof_received(self) -> None:
+        if self._head:  # websockets sees the cut header: its "unexpected end"
+            head, self._head = self._head, b""
+            self._parse(head)
+        super().eof_received()
+
+    def _parse(self, data: bytes) -> None:
+        """Bytes to websockets' parser (which may fail the connection: then it is let
+        go ``close_timeout`` later, see the class)."""
         super().data_received(data)
         protocol = self.protocol
         if (
@@ -170,6 +220,108 @@ class _BoundedConnection(ClientConnection):
         ):
             self._abort_scheduled = True
             self.loop.call_later(self.close_timeout or 0.0, self.transport.abort)
+
+    def _pass_on(self, data: bytes) -> bool:
+        """``data``, whole frames, to websockets; whether frames are still split here
+        (not once it is closing or failed: then it has every later byte)."""
+        self._parse(data)
+        if self.protocol.state is State.OPEN and self.protocol.parser_exc is None:
+            return True
+        self._split = False
+        return False
+
+    def _split_frames(self, data: bytes) -> None:
+        if self._ws_left:
+            data = self._end_of_frame(data)
+        elif self._head:
+            data = self._head + data
+            self._head = b""
+        protocol = self.protocol
+        sink = self.frame_sink
+        limit = protocol.max_message_size
+        end = len(data)
+        start = i = 0  # data[start:i]: whole frames for websockets, not yet given
+        received_ns = 0
+        while (found := _frame_at(data, i)) is not None:
+            at, stop = found
+            if stop > end or (limit is not None and stop - at > limit):
+                # cut by the end of this read (websockets gathers the rest), or too
+                # big (websockets refuses it from its header)
+                if self._pass_on(data[start:]) and stop > end:
+                    self._ws_left = stop - end
+                self._split = self._split and stop > end
+                return
+            if data[i] == 0x81 and data[i + 1] < 0x80 and sink is not None:
+                if start < i and not self._pass_on(data[start:i]):
+                    self._parse(data[i:])
+                    return
+                start = i
+                if (
+                    protocol.state is State.OPEN
+                    and not protocol.expect_continuation_frame
+                    and not self.recv_messages.frames
+                ):
+                    try:
+                        text = data[at:stop].decode()
+                    except UnicodeDecodeError:
+                        pass  # websockets fails the connection (1007)
+                    else:
+                        received_ns = received_ns or time.time_ns()
+                        sink(text, received_ns)
+                        start = stop
+            i = stop
+        if start < i and not self._pass_on(data[start:i]):
+            self._parse(data[i:])
+            return
+        self._head = data[i:]
+
+    def _end_of_frame(self, data: bytes) -> bytes:
+        """The rest of a frame websockets has the start of, to it; what follows (b""
+        when nothing does, or when websockets now takes every byte)."""
+        left = self._ws_left
+        self._ws_left = max(0, left - len(data))
+        if len(data) <= left:
+            self._parse(data)
+            return b""
+        if not self._pass_on(data[:left]):
+            self._parse(data[left:])
+            return b""
+        return data[left:]
+
+
+def _frame_at(data: bytes | bytearray, i: int) -> tuple[int, int] | None:
+    """Where the payload of the frame whose header starts at ``data[i]`` starts and
+    ends (the end may lie past the data); None when the header is not all there."""
+    end = len(data)
+    if end - i < 2:
+        return None
+    size = data[i + 1] & 0x7F
+    at = i + 2
+    if size >= 126:
+        at += 2 if size == 126 else 8
+        if at > end:
+            return None
+        size = int.from_bytes(data[i + 2 : at])
+    if data[i + 1] & 0x80:  # masked (a server must not: websockets refuses it)
+        at += 4
+        if at > end:
+            return None
+    return at, at + size
+
+
+def _whole_frames(received: bytes | bytearray) -> bool:
+    """Whether what followed the opening handshake's response in ``received`` (frames
+    websockets already parsed) ends where a frame ends, so that splitting can begin."""
+    end = received.find(b"\r\n\r\n")
+    if end < 0:
+        return False
+    i = end + 4
+    while i < len(received):
+        found = _frame_at(received, i)
+        if found is None:
+            return False
+        i = found[1]
+    return i == len(received)
 
 
 SNAPSHOT_GRACE_FACTOR = 3.0

@@ -6,11 +6,16 @@ refuses (bad UTF-8) still ends the connection as it did."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from coinbase.connection import Connection
 from coinbase.pacing import Backoff, ConnectionPacer
+from tests.support import raw_ws
 from tests.support.scripted_server import ScriptedConnection, ScriptedServer
 
 pytestmark = pytest.mark.slow
@@ -50,15 +55,19 @@ class Recorder:
 
 def read_all(script, handler: Recorder) -> None:
     with ScriptedServer(script) as server:
-        connection = Connection(
-            server.url,
-            name="test",
-            watchdog_seconds=10.0,
-            backoff=Backoff(initial=0.01),
-            pacer=ConnectionPacer(100),
-            message_pacer=ConnectionPacer(100),
-        )
-        asyncio.run(asyncio.wait_for(connection.run(handler), 20))
+        read_from(server.url, handler)
+
+
+def read_from(url: str, handler: Recorder) -> None:
+    connection = Connection(
+        url,
+        name="test",
+        watchdog_seconds=10.0,
+        backoff=Backoff(initial=0.01),
+        pacer=ConnectionPacer(100),
+        message_pacer=ConnectionPacer(100),
+    )
+    asyncio.run(asyncio.wait_for(connection.run(handler), 20))
 
 
 def test_text_fragmented_and_binary_messages_arrive_in_order() -> None:
@@ -178,3 +187,69 @@ def test_a_frame_past_the_grace_deadline_is_late_even_before_its_timer_ran() -> 
     with pytest.raises(TimeoutError):
         asyncio.run(run())
     assert handler.frames == ["in time"]
+
+
+_MESSAGE = st.one_of(
+    st.tuples(st.just("text"), st.text(max_size=40)),
+    st.tuples(st.just("text"), st.integers(100, 70_000).map(lambda n: "é" * n)),
+    st.tuples(st.just("fragments"), st.lists(st.text(max_size=20), min_size=2)),
+    st.tuples(st.just("binary"), st.binary(max_size=40)),
+    st.tuples(st.just("ping"), st.binary(max_size=20)),
+)
+
+
+def _frames(kind: str, body) -> bytes:
+    if kind == "text":
+        return raw_ws.frame(raw_ws.TEXT, body.encode())
+    if kind == "binary":
+        return raw_ws.frame(raw_ws.BINARY, body)
+    if kind == "ping":
+        return raw_ws.frame(raw_ws.PING, body)
+    parts = [part.encode() for part in body]
+    return b"".join(
+        raw_ws.frame(raw_ws.TEXT if k == 0 else raw_ws.CONTINUATION, part, fin)
+        for k, part in enumerate(parts)
+        for fin in [k == len(parts) - 1]
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    messages=st.lists(_MESSAGE, max_size=12),
+    cuts=st.lists(st.integers(0, 2**20), max_size=8),
+    behind_the_response=st.booleans(),
+)
+def test_frames_cut_anywhere_arrive_whole_and_in_order(
+    messages, cuts, behind_the_response
+) -> None:
+    """Whatever the reads' boundaries (inside a header, inside a payload, frames right
+    behind the handshake's response), every message arrives once, whole, in order:
+    complete text frames split off before websockets' parser, the rest through it."""
+    stream = b"".join(_frames(kind, body) for kind, body in messages)
+    at = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    chunks = [stream[a:b] for a, b in zip(at, at[1:], strict=False) if b > a]
+
+    def serve(conn: socket.socket, response: bytes) -> None:
+        rest = chunks
+        if behind_the_response and chunks:
+            conn.sendall(response + chunks[0])
+            rest = chunks[1:]
+        else:
+            conn.sendall(response)
+        conn.settimeout(5)
+        raw_ws.receive(conn, raw_ws.TEXT)  # its subscribe: it reads from now on
+        for chunk in rest:
+            conn.sendall(chunk)
+            time.sleep(0.001)  # mostly one read each
+        raw_ws.close(conn)
+
+    handler = Recorder()
+    with raw_ws.RawServer(serve) as server:
+        read_from(server.url, handler)
+    expected = [
+        "".join(body) if kind == "fragments" else body
+        for kind, body in messages
+        if kind != "ping"
+    ]
+    assert handler.frames == expected
+    assert handler.closes == ["server closed the connection (code 1000)"]

@@ -5,9 +5,7 @@ the credentials a feed URL may carry never reach the log."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import http.server
 import os
 import select
@@ -20,13 +18,12 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.flow import FlowProcess, flow_env, free_port, wait_until
+from tests.support.raw_ws import RawServer
 
 pytestmark = pytest.mark.slow  # processes, sockets and threads
 
-_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
-
-class OversizedFrameServer:
+class OversizedFrameServer(RawServer):
     """A WebSocket server that answers every subscribe with a text frame whose header
     declares ``size`` bytes, then streams that payload (1 MiB at a time) for as long
     as the client reads, frame after frame.
@@ -37,59 +34,23 @@ class OversizedFrameServer:
     """
 
     def __init__(self, size: int) -> None:
+        super().__init__(self._oversized)
         self.size = size
         self.lifetimes: list[float] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._stop = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.start()
 
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/"
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            try:
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    request += conn.recv(4096)
-                key = next(
-                    line.split(b":", 1)[1].strip()
-                    for line in request.split(b"\r\n")
-                    if line.lower().startswith(b"sec-websocket-key")
-                )
-                accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
-                conn.sendall(
-                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                    b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
-                    + accept
-                    + b"\r\n\r\n"
-                )
-                conn.recv(4096)  # the subscribe message
-                started = time.monotonic()
-                chunk = b"a" * 2**20
-                try:
-                    while not self._stop.is_set():
-                        conn.sendall(b"\x81\x7f" + struct.pack("!Q", self.size))
-                        for _ in range(self.size // len(chunk) + 1):
-                            conn.sendall(chunk)
-                finally:
-                    self.lifetimes.append(time.monotonic() - started)
-            except (OSError, StopIteration):
-                pass
-
-    def close(self) -> None:
-        self._stop.set()
-        self._listener.close()
+    def _oversized(self, conn: socket.socket, response: bytes) -> None:
+        conn.sendall(response)
+        conn.recv(4096)  # the subscribe message
+        started = time.monotonic()
+        chunk = b"a" * 2**20
+        try:
+            while not self.stopping:
+                conn.sendall(b"\x81\x7f" + struct.pack("!Q", self.size))
+                for _ in range(self.size // len(chunk) + 1):
+                    conn.sendall(chunk)
+        finally:
+            self.lifetimes.append(time.monotonic() - started)
 
 
 def _peak_rss_mib(pid: int) -> float:

@@ -7,6 +7,8 @@ and ``bench/`` imports from ``tests`` only this package (``tests/test_test_layou
 * :mod:`tests.support.reference_book`: the naive reference book the real one must match;
 * :mod:`tests.support.flow`: the dataflow command in a subprocess, waits and readers;
 * :mod:`tests.support.scripted_server`: a loopback WebSocket server playing a script;
+* :mod:`tests.support.raw_ws`: a WebSocket server on raw sockets, bytes laid out by
+  the test;
 * :mod:`tests.support.hostile_exchange`: a loopback Exchange-feed server that attacks;
 * :mod:`tests.support.exchange_client`: the local exchange fixture and a client of it
   (open, read, drain, sign);

@@ -242,7 +242,8 @@ def test_runs_in_a_bytewax_flow() -> None:
 
 
 SIGINT_SCRIPT = """
-import sys
+import faulthandler, signal, sys
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks, if stuck
 sys.path.insert(0, {root!r})
 from bytewax import operators as op
 from bytewax.connectors.stdio import StdOutSink
@@ -275,7 +276,16 @@ def test_ctrl_c_ends_a_running_flow_promptly(tmp_path: pathlib.Path) -> None:
             lines.append(proc.stdout.readline().strip())
         assert "BookChanges" in lines, lines[-5:]
         proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=5)  # raises TimeoutExpired if a thread kept it alive
+        try:
+            proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:  # say where it is stuck (once in a full run)
+            proc.send_signal(signal.SIGUSR1)
+            try:
+                out, _ = proc.communicate(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, _ = proc.communicate()
+            pytest.fail(f"still running 5 s after SIGINT; its threads:\n{out[-6000:]}")
     finally:
         proc.kill()
         proc.wait()

@@ -4,17 +4,17 @@ Why a process: the member's watcher thread (:class:`service.cluster.PeerWatch`) 
 the interpreter lock to look at the clock once ``poll()`` wakes it, and the Bytewax
 worker holds that lock. On a busy member it woke 50 ms after the killed peer's
 connection closed; by then the surviving peer had ended too (14 to 30 ms after the
-kill, because of it), and the two closes could no longer be ordered: the member named
-the survivor in 4 of 64 runs of ``tests/test_cluster_netns.py``. This process has no
-other thread, so the time it notes is the time the end arrived, to the scheduler's
-wake-up (well under a millisecond on an idle machine, a few on a busy one).
+kill, because of it), and the two ends could no longer be ordered: the member named
+the survivor in 4 of 64 runs of ``tests/test_cluster_netns.py``'s member-loss test
+(measured before this process existed). This process has no other thread, so the time
+it notes is the time the end arrived, to the scheduler's wake-up.
 
 Run as ``python -I -S hangups.py FD...`` with duplicates of the connections' file
 descriptors (``pass_fds``): it never reads a byte of them, blocks in ``poll()`` for a
 hang-up, reset or error only, says ``ready`` once it does, and writes one line
-``FD MONOTONIC_NS`` per connection as it ends. It exits when its standard input closes (the member ended or is done with it)
-or every connection has ended. Only the standard library: it imports nothing of the
-project.
+``FD MONOTONIC_NS`` per connection as it ends. It exits when its standard input closes
+(the member ended or is done with it) or every connection has ended. Only the standard
+library: it imports nothing of the project.
 """
 
 from __future__ import annotations

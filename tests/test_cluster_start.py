@@ -356,6 +356,7 @@ def _tcp_pair(server: socket.socket) -> tuple[socket.socket, socket.socket]:
     return member, peer
 
 
+@pytest.mark.slow  # a process
 def test_connection_ends_are_timed_as_they_come_not_when_the_member_looks():
     """The member reads the ends late (its watcher thread waits for the interpreter
     lock); the timing process noted each as it came, so the first is still told."""

@@ -41,7 +41,10 @@ exchange's final tops. One consumer process at a time, each alone with the excha
    messages the exchange sent in that window. Then the market is paused and each
    consumer's last line per product must equal the exchange's true top. cryptofeed puts
    every product on one connection (it cannot split Coinbase products over several),
-   so the exchange's cap of 16 level2 products per connection is raised for it.
+   so the exchange's cap of 16 level2 products per connection is raised for it. Beside
+   them, each repeat, ``Bytewax alone`` (:data:`FLOOR_FLOW`): a flow with ours' steps
+   that does nothing, fed the same batches a second; its ratio to cryptofeed says how
+   much of the target any Bytewax flow leaves for the work.
 
 Three repeats per consumer, alternating (ours, then cryptofeed, then cryptofeed, then
 ours, ...), and the medians; ``--quick`` runs one repeat of each, shorter (about 2
@@ -123,6 +126,8 @@ service does not repeat, whereas the ladder asks for the rate it sustains."""
 DRAIN_GRACE_SECONDS = 3.0
 START_TIMEOUT = 60.0
 FIXED_LOADS = ((4, 200.0), (50, 20.0))
+FLOOR = "Bytewax alone"
+"""The name of :func:`bytewax_floor`'s figures (a flow that does nothing)."""
 """(products, batches a second per product) of the fixed loads."""
 WARM_UP_SECONDS = 1.0
 TARGET_RATE = 1.5
@@ -849,6 +854,97 @@ polls and the worker thread's wake-ups (voluntary context switches) a second."""
 
 IDLE_AWAKES = ("none", "1", "10", "100")
 
+FLOOR_FLOW = r"""
+import json, os, sys, threading, time
+from datetime import datetime, timedelta, timezone
+from bytewax import operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.run import cli_main
+
+N, RATE = int(sys.argv[1]), float(sys.argv[2])
+WARM, WINDOW = float(sys.argv[3]), float(sys.argv[4])
+KEYS = [str(k) for k in range(N)]
+START = time.monotonic()
+sent = [0] * N
+total = [0]
+
+class Part(StatefulSourcePartition):
+    def next_batch(self):
+        elapsed = time.monotonic() - START
+        batch = []
+        for k in range(N):  # each product's batches on a phase of its own
+            due = int(elapsed * RATE + k / N)
+            if due > sent[k]:
+                batch.append((KEYS[k], [due - sent[k]]))
+                total[0] += due - sent[k]
+                sent[k] = due
+        return batch
+    def next_awake(self):
+        return datetime.now(timezone.utc) + timedelta(milliseconds=1)
+    def snapshot(self):
+        return None
+
+class Source(FixedPartitionedSource):
+    def list_parts(self):
+        return ["0"]
+    def build_part(self, step_id, key, resume):
+        return Part()
+
+class Null(StatelessSinkPartition):
+    def write_batch(self, items):
+        pass
+
+class Sink(DynamicSink):
+    def build(self, *args):
+        return Null()
+
+def measure():
+    time.sleep(WARM)
+    t0, c0, m0 = time.monotonic(), time.process_time(), total[0]
+    time.sleep(WINDOW)
+    t1, c1, m1 = time.monotonic(), time.process_time(), total[0]
+    print(json.dumps({"cores": (c1 - c0) / (t1 - t0),
+                      "us": (c1 - c0) / max(m1 - m0, 1) * 1e6}), flush=True)
+    os._exit(0)
+
+flow = Dataflow("floor")
+books = op.stateful_map("book", op.input("in", flow, Source()), lambda s, v: (None, v))
+op.output("out", op.flat_map("keep", books, lambda kv: kv[1]), Sink())
+threading.Thread(target=measure, daemon=True).start()
+cli_main(flow, workers_per_process=1)
+"""
+"""Bytewax's own floor at a fixed load: one worker, the one partition any source needs,
+polled every millisecond, handing over an item per product with batches due, through
+the steps ours has (``stateful_map``, ``flat_map``, output) doing nothing.
+``sys.argv``: products, batches a second per product, warm-up and window seconds."""
+
+
+def bytewax_floor(n: int, rate: float, mode: Mode) -> Fixed:
+    """CPU per message of :data:`FLOOR_FLOW` at ``n`` products x ``rate`` batches/s."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            FLOOR_FLOW,
+            str(n),
+            str(rate),
+            str(WARM_UP_SECONDS),
+            str(mode.fixed_window),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=WARM_UP_SECONDS + mode.fixed_window + 60,
+        cwd=ROOT,
+    )
+    lines = [x for x in done.stdout.splitlines() if x.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"the bare flow failed:\n{done.stderr[-2000:]}")
+    got = orjson.loads(lines[-1])
+    messages = round(n * rate * mode.fixed_window)
+    return Fixed(FLOOR, n, rate, messages, got["us"], got["cores"], True)
+
 
 def idle(rounds: int, warm: float = 2.0, window: float = 6.0) -> None:
     """Does a later ``next_awake`` let an idle Bytewax worker sleep? (See
@@ -985,6 +1081,13 @@ def fixed_loads(consumers: list[Consumer], mode: Mode, tmp: Path, res: Results) 
                     f"{'equal' if run.tops_equal else 'DIFFER'}",
                     flush=True,
                 )
+            floor = bytewax_floor(n, rate, mode)
+            runs.setdefault(FLOOR, []).append(floor)
+            print(
+                f"  [{r + 1}] {FLOOR} {n} products x {rate:g}/s: "
+                f"{floor.cpu_us:6.1f} us/msg ({floor.cores:.3f} cores)",
+                flush=True,
+            )
 
 
 def summary(res: Results) -> None:
@@ -1020,6 +1123,20 @@ def summary(res: Results) -> None:
             f"  {label}: ours {a:.1f} us, cryptofeed {b:.1f} us {each}: {ratio:.2f}x  "
             f"target <= {TARGET_CPU}x  {_verdict(ratio <= TARGET_CPU)}"
         )
+    for (n, rate), runs in res.fixed.items():
+        if runs.get(FLOOR) and runs.get("cryptofeed"):
+            floor = _median([f.cpu_us for f in runs[FLOOR]])
+            theirs = _median([f.cpu_us for f in runs["cryptofeed"]])
+            share = floor / theirs
+            print(
+                f"  {FLOOR.strip()} at {n} products x {rate:g} batches/s: {floor:.1f} "
+                f"us, {share:.2f}x cryptofeed's: "
+                + (
+                    f"the {TARGET_CPU}x target lies below this floor"
+                    if share > TARGET_CPU
+                    else f"{TARGET_CPU * theirs - floor:.1f} us left for the work"
+                )
+            )
     for name, results in res.tops.items():
         print(
             f"  final tops equal to the exchange's: {name} in {sum(results)} of "

@@ -793,6 +793,24 @@ def in_process_stages(session: Session, messages: int) -> None:
         )
 
 
+_BARE_PLUMBING = r"""
+class Source(FixedPartitionedSource):
+    def list_parts(self):
+        return ["0"]
+    def build_part(self, step_id, key, resume):
+        return Part()
+
+class Null(StatelessSinkPartition):
+    def write_batch(self, items):
+        pass
+
+class Sink(DynamicSink):
+    def build(self, *args):
+        return Null()
+"""
+"""The bare flows' source of one partition (their ``Part``) and a sink that keeps
+nothing."""
+
 IDLE_FLOW = r"""
 import json, os, re, sys, threading, time
 from datetime import datetime, timedelta, timezone
@@ -815,19 +833,7 @@ class Part(StatefulSourcePartition):
     def snapshot(self):
         return None
 
-class Source(FixedPartitionedSource):
-    def list_parts(self):
-        return ["0"]
-    def build_part(self, step_id, key, resume):
-        return Part()
-
-class Null(StatelessSinkPartition):
-    def write_batch(self, items):
-        pass
-
-class Sink(DynamicSink):
-    def build(self, *args):
-        return Null()
+# ONE PARTITION, NO OUTPUT
 
 def wakeups():
     text = open(f"/proc/self/task/{threading.main_thread().native_id}/status").read()
@@ -847,7 +853,7 @@ flow = Dataflow("idle")
 op.output("out", op.input("in", flow, Source()), Sink())
 threading.Thread(target=measure, daemon=True).start()
 cli_main(flow, workers_per_process=1)
-"""
+""".replace("# ONE PARTITION, NO OUTPUT\n", _BARE_PLUMBING)
 """A bare Bytewax flow, one worker, one partition that never has data, and whose
 ``next_awake`` returns ``sys.argv[1]`` (``none``, or milliseconds from now): its CPU,
 polls and the worker thread's wake-ups (voluntary context switches) a second."""
@@ -886,19 +892,7 @@ class Part(StatefulSourcePartition):
     def snapshot(self):
         return None
 
-class Source(FixedPartitionedSource):
-    def list_parts(self):
-        return ["0"]
-    def build_part(self, step_id, key, resume):
-        return Part()
-
-class Null(StatelessSinkPartition):
-    def write_batch(self, items):
-        pass
-
-class Sink(DynamicSink):
-    def build(self, *args):
-        return Null()
+# ONE PARTITION, NO OUTPUT
 
 def measure():
     time.sleep(WARM)
@@ -914,7 +908,7 @@ books = op.stateful_map("book", op.input("in", flow, Source()), lambda s, v: (No
 op.output("out", op.flat_map("keep", books, lambda kv: kv[1]), Sink())
 threading.Thread(target=measure, daemon=True).start()
 cli_main(flow, workers_per_process=1)
-"""
+""".replace("# ONE PARTITION, NO OUTPUT\n", _BARE_PLUMBING)
 """Bytewax's own floor at a fixed load: one worker, the one partition any source needs,
 polled every millisecond, handing over an item per product with batches due, through
 the steps ours has (``stateful_map``, ``flat_map``, output) doing nothing.

@@ -38,6 +38,7 @@ __all__ = [
     "Mismatch",
     "OrderBookDepth",
     "OrderBookSummary",
+    "SUMMARY_DECIMALS",
 ]
 
 _ZERO = Decimal(0)
@@ -247,23 +248,22 @@ class OrderBookSummary:
         )
 
 
+SUMMARY_DECIMALS = (
+    "bid_price",
+    "bid_size",
+    "ask_price",
+    "ask_size",
+    "spread",
+    "spread_pct",
+    "mid",
+    "imbalance",
+    "microprice",
+)
+"""The summary's decimal fields, in order (the outputs' decimal columns too)."""
+
 _new = object.__new__
 _SUMMARY_SLOTS = slot_setters(
-    OrderBookSummary,
-    (
-        "product_id",
-        "time",
-        "bid_price",
-        "bid_size",
-        "ask_price",
-        "ask_size",
-        "spread",
-        "spread_pct",
-        "mid",
-        "imbalance",
-        "microprice",
-        "feed",
-    ),
+    OrderBookSummary, ("product_id", "time", *SUMMARY_DECIMALS, "feed")
 )
 """The slots' setters, in the fields' order: :meth:`OrderBookSummary.from_top`."""
 

@@ -65,7 +65,13 @@ from pathlib import Path
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from common.text import shown
-from records import DEPTH_BANDS_BPS, AuditRecord, OrderBookDepth, OrderBookSummary
+from records import (
+    DEPTH_BANDS_BPS,
+    SUMMARY_DECIMALS,
+    AuditRecord,
+    OrderBookDepth,
+    OrderBookSummary,
+)
 from service.outputs.registry import (
     OutputFailed,
     OutputKind,
@@ -101,17 +107,6 @@ NEW_JOURNAL_SECONDS = 60.0
 """A journal being created (``.new``: locked, then renamed) older than this was left
 by a writer killed in that instant, and is removed (it holds no row)."""
 
-_SUMMARY_DECIMALS = (
-    "bid_price",
-    "bid_size",
-    "ask_price",
-    "ask_size",
-    "spread",
-    "spread_pct",
-    "mid",
-    "imbalance",
-    "microprice",
-)
 _LIQUIDITY = tuple(
     f"{side}_liquidity_{bps}bps" for bps in DEPTH_BANDS_BPS for side in ("bid", "ask")
 )
@@ -125,7 +120,7 @@ def schemas():
     level = pa.list_(pa.struct([("price", dec), ("size", dec)]))
     summary = pa.schema(
         [("time", ts), ("feed", pa.string())]
-        + [(name, dec) for name in _SUMMARY_DECIMALS]
+        + [(name, dec) for name in SUMMARY_DECIMALS]
     )
     depth = pa.schema(
         [("time", ts), ("feed", pa.string()), ("bids", level), ("asks", level)]
@@ -182,7 +177,7 @@ def _attribute(name: str):
 
 
 _COLUMNS = {
-    "summary": [_attribute(name) for name in ("time", "feed", *_SUMMARY_DECIMALS)],
+    "summary": [_attribute(name) for name in ("time", "feed", *SUMMARY_DECIMALS)],
     "depth": [
         _attribute("time"),
         _attribute("feed"),
